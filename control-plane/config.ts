@@ -1,0 +1,117 @@
+import { hostname } from 'node:os';
+import { z } from 'zod';
+import { DEFAULT_BUCKET } from '../contract/jobs.ts';
+
+const positiveInt = z.coerce.number().int().positive();
+const csv = z.string().transform((s) =>
+  s
+    .split(',')
+    .map((x) => x.trim())
+    .filter(Boolean),
+);
+
+/**
+ * All configuration, from the environment (CLI flags are merged in by the entry).
+ * Parsed once at start-up; nothing else reads process.env.
+ */
+export const configSchema = z.object({
+  /** Queue/output transport: `postgres` (direct connection). Default postgres. */
+  HD_TRANSPORT: z.enum(['postgres']).default('postgres'),
+  /** PostgreSQL connection string (postgres transport). No default. */
+  HD_DATABASE_URL: z.string().url().optional(),
+  /** Pool size per process. Default 4. */
+  HD_DATABASE_POOL_SIZE: positiveInt.default(4),
+  /** Storage backend: `fs` (a folder laid out like the buckets). Default fs. */
+  HD_STORAGE: z.enum(['fs']).default('fs'),
+  /** Root folder of the fs storage backend; buckets are its sub-folders. Default ./.hd-data/storage */
+  HD_STORAGE_ROOT: z.string().min(1).default('./.hd-data/storage'),
+  /** Bucket of uploaded inputs. Default hd_uploads_raw. */
+  HD_BUCKET: z.string().min(1).default(DEFAULT_BUCKET),
+  /** Name of this worker in locked_by and logs. Default hostname:pid. */
+  HD_WORKER_ID: z.string().min(1).default(`${hostname()}:${process.pid}`),
+  /** Jobs run at once by the scheduler. Default 2. */
+  HD_SLOTS: positiveInt.default(2),
+  /** Comma-separated job types to claim. Default: all (unknown types then fail loudly). */
+  HD_JOB_TYPES: csv.optional(),
+  /** Lease length in seconds; runners heartbeat at a third of it. Default 60. */
+  HD_LEASE_SECONDS: positiveInt.default(60),
+  /** Polling interval in ms when no NOTIFY arrives (and for run_after backoffs). Default 2000. */
+  HD_POLL_INTERVAL_MS: positiveInt.default(2000),
+  /** How often the scheduler reaps expired leases, in ms. Default 15000. */
+  HD_REAP_INTERVAL_MS: positiveInt.default(15000),
+  /** On SIGTERM, how long running jobs may finish before they are handed back, in ms. Default 30000. */
+  HD_SHUTDOWN_GRACE_MS: z.coerce.number().int().nonnegative().default(30000),
+  /** Launcher for runners: `process` (child process via execa). Default process. */
+  HD_LAUNCHER: z.enum(['process']).default('process'),
+  /** Rows per upsert batch in imports. Default 1000. */
+  HD_IMPORT_BATCH_SIZE: z.coerce.number().int().min(1).max(10000).default(1000),
+  /** Longest JSONL line accepted, in bytes; longer lines are reported invalid. Default 1048576. */
+  HD_MAX_LINE_BYTES: positiveInt.default(1024 * 1024),
+  /** Folder for downloaded inputs and scratch files. Default the OS temp dir. */
+  HD_WORK_DIR: z.string().min(1).optional(),
+  /** pino level: fatal, error, warn, info, debug, trace, silent. Default info. */
+  HD_LOG_LEVEL: z
+    .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
+    .default('info'),
+});
+
+export type Config = z.infer<typeof configSchema>;
+
+/** Raised for a wrong or missing setting; the CLI prints the message as one line. */
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+}
+
+/** Parses configuration; the error names the first bad variable and its value. */
+export function loadConfig(env: Record<string, string | undefined>): Config {
+  const result = configSchema.safeParse(env);
+  if (result.success) return result.data;
+  const issue = result.error.issues[0]!;
+  const name = String(issue.path[0] ?? '?');
+  const raw = env[name];
+  const shown =
+    raw === undefined ? 'it is not set' : `got ${JSON.stringify(redactValue(name, raw))}`;
+  throw new ConfigError(`invalid configuration: ${name}: ${issue.message} (${shown})`);
+}
+
+/** Requires a setting that is optional in general but needed by one command. */
+export function requireSetting<K extends keyof Config>(config: Config, name: K, why: string) {
+  const value = config[name];
+  if (value === undefined || value === '') {
+    throw new ConfigError(`invalid configuration: ${name} is required ${why} (it is not set)`);
+  }
+  return value as NonNullable<Config[K]>;
+}
+
+/** The environment a child runner needs to see the same configuration. */
+export function configToEnv(config: Config): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [key, value] of Object.entries(config)) {
+    if (value === undefined) continue;
+    env[key] = Array.isArray(value) ? value.join(',') : String(value);
+  }
+  return env;
+}
+
+const SECRET_NAME = /KEY|SECRET|PASSWORD|TOKEN/i;
+
+/** Hides the secret part of a value before it is shown anywhere. */
+export function redactValue(name: string, value: string): string {
+  if (SECRET_NAME.test(name)) return '[redacted]';
+  if (/URL$/.test(name)) return redactUrl(value);
+  return value;
+}
+
+/** `postgres://user:pw@host/db` → `postgres://user:***@host/db` (bad URLs are hidden whole). */
+export function redactUrl(value: string): string {
+  try {
+    const url = new URL(value);
+    if (url.password) url.password = '***';
+    for (const key of [...url.searchParams.keys()]) {
+      if (SECRET_NAME.test(key)) url.searchParams.set(key, '***');
+    }
+    return url.toString();
+  } catch {
+    return '[unparseable url]';
+  }
+}

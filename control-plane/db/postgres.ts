@@ -1,0 +1,214 @@
+import pg from 'pg';
+import type { Job } from '../../contract/jobs.ts';
+import type {
+  AssetRow,
+  ClaimOptions,
+  ControlPlaneDb,
+  EnqueueRequest,
+  Failure,
+  ListJobsFilter,
+  UpsertCounts,
+  WakeReason,
+} from './transport.ts';
+
+const CHANNEL_QUEUED = 'hd_jobs_queued';
+const CHANNEL_CANCELLED = 'hd_jobs_cancelled';
+const RELISTEN_DELAY_MS = 1000;
+
+/** pg returns numeric as string; the one numeric column we read is a percentage. */
+function toJob(row: Record<string, unknown>): Job {
+  return { ...(row as unknown as Job), progress_percent: Number(row.progress_percent ?? 0) };
+}
+
+/**
+ * The `postgres` transport: every method is one call of a SQL function from
+ * supabase/migrations, over a pg pool. LISTEN/NOTIFY gives instant wake-ups.
+ */
+export class PostgresDb implements ControlPlaneDb {
+  readonly pool: pg.Pool;
+  readonly #connectionString: string;
+  readonly #listeners = new Set<pg.Client>();
+
+  constructor(options: { connectionString: string; poolSize?: number; pool?: pg.Pool }) {
+    this.#connectionString = options.connectionString;
+    this.pool =
+      options.pool ??
+      new pg.Pool({
+        connectionString: options.connectionString,
+        max: options.poolSize ?? 4,
+        application_name: 'hd-runner',
+      });
+    // An idle client losing its connection must not crash the process; the next query
+    // reconnects and fails with a classified error if the database is still gone.
+    this.pool.on('error', () => {});
+  }
+
+  async #rows(sql: string, params: unknown[]): Promise<Job[]> {
+    const { rows } = await this.pool.query(sql, params);
+    return rows.map(toJob);
+  }
+
+  async #one(sql: string, params: unknown[]): Promise<Job> {
+    const [job] = await this.#rows(sql, params);
+    if (!job) throw new Error(`no row returned by: ${sql}`);
+    return job;
+  }
+
+  claimJobs(o: ClaimOptions): Promise<Job[]> {
+    return this.#rows('select * from public.hd_claim_jobs($1, $2, $3, $4, $5)', [
+      o.workerId,
+      o.jobTypes ?? null,
+      o.limit ?? 1,
+      o.leaseSeconds,
+      o.jobId ?? null,
+    ]);
+  }
+
+  async heartbeat(jobId: string, leaseToken: string, leaseSeconds: number): Promise<Date> {
+    const { rows } = await this.pool.query('select public.hd_heartbeat($1, $2, $3) as expires', [
+      jobId,
+      leaseToken,
+      leaseSeconds,
+    ]);
+    return rows[0].expires as Date;
+  }
+
+  async reportProgress(jobId: string, leaseToken: string, percent: number, step?: string) {
+    await this.pool.query('select public.hd_report_progress($1, $2, $3, $4)', [
+      jobId,
+      leaseToken,
+      percent,
+      step ?? null,
+    ]);
+  }
+
+  completeJob(jobId: string, leaseToken: string, stats: Record<string, unknown>) {
+    return this.#one('select * from public.hd_complete_job($1, $2, $3)', [
+      jobId,
+      leaseToken,
+      stats,
+    ]);
+  }
+
+  failJob(jobId: string, leaseToken: string, f: Failure) {
+    return this.#one('select * from public.hd_fail_job($1, $2, $3, $4, $5, $6)', [
+      jobId,
+      leaseToken,
+      f.code,
+      f.message,
+      f.retryable,
+      f.details ?? null,
+    ]);
+  }
+
+  releaseJob(jobId: string, leaseToken: string) {
+    return this.#one('select * from public.hd_release_job($1, $2)', [jobId, leaseToken]);
+  }
+
+  async setContainerId(jobId: string, leaseToken: string, containerId: string) {
+    await this.pool.query('select public.hd_set_container_id($1, $2, $3)', [
+      jobId,
+      leaseToken,
+      containerId,
+    ]);
+  }
+
+  reapExpiredLeases() {
+    return this.#rows('select * from public.hd_reap_expired_leases()', []);
+  }
+
+  enqueueJob(r: EnqueueRequest) {
+    return this.#one('select * from public.hd_enqueue_job($1, $2, $3, $4, $5, $6, $7)', [
+      r.accountId,
+      r.jobType,
+      r.debug,
+      r.documentId ?? null,
+      r.priority ?? 0,
+      r.maxAttempts ?? 3,
+      r.runAfter ?? null,
+    ]);
+  }
+
+  requeueJob(jobId: string) {
+    return this.#one('select * from public.hd_requeue_job($1)', [jobId]);
+  }
+
+  cancelJob(jobId: string, reason?: string) {
+    return this.#one('select * from public.hd_cancel_job($1, $2)', [
+      jobId,
+      reason ?? 'cancelled by operator',
+    ]);
+  }
+
+  async getJob(jobId: string): Promise<Job | undefined> {
+    const [job] = await this.#rows('select * from public.hd_ingestion_jobs where id = $1', [jobId]);
+    return job;
+  }
+
+  listJobs(f: ListJobsFilter): Promise<Job[]> {
+    return this.#rows(
+      `select * from public.hd_ingestion_jobs
+        where ($1::uuid is null or account_id = $1)
+          and ($2::text is null or status = $2)
+          and ($3::text is null or job_type = $3)
+        order by created_at desc, id
+        limit $4`,
+      [f.accountId ?? null, f.status ?? null, f.jobType ?? null, f.limit ?? 20],
+    );
+  }
+
+  async upsertAssets(jobId: string, leaseToken: string, rows: readonly AssetRow[]) {
+    const result = await this.pool.query<UpsertCounts>(
+      'select * from public.hd_upsert_assets($1, $2, $3::jsonb)',
+      [jobId, leaseToken, JSON.stringify(rows)],
+    );
+    return result.rows[0]!;
+  }
+
+  async listen(onWake: (reason: WakeReason) => void): Promise<() => Promise<void>> {
+    let stopped = false;
+    let client: pg.Client | undefined;
+    let retry: NodeJS.Timeout | undefined;
+    const connect = async () => {
+      const c = new pg.Client({
+        connectionString: this.#connectionString,
+        application_name: 'hd-runner-listen',
+      });
+      c.on('notification', (msg) => {
+        if (msg.channel === CHANNEL_QUEUED) onWake({ kind: 'queued', jobType: msg.payload ?? '' });
+        if (msg.channel === CHANNEL_CANCELLED)
+          onWake({ kind: 'cancelled', jobId: msg.payload ?? '' });
+      });
+      // A lost LISTEN connection is re-established; polling covers the gap.
+      c.on('error', () => {
+        this.#listeners.delete(c);
+        c.end().catch(() => {});
+        scheduleRetry();
+      });
+      await c.connect();
+      await c.query(`listen ${CHANNEL_QUEUED}; listen ${CHANNEL_CANCELLED}`);
+      if (stopped) return c.end();
+      client = c;
+      this.#listeners.add(c);
+    };
+    const scheduleRetry = () => {
+      if (!stopped)
+        retry = setTimeout(() => void connect().catch(scheduleRetry), RELISTEN_DELAY_MS);
+    };
+    await connect();
+    return async () => {
+      stopped = true;
+      clearTimeout(retry);
+      if (client) {
+        this.#listeners.delete(client);
+        await client.end();
+      }
+    };
+  }
+
+  async close() {
+    await Promise.all([...this.#listeners].map((c) => c.end()));
+    this.#listeners.clear();
+    await this.pool.end();
+  }
+}

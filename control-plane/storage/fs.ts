@@ -1,0 +1,69 @@
+import { copyFile, mkdir, realpath, rename, stat } from 'node:fs/promises';
+import { dirname, join, resolve, sep } from 'node:path';
+import { HdError } from '../../contract/errors.ts';
+import type { LocalFile, StorageBackend } from './storage.ts';
+
+const BUCKET_NAME = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
+
+/**
+ * Storage backend `fs`: `{root}/{bucket}/{key}`. Downloads hand out the stored file
+ * itself (no copy): callers only read it. Keys arrive checked by TenantStorage; the
+ * real path is checked again so a symlink cannot lead outside the bucket.
+ */
+export class FsStorage implements StorageBackend {
+  readonly root: string;
+
+  constructor(root: string) {
+    this.root = resolve(root);
+  }
+
+  #bucketDir(bucket: string): string {
+    if (!BUCKET_NAME.test(bucket)) {
+      throw new HdError('INVALID_INPUT', `bucket name ${JSON.stringify(bucket)} is not valid`);
+    }
+    return join(this.root, bucket);
+  }
+
+  async download(bucket: string, key: string): Promise<LocalFile> {
+    const bucketDir = this.#bucketDir(bucket);
+    const file = join(bucketDir, key);
+    let real: string;
+    try {
+      real = await realpath(file);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
+        throw new HdError('FILE_NOT_FOUND', `storage object ${bucket}/${key} does not exist`, {
+          cause: error,
+        });
+      }
+      throw new HdError(
+        'DOWNLOAD_FAILED',
+        `cannot read ${bucket}/${key}: ${(error as Error).message}`,
+        {
+          cause: error,
+        },
+      );
+    }
+    const realBucket = await realpath(bucketDir);
+    if (!real.startsWith(realBucket + sep)) {
+      throw new HdError(
+        'PATH_OUTSIDE_TENANT',
+        `storage object ${bucket}/${key} links outside its bucket`,
+      );
+    }
+    const info = await stat(real);
+    if (!info.isFile()) {
+      throw new HdError('FILE_NOT_FOUND', `storage object ${bucket}/${key} is not a file`);
+    }
+    return { path: real, size: info.size };
+  }
+
+  async upload(bucket: string, key: string, localPath: string): Promise<void> {
+    const target = join(this.#bucketDir(bucket), key);
+    await mkdir(dirname(target), { recursive: true });
+    // Copy then rename: readers never see a half-written object.
+    const partial = `${target}.partial-${process.pid}`;
+    await copyFile(localPath, partial);
+    await rename(partial, target);
+  }
+}

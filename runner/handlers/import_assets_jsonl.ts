@@ -1,0 +1,210 @@
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { z } from 'zod';
+import { HdError } from '../../contract/errors.ts';
+import type { AssetRow } from '../../control-plane/db/transport.ts';
+import type { Handler, HandlerContext } from '../handler.ts';
+import { LineSplitter, type Line } from '../line-splitter.ts';
+import { flatSubset, sanitizeMetadata } from '../sanitize-metadata.ts';
+
+/** One JSONL line. Unknown keys are dropped; `account_id` in particular is ignored. */
+export const assetLineSchema = z.object({
+  title: z.string().trim().min(1, 'title must not be empty').max(1000),
+  source_type: z.string().trim().min(1, 'source_type must not be empty').max(100),
+  source_ref: z.string().trim().min(1).max(2000).optional(),
+  metadata: z.record(z.string(), z.unknown()).optional(),
+  source_line: z.unknown().optional(),
+});
+
+const MAX_INVALID_SAMPLES = 20;
+const READ_CHUNK_BYTES = 256 * 1024;
+
+interface ImportStats {
+  lines: number;
+  blank: number;
+  valid: number;
+  invalid: number;
+  invalid_samples: { line: number; reason: string }[];
+  account_id_ignored: number;
+  inserted: number;
+  updated: number;
+  unchanged: number;
+  skipped: number;
+  bytes: number;
+  batches: number;
+}
+
+type ParsedLine =
+  | { kind: 'blank' }
+  | { kind: 'invalid'; reason: string }
+  | { kind: 'row'; row: AssetRow; hadAccountId: boolean };
+
+/** Parses and validates one line; never throws for bad content. */
+export function parseAssetLine(line: Line): ParsedLine {
+  if (line.problem === 'too_long')
+    return { kind: 'invalid', reason: 'line is longer than the limit' };
+  if (line.problem === 'invalid_utf8')
+    return { kind: 'invalid', reason: 'line is not valid UTF-8' };
+  const text = line.text ?? '';
+  if (text.trim() === '') return { kind: 'blank' };
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (error) {
+    return { kind: 'invalid', reason: `invalid JSON: ${(error as Error).message.slice(0, 120)}` };
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    return {
+      kind: 'invalid',
+      reason: `expected a JSON object, got ${Array.isArray(value) ? 'an array' : value === null ? 'null' : typeof value}`,
+    };
+  }
+  const parsed = assetLineSchema.safeParse(value);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    return { kind: 'invalid', reason: `${issue.path.join('.') || 'line'}: ${issue.message}` };
+  }
+  const { title, source_type, source_ref, metadata: rawMetadata, source_line } = parsed.data;
+  const metadata = sanitizeMetadata(rawMetadata ?? {});
+  if (source_line !== undefined) metadata.source_line = flatSubset(source_line);
+  return {
+    kind: 'row',
+    row: {
+      title,
+      source_type,
+      // Without a caller reference, the content itself is the identity: a re-import
+      // of the same line finds the same row.
+      source_ref:
+        source_ref ??
+        `sha256:${createHash('sha256')
+          .update(JSON.stringify([title, source_type, metadata]))
+          .digest('hex')}`,
+      metadata,
+    },
+    hadAccountId: Object.hasOwn(value, 'account_id'),
+  };
+}
+
+/**
+ * import_assets_jsonl: streams `debug.path` line by line (memory stays flat), validates
+ * each line, and upserts assets in batches. Invalid lines are skipped and reported; with
+ * `strict: true` the file is validated first and the job fails without writing anything.
+ */
+export const importAssetsJsonl: Handler<'import_assets_jsonl'> = {
+  resources: { gpu: false, memoryMb: 512, cpus: 1, timeoutMs: 30 * 60 * 1000 },
+
+  async run(ctx) {
+    const started = performance.now();
+    const { bucket, path, strict } = ctx.payload;
+    const file = await ctx.storage.download(bucket, path);
+    ctx.log.info({ bucket, path, bytes: file.size, strict }, 'importing assets');
+
+    if (strict) {
+      await ctx.progress(0, 'validating');
+      const check = newStats();
+      await scanFile(ctx, file.path, file.size, check, undefined);
+      if (check.invalid > 0) {
+        const first = check.invalid_samples[0]!;
+        throw new HdError(
+          'INVALID_INPUT',
+          `${path}: line ${first.line}: ${first.reason} (${check.invalid} invalid line(s); strict mode, nothing written)`,
+          {
+            details: { invalid: check.invalid, invalid_samples: check.invalid_samples },
+          },
+        );
+      }
+    }
+
+    await ctx.progress(0, 'importing');
+    const stats = newStats();
+    await scanFile(ctx, file.path, file.size, stats, async (rows) => {
+      const counts = await ctx.outputs.upsertAssets(rows);
+      stats.inserted += counts.inserted;
+      stats.updated += counts.updated;
+      stats.unchanged += counts.unchanged;
+      stats.batches += 1;
+    });
+    stats.skipped = stats.blank + stats.unchanged;
+    return { ...stats, duration_ms: Math.round(performance.now() - started) };
+  },
+};
+
+function newStats(): ImportStats {
+  return {
+    lines: 0,
+    blank: 0,
+    valid: 0,
+    invalid: 0,
+    invalid_samples: [],
+    account_id_ignored: 0,
+    inserted: 0,
+    updated: 0,
+    unchanged: 0,
+    skipped: 0,
+    bytes: 0,
+    batches: 0,
+  };
+}
+
+/** Reads the file once; hands full batches of valid rows to `write` (when given). */
+async function scanFile(
+  ctx: HandlerContext<'import_assets_jsonl'>,
+  localPath: string,
+  size: number,
+  stats: ImportStats,
+  write: ((rows: AssetRow[]) => Promise<void>) | undefined,
+): Promise<void> {
+  const splitter = new LineSplitter(ctx.config.HD_MAX_LINE_BYTES);
+  const batchSize = ctx.config.HD_IMPORT_BATCH_SIZE;
+  const batch: AssetRow[] = [];
+  const onLine = (line: Line) => {
+    stats.lines += 1;
+    stats.bytes = line.bytesEnd;
+    const parsed = parseAssetLine(line);
+    if (parsed.kind === 'blank') stats.blank += 1;
+    else if (parsed.kind === 'invalid') {
+      stats.invalid += 1;
+      if (stats.invalid_samples.length < MAX_INVALID_SAMPLES) {
+        stats.invalid_samples.push({ line: line.number, reason: parsed.reason });
+      }
+    } else {
+      stats.valid += 1;
+      if (parsed.hadAccountId) stats.account_id_ignored += 1;
+      if (write) batch.push(parsed.row);
+    }
+  };
+  const flush = async (all: boolean) => {
+    while (write && (batch.length >= batchSize || (all && batch.length > 0))) {
+      await write(batch.splice(0, batchSize));
+    }
+  };
+  const stream = createReadStream(localPath, {
+    highWaterMark: READ_CHUNK_BYTES,
+    signal: ctx.signal,
+  });
+  const chunks = stream[Symbol.asyncIterator]();
+  try {
+    for (;;) {
+      let next: IteratorResult<Buffer>;
+      try {
+        next = await chunks.next();
+      } catch (error) {
+        if (ctx.signal.aborted) throw ctx.signal.reason;
+        throw new HdError(
+          'DOWNLOAD_FAILED',
+          `reading the input failed: ${(error as Error).message}`,
+          { cause: error },
+        );
+      }
+      if (next.done) break;
+      splitter.push(next.value, onLine);
+      await flush(false);
+      await ctx.progress(size === 0 ? 100 : (stats.bytes / size) * 100);
+    }
+  } finally {
+    stream.destroy();
+  }
+  splitter.end(onLine);
+  stats.bytes = size;
+  await flush(true);
+}

@@ -1,0 +1,237 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { EXIT_CODES, HdError, toHdError } from '../contract/errors.ts';
+import {
+  isJobType,
+  JOB_TYPES,
+  PAYLOAD_SCHEMAS,
+  PLANNED_JOB_TYPES,
+  type Job,
+  type JobType,
+  type LeasedJob,
+} from '../contract/jobs.ts';
+import type { Config } from '../control-plane/config.ts';
+import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
+import type { Logger } from '../control-plane/logger.ts';
+import { TenantStorage, type StorageBackend } from '../control-plane/storage/storage.ts';
+import type { Handler, HandlerContext } from './handler.ts';
+import { HANDLERS } from './handlers/index.ts';
+
+export type RunOutcome =
+  | { outcome: 'completed'; job: Job }
+  | { outcome: 'failed' | 'retrying'; job: Job; error: HdError }
+  | { outcome: 'lease_lost'; error: HdError }
+  | { outcome: 'released'; error: HdError }
+  | { outcome: 'not_runnable'; message: string };
+
+export const OUTCOME_EXIT_CODE: Record<RunOutcome['outcome'], number> = {
+  completed: EXIT_CODES.completed,
+  failed: EXIT_CODES.failedPermanent,
+  retrying: EXIT_CODES.failedRetryable,
+  lease_lost: EXIT_CODES.leaseLost,
+  released: EXIT_CODES.interrupted,
+  not_runnable: EXIT_CODES.usage,
+};
+
+export interface RunJobOptions {
+  db: ControlPlaneDb;
+  storage: StorageBackend;
+  config: Config;
+  log: Logger;
+  jobId: string;
+  /** Lease handed over by a scheduler; without it the job is claimed here. */
+  leaseToken?: string | undefined;
+  /** Aborted when the process is asked to stop: the job is handed back to the queue. */
+  interrupt?: AbortSignal | undefined;
+}
+
+const PROGRESS_MIN_INTERVAL_MS = 1000;
+
+/** Runs exactly one job: take the lease, heartbeat, run its handler, record the outcome. */
+export async function runJob(options: RunJobOptions): Promise<RunOutcome> {
+  const { db, config, jobId } = options;
+  const job = await acquireLease(options);
+  if ('message' in job) return { outcome: 'not_runnable', message: job.message };
+
+  const log = options.log.child({ job_id: job.id, job_type: job.job_type, attempt: job.attempts });
+  const controller = new AbortController();
+  const abort = (reason: HdError) => {
+    if (!controller.signal.aborted) controller.abort(reason);
+  };
+  const onInterrupt = () => abort(new HdError('WORKER_SHUTDOWN', 'the runner was asked to stop'));
+  options.interrupt?.addEventListener('abort', onInterrupt, { once: true });
+  if (options.interrupt?.aborted) onInterrupt();
+
+  const heartbeat = setInterval(
+    () => {
+      db.heartbeat(jobId, job.lease_token, config.HD_LEASE_SECONDS).catch((error: unknown) => {
+        const err = toHdError(error);
+        if (err.code === 'LEASE_LOST' || err.code === 'CANCELLED') abort(err);
+        else log.warn({ err }, 'heartbeat failed; retrying until the lease runs out');
+      });
+    },
+    (config.HD_LEASE_SECONDS * 1000) / 3,
+  );
+
+  let timeout: NodeJS.Timeout | undefined;
+  const workDir = await mkdtemp(join(config.HD_WORK_DIR ?? tmpdir(), `hd-job-${job.id}-`));
+  const started = performance.now();
+  try {
+    const handler = resolveHandler(job);
+    timeout = setTimeout(
+      () =>
+        abort(
+          new HdError(
+            'PROCESSING_TIMEOUT',
+            `the job ran longer than ${handler.resources.timeoutMs} ms`,
+          ),
+        ),
+      handler.resources.timeoutMs,
+    );
+    const ctx = makeContext(options, job, log, controller.signal, workDir);
+    log.info('job started');
+    const stats = await raceAbort(handler.run(ctx), controller.signal);
+    const done = await db.completeJob(job.id, job.lease_token, {
+      ...stats,
+      duration_ms: stats.duration_ms ?? Math.round(performance.now() - started),
+      attempt: job.attempts,
+      worker_id: config.HD_WORKER_ID,
+    });
+    log.info({ stats }, 'job completed');
+    return { outcome: 'completed', job: done };
+  } catch (thrown) {
+    const error = controller.signal.aborted
+      ? toHdError(controller.signal.reason)
+      : toHdError(thrown);
+    return await recordFailure(options, job, error, log);
+  } finally {
+    clearInterval(heartbeat);
+    clearTimeout(timeout);
+    options.interrupt?.removeEventListener('abort', onInterrupt);
+    await rm(workDir, { recursive: true, force: true });
+  }
+}
+
+async function acquireLease(options: RunJobOptions): Promise<LeasedJob | { message: string }> {
+  const { db, config, jobId, leaseToken } = options;
+  if (leaseToken) {
+    // Proves the handed-over lease is still ours before any work starts.
+    await db.heartbeat(jobId, leaseToken, config.HD_LEASE_SECONDS);
+    const job = await db.getJob(jobId);
+    if (!job) return { message: `job ${jobId} not found` };
+    return { ...job, lease_token: leaseToken };
+  }
+  const [claimed] = await db.claimJobs({
+    workerId: config.HD_WORKER_ID,
+    jobId,
+    leaseSeconds: config.HD_LEASE_SECONDS,
+  });
+  if (claimed?.lease_token) return claimed as LeasedJob;
+  const existing = await db.getJob(jobId);
+  if (!existing) return { message: `job ${jobId} not found` };
+  return {
+    message:
+      existing.status === 'running'
+        ? `job ${jobId} is already running (locked by ${existing.locked_by ?? '?'}); cancel it first`
+        : `job ${jobId} is ${existing.status}, not queued; requeue it first (hd-runner jobs requeue ${jobId})`,
+  };
+}
+
+function resolveHandler(job: Job): Handler<JobType> {
+  if (!isJobType(job.job_type)) {
+    const planned = (PLANNED_JOB_TYPES as readonly string[]).includes(job.job_type)
+      ? ' (it is part of the worker contract but not implemented in this version)'
+      : '';
+    throw new HdError(
+      'UNKNOWN_JOB_TYPE',
+      `no handler for job type ${JSON.stringify(job.job_type)}${planned}; this hd-runner handles: ${JOB_TYPES.join(', ')}`,
+    );
+  }
+  return HANDLERS[job.job_type] as Handler<JobType>;
+}
+
+function makeContext(
+  options: RunJobOptions,
+  job: LeasedJob,
+  log: Logger,
+  signal: AbortSignal,
+  workDir: string,
+): HandlerContext<JobType> {
+  const { db, config } = options;
+  const type = job.job_type as JobType;
+  const parsed = PAYLOAD_SCHEMAS[type].safeParse(job.debug ?? {});
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    throw new HdError(
+      'INVALID_INPUT',
+      `job payload (debug) is invalid: ${issue.path.join('.') || 'debug'}: ${issue.message}`,
+    );
+  }
+  let lastProgressAt = 0;
+  return {
+    job,
+    payload: parsed.data,
+    storage: new TenantStorage(options.storage, job.account_id, workDir),
+    outputs: {
+      upsertAssets: (rows) => db.upsertAssets(job.id, job.lease_token, rows),
+    },
+    async progress(percent, step) {
+      if (signal.aborted) throw signal.reason;
+      const now = performance.now();
+      if (step === undefined && percent < 100 && now - lastProgressAt < PROGRESS_MIN_INTERVAL_MS)
+        return;
+      lastProgressAt = now;
+      await db.reportProgress(job.id, job.lease_token, Math.round(percent * 100) / 100, step);
+    },
+    log,
+    signal,
+    config,
+  };
+}
+
+/** Settles with the handler, or rejects as soon as the signal aborts. */
+function raceAbort<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    if (signal.aborted) return onAbort();
+    signal.addEventListener('abort', onAbort, { once: true });
+    work.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
+}
+
+async function recordFailure(
+  options: RunJobOptions,
+  job: LeasedJob,
+  error: HdError,
+  log: Logger,
+): Promise<RunOutcome> {
+  const { db } = options;
+  if (error.code === 'LEASE_LOST' || error.code === 'CANCELLED') {
+    log.warn({ code: error.code }, `stopped: ${error.message}`);
+    return { outcome: 'lease_lost', error };
+  }
+  try {
+    if (error.code === 'WORKER_SHUTDOWN') {
+      await db.releaseJob(job.id, job.lease_token);
+      log.warn('job handed back to the queue');
+      return { outcome: 'released', error };
+    }
+    const failed = await db.failJob(job.id, job.lease_token, {
+      code: error.code,
+      message: error.message,
+      retryable: error.retryable,
+      details: { ...error.details, worker_id: options.config.HD_WORKER_ID },
+    });
+    log.error(
+      { code: error.code, retryable: error.retryable, status: failed.status, err: error.cause },
+      `job failed: ${error.message}`,
+    );
+    return { outcome: failed.status === 'queued' ? 'retrying' : 'failed', job: failed, error };
+  } catch (recordError) {
+    const err = toHdError(recordError);
+    if (err.code === 'LEASE_LOST' || err.code === 'CANCELLED')
+      return { outcome: 'lease_lost', error: err };
+    throw err;
+  }
+}

@@ -1,0 +1,38 @@
+import type { LeasedJob } from '../contract/jobs.ts';
+import type { Resources } from '../runner/handler.ts';
+
+export interface LaunchRequest {
+  job: LeasedJob;
+  resources: Resources;
+}
+
+/** How a runner ended, in the launcher-neutral terms the scheduler classifies. */
+export interface RunnerExit {
+  exitCode: number | null;
+  signal: string | null;
+  /** Killed by the launcher because it ran past resources.timeoutMs (+ grace). */
+  timedOut: boolean;
+  /** Killed by the launcher after stop(reason). */
+  stoppedFor: StopReason | null;
+  /** Killed for memory (kernel OOM killer, or V8 heap exhaustion). */
+  oomKilled: boolean;
+  durationMs: number;
+  /** Last lines the runner printed, kept for the job's error details. */
+  outputTail: string[];
+}
+
+export type StopReason = 'cancelled' | 'shutdown';
+
+export interface LaunchedRunner {
+  /** Launcher-specific id (process id, container id). */
+  readonly id: string;
+  wait(): Promise<RunnerExit>;
+  /** Asks the runner to stop (SIGTERM), then kills it after a grace period. */
+  stop(reason: StopReason): void;
+}
+
+/** One interface, one backend per way of running a runner (`process`, later `docker`). */
+export interface Launcher {
+  /** Starts a runner for the leased job; throws when it cannot be started. */
+  launch(request: LaunchRequest): Promise<LaunchedRunner>;
+}

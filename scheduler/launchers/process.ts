@@ -1,0 +1,95 @@
+import { extname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
+import type {
+  LaunchedRunner,
+  LaunchRequest,
+  Launcher,
+  RunnerExit,
+  StopReason,
+} from '../launcher.ts';
+
+/** The CLI entry next to this module: cli/main.ts from source, dist/cli/main.js when built. */
+const CLI_ENTRY = fileURLToPath(
+  new URL(`../../cli/main${extname(fileURLToPath(import.meta.url))}`, import.meta.url),
+);
+
+const OUTPUT_TAIL_LINES = 40;
+// Past this much time over its own limit the runner is killed from outside: its own
+// timer should have ended it already, so it is stuck.
+const TIMEOUT_BACKSTOP_MS = 15_000;
+const V8_HEAP_EXHAUSTED = /JavaScript heap out of memory|Allocation failed - process out of memory/;
+
+export interface ProcessLauncherOptions {
+  /** Environment of every runner (its configuration); the lease token is added per job. */
+  env: Record<string, string>;
+  /** How long a runner may take to stop after SIGTERM before SIGKILL. Default 10 s. */
+  killGraceMs?: number;
+  /** Receives every line a runner prints (its pino JSON logs). */
+  onOutput?: (jobId: string, line: string) => void;
+  /** Command that starts a runner; default: this Node binary with hd-runner's CLI. */
+  command?: readonly string[];
+}
+
+/**
+ * Launcher `process`: the runner as a child process (execa), for machines without
+ * Docker. Same entry and exit codes as in a container.
+ */
+export class ProcessLauncher implements Launcher {
+  readonly #options: ProcessLauncherOptions;
+
+  constructor(options: ProcessLauncherOptions) {
+    this.#options = options;
+  }
+
+  async launch({ job, resources }: LaunchRequest): Promise<LaunchedRunner> {
+    const [file, ...baseArgs] = this.#options.command ?? [process.execPath, CLI_ENTRY];
+    const started = performance.now();
+    const tail: string[] = [];
+    let stoppedFor: StopReason | null = null;
+    const child = execa(file!, [...baseArgs, 'run', '--job-id', job.id], {
+      env: { ...this.#options.env, HD_LEASE_TOKEN: job.lease_token },
+      extendEnv: false,
+      reject: false,
+      stdin: 'ignore',
+      timeout: resources.timeoutMs + TIMEOUT_BACKSTOP_MS,
+      forceKillAfterDelay: this.#options.killGraceMs ?? 10_000,
+      // Each line as it arrives: kept in a bounded tail and passed on, never buffered whole.
+      stdout: [keepLines],
+      stderr: [keepLines],
+      buffer: false,
+    });
+    const onOutput = this.#options.onOutput;
+    // An execa line transform that yields nothing: lines are consumed here, not buffered.
+    // eslint-disable-next-line require-yield
+    function* keepLines(line: unknown) {
+      const text = String(line);
+      tail.push(text);
+      if (tail.length > OUTPUT_TAIL_LINES) tail.shift();
+      onOutput?.(job.id, text);
+    }
+    // Node assigns a pid only when the spawn worked; a spawn failure (missing binary,
+    // EMFILE) throws here, as the interface promises.
+    if (child.pid === undefined) {
+      const result = await child;
+      throw new Error(result.shortMessage || 'the runner process could not be spawned');
+    }
+    const exit: Promise<RunnerExit> = child.then((result) => ({
+      exitCode: result.exitCode ?? null,
+      signal: result.signal ?? null,
+      timedOut: result.timedOut,
+      stoppedFor,
+      oomKilled: tail.some((l) => V8_HEAP_EXHAUSTED.test(l)),
+      durationMs: Math.round(performance.now() - started),
+      outputTail: tail.slice(),
+    }));
+    return {
+      id: String(child.pid),
+      wait: () => exit,
+      stop(reason) {
+        stoppedFor ??= reason;
+        child.kill('SIGTERM');
+      },
+    };
+  }
+}
