@@ -1,0 +1,207 @@
+import { once } from 'node:events';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Job } from '../contract/jobs.ts';
+import { configToEnv, type Config } from '../control-plane/config.ts';
+import { createLogger } from '../control-plane/logger.ts';
+import { ProcessLauncher } from '../scheduler/launchers/process.ts';
+import { Scheduler } from '../scheduler/scheduler.ts';
+import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
+import { ACCOUNT_A, ACCOUNT_B, jsonl, putObject, tempDir, testConfig } from './helpers/runtime.ts';
+
+let t: TestDatabase;
+let root: string;
+let config: Config;
+const running: Scheduler[] = [];
+
+beforeAll(async () => {
+  t = await createTestDatabase();
+  root = await tempDir();
+  config = testConfig(t.url, root, { HD_POLL_INTERVAL_MS: '200', HD_SLOTS: '2' });
+});
+afterEach(async () => {
+  await Promise.all(running.splice(0).map((s) => s.stop(0)));
+});
+afterAll(() => t.drop());
+
+/** A scheduler on the real process launcher; `command` replaces the runner for crash tests. */
+async function startScheduler(command?: string[], overrides: Partial<Config> = {}) {
+  const cfg = { ...config, ...overrides };
+  const launcher = new ProcessLauncher({
+    env: { PATH: process.env.PATH ?? '', ...configToEnv(cfg) },
+    command,
+    killGraceMs: 2000,
+  });
+  const scheduler = new Scheduler({
+    db: t.db,
+    launcher,
+    config: cfg,
+    log: createLogger({ level: 'silent' }),
+  });
+  running.push(scheduler);
+  await scheduler.start();
+  return scheduler;
+}
+
+function finished(scheduler: Scheduler, jobIds: string[]): Promise<Map<string, Job>> {
+  const ended = new Map<string, Job>();
+  return new Promise((resolve) => {
+    scheduler.on('job:finished', (job) => {
+      if (jobIds.includes(job.id) && (job.status === 'completed' || job.status === 'failed'))
+        ended.set(job.id, job);
+      if (ended.size === jobIds.length) resolve(ended);
+    });
+  });
+}
+
+async function enqueueImport(accountId: string, name: string, rows: unknown[], maxAttempts = 3) {
+  const path = `accounts/${accountId}/assets-jsonl/${name}`;
+  await putObject(root, 'hd_uploads_raw', path, jsonl(rows));
+  return t.db.enqueueJob({
+    accountId,
+    jobType: 'import_assets_jsonl',
+    debug: { bucket: 'hd_uploads_raw', path },
+    maxAttempts,
+  });
+}
+
+// A stand-in runner that never finishes, for cancel and shutdown.
+const HANGING_RUNNER = [process.execPath, '-e', 'setInterval(() => {}, 1000)'];
+
+describe('scheduler with the process launcher', () => {
+  it('runs queued jobs of two tenants end to end in child runners', async () => {
+    const a = await enqueueImport(ACCOUNT_A, 'a.jsonl', [
+      { title: 'A1', source_type: 'upload', source_ref: 'a1' },
+      { title: 'A2', source_type: 'upload', source_ref: 'a2' },
+    ]);
+    const b = await enqueueImport(ACCOUNT_B, 'b.jsonl', [
+      { title: 'B1', source_type: 'upload', source_ref: 'b1', account_id: ACCOUNT_A },
+    ]);
+    const scheduler = await startScheduler();
+    const ended = await finished(scheduler, [a.id, b.id]);
+    expect(ended.get(a.id)).toMatchObject({
+      status: 'completed',
+      attempts: 1,
+      progress_percent: 100,
+    });
+    expect(ended.get(a.id)!.debug.stats).toMatchObject({ lines: 2, inserted: 2, invalid: 0 });
+    expect(ended.get(b.id)!.debug.stats).toMatchObject({
+      lines: 1,
+      inserted: 1,
+      account_id_ignored: 1,
+    });
+    const { rows } = await t.sql.query(
+      `select account_id, source_ref from hd_assets where source_ref in ('a1','a2','b1') order by source_ref`,
+    );
+    expect(rows).toEqual([
+      { account_id: ACCOUNT_A, source_ref: 'a1' },
+      { account_id: ACCOUNT_A, source_ref: 'a2' },
+      { account_id: ACCOUNT_B, source_ref: 'b1' },
+    ]);
+  });
+
+  it('fails a job of an unknown type with UNKNOWN_JOB_TYPE, at once', async () => {
+    const job = await t.db.enqueueJob({ accountId: ACCOUNT_A, jobType: 'make_coffee', debug: {} });
+    const scheduler = await startScheduler();
+    const ended = await finished(scheduler, [job.id]);
+    expect(ended.get(job.id)).toMatchObject({
+      status: 'failed',
+      attempts: 1,
+      error_code: 'UNKNOWN_JOB_TYPE',
+    });
+    expect(ended.get(job.id)!.error).toMatch(/make_coffee/);
+  });
+
+  it('records CRASHED with the exit code and output when a runner dies without a result', async () => {
+    const job = await t.db.enqueueJob({
+      accountId: ACCOUNT_A,
+      jobType: 'import_assets_jsonl',
+      debug: { path: 'x' },
+      maxAttempts: 1,
+    });
+    const scheduler = await startScheduler([
+      process.execPath,
+      '-e',
+      'console.error("segfault-ish"); process.exit(3)',
+    ]);
+    const ended = await finished(scheduler, [job.id]);
+    expect(ended.get(job.id)).toMatchObject({ status: 'failed', error_code: 'CRASHED' });
+    expect(ended.get(job.id)!.error_details).toMatchObject({
+      exit_code: 3,
+      output_tail: ['segfault-ish'],
+    });
+  });
+
+  it('retries a crashed job with backoff while attempts remain', async () => {
+    const job = await t.db.enqueueJob({
+      accountId: ACCOUNT_A,
+      jobType: 'import_assets_jsonl',
+      debug: { path: 'x' },
+      maxAttempts: 2,
+    });
+    const scheduler = await startScheduler([process.execPath, '-e', 'process.exit(3)']);
+    const [after] = await once(scheduler, 'job:finished');
+    expect(after).toMatchObject({
+      id: job.id,
+      status: 'queued',
+      attempts: 1,
+      error_code: 'CRASHED',
+    });
+    expect((after as Job).run_after.getTime()).toBeGreaterThan(Date.now());
+  });
+
+  it('stops the runner of a job cancelled while it runs', async () => {
+    const job = await t.db.enqueueJob({
+      accountId: ACCOUNT_A,
+      jobType: 'import_assets_jsonl',
+      debug: { path: 'x' },
+    });
+    const scheduler = await startScheduler(HANGING_RUNNER);
+    await once(scheduler, 'job:claimed');
+    await expect.poll(() => scheduler.runningJobIds).toContain(job.id);
+    const done = once(scheduler, 'job:finished');
+    await t.db.cancelJob(job.id, 'no longer needed');
+    const [ended, exit] = await done;
+    expect(ended).toMatchObject({
+      status: 'failed',
+      error_code: 'CANCELLED',
+      error: 'no longer needed',
+    });
+    expect(exit).toMatchObject({ stoppedFor: 'cancelled', exitCode: null, signal: 'SIGTERM' });
+  });
+
+  it('hands running jobs back to the queue when stopped without grace', async () => {
+    const job = await t.db.enqueueJob({
+      accountId: ACCOUNT_A,
+      jobType: 'import_assets_jsonl',
+      debug: { path: 'x' },
+    });
+    const scheduler = await startScheduler(HANGING_RUNNER);
+    await once(scheduler, 'job:claimed');
+    await expect.poll(() => scheduler.runningJobIds).toContain(job.id);
+    await scheduler.stop(0);
+    expect(await t.db.getJob(job.id)).toMatchObject({
+      status: 'queued',
+      attempts: 0,
+      lease_token: null,
+    });
+  });
+
+  it('reaps a job whose worker vanished, on start', async () => {
+    const job = await t.db.enqueueJob({ accountId: ACCOUNT_A, jobType: 'orphan_probe', debug: {} });
+    await t.sql.query(
+      `select * from hd_claim_jobs('vanished-worker', null, 1, 60, $1, now() - interval '2 minutes')`,
+      [job.id],
+    );
+    const scheduler = new Scheduler({
+      db: t.db,
+      launcher: new ProcessLauncher({ env: {} }),
+      config: { ...config, HD_JOB_TYPES: ['nothing_to_claim'] },
+      log: createLogger({ level: 'silent' }),
+    });
+    const reaped = once(scheduler, 'job:reaped');
+    running.push(scheduler);
+    await scheduler.start();
+    const [job2] = await reaped;
+    expect(job2).toMatchObject({ id: job.id, status: 'queued', error_code: 'LEASE_EXPIRED' });
+  });
+});
