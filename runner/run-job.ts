@@ -51,7 +51,15 @@ const PROGRESS_MIN_INTERVAL_MS = 1000;
 /** Runs exactly one job: take the lease, heartbeat, run its handler, record the outcome. */
 export async function runJob(options: RunJobOptions): Promise<RunOutcome> {
   const { db, config, jobId } = options;
-  const job = await acquireLease(options);
+  let job: LeasedJob | { message: string };
+  try {
+    job = await acquireLease(options);
+  } catch (error) {
+    const err = toHdError(error);
+    if (err.code === 'LEASE_LOST' || err.code === 'CANCELLED')
+      return { outcome: 'lease_lost', error: err };
+    throw err;
+  }
   if ('message' in job) return { outcome: 'not_runnable', message: job.message };
 
   const log = options.log.child({ job_id: job.id, job_type: job.job_type, attempt: job.attempts });
@@ -194,9 +202,10 @@ function makeContext(
 function raceAbort<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     const onAbort = () => reject(signal.reason);
-    if (signal.aborted) return onAbort();
-    signal.addEventListener('abort', onAbort, { once: true });
+    // Always subscribe to `work`, so its late rejection is never unhandled.
     work.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
   });
 }
 
