@@ -33,6 +33,9 @@ export function assertTenantPath(accountId: string, path: unknown): string {
   if (path.includes('\\')) return refuse('it contains a backslash');
   if (path.startsWith('/')) return refuse('it is absolute');
   const normal = path.normalize('NFC');
+  // NFC can lengthen a string (up to 3x), so the limit applies to what is returned too.
+  if (normal.length > MAX_PATH_LENGTH)
+    return refuse(`it is longer than ${MAX_PATH_LENGTH} characters once normalised (NFC)`);
   const segments = normal.split('/');
   if (segments.some((s) => s === '..' || s === '.'))
     return refuse('it contains a "." or ".." segment');

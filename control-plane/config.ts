@@ -41,8 +41,36 @@ export const configSchema = z.object({
   HD_REAP_INTERVAL_MS: positiveInt.default(15000),
   /** On SIGTERM, how long running jobs may finish before they are handed back, in ms. Default 30000. */
   HD_SHUTDOWN_GRACE_MS: z.coerce.number().int().nonnegative().default(30000),
-  /** Launcher for runners: `process` (child process via execa). Default process. */
-  HD_LAUNCHER: z.enum(['process']).default('process'),
+  /** Launcher for runners: `process` (child process via execa) or `docker` (one container per job). Default process. */
+  HD_LAUNCHER: z.enum(['process', 'docker']).default('process'),
+  /** Runner image for CPU jobs (docker launcher). Default hd-runner:latest. */
+  HD_DOCKER_IMAGE: z.string().min(1).default('hd-runner:latest'),
+  /** Runner image for GPU jobs, built from Dockerfile.gpu (docker launcher). Default hd-runner-gpu:latest. */
+  HD_DOCKER_GPU_IMAGE: z.string().min(1).default('hd-runner-gpu:latest'),
+  /** Network mode of runner containers: `bridge`, `host` (needed for a database on 127.0.0.1), or a network name. Default bridge. */
+  HD_DOCKER_NETWORK: z.string().min(1).default('bridge'),
+  /** uid:gid runner containers run as (never root). Default 1000:1000. */
+  HD_DOCKER_USER: z
+    .string()
+    .regex(/^[1-9]\d*(:\d+)?$/, 'must be a non-root numeric uid[:gid]')
+    .default('1000:1000'),
+  /** Most processes/threads in one runner container. Default 256. */
+  HD_DOCKER_PIDS_LIMIT: positiveInt.default(256),
+  /** Size of the tmpfs at /tmp (the runner's work dir) in MiB; counts against the job's memory. Default 256. */
+  HD_DOCKER_TMPFS_MB: positiveInt.default(256),
+  /** Keep the container of a failed job (renamed hd-failed-…) for inspection: `true`/`false`. Default false. */
+  HD_DOCKER_KEEP_FAILED: z
+    .enum(['true', 'false', '1', '0'])
+    .default('false')
+    .transform((v) => v === 'true' || v === '1'),
+  /** After SIGTERM, how long a runner container may take to exit before SIGKILL, in ms. Default 10000. */
+  HD_DOCKER_KILL_GRACE_MS: z.coerce.number().int().nonnegative().default(10000),
+  /** How often the scheduler reconciles its labelled containers with job rows, in ms. Default 30000. */
+  HD_RECONCILE_INTERVAL_MS: positiveInt.default(30000),
+  /** GPUs to pin GPU jobs to: `all`, a count (`4`), ids/UUIDs (`0,1,3`), or `none`. Default: what `nvidia-smi -L` lists. */
+  HD_GPUS: z.string().optional(),
+  /** GPU jobs that may share one GPU at once. Default 1. */
+  HD_GPU_JOBS_PER_GPU: positiveInt.default(1),
   /** Rows per upsert batch in imports. Default 1000. */
   HD_IMPORT_BATCH_SIZE: z.coerce.number().int().min(1).max(10000).default(1000),
   /** Longest JSONL line accepted, in bytes; longer lines are reported invalid. Default 1048576. */
@@ -95,10 +123,15 @@ export function configToEnv(config: Config): Record<string, string> {
 
 const SECRET_NAME = /KEY|SECRET|PASSWORD|TOKEN/i;
 
+// Secrets recognised by their look, whatever variable they were put in by mistake:
+// JWTs (Supabase keys) and Supabase's sb_secret_ keys.
+const SECRET_VALUE = /^eyJ[\w-]+\.[\w-]+\.|^sb_secret_/;
+
 /** Hides the secret part of a value before it is shown anywhere. */
 export function redactValue(name: string, value: string): string {
-  if (SECRET_NAME.test(name)) return '[redacted]';
-  if (/URL$/.test(name)) return redactUrl(value);
+  if (SECRET_NAME.test(name) || SECRET_VALUE.test(value)) return '[redacted]';
+  // Any URL, not only in *_URL: a connection string pasted into the wrong variable.
+  if (/URL$/.test(name) || /^[a-z][a-z0-9+.-]*:\/\//i.test(value)) return redactUrl(value);
   return value;
 }
 

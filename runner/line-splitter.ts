@@ -20,7 +20,9 @@ const BOM = Buffer.from([0xef, 0xbb, 0xbf]);
  */
 export class LineSplitter {
   readonly #maxLineBytes: number;
-  readonly #decoder = new TextDecoder('utf-8', { fatal: true });
+  // ignoreBOM keeps U+FEFF in the text: only line 1's BOM is a byte order mark (see
+  // #takeLine); TextDecoder would otherwise strip one from the start of every line.
+  readonly #decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
   #pieces: Buffer[] = [];
   #pieceBytes = 0;
   #lineBytes = 0;

@@ -10,6 +10,24 @@ export const METADATA_LIMITS = {
   maxFlatString: 200,
 };
 
+// PostgreSQL's jsonb refuses NUL and unpaired UTF-16 surrogates: one such string would
+// make the whole batch of rows it travels in fail.
+// eslint-disable-next-line no-control-regex
+const UNSTORABLE = /\u0000|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
+
+/**
+ * A string PostgreSQL can store: at most `max` UTF-16 units, never cut between the two
+ * halves of a surrogate pair, NUL and unpaired surrogates replaced by U+FFFD.
+ */
+export function storableString(value: string, max = Infinity): string {
+  let out = value;
+  if (out.length > max) {
+    out = out.slice(0, max);
+    if (/[\ud800-\udbff]$/.test(out)) out = out.slice(0, -1);
+  }
+  return out.replace(UNSTORABLE, '\ufffd');
+}
+
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 
 /**
@@ -34,10 +52,13 @@ export function flatSubset(value: unknown): Record<string, Json> {
   const out: Record<string, Json> = {};
   if (!isPlainObject(value)) return out;
   let kept = 0;
-  for (const [key, v] of Object.entries(value)) {
+  for (const [rawKey, v] of Object.entries(value)) {
     if (kept >= METADATA_LIMITS.maxFlatFields) break;
-    if (key === '__proto__') continue; // would set the copy's prototype, not a field
-    if (typeof v === 'string') out[key] = v.slice(0, METADATA_LIMITS.maxFlatString);
+    if (rawKey === '__proto__') continue; // would set the copy's prototype, not a field
+    // A long key would make the "small" subset large; this is not the place for it.
+    if (rawKey.length > METADATA_LIMITS.maxFlatString) continue;
+    const key = storableString(rawKey);
+    if (typeof v === 'string') out[key] = storableString(v, METADATA_LIMITS.maxFlatString);
     else if (typeof v === 'number' || typeof v === 'boolean' || v === null) out[key] = v;
     else continue;
     kept += 1;
@@ -48,7 +69,7 @@ export function flatSubset(value: unknown): Record<string, Json> {
 function copyBounded(value: unknown, depth: number): Json {
   if (value === null || typeof value === 'boolean') return value;
   if (typeof value === 'number') return Number.isFinite(value) ? value : null;
-  if (typeof value === 'string') return value.slice(0, METADATA_LIMITS.maxStringLength);
+  if (typeof value === 'string') return storableString(value, METADATA_LIMITS.maxStringLength);
   if (depth > METADATA_LIMITS.maxDepth) return '[truncated: too deep]';
   if (Array.isArray(value)) {
     return value.slice(0, METADATA_LIMITS.maxArrayItems).map((v) => copyBounded(v, depth + 1));
@@ -59,7 +80,7 @@ function copyBounded(value: unknown, depth: number): Json {
     for (const [key, v] of Object.entries(value)) {
       if (kept++ >= METADATA_LIMITS.maxKeys) break;
       if (key === '__proto__') continue; // would set the copy's prototype, not a field
-      out[key] = copyBounded(v, depth + 1);
+      out[storableString(key)] = copyBounded(v, depth + 1);
     }
     return out;
   }

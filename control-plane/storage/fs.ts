@@ -1,5 +1,5 @@
 import { copyFile, mkdir, realpath, rename, stat } from 'node:fs/promises';
-import { dirname, join, resolve, sep } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { HdError } from '../../contract/errors.ts';
 import type { LocalFile, StorageBackend } from './storage.ts';
 
@@ -8,7 +8,7 @@ const BUCKET_NAME = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
 /**
  * Storage backend `fs`: `{root}/{bucket}/{key}`. Downloads hand out the stored file
  * itself (no copy): callers only read it. Keys arrive checked by TenantStorage; the
- * real path is checked again so a symlink cannot lead outside the bucket.
+ * real path is checked again so a symlink cannot lead outside the key's place.
  */
 export class FsStorage implements StorageBackend {
   readonly root: string;
@@ -44,11 +44,12 @@ export class FsStorage implements StorageBackend {
         },
       );
     }
-    const realBucket = await realpath(bucketDir);
-    if (!real.startsWith(realBucket + sep)) {
+    // The object must be exactly at its key: a symlink anywhere below the bucket could
+    // lead outside it, or into another account's prefix inside it.
+    if (real !== join(await realpath(bucketDir), key)) {
       throw new HdError(
         'PATH_OUTSIDE_TENANT',
-        `storage object ${bucket}/${key} links outside its bucket`,
+        `storage object ${bucket}/${key} is, or lies under, a symbolic link (not followed)`,
       );
     }
     const info = await stat(real);
@@ -59,8 +60,16 @@ export class FsStorage implements StorageBackend {
   }
 
   async upload(bucket: string, key: string, localPath: string): Promise<void> {
-    const target = join(this.#bucketDir(bucket), key);
+    const bucketDir = this.#bucketDir(bucket);
+    const target = join(bucketDir, key);
     await mkdir(dirname(target), { recursive: true });
+    // As for downloads: a symlinked folder must not carry the write away from its key.
+    if ((await realpath(dirname(target))) !== join(await realpath(bucketDir), dirname(key))) {
+      throw new HdError(
+        'PATH_OUTSIDE_TENANT',
+        `storage object ${bucket}/${key} lies under a symbolic link (not followed)`,
+      );
+    }
     // Copy then rename: readers never see a half-written object.
     const partial = `${target}.partial-${process.pid}`;
     await copyFile(localPath, partial);

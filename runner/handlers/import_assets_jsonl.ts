@@ -5,13 +5,36 @@ import { HdError } from '../../contract/errors.ts';
 import type { AssetRow } from '../../control-plane/db/transport.ts';
 import type { Handler, HandlerContext } from '../handler.ts';
 import { LineSplitter, type Line } from '../line-splitter.ts';
-import { flatSubset, sanitizeMetadata } from '../sanitize-metadata.ts';
+import { flatSubset, sanitizeMetadata, storableString } from '../sanitize-metadata.ts';
+
+// PostgreSQL cannot store NUL or unpaired surrogates; a line carrying one in a field that
+// names or identifies the asset is refused (metadata is cleaned instead).
+const storable = [
+  (s: string) => storableString(s) === s,
+  'contains a NUL character or an unpaired surrogate, which PostgreSQL cannot store',
+] as const;
 
 /** One JSONL line. Unknown keys are dropped; `account_id` in particular is ignored. */
 export const assetLineSchema = z.object({
-  title: z.string().trim().min(1, 'title must not be empty').max(1000),
-  source_type: z.string().trim().min(1, 'source_type must not be empty').max(100),
-  source_ref: z.string().trim().min(1).max(2000).optional(),
+  title: z
+    .string()
+    .trim()
+    .min(1, 'title must not be empty')
+    .max(1000)
+    .refine(...storable),
+  source_type: z
+    .string()
+    .trim()
+    .min(1, 'source_type must not be empty')
+    .max(100)
+    .refine(...storable),
+  source_ref: z
+    .string()
+    .trim()
+    .min(1)
+    .max(2000)
+    .refine(...storable)
+    .optional(),
   metadata: z.record(z.string(), z.unknown()).optional(),
   source_line: z.unknown().optional(),
 });
@@ -40,9 +63,12 @@ type ParsedLine =
   | { kind: 'row'; row: AssetRow; hadAccountId: boolean };
 
 /** Parses and validates one line; never throws for bad content. */
-export function parseAssetLine(line: Line): ParsedLine {
+export function parseAssetLine(line: Line, maxLineBytes: number): ParsedLine {
   if (line.problem === 'too_long')
-    return { kind: 'invalid', reason: 'line is longer than the limit' };
+    return {
+      kind: 'invalid',
+      reason: `line is longer than the limit of ${maxLineBytes} bytes (HD_MAX_LINE_BYTES)`,
+    };
   if (line.problem === 'invalid_utf8')
     return { kind: 'invalid', reason: 'line is not valid UTF-8' };
   const text = line.text ?? '';
@@ -51,7 +77,11 @@ export function parseAssetLine(line: Line): ParsedLine {
   try {
     value = JSON.parse(text);
   } catch (error) {
-    return { kind: 'invalid', reason: `invalid JSON: ${(error as Error).message.slice(0, 120)}` };
+    // V8 quotes the input in its message, NUL and half an emoji included.
+    return {
+      kind: 'invalid',
+      reason: `invalid JSON: ${storableString((error as Error).message, 120)}`,
+    };
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     return {
@@ -160,12 +190,13 @@ async function scanFile(
   const onLine = (line: Line) => {
     stats.lines += 1;
     stats.bytes = line.bytesEnd;
-    const parsed = parseAssetLine(line);
+    const parsed = parseAssetLine(line, ctx.config.HD_MAX_LINE_BYTES);
     if (parsed.kind === 'blank') stats.blank += 1;
     else if (parsed.kind === 'invalid') {
       stats.invalid += 1;
       if (stats.invalid_samples.length < MAX_INVALID_SAMPLES) {
-        stats.invalid_samples.push({ line: line.number, reason: parsed.reason });
+        // Stats and error details are jsonb: nothing from the input may break them.
+        stats.invalid_samples.push({ line: line.number, reason: storableString(parsed.reason) });
       }
     } else {
       stats.valid += 1;
