@@ -2,28 +2,31 @@ import { pino, type Logger, type DestinationStream } from 'pino';
 
 export type { Logger };
 
-/**
- * Paths pino blanks in every line. The config object, env maps and anything named like
- * a credential: a secret must never reach a log, whatever object a caller logs.
- */
-export const REDACTED_PATHS = [
-  'config.HD_DATABASE_URL',
-  'env',
+// Keys whose values are credentials wherever they appear in a logged object (pino redacts
+// by path, so each is listed at the top level and two levels down).
+const SECRET_KEYS = [
   'lease_token',
-  '*.lease_token',
   'leaseToken',
-  '*.leaseToken',
+  'HD_LEASE_TOKEN',
   'password',
-  '*.password',
   'apiKey',
-  '*.apiKey',
+  'api_key',
   'serviceRoleKey',
-  '*.serviceRoleKey',
+  'service_role_key',
+  'SUPABASE_SERVICE_ROLE_KEY',
+  'HD_LLM_API_KEY',
+  'HD_DATABASE_URL',
   'connectionString',
-  '*.connectionString',
-  'headers.authorization',
-  '*.headers.authorization',
+  'authorization',
+  'Authorization',
+  'env',
 ];
+
+/**
+ * Paths pino blanks in every line: a secret must never reach a log, whatever object a
+ * caller logs (the config, an env map, a job row, request headers).
+ */
+export const REDACTED_PATHS = SECRET_KEYS.flatMap((key) => [key, `*.${key}`, `*.*.${key}`]);
 
 export function createLogger(
   options: { level?: string; name?: string; base?: Record<string, unknown> } = {},

@@ -1,6 +1,8 @@
 export const METADATA_LIMITS = {
   maxDepth: 6,
   maxKeys: 100,
+  /** Values copied in total: bounds the work on wide, shared-reference object graphs. */
+  maxNodes: 10_000,
   maxArrayItems: 100,
   maxStringLength: 4000,
   /** Serialized size above which metadata is replaced by a truncation marker. */
@@ -38,7 +40,7 @@ type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
  */
 export function sanitizeMetadata(value: unknown): Record<string, Json> {
   if (!isPlainObject(value)) return {};
-  const copy = copyBounded(value, 1) as Record<string, Json>;
+  const copy = copyBounded(value, 1, { left: METADATA_LIMITS.maxNodes }) as Record<string, Json>;
   if ('source_line' in value) copy.source_line = flatSubset(value.source_line);
   const size = Buffer.byteLength(JSON.stringify(copy));
   if (size > METADATA_LIMITS.maxBytes) {
@@ -66,13 +68,16 @@ export function flatSubset(value: unknown): Record<string, Json> {
   return out;
 }
 
-function copyBounded(value: unknown, depth: number): Json {
+function copyBounded(value: unknown, depth: number, budget: { left: number }): Json {
+  if (--budget.left < 0) return '[truncated: too large]';
   if (value === null || typeof value === 'boolean') return value;
   if (typeof value === 'number') return Number.isFinite(value) ? value : null;
   if (typeof value === 'string') return storableString(value, METADATA_LIMITS.maxStringLength);
   if (depth > METADATA_LIMITS.maxDepth) return '[truncated: too deep]';
   if (Array.isArray(value)) {
-    return value.slice(0, METADATA_LIMITS.maxArrayItems).map((v) => copyBounded(v, depth + 1));
+    return value
+      .slice(0, METADATA_LIMITS.maxArrayItems)
+      .map((v) => copyBounded(v, depth + 1, budget));
   }
   if (isPlainObject(value)) {
     const out: Record<string, Json> = {};
@@ -80,7 +85,7 @@ function copyBounded(value: unknown, depth: number): Json {
     for (const [key, v] of Object.entries(value)) {
       if (kept++ >= METADATA_LIMITS.maxKeys) break;
       if (key === '__proto__') continue; // would set the copy's prototype, not a field
-      out[storableString(key)] = copyBounded(v, depth + 1);
+      out[storableString(key)] = copyBounded(v, depth + 1, budget);
     }
     return out;
   }

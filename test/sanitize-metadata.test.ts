@@ -258,3 +258,13 @@ describe('flatSubset', () => {
     expect(out.nul).not.toContain('\u0000');
   });
 });
+
+describe('work bound', () => {
+  it('stops copying a wide graph of shared references after a bounded number of values', () => {
+    const shared: Record<string, unknown> = {};
+    for (let i = 0; i < 100; i++) shared[`k${i}`] = shared; // 100^6 paths if followed naively
+    // Unbounded, this would not finish within the test timeout.
+    const copy = sanitizeMetadata({ root: shared });
+    expect(JSON.stringify(copy)).toMatch(/truncated/);
+  });
+});

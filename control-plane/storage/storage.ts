@@ -29,11 +29,12 @@ export class TenantStorage {
     this.#workDir = workDir;
   }
 
-  download(bucket: string, key: string): Promise<LocalFile> {
+  // async: a refused path rejects the promise like any other storage error.
+  async download(bucket: string, key: string): Promise<LocalFile> {
     return this.#backend.download(bucket, assertTenantPath(this.accountId, key), this.#workDir);
   }
 
-  upload(bucket: string, key: string, localPath: string, contentType: string): Promise<void> {
+  async upload(bucket: string, key: string, localPath: string, contentType: string): Promise<void> {
     const checked = assertTenantPath(this.accountId, key);
     return this.#backend.upload(bucket, checked, localPath, contentType);
   }
