@@ -132,7 +132,7 @@ export const importAssetsJsonl: Handler<'import_assets_jsonl'> = {
     if (strict) {
       await ctx.progress(0, 'validating');
       const check = newStats();
-      await scanFile(ctx, file.path, file.size, check, undefined);
+      await scanFile(ctx, file.path, file.size, check, undefined, [0, 50]);
       if (check.invalid > 0) {
         const first = check.invalid_samples[0]!;
         throw new HdError(
@@ -145,15 +145,24 @@ export const importAssetsJsonl: Handler<'import_assets_jsonl'> = {
       }
     }
 
-    await ctx.progress(0, 'importing');
+    // Strict mode spends the first half of the progress bar on validation.
+    const span: [number, number] = strict ? [50, 100] : [0, 100];
+    await ctx.progress(span[0], 'importing');
     const stats = newStats();
-    await scanFile(ctx, file.path, file.size, stats, async (rows) => {
-      const counts = await ctx.outputs.upsertAssets(rows);
-      stats.inserted += counts.inserted;
-      stats.updated += counts.updated;
-      stats.unchanged += counts.unchanged;
-      stats.batches += 1;
-    });
+    await scanFile(
+      ctx,
+      file.path,
+      file.size,
+      stats,
+      async (rows) => {
+        const counts = await ctx.outputs.upsertAssets(rows);
+        stats.inserted += counts.inserted;
+        stats.updated += counts.updated;
+        stats.unchanged += counts.unchanged;
+        stats.batches += 1;
+      },
+      span,
+    );
     stats.skipped = stats.blank + stats.unchanged;
     return { ...stats, duration_ms: Math.round(performance.now() - started) };
   },
@@ -183,6 +192,7 @@ async function scanFile(
   size: number,
   stats: ImportStats,
   write: ((rows: AssetRow[]) => Promise<void>) | undefined,
+  [from, to]: [number, number],
 ): Promise<void> {
   const splitter = new LineSplitter(ctx.config.HD_MAX_LINE_BYTES);
   const batchSize = ctx.config.HD_IMPORT_BATCH_SIZE;
@@ -230,7 +240,7 @@ async function scanFile(
       if (next.done) break;
       splitter.push(next.value, onLine);
       await flush(false);
-      await ctx.progress(size === 0 ? 100 : (stats.bytes / size) * 100);
+      await ctx.progress(from + (size === 0 ? 1 : stats.bytes / size) * (to - from));
     }
   } finally {
     stream.destroy();
