@@ -3,11 +3,13 @@ import { HdError } from '../contract/errors.ts';
 import { ConfigError } from '../control-plane/config.ts';
 import { parseCommandArgs, UsageError, type Command } from './command.ts';
 import { demoCommand } from './commands/demo.ts';
+import { doctorCommand } from './commands/doctor.ts';
 import { enqueueCommand } from './commands/enqueue.ts';
 import { jobsCommand } from './commands/jobs.ts';
 import { migrateCommand } from './commands/migrate.ts';
 import { runCommand } from './commands/run.ts';
 import { schedulerCommand } from './commands/scheduler.ts';
+import { selftestCommand } from './commands/selftest.ts';
 
 const COMMANDS: Command[] = [
   schedulerCommand,
@@ -15,7 +17,9 @@ const COMMANDS: Command[] = [
   enqueueCommand,
   jobsCommand,
   migrateCommand,
+  doctorCommand,
   demoCommand,
+  selftestCommand,
 ];
 
 function mainHelp(): string {

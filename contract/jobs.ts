@@ -1,16 +1,17 @@
 import { z } from 'zod';
 
 /** Job types this version of hd-runner handles, in pipeline order. */
-export const JOB_TYPES = ['import_assets_jsonl'] as const;
-export type JobType = (typeof JOB_TYPES)[number];
-
-/** Job types of the worker contract that later versions add (see the issues). */
-export const PLANNED_JOB_TYPES = [
+export const JOB_TYPES = [
+  'import_assets_jsonl',
   'extract_text',
   'extract_interpretations',
   'text2kg',
   'synthesize_node',
 ] as const;
+export type JobType = (typeof JOB_TYPES)[number];
+
+/** Job types of the worker contract that later versions add (see the issues). */
+export const PLANNED_JOB_TYPES = [] as const;
 
 export function isJobType(value: string): value is JobType {
   return (JOB_TYPES as readonly string[]).includes(value);
@@ -53,6 +54,17 @@ export interface LeasedJob extends Job {
   lease_token: string;
 }
 
+/**
+ * Pipelines: a payload may name the stages that follow it. On completion the queue
+ * (hd_complete_job, migration 00007) enqueues the first of them once for the same
+ * account and document, passing the rest on.
+ */
+export const PIPELINE_STAGES = ['extract_interpretations', 'text2kg', 'synthesize_node'] as const;
+export const nextStagesSchema = z
+  .array(z.enum(PIPELINE_STAGES))
+  .max(PIPELINE_STAGES.length)
+  .optional();
+
 /** Payload (`debug`) schemas, one per job type. Unknown keys (e.g. stats) pass through. */
 export const PAYLOAD_SCHEMAS = {
   import_assets_jsonl: z.looseObject({
@@ -61,6 +73,30 @@ export const PAYLOAD_SCHEMAS = {
     format: z.literal('jsonl').default('jsonl'),
     /** Fail the whole job (writing nothing) on the first invalid line. */
     strict: z.boolean().default(false),
+  }),
+  /** Files come from hd_document_files of the job's document_id; these only tune it. */
+  extract_text: z.looseObject({
+    /** Tesseract languages, e.g. `deu+eng`; default HD_OCR_LANGUAGES. */
+    ocr_languages: z
+      .string()
+      .regex(/^[A-Za-z_]{3,20}(\+[A-Za-z_]{3,20}){0,7}$/, 'must look like deu+eng')
+      .optional(),
+    /** `auto`: OCR pages and images without a text layer; `off`: never run OCR. */
+    ocr: z.enum(['auto', 'off']).default('auto'),
+    /** Target chunk length in characters; default HD_CHUNK_TARGET_CHARS. */
+    chunk_target_chars: z.number().int().min(100).max(100_000).optional(),
+    /** Characters repeated from the end of one chunk at the start of the next. */
+    chunk_overlap_chars: z.number().int().min(0).max(50_000).optional(),
+    next_stages: nextStagesSchema,
+  }),
+  /** Interprets every chunk of the job's document_id not yet interpreted. */
+  extract_interpretations: z.looseObject({ next_stages: nextStagesSchema }),
+  /** Builds the graph of the job's document_id from its interpretations. */
+  text2kg: z.looseObject({ next_stages: nextStagesSchema }),
+  /** Synthesises `node_id`, or without it every node of the job's document_id. */
+  synthesize_node: z.looseObject({
+    node_id: z.uuid('node_id must be a UUID').optional(),
+    next_stages: nextStagesSchema,
   }),
 } satisfies { [K in JobType]: z.ZodType };
 

@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
 import { DEFAULT_BUCKET } from '../contract/jobs.ts';
+import { combinationError } from './config-rules.ts';
 
 const positiveInt = z.coerce.number().int().positive();
 const csv = z.string().transform((s) =>
@@ -15,14 +16,30 @@ const csv = z.string().transform((s) =>
  * Parsed once at start-up; nothing else reads process.env.
  */
 export const configSchema = z.object({
-  /** Queue/output transport: `postgres` (direct connection). Default postgres. */
-  HD_TRANSPORT: z.enum(['postgres']).default('postgres'),
+  /** Queue/output transport: `postgres` (direct connection) or `supabase` (REST via SUPABASE_URL + service-role key). Default postgres. */
+  HD_TRANSPORT: z.enum(['postgres', 'supabase']).default('postgres'),
   /** PostgreSQL connection string (postgres transport). No default. */
   HD_DATABASE_URL: z.string().url().optional(),
   /** Pool size per process. Default 4. */
   HD_DATABASE_POOL_SIZE: positiveInt.default(4),
-  /** Storage backend: `fs` (a folder laid out like the buckets). Default fs. */
-  HD_STORAGE: z.enum(['fs']).default('fs'),
+  /** Supabase project URL, e.g. https://<ref>.supabase.co (supabase transport/storage). No default. */
+  SUPABASE_URL: z.string().url().optional(),
+  /** Supabase service-role key (supabase transport/storage); a secret, never logged. No default. */
+  SUPABASE_SERVICE_ROLE_KEY: z.string().min(20).optional(),
+  /** Longest one REST call of the supabase transport may take, in ms. Default 30000. */
+  HD_SUPABASE_TIMEOUT_MS: positiveInt.default(30_000),
+  /** Supabase Realtime wake-ups on new/cancelled jobs (supabase transport; polling stays on): `true`/`false`. Default false. */
+  HD_REALTIME: z
+    .enum(['true', 'false', '1', '0'])
+    .default('false')
+    .transform((v) => v === 'true' || v === '1'),
+  /** Supabase project ref this worker must talk to (`local` for one on this machine); a mismatch stops it. No default. */
+  HD_EXPECTED_PROJECT_REF: z
+    .string()
+    .regex(/^([a-z0-9]{20}|local)$/, 'must be a 20-character project ref or local')
+    .optional(),
+  /** Storage backend: `fs` (a folder laid out like the buckets) or `supabase` (Supabase Storage via SUPABASE_URL). Default fs. */
+  HD_STORAGE: z.enum(['fs', 'supabase']).default('fs'),
   /** Root folder of the fs storage backend; buckets are its sub-folders. Default ./.hd-data/storage */
   HD_STORAGE_ROOT: z.string().min(1).default('./.hd-data/storage'),
   /** Bucket of uploaded inputs. Default hd_uploads_raw. */
@@ -75,6 +92,61 @@ export const configSchema = z.object({
   HD_IMPORT_BATCH_SIZE: z.coerce.number().int().min(1).max(10000).default(1000),
   /** Longest JSONL line accepted, in bytes; longer lines are reported invalid. Default 1048576. */
   HD_MAX_LINE_BYTES: positiveInt.default(1024 * 1024),
+  /** extract_text: largest input file accepted, in bytes. Default 209715200 (200 MiB). */
+  HD_EXTRACT_MAX_FILE_BYTES: positiveInt.default(200 * 1024 * 1024),
+  /** extract_text: most pages of one PDF; larger ones are refused before parsing. Default 5000. */
+  HD_EXTRACT_MAX_PAGES: positiveInt.default(5000),
+  /** extract_text: wall-clock limit for parsing one file (PDF text layer, HTML, text), in ms. Default 600000. */
+  HD_EXTRACT_PARSE_TIMEOUT_MS: positiveInt.default(600_000),
+  /** extract_text: most resident memory of the PDF parser process (and of each OCR tool), in MiB. Default 1024. */
+  HD_EXTRACT_MAX_MEMORY_MB: z.coerce.number().int().min(64).default(1024),
+  /** extract_text: Tesseract languages for OCR, `+`-separated. Default deu+eng. */
+  HD_OCR_LANGUAGES: z
+    .string()
+    .regex(/^[A-Za-z_]{3,20}(\+[A-Za-z_]{3,20}){0,7}$/, 'must look like deu+eng')
+    .default('deu+eng'),
+  /** extract_text: resolution PDF pages are rendered at for OCR, in dpi. Default 300. */
+  HD_OCR_DPI: z.coerce.number().int().min(72).max(600).default(300),
+  /** extract_text: a PDF page whose text layer has fewer non-blank characters is OCRed. Default 20. */
+  HD_OCR_MIN_CHARS: z.coerce.number().int().nonnegative().default(20),
+  /** extract_text: wall-clock limit for rendering + OCR of one page or image, in ms. Default 120000. */
+  HD_OCR_PAGE_TIMEOUT_MS: positiveInt.default(120_000),
+  /** extract_text: target chunk length, in characters. Default 1500. */
+  HD_CHUNK_TARGET_CHARS: z.coerce.number().int().min(100).max(100_000).default(1500),
+  /** extract_text: characters repeated from one chunk's end at the next chunk's start. Default 200. */
+  HD_CHUNK_OVERLAP_CHARS: z.coerce.number().int().nonnegative().default(200),
+  /** extract_text: OpenAI-compatible endpoint for audio/video transcription (…/v1). Default none: audio files fail UNSUPPORTED_FILE. */
+  HD_TRANSCRIBE_BASE_URL: z.string().url().optional(),
+  /** extract_text: API key of the transcription endpoint (secret). Default HD_LLM_API_KEY. */
+  HD_TRANSCRIBE_API_KEY: z.string().min(1).optional(),
+  /** extract_text: transcription model name. Default whisper-1. */
+  HD_TRANSCRIBE_MODEL: z.string().min(1).default('whisper-1'),
+  /** extract_text: audio is cut into segments of this length, one request each, in seconds. Default 600. */
+  HD_TRANSCRIBE_SEGMENT_SECONDS: positiveInt.default(600),
+  /** LLM stages: OpenAI-compatible endpoint (OpenAI, vLLM, Ollama …/v1). Default https://api.openai.com/v1 when HD_LLM_API_KEY is set, else none (LLM jobs fail). */
+  HD_LLM_BASE_URL: z.string().url().optional(),
+  /** LLM stages: API key sent as a bearer token (secret, redacted from logs). Default none (keyless local servers). */
+  HD_LLM_API_KEY: z.string().min(1).optional(),
+  /** LLM stages: model name the endpoint serves. Default gpt-4o-mini. */
+  HD_LLM_MODEL: z.string().min(1).default('gpt-4o-mini'),
+  /** LLM stages: requests in flight at once per job. Default 4. */
+  HD_LLM_CONCURRENCY: z.coerce.number().int().min(1).max(64).default(4),
+  /** LLM stages: time limit of one request, in ms. Default 120000. */
+  HD_LLM_TIMEOUT_MS: positiveInt.default(120_000),
+  /** LLM stages: retries of one request after 429, 5xx, timeouts and connection errors. Default 4. */
+  HD_LLM_MAX_RETRIES: z.coerce.number().int().min(0).max(20).default(4),
+  /** LLM stages: first backoff before a retry, doubled each time (with jitter), in ms; Retry-After wins. Default 1000. */
+  HD_LLM_RETRY_BASE_MS: positiveInt.default(1000),
+  /** LLM stages: longest wait before one retry, in ms; a longer Retry-After fails the job (retryable). Default 60000. */
+  HD_LLM_RETRY_MAX_MS: positiveInt.default(60_000),
+  /** LLM stages: `json_schema` (structured output) or `json_object` (schema in the prompt, for endpoints without it). Default json_schema. */
+  HD_LLM_RESPONSE_FORMAT: z.enum(['json_schema', 'json_object']).default('json_schema'),
+  /** LLM stages: most tokens the model may generate per request. Default 4096. */
+  HD_LLM_MAX_OUTPUT_TOKENS: positiveInt.default(4096),
+  /** LLM stages: price of input tokens for the cost estimate in stats, in USD per million tokens. Default 0 (unknown). */
+  HD_LLM_PRICE_INPUT_PER_MTOK: z.coerce.number().nonnegative().default(0),
+  /** LLM stages: price of output tokens for the cost estimate in stats, in USD per million tokens. Default 0 (unknown). */
+  HD_LLM_PRICE_OUTPUT_PER_MTOK: z.coerce.number().nonnegative().default(0),
   /** Folder for downloaded inputs and scratch files. Default the OS temp dir. */
   HD_WORK_DIR: z.string().min(1).optional(),
   /** pino level: fatal, error, warn, info, debug, trace, silent. Default info. */
@@ -93,7 +165,11 @@ export class ConfigError extends Error {
 /** Parses configuration; the error names the first bad variable and its value. */
 export function loadConfig(env: Record<string, string | undefined>): Config {
   const result = configSchema.safeParse(env);
-  if (result.success) return result.data;
+  if (result.success) {
+    const wrong = combinationError(result.data);
+    if (wrong) throw new ConfigError(`invalid configuration: ${wrong}`);
+    return result.data;
+  }
   const issue = result.error.issues[0]!;
   const name = String(issue.path[0] ?? '?');
   const raw = env[name];

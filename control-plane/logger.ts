@@ -11,10 +11,12 @@ const SECRET_KEYS = [
   'password',
   'apiKey',
   'api_key',
+  'apikey', // supabase-js sends the key in this header too
   'serviceRoleKey',
   'service_role_key',
   'SUPABASE_SERVICE_ROLE_KEY',
   'HD_LLM_API_KEY',
+  'HD_TRANSCRIBE_API_KEY',
   'HD_DATABASE_URL',
   'connectionString',
   'authorization',

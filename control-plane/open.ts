@@ -1,16 +1,49 @@
-import { requireSetting, type Config } from './config.ts';
+import { ConfigError, requireSetting, type Config } from './config.ts';
 import { PostgresDb } from './db/postgres.ts';
+import { SupabaseDb } from './db/supabase.ts';
 import type { ControlPlaneDb } from './db/transport.ts';
 import { FsStorage } from './storage/fs.ts';
 import type { StorageBackend } from './storage/storage.ts';
+import { SupabaseStorage } from './storage/supabase.ts';
+import { projectMismatch } from './supabase-target.ts';
 
-/** The configured queue/output transport. */
-export function openDb(config: Config): ControlPlaneDb & { close(): Promise<void> } {
+/**
+ * The configured queue/output transport. Refuses to start when HD_EXPECTED_PROJECT_REF
+ * names another project than the one configured (`doctor` reports it instead).
+ */
+export function openDb(
+  config: Config,
+  options: { checkProject?: boolean } = {},
+): ControlPlaneDb & { close(): Promise<void> } {
+  const mismatch = options.checkProject === false ? undefined : projectMismatch(config);
+  if (mismatch) throw new ConfigError(`invalid configuration: ${mismatch}`);
+  if (config.HD_TRANSPORT === 'supabase') {
+    return new SupabaseDb({
+      url: requireSetting(config, 'SUPABASE_URL', 'for the supabase transport'),
+      serviceRoleKey: requireSetting(
+        config,
+        'SUPABASE_SERVICE_ROLE_KEY',
+        'for the supabase transport',
+      ),
+      realtime: config.HD_REALTIME,
+      timeoutMs: config.HD_SUPABASE_TIMEOUT_MS,
+    });
+  }
   const connectionString = requireSetting(config, 'HD_DATABASE_URL', 'for the postgres transport');
   return new PostgresDb({ connectionString, poolSize: config.HD_DATABASE_POOL_SIZE });
 }
 
 /** The configured storage backend. */
 export function openStorage(config: Config): StorageBackend {
+  if (config.HD_STORAGE === 'supabase') {
+    return new SupabaseStorage({
+      url: requireSetting(config, 'SUPABASE_URL', 'for the supabase storage'),
+      serviceRoleKey: requireSetting(
+        config,
+        'SUPABASE_SERVICE_ROLE_KEY',
+        'for the supabase storage',
+      ),
+    });
+  }
   return new FsStorage(config.HD_STORAGE_ROOT);
 }

@@ -1,7 +1,22 @@
 import type { Config } from '../control-plane/config.ts';
 import type { Logger } from '../control-plane/logger.ts';
 import type { TenantStorage } from '../control-plane/storage/storage.ts';
-import type { AssetRow, UpsertCounts } from '../control-plane/db/transport.ts';
+import type {
+  AssetRow,
+  ChunkRow,
+  ChunkToInterpret,
+  ChunkWriteCounts,
+  DocumentFile,
+  DocumentGraph,
+  DocumentInterpretation,
+  GraphWriteCounts,
+  InterpretationRow,
+  NodeContext,
+  SynthesisInput,
+  SynthesisResult,
+  UpsertCounts,
+} from '../control-plane/db/transport.ts';
+import type { LlmClient } from './llm/client.ts';
 import type { JobPayload, JobType, LeasedJob } from '../contract/jobs.ts';
 
 /** What a job needs from the machine; the scheduler sizes slots and limits from it. */
@@ -16,6 +31,26 @@ export interface Resources {
 /** Output writes bound to the job's lease; account_id comes from the job in SQL. */
 export interface OutputWriter {
   upsertAssets(rows: readonly AssetRow[]): Promise<UpsertCounts>;
+  /** The files of the job's document (its own account's rows only). */
+  listDocumentFiles(): Promise<DocumentFile[]>;
+  /** Replaces all chunks of the job's document at once (one transaction). */
+  replaceChunks(chunks: readonly ChunkRow[]): Promise<ChunkWriteCounts>;
+  // LLM stages (migration 00007); each is one SQL function, see ControlPlaneDb.
+  countChunksToInterpret(promptVersion: string): Promise<{ total: number; pending: number }>;
+  listChunksToInterpret(
+    promptVersion: string,
+    afterIndex: number,
+    limit: number,
+  ): Promise<ChunkToInterpret[]>;
+  upsertInterpretations(rows: readonly InterpretationRow[]): Promise<UpsertCounts>;
+  listDocumentInterpretations(afterIndex: number, limit: number): Promise<DocumentInterpretation[]>;
+  writeDocumentGraph(graph: DocumentGraph): Promise<GraphWriteCounts>;
+  listDocumentNodes(): Promise<string[]>;
+  getNodeContext(
+    nodeId: string,
+    limits: { maxEdges: number; maxEvidence: number },
+  ): Promise<NodeContext | undefined>;
+  recordSynthesis(nodeId: string, synthesis: SynthesisInput): Promise<SynthesisResult>;
 }
 
 export interface HandlerContext<K extends JobType> {
@@ -29,6 +64,8 @@ export interface HandlerContext<K extends JobType> {
   /** Aborted on timeout, cancellation, lost lease or shutdown. */
   signal: AbortSignal;
   config: Config;
+  /** Chat-completions client for this job (HD_LLM_*); its requests end with `signal`. */
+  llm: LlmClient;
 }
 
 export type Stats = Record<string, unknown>;

@@ -17,6 +17,7 @@ import type { Logger } from '../control-plane/logger.ts';
 import { TenantStorage, type StorageBackend } from '../control-plane/storage/storage.ts';
 import type { Handler, HandlerContext } from './handler.ts';
 import { HANDLERS } from './handlers/index.ts';
+import { LlmClient, llmSettings } from './llm/client.ts';
 
 export type RunOutcome =
   | { outcome: 'completed'; job: Job }
@@ -183,6 +184,21 @@ function makeContext(
     storage: new TenantStorage(options.storage, job.account_id, workDir),
     outputs: {
       upsertAssets: (rows) => db.upsertAssets(job.id, job.lease_token, rows),
+      listDocumentFiles: () => db.listDocumentFiles(job.id, job.lease_token),
+      replaceChunks: (chunks) => db.replaceDocumentChunks(job.id, job.lease_token, chunks),
+      countChunksToInterpret: (version) =>
+        db.countChunksToInterpret(job.id, job.lease_token, version),
+      listChunksToInterpret: (version, after, limit) =>
+        db.listChunksToInterpret(job.id, job.lease_token, version, after, limit),
+      upsertInterpretations: (rows) => db.upsertInterpretations(job.id, job.lease_token, rows),
+      listDocumentInterpretations: (after, limit) =>
+        db.listDocumentInterpretations(job.id, job.lease_token, after, limit),
+      writeDocumentGraph: (graph) => db.writeDocumentGraph(job.id, job.lease_token, graph),
+      listDocumentNodes: () => db.listDocumentNodes(job.id, job.lease_token),
+      getNodeContext: (nodeId, limits) =>
+        db.getNodeContext(job.id, job.lease_token, nodeId, limits),
+      recordSynthesis: (nodeId, synthesis) =>
+        db.recordSynthesis(job.id, job.lease_token, nodeId, synthesis),
     },
     async progress(percent, step) {
       if (signal.aborted) throw signal.reason;
@@ -195,6 +211,7 @@ function makeContext(
     log,
     signal,
     config,
+    llm: new LlmClient(llmSettings(config), { log, signal }),
   };
 }
 

@@ -1,16 +1,23 @@
 import { EventEmitter } from 'node:events';
 import { EXIT_CODES, HdError, toHdError, type ErrorCode } from '../contract/errors.ts';
-import { isJobType, type Job, type LeasedJob } from '../contract/jobs.ts';
+import { isJobType, JOB_TYPES, type Job, type LeasedJob } from '../contract/jobs.ts';
 import type { Config } from '../control-plane/config.ts';
 import type { ControlPlaneDb, WakeReason } from '../control-plane/db/transport.ts';
 import type { Logger } from '../control-plane/logger.ts';
 import type { Resources } from '../runner/handler.ts';
 import { HANDLERS } from '../runner/handlers/index.ts';
-import type { LaunchedRunner, Launcher, RunnerExit } from './launcher.ts';
+import { planClaims, type GpuSlots } from './gpu.ts';
+import type { LaunchedRunner, Launcher, LaunchRequest, RunnerExit } from './launcher.ts';
+import type { AdoptedRunner, Reconciler } from './reconcile.ts';
 import { Wakeup } from './wakeup.ts';
 
 /** Resources assumed for a job type without a handler: its runner fails it at once. */
 const UNKNOWN_TYPE_RESOURCES: Resources = { gpu: false, memoryMb: 256, cpus: 1, timeoutMs: 60_000 };
+/** What a job type declares it needs (its handler's resources). */
+export function handlerResources(jobType: string): Resources {
+  return isJobType(jobType) ? HANDLERS[jobType].resources : UNKNOWN_TYPE_RESOURCES;
+}
+
 const RUNNER_RECORDED_EXITS = new Set<number>([
   EXIT_CODES.completed,
   EXIT_CODES.failedPermanent,
@@ -21,6 +28,8 @@ const RUNNER_RECORDED_EXITS = new Set<number>([
 
 export interface SchedulerEvents {
   'job:claimed': [job: Job];
+  /** A runner a previous scheduler started, taken over after a restart. */
+  'job:adopted': [job: Job];
   'job:finished': [job: Job, exit: RunnerExit | undefined];
   'job:reaped': [job: Job];
   error: [error: HdError];
@@ -29,7 +38,21 @@ export interface SchedulerEvents {
 interface Running {
   job: LeasedJob;
   runner: LaunchedRunner | undefined;
+  gpuIds: string[];
   done: Promise<void>;
+}
+
+export interface SchedulerDeps {
+  db: ControlPlaneDb;
+  launcher: Launcher;
+  config: Config;
+  log: Logger;
+  /** GPU slots; without them GPU job types are not claimed. */
+  gpus?: GpuSlots | undefined;
+  /** Matches the launcher's leftovers with job rows on start and every HD_RECONCILE_INTERVAL_MS. */
+  reconciler?: Reconciler | undefined;
+  /** Resources of a job type; default its handler's declaration. */
+  resourcesFor?: (jobType: string) => Resources;
 }
 
 /**
@@ -42,19 +65,27 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
   readonly #launcher: Launcher;
   readonly #config: Config;
   readonly #log: Logger;
+  readonly #gpus: GpuSlots | undefined;
+  readonly #reconciler: Reconciler | undefined;
+  readonly #resourcesFor: (jobType: string) => Resources;
   readonly #running = new Map<string, Running>();
   readonly #wakeup = new Wakeup();
   #stopping = false;
   #loop: Promise<void> | undefined;
   #reaper: NodeJS.Timeout | undefined;
+  #reconcileTimer: NodeJS.Timeout | undefined;
+  #reconciling: Promise<void> | undefined;
   #unlisten: (() => Promise<void>) | undefined;
 
-  constructor(deps: { db: ControlPlaneDb; launcher: Launcher; config: Config; log: Logger }) {
+  constructor(deps: SchedulerDeps) {
     super();
     this.#db = deps.db;
     this.#launcher = deps.launcher;
     this.#config = deps.config;
     this.#log = deps.log;
+    this.#gpus = deps.gpus;
+    this.#reconciler = deps.reconciler;
+    this.#resourcesFor = deps.resourcesFor ?? handlerResources;
   }
 
   get runningJobIds(): string[] {
@@ -64,12 +95,20 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
   async start(): Promise<void> {
     if (this.#loop) throw new Error('scheduler already started');
     this.#unlisten = await this.#db.listen((reason) => this.#onWake(reason));
+    // Re-adopted runners take their slots (and GPUs) before anything new is claimed.
+    await this.reconcile();
     await this.#reap();
     this.#reaper = setInterval(() => void this.#reap(), this.#config.HD_REAP_INTERVAL_MS);
+    if (this.#reconciler)
+      this.#reconcileTimer = setInterval(
+        () => void this.reconcile(),
+        this.#config.HD_RECONCILE_INTERVAL_MS,
+      );
     this.#loop = this.#claimLoop();
     this.#log.info(
       {
         slots: this.#config.HD_SLOTS,
+        gpus: this.#gpus?.usage() ?? {},
         job_types: this.#config.HD_JOB_TYPES ?? 'all',
         worker_id: this.#config.HD_WORKER_ID,
       },
@@ -87,6 +126,8 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
     this.#stopping = true;
     this.#wakeup.signal();
     clearInterval(this.#reaper);
+    clearInterval(this.#reconcileTimer);
+    await this.#reconciling;
     const errors: unknown[] = [];
     await this.#loop?.catch((e: unknown) => errors.push(e));
     const allDone = () => Promise.all([...this.#running.values()].map((r) => r.done));
@@ -120,46 +161,102 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
     this.#wakeup.signal();
   }
 
+  /**
+   * Runs the reconciler once (if there is one): re-adopts runners a previous scheduler
+   * left, cleans up the rest. Never runs twice at once.
+   */
+  async reconcile(): Promise<void> {
+    const reconciler = this.#reconciler;
+    if (!reconciler || this.#stopping) return;
+    if (this.#reconciling) return this.#reconciling;
+    this.#reconciling = (async () => {
+      try {
+        const { adopted } = await reconciler.reconcile(
+          (jobId) => this.#running.get(jobId)?.job.attempts,
+        );
+        for (const runner of adopted) this.#adopt(runner);
+      } catch (error) {
+        this.#report(error, 'reconciling runner containers failed');
+      } finally {
+        this.#reconciling = undefined;
+      }
+    })();
+    return this.#reconciling;
+  }
+
   async #claimLoop(): Promise<void> {
     while (!this.#stopping) {
-      const free = this.#config.HD_SLOTS - this.#running.size;
-      if (free > 0) {
-        let jobs: Job[] = [];
+      let free = this.#config.HD_SLOTS - this.#running.size;
+      const wanted = free;
+      const plans = planClaims({
+        free,
+        gpuFree: this.#gpus?.free ?? 0,
+        allowed: this.#config.HD_JOB_TYPES,
+        known: JOB_TYPES,
+        isGpuType: (type) => this.#resourcesFor(type).gpu,
+      });
+      for (const plan of plans) {
+        if (free <= 0 || this.#stopping) break;
         try {
-          jobs = await this.#db.claimJobs({
+          const jobs = await this.#db.claimJobs({
             workerId: this.#config.HD_WORKER_ID,
-            jobTypes: this.#config.HD_JOB_TYPES,
-            limit: free,
+            jobTypes: plan.jobTypes,
+            limit: Math.min(plan.limit, free),
             leaseSeconds: this.#config.HD_LEASE_SECONDS,
           });
+          for (const job of jobs) this.#supervise(job as LeasedJob);
+          free -= jobs.length;
         } catch (error) {
           this.#report(error, 'claim failed; retrying after the poll interval');
         }
-        for (const job of jobs) this.#supervise(job as LeasedJob);
-        if (jobs.length === free) continue;
       }
+      if (wanted > 0 && free === 0) continue;
       await this.#wakeup.wait(this.#config.HD_POLL_INTERVAL_MS);
     }
   }
 
-  #supervise(job: LeasedJob): void {
-    const entry: Running = { job, runner: undefined, done: Promise.resolve() };
+  #supervise(job: LeasedJob, adopted?: AdoptedRunner): void {
+    const entry: Running = { job, runner: adopted?.runner, gpuIds: [], done: Promise.resolve() };
     this.#running.set(job.id, entry);
-    this.emit('job:claimed', job);
+    if (adopted) {
+      for (const id of adopted.gpuIds) this.#gpus?.claim(id);
+      entry.gpuIds = [...adopted.gpuIds];
+    }
+    this.emit(adopted ? 'job:adopted' : 'job:claimed', job);
     entry.done = this.#runToEnd(entry).finally(() => {
+      for (const id of entry.gpuIds) this.#gpus?.release(id);
       this.#running.delete(job.id);
       this.#wakeup.signal();
     });
   }
 
+  #adopt(adopted: AdoptedRunner): void {
+    if (this.#running.has(adopted.job.id)) return;
+    this.#log.info(
+      { job_id: adopted.job.id, runner: adopted.runner.id, gpus: adopted.gpuIds },
+      're-adopted a running runner',
+    );
+    this.#supervise(adopted.job, adopted);
+  }
+
   async #runToEnd(entry: Running): Promise<void> {
     const { job } = entry;
-    const resources = isJobType(job.job_type)
-      ? HANDLERS[job.job_type].resources
-      : UNKNOWN_TYPE_RESOURCES;
+    const resources = this.#resourcesFor(job.job_type);
     let exit: RunnerExit | undefined;
     try {
-      entry.runner = await this.#launcher.launch({ job, resources });
+      if (!entry.runner) {
+        if (resources.gpu && entry.gpuIds.length === 0) {
+          const gpu = this.#gpus?.allocate();
+          if (gpu === undefined) throw new Error('no free GPU slot for a GPU job');
+          entry.gpuIds = [gpu];
+        }
+        const request: LaunchRequest & { gpuIds: readonly string[] } = {
+          job,
+          resources,
+          gpuIds: entry.gpuIds,
+        };
+        entry.runner = await this.#launcher.launch(request);
+      }
       if (this.#stopping && this.#config.HD_SHUTDOWN_GRACE_MS === 0) entry.runner.stop('shutdown');
       exit = await entry.runner.wait();
       await this.#settle(job, exit);

@@ -1,47 +1,133 @@
-import { configToEnv, type Config } from '../../control-plane/config.ts';
+import { hostname } from 'node:os';
+import { resolve } from 'node:path';
+import { ConfigError, configToEnv, redactUrl, type Config } from '../../control-plane/config.ts';
 import type { ControlPlaneDb } from '../../control-plane/db/transport.ts';
 import type { Logger } from '../../control-plane/logger.ts';
 import { openDb } from '../../control-plane/open.ts';
+import { GpuDiscoveryError, GpuSlots, resolveGpuIds } from '../../scheduler/gpu.ts';
+import { DockerLauncher } from '../../scheduler/launchers/docker.ts';
 import { ProcessLauncher } from '../../scheduler/launchers/process.ts';
-import { Scheduler } from '../../scheduler/scheduler.ts';
+import { DockerReconciler } from '../../scheduler/reconcile.ts';
+import { handlerResources, Scheduler } from '../../scheduler/scheduler.ts';
 import { configFrom, loggerFor, stringOption, type Command } from '../command.ts';
 
 // Runners inherit only these from the scheduler's own environment, plus hd-runner's config.
 const INHERITED_ENV = ['PATH', 'HOME', 'TMPDIR', 'LANG', 'TZ', 'NODE_EXTRA_CA_CERTS'];
+// Settings only the scheduler reads: they stay out of runner containers.
+const SCHEDULER_ONLY =
+  /^HD_(DOCKER_|GPU|LAUNCHER$|SLOTS$|JOB_TYPES$|POLL_INTERVAL_MS$|REAP_INTERVAL_MS$|RECONCILE_INTERVAL_MS$|SHUTDOWN_GRACE_MS$)/;
 
-/** A scheduler wired to the configured launcher; runner output goes to `onOutput`. */
+/**
+ * A scheduler wired to the configured launcher (HD_LAUNCHER); runner output goes to
+ * `onOutput`. `gpus` are the GPU slots (see resolveGpuSlots); none by default.
+ */
 export function createScheduler(
   config: Config,
   db: ControlPlaneDb,
   log: Logger,
   env: Record<string, string | undefined>,
   onOutput?: (jobId: string, line: string) => void,
+  gpus?: GpuSlots,
 ): Scheduler {
+  if (config.HD_LAUNCHER === 'docker') {
+    const runnerEnv = Object.fromEntries(
+      Object.entries(configToEnv(config)).filter(([key]) => !SCHEDULER_ONLY.test(key)),
+    );
+    warnIfUnreachable(config, log);
+    const launcher = new DockerLauncher({
+      db,
+      schedulerId: config.HD_WORKER_ID,
+      image: config.HD_DOCKER_IMAGE,
+      gpuImage: config.HD_DOCKER_GPU_IMAGE,
+      env: runnerEnv,
+      networkMode: config.HD_DOCKER_NETWORK,
+      user: config.HD_DOCKER_USER,
+      pidsLimit: config.HD_DOCKER_PIDS_LIMIT,
+      tmpfsMb: config.HD_DOCKER_TMPFS_MB,
+      storageRoot: config.HD_STORAGE === 'fs' ? resolve(config.HD_STORAGE_ROOT) : undefined,
+      keepFailed: config.HD_DOCKER_KEEP_FAILED,
+      killGraceMs: config.HD_DOCKER_KILL_GRACE_MS,
+      onOutput,
+    });
+    const reconciler = new DockerReconciler({
+      launcher,
+      db,
+      schedulerId: config.HD_WORKER_ID,
+      log,
+      resourcesFor: handlerResources,
+    });
+    return new Scheduler({ db, launcher, config, log, gpus, reconciler });
+  }
   const runnerEnv: Record<string, string> = {};
   for (const name of INHERITED_ENV) if (env[name]) runnerEnv[name] = env[name];
   const launcher = new ProcessLauncher({ env: { ...runnerEnv, ...configToEnv(config) }, onOutput });
-  return new Scheduler({ db, launcher, config, log });
+  return new Scheduler({ db, launcher, config, log, gpus });
+}
+
+/** GPU slots from HD_GPUS / `nvidia-smi -L` and HD_GPU_JOBS_PER_GPU. */
+export async function resolveGpuSlots(
+  config: Config,
+  env: Record<string, string | undefined>,
+  log: Logger,
+): Promise<GpuSlots> {
+  const { ids, source } = await resolveGpuIds(config.HD_GPUS, env).catch((error: unknown) => {
+    if (error instanceof GpuDiscoveryError)
+      throw new ConfigError(`invalid configuration: HD_GPUS: ${error.message}`);
+    throw error;
+  });
+  log.info({ gpus: ids, source, jobs_per_gpu: config.HD_GPU_JOBS_PER_GPU }, 'GPU slots');
+  return new GpuSlots(ids, config.HD_GPU_JOBS_PER_GPU);
+}
+
+/** A database on the host's loopback is out of reach of a container on a bridge network. */
+function warnIfUnreachable(config: Config, log: Logger) {
+  if (config.HD_DOCKER_NETWORK === 'host' || !config.HD_DATABASE_URL) return;
+  const host = URL.canParse(config.HD_DATABASE_URL) ? new URL(config.HD_DATABASE_URL).hostname : '';
+  if (host === 'localhost' || host.startsWith('127.') || host === '[::1]')
+    log.warn(
+      { database: redactUrl(config.HD_DATABASE_URL), network: config.HD_DOCKER_NETWORK },
+      'HD_DATABASE_URL points at this host loopback, which runner containers cannot reach on this network; set HD_DOCKER_NETWORK=host (see docs/containers.md)',
+    );
 }
 
 export const schedulerCommand: Command = {
   name: 'scheduler',
   summary: 'claim queued jobs and run each in its own runner (the systemd service)',
-  usage: `hd-runner scheduler [--slots N] [--job-types a,b]
+  usage: `hd-runner scheduler [--slots N] [--job-types a,b] [--launcher process|docker]
 
 Runs until SIGTERM/SIGINT: claims jobs into N slots (LISTEN/NOTIFY wake-ups, polling
 as fallback), starts one runner per job, records crashes and timeouts, reaps expired
 leases. On SIGTERM it stops claiming, lets running jobs finish for
-HD_SHUTDOWN_GRACE_MS, then hands the rest back to the queue. A second signal exits at once.`,
-  options: { slots: { type: 'string' }, 'job-types': { type: 'string' } },
+HD_SHUTDOWN_GRACE_MS, then hands the rest back to the queue. A second signal exits at once.
+
+With --launcher docker (HD_LAUNCHER=docker) each job runs in its own container of
+HD_DOCKER_IMAGE (HD_DOCKER_GPU_IMAGE for GPU jobs, pinned to a GPU of HD_GPUS); on start
+and every HD_RECONCILE_INTERVAL_MS the scheduler re-adopts or removes the containers
+labelled with its HD_WORKER_ID (default here: the hostname, so a restart finds them).`,
+  options: {
+    slots: { type: 'string' },
+    'job-types': { type: 'string' },
+    launcher: { type: 'string' },
+  },
   async run(args, env) {
+    const launcher = stringOption(args, 'launcher') ?? env.HD_LAUNCHER;
     const config = configFrom(env, {
       HD_SLOTS: stringOption(args, 'slots'),
       HD_JOB_TYPES: stringOption(args, 'job-types'),
+      HD_LAUNCHER: launcher,
+      // A restarted scheduler finds its containers by this id: keep it stable.
+      HD_WORKER_ID: env.HD_WORKER_ID || (launcher === 'docker' ? hostname() : undefined),
     });
     const log = loggerFor(config, 'scheduler');
+    const gpus = await resolveGpuSlots(config, env, log);
     const db = openDb(config);
-    const scheduler = createScheduler(config, db, log, env, (_jobId, line) =>
-      process.stderr.write(`${line}\n`),
+    const scheduler = createScheduler(
+      config,
+      db,
+      log,
+      env,
+      (_jobId, line) => process.stderr.write(`${line}\n`),
+      gpus,
     );
     await scheduler.start();
     await new Promise<void>((resolve) => {

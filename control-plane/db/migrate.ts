@@ -38,7 +38,7 @@ export async function readMigrations(dir = MIGRATIONS_DIR): Promise<Migration[]>
  * Applies the numbered SQL files of supabase/migrations in order, each in its own
  * transaction, under an advisory lock so concurrent workers do not race. Files are
  * written to be re-runnable, so a file whose content changed since it was applied is
- * applied again; `force` re-applies every file.
+ * applied again, and so is every file after it; `force` re-applies every file.
  */
 export async function migrate(
   client: pg.ClientBase,
@@ -58,8 +58,11 @@ export async function migrate(
       'select version, checksum from public.hd_schema_migrations',
     );
     const applied = new Map(rows.map((r) => [r.version, r.checksum]));
+    // Once one file is (re)applied, every later one is applied again too: a later file
+    // may redefine what an earlier one creates (e.g. hd_complete_job in 00007).
+    let reapplyRest = options.force === true;
     for (const m of migrations) {
-      if (!options.force && applied.get(m.version) === m.checksum) {
+      if (!reapplyRest && applied.get(m.version) === m.checksum) {
         result.current.push(m.name);
         continue;
       }
@@ -79,7 +82,10 @@ export async function migrate(
         });
       }
       result.applied.push(m.name);
+      reapplyRest = true;
     }
+    // PostgREST (the supabase transport) caches the schema: tell it functions changed.
+    if (result.applied.length > 0) await client.query(`notify pgrst, 'reload schema'`);
   } finally {
     await client.query('select pg_advisory_unlock($1)', [MIGRATION_LOCK_KEY]);
   }

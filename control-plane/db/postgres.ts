@@ -2,7 +2,18 @@ import pg from 'pg';
 import type { Job } from '../../contract/jobs.ts';
 import type {
   AssetRow,
+  ChunkRow,
+  ChunkWriteCounts,
   ClaimOptions,
+  ChunkToInterpret,
+  DocumentGraph,
+  DocumentInterpretation,
+  GraphWriteCounts,
+  InterpretationRow,
+  NodeContext,
+  SynthesisInput,
+  SynthesisResult,
+  DocumentFile,
   ControlPlaneDb,
   EnqueueRequest,
   Failure,
@@ -163,6 +174,112 @@ export class PostgresDb implements ControlPlaneDb {
       [jobId, leaseToken, JSON.stringify(rows)],
     );
     return result.rows[0]!;
+  }
+
+  async listDocumentFiles(jobId: string, leaseToken: string): Promise<DocumentFile[]> {
+    const { rows } = await this.pool.query<DocumentFile>(
+      'select * from public.hd_list_document_files($1, $2)',
+      [jobId, leaseToken],
+    );
+    // bigint arrives as a string; file sizes fit a double exactly.
+    return rows.map((r) => ({
+      ...r,
+      size_bytes: r.size_bytes === null ? null : Number(r.size_bytes),
+    }));
+  }
+
+  async replaceDocumentChunks(jobId: string, leaseToken: string, chunks: readonly ChunkRow[]) {
+    const result = await this.pool.query<ChunkWriteCounts>(
+      'select * from public.hd_replace_document_chunks($1, $2, $3::jsonb)',
+      [jobId, leaseToken, JSON.stringify(chunks)],
+    );
+    return result.rows[0]!;
+  }
+
+  async #call<T>(sql: string, params: unknown[]): Promise<T[]> {
+    return (await this.pool.query(sql, params)).rows as T[];
+  }
+
+  async countChunksToInterpret(jobId: string, leaseToken: string, promptVersion: string) {
+    const [row] = await this.#call<{ total: number; pending: number }>(
+      'select * from public.hd_count_chunks_to_interpret($1, $2, $3)',
+      [jobId, leaseToken, promptVersion],
+    );
+    return row!;
+  }
+
+  listChunksToInterpret(
+    jobId: string,
+    leaseToken: string,
+    promptVersion: string,
+    afterIndex: number,
+    limit: number,
+  ) {
+    return this.#call<ChunkToInterpret>(
+      'select * from public.hd_list_chunks_to_interpret($1, $2, $3, $4, $5)',
+      [jobId, leaseToken, promptVersion, afterIndex, limit],
+    );
+  }
+
+  async upsertInterpretations(
+    jobId: string,
+    leaseToken: string,
+    rows: readonly InterpretationRow[],
+  ) {
+    const [counts] = await this.#call<UpsertCounts>(
+      'select * from public.hd_upsert_interpretations($1, $2, $3::jsonb)',
+      [jobId, leaseToken, JSON.stringify(rows)],
+    );
+    return counts!;
+  }
+
+  listDocumentInterpretations(
+    jobId: string,
+    leaseToken: string,
+    afterIndex: number,
+    limit: number,
+  ) {
+    return this.#call<DocumentInterpretation>(
+      'select * from public.hd_list_document_interpretations($1, $2, $3, $4)',
+      [jobId, leaseToken, afterIndex, limit],
+    );
+  }
+
+  async writeDocumentGraph(jobId: string, leaseToken: string, graph: DocumentGraph) {
+    const [counts] = await this.#call<GraphWriteCounts>(
+      'select * from public.hd_write_document_graph($1, $2, $3::jsonb, $4::jsonb)',
+      [jobId, leaseToken, JSON.stringify(graph.nodes), JSON.stringify(graph.edges)],
+    );
+    return counts!;
+  }
+
+  async listDocumentNodes(jobId: string, leaseToken: string) {
+    const rows = await this.#call<{ node_id: string }>(
+      'select * from public.hd_list_document_nodes($1, $2)',
+      [jobId, leaseToken],
+    );
+    return rows.map((r) => r.node_id);
+  }
+
+  async getNodeContext(
+    jobId: string,
+    leaseToken: string,
+    nodeId: string,
+    limits: { maxEdges: number; maxEvidence: number },
+  ) {
+    const [row] = await this.#call<{ context: NodeContext | null }>(
+      'select public.hd_get_node_context($1, $2, $3, $4, $5) as context',
+      [jobId, leaseToken, nodeId, limits.maxEdges, limits.maxEvidence],
+    );
+    return row?.context ?? undefined;
+  }
+
+  async recordSynthesis(jobId: string, leaseToken: string, nodeId: string, s: SynthesisInput) {
+    const [row] = await this.#call<SynthesisResult>(
+      'select * from public.hd_record_synthesis($1, $2, $3, $4::jsonb)',
+      [jobId, leaseToken, nodeId, JSON.stringify(s)],
+    );
+    return row!;
   }
 
   async listen(onWake: (reason: WakeReason) => void): Promise<() => Promise<void>> {

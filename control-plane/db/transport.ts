@@ -39,6 +39,124 @@ export interface UpsertCounts {
   unchanged: number;
 }
 
+/** A row of hd_document_files, as hd_list_document_files returns it. */
+export interface DocumentFile {
+  id: string;
+  bucket: string;
+  storage_path: string;
+  mime_type: string | null;
+  size_bytes: number | null;
+}
+
+/** One chunk of a document's text (hd_asset_chunks); account and document come from the job. */
+export interface ChunkRow {
+  chunk_index: number;
+  file_id: string | null;
+  content: string;
+  page_start: number | null;
+  page_end: number | null;
+  char_start: number;
+  char_end: number;
+  content_sha256: string;
+}
+
+export interface ChunkWriteCounts extends UpsertCounts {
+  /** Chunks past the new end, left by an earlier run that yielded more. */
+  deleted: number;
+}
+
+/** A chunk still to be interpreted (hd_list_chunks_to_interpret). */
+export interface ChunkToInterpret {
+  chunk_id: string;
+  chunk_index: number;
+  content: string;
+  chunk_sha256: string;
+  page_start: number | null;
+  page_end: number | null;
+}
+
+/** One hd_interpretations row to upsert; account and document come from the job. */
+export interface InterpretationRow {
+  chunk_id: string;
+  /** Hash of the chunk content the model saw (a changed chunk is interpreted again). */
+  chunk_sha256: string;
+  prompt_version: string;
+  model: string;
+  payload: Record<string, unknown>;
+  usage: Record<string, unknown>;
+}
+
+/** The current interpretation of one chunk of the job's document. */
+export interface DocumentInterpretation {
+  interpretation_id: string;
+  chunk_id: string;
+  chunk_index: number;
+  prompt_version: string;
+  payload: Record<string, unknown>;
+}
+
+/** A document's graph for hd_write_document_graph; nodes are named by (type, normalised label). */
+export interface DocumentGraph {
+  nodes: { node_type: string; label: string; normalized_label: string }[];
+  edges: {
+    source_type: string;
+    source_key: string;
+    relation: string;
+    target_type: string;
+    target_key: string;
+    evidence: { interpretation_id: string; quote: string }[];
+  }[];
+}
+
+export interface GraphWriteCounts {
+  nodes_inserted: number;
+  nodes_existing: number;
+  edges_inserted: number;
+  edges_updated: number;
+  edges_unchanged: number;
+  edges_removed: number;
+}
+
+/** What hd_get_node_context returns: a node, its strongest edges, its latest synthesis. */
+export interface NodeContext {
+  node: { id: string; label: string; node_type: string; canonical_description: string | null };
+  edges: {
+    edge_id: string;
+    direction: 'out' | 'in';
+    relation: string;
+    other_label: string;
+    other_type: string;
+    evidence_count: number;
+    evidence: { document_id: string; chunk_id: string; interpretation_id: string; quote: string }[];
+  }[];
+  latest: {
+    id: string;
+    version: number;
+    content: string;
+    input_sha256: string | null;
+    prompt_version: string | null;
+  } | null;
+}
+
+export interface SynthesisInput {
+  content: string;
+  /** The model's account of what changed against the previous version (hd_dynamics.summary). */
+  summary: string;
+  sources: { interpretation_id: string; chunk_id: string; document_id: string; edge_id: string }[];
+  model: string;
+  prompt_version: string;
+  input_sha256: string;
+  usage: Record<string, unknown>;
+}
+
+export interface SynthesisResult {
+  synthesis_id: string;
+  version: number;
+  /** False when the latest version already had the same inputs (nothing written). */
+  created: boolean;
+  change_kind: string | null;
+}
+
 export interface ListJobsFilter {
   accountId?: string | undefined;
   status?: string | undefined;
@@ -68,6 +186,63 @@ export interface ControlPlaneDb {
   getJob(jobId: string): Promise<Job | undefined>;
   listJobs(filter: ListJobsFilter): Promise<Job[]>;
   upsertAssets(jobId: string, leaseToken: string, rows: readonly AssetRow[]): Promise<UpsertCounts>;
+  /** hd_list_document_files: the leased job's document files, its own account only. */
+  listDocumentFiles(jobId: string, leaseToken: string): Promise<DocumentFile[]>;
+  /** hd_replace_document_chunks: all of the document's chunks, in one transaction. */
+  replaceDocumentChunks(
+    jobId: string,
+    leaseToken: string,
+    chunks: readonly ChunkRow[],
+  ): Promise<ChunkWriteCounts>;
+  /** hd_count_chunks_to_interpret: the document's chunks, and those not yet interpreted. */
+  countChunksToInterpret(
+    jobId: string,
+    leaseToken: string,
+    promptVersion: string,
+  ): Promise<{ total: number; pending: number }>;
+  /** hd_list_chunks_to_interpret: next page (by chunk_index) of chunks not yet interpreted. */
+  listChunksToInterpret(
+    jobId: string,
+    leaseToken: string,
+    promptVersion: string,
+    afterIndex: number,
+    limit: number,
+  ): Promise<ChunkToInterpret[]>;
+  /** hd_upsert_interpretations: keyed (account, chunk, prompt version). */
+  upsertInterpretations(
+    jobId: string,
+    leaseToken: string,
+    rows: readonly InterpretationRow[],
+  ): Promise<UpsertCounts>;
+  /** hd_list_document_interpretations: the document's current interpretations, paged. */
+  listDocumentInterpretations(
+    jobId: string,
+    leaseToken: string,
+    afterIndex: number,
+    limit: number,
+  ): Promise<DocumentInterpretation[]>;
+  /** hd_write_document_graph: nodes and this document's edge evidence, one transaction. */
+  writeDocumentGraph(
+    jobId: string,
+    leaseToken: string,
+    graph: DocumentGraph,
+  ): Promise<GraphWriteCounts>;
+  /** hd_list_document_nodes: nodes on edges with evidence from the job's document. */
+  listDocumentNodes(jobId: string, leaseToken: string): Promise<string[]>;
+  /** hd_get_node_context: undefined when the node is not the job's account's. */
+  getNodeContext(
+    jobId: string,
+    leaseToken: string,
+    nodeId: string,
+    limits: { maxEdges: number; maxEvidence: number },
+  ): Promise<NodeContext | undefined>;
+  /** hd_record_synthesis: next version + hd_dynamics row + canonical_description. */
+  recordSynthesis(
+    jobId: string,
+    leaseToken: string,
+    nodeId: string,
+    synthesis: SynthesisInput,
+  ): Promise<SynthesisResult>;
   /** Subscribes to queue wake-ups; resolves to an unsubscribe function. */
   listen(onWake: (reason: WakeReason) => void): Promise<() => Promise<void>>;
   close(): Promise<void>;

@@ -1,8 +1,16 @@
 import type { JobType } from '../../contract/jobs.ts';
 import type { Handler } from '../handler.ts';
+import { extractInterpretations } from './extract_interpretations.ts';
+import { extractText } from './extract_text.ts';
 import { importAssetsJsonl } from './import_assets_jsonl.ts';
+import { synthesizeNode } from './synthesize_node.ts';
+import { text2kg } from './text2kg.ts';
 
 /** One handler per job type; a job type without a handler is a compile error. */
 export const HANDLERS = {
   import_assets_jsonl: importAssetsJsonl,
+  extract_text: extractText,
+  extract_interpretations: extractInterpretations,
+  text2kg,
+  synthesize_node: synthesizeNode,
 } satisfies { [K in JobType]: Handler<K> };

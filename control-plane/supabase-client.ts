@@ -1,0 +1,36 @@
+import { createClient, type SupabaseClient } from '@supabase/supabase-js';
+
+export interface ServiceClientOptions {
+  url: string;
+  /** The service-role key (a JWT, or an `sb_secret_…` key). Never logged. */
+  serviceRoleKey: string;
+  /**
+   * Longest a whole request may take, in ms; undefined for none (storage transfers of
+   * large files). A request cut short fails as DATABASE_UNAVAILABLE and is retried by
+   * its caller's rules; the queue's lease fencing makes a late duplicate harmless.
+   */
+  timeoutMs?: number | undefined;
+}
+
+/**
+ * A supabase-js client acting as the service role: no session, no token refresh, no
+ * storage of anything on disk. One per transport or storage backend.
+ */
+export function createServiceClient(options: ServiceClientOptions): SupabaseClient {
+  const { timeoutMs } = options;
+  const timedFetch: typeof fetch | undefined =
+    timeoutMs === undefined
+      ? undefined
+      : (input, init) => {
+          const timeout = AbortSignal.timeout(timeoutMs);
+          const signal = init?.signal ? AbortSignal.any([init.signal, timeout]) : timeout;
+          return fetch(input, { ...init, signal });
+        };
+  return createClient(options.url, options.serviceRoleKey, {
+    auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
+    global: {
+      headers: { 'x-client-info': 'hd-runner' },
+      ...(timedFetch ? { fetch: timedFetch } : {}),
+    },
+  });
+}

@@ -1,0 +1,104 @@
+import { createReadStream } from 'node:fs';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import OpenAI, { APIConnectionError, APIError, APIUserAbortError } from 'openai';
+import { HdError } from '../../contract/errors.ts';
+import { runTool } from './tools.ts';
+
+/** Speech to text for audio (and the audio of video files). */
+export interface Transcriber {
+  transcribe(path: string, name: string, signal: AbortSignal): Promise<string>;
+}
+
+export interface TranscriberOptions {
+  /** An OpenAI-compatible API (OpenAI, a local whisper server …/v1). */
+  baseURL: string;
+  apiKey: string;
+  model: string;
+  /** Length of the pieces ffmpeg cuts the audio into, one request each. */
+  segmentSeconds: number;
+  /** Bounds for ffmpeg, and the time limit of one request. */
+  timeoutMs: number;
+  maxMemoryMb: number;
+  workDir: string;
+}
+
+/**
+ * Transcribes through `audio/transcriptions` of any OpenAI-compatible endpoint. ffmpeg
+ * first takes the audio track (of a video too), makes it mono 16 kHz MP3 and cuts it
+ * into segments, because such endpoints limit the upload (OpenAI: 25 MB); the segments'
+ * texts are joined as paragraphs, in order.
+ */
+export class OpenAiTranscriber implements Transcriber {
+  readonly #options: TranscriberOptions;
+  readonly #client: OpenAI;
+
+  constructor(options: TranscriberOptions) {
+    this.#options = options;
+    this.#client = new OpenAI({
+      baseURL: options.baseURL,
+      apiKey: options.apiKey,
+      timeout: options.timeoutMs,
+      maxRetries: 2,
+    });
+  }
+
+  async transcribe(path: string, name: string, signal: AbortSignal): Promise<string> {
+    const { segmentSeconds, timeoutMs, maxMemoryMb } = this.#options;
+    const dir = await mkdtemp(join(this.#options.workDir, 'audio-'));
+    try {
+      // prettier-ignore
+      const args = [
+        '-nostdin', '-hide_banner', '-loglevel', 'error', '-i', path,
+        '-vn', '-ac', '1', '-ar', '16000', '-c:a', 'libmp3lame', '-b:a', '48k',
+        '-f', 'segment', '-segment_time', String(segmentSeconds), '-reset_timestamps', '1',
+        join(dir, 'segment-%05d.mp3'),
+      ];
+      await runTool('ffmpeg', args, {
+        timeoutMs,
+        maxMemoryMb,
+        signal,
+        what: `reading the audio of ${name}`,
+      });
+      const segments = (await readdir(dir)).filter((f) => f.endsWith('.mp3')).sort();
+      if (segments.length === 0) {
+        throw new HdError('UNSUPPORTED_FILE', `${name}: the file has no audio track`);
+      }
+      const texts: string[] = [];
+      for (const segment of segments) {
+        texts.push(await this.#request(join(dir, segment), name, signal));
+      }
+      return texts.join('\n\n');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  async #request(file: string, name: string, signal: AbortSignal): Promise<string> {
+    try {
+      const result = await this.#client.audio.transcriptions.create(
+        { file: createReadStream(file), model: this.#options.model },
+        { signal },
+      );
+      return result.text;
+    } catch (error) {
+      if (signal.aborted || error instanceof APIUserAbortError) throw signal.reason ?? error;
+      const status = error instanceof APIError ? error.status : undefined;
+      // A 4xx other than timeout/rate limit will not change on retry (bad audio, bad model).
+      const permanent =
+        status !== undefined && status >= 400 && status < 500 && ![408, 429].includes(status);
+      const why =
+        error instanceof APIConnectionError
+          ? 'could not be reached'
+          : `answered ${status ?? 'with an error'}`;
+      throw new HdError(
+        'LLM_FAILED',
+        `${name}: the transcription endpoint ${why}: ${(error as Error).message.slice(0, 300)}`,
+        {
+          cause: error,
+          retryable: !permanent,
+        },
+      );
+    }
+  }
+}

@@ -1,0 +1,195 @@
+import { createHash } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+import { HdError } from '../../contract/errors.ts';
+import { assertTenantPath } from '../../contract/storage-paths.ts';
+import type { ChunkRow, DocumentFile } from '../../control-plane/db/transport.ts';
+import { chunkText } from '../extract/chunker.ts';
+import { extractFile, type ExtractSettings } from '../extract/extract-file.ts';
+import { OpenAiTranscriber } from '../extract/transcribe.ts';
+import type { Handler, HandlerContext } from '../handler.ts';
+
+interface ExtractStats {
+  files: number;
+  file_types: Record<string, number>;
+  pages: number;
+  ocr_pages: number;
+  chunks: number;
+  characters: number;
+  bytes: number;
+  chunks_inserted: number;
+  chunks_updated: number;
+  chunks_unchanged: number;
+  chunks_deleted: number;
+  parser_peak_rss_mb: number;
+}
+
+// Extraction takes 90% of the progress bar, writing the chunks the rest.
+const EXTRACT_SHARE = 90;
+
+/**
+ * extract_text: reads every file of the job's document (hd_document_files, this account
+ * only, paths confined to the account's prefix), extracts its text (PDF text layer with
+ * OCR for pages without one, images by OCR, plain text, Markdown, HTML, audio where a
+ * transcription endpoint is configured), splits it into chunks and replaces the
+ * document's chunks in one transaction. Every file is extracted before anything is
+ * written, so bad input fails the job with nothing half-written; a re-run leaves exactly
+ * the same chunks.
+ */
+export const extractText: Handler<'extract_text'> = {
+  // Memory: the runner, the PDF parser process and one OCR tool at once, the latter two
+  // bounded by HD_EXTRACT_MAX_MEMORY_MB (1 GiB) each.
+  resources: { gpu: false, memoryMb: 3072, cpus: 1, timeoutMs: 60 * 60 * 1000 },
+
+  async run(ctx) {
+    const started = performance.now();
+    const { job, config } = ctx;
+    if (!job.document_id) {
+      throw new HdError(
+        'INVALID_INPUT',
+        'extract_text needs a document: the job has no document_id (hd_ingestion_jobs.document_id)',
+      );
+    }
+    await ctx.progress(0, 'listing files');
+    const files = await ctx.outputs.listDocumentFiles();
+    if (files.length === 0) {
+      throw new HdError(
+        'INVALID_INPUT',
+        `document ${job.document_id} has no files of this account in hd_document_files`,
+      );
+    }
+    // Refuse what can be refused before any download.
+    for (const file of files) {
+      assertTenantPath(job.account_id, file.storage_path);
+      checkSize(file, file.size_bytes ?? 0, config.HD_EXTRACT_MAX_FILE_BYTES, false);
+    }
+
+    const stats = newStats(files.length);
+    const chunks: ChunkRow[] = [];
+    const workDir = await mkdtemp(join(config.HD_WORK_DIR ?? tmpdir(), `hd-extract-${job.id}-`));
+    try {
+      for (const [index, file] of files.entries()) {
+        const name = basename(file.storage_path);
+        await ctx.progress((index / files.length) * EXTRACT_SHARE, `extracting ${name}`);
+        const local = await ctx.storage.download(file.bucket, file.storage_path);
+        checkSize(file, local.size, config.HD_EXTRACT_MAX_FILE_BYTES, true);
+        const extraction = await extractFile(local.path, file.mime_type, {
+          ...settingsOf(ctx, workDir),
+          name,
+          onProgress: (fraction) =>
+            ctx.progress(((index + fraction) / files.length) * EXTRACT_SHARE),
+        });
+        const type = extraction.kind.kind;
+        stats.file_types[type] = (stats.file_types[type] ?? 0) + 1;
+        stats.pages += extraction.pageCount ?? 0;
+        stats.ocr_pages += extraction.ocrPages;
+        stats.characters += extraction.text.length;
+        stats.bytes += local.size;
+        stats.parser_peak_rss_mb = Math.max(
+          stats.parser_peak_rss_mb,
+          Math.round((extraction.parserPeakRssKb ?? 0) / 1024),
+        );
+        for (const chunk of chunkText(extraction.text, chunkOptions(ctx), extraction.pages)) {
+          chunks.push({
+            ...chunk,
+            chunk_index: chunks.length,
+            file_id: file.id,
+            content_sha256: createHash('sha256').update(chunk.content).digest('hex'),
+          });
+        }
+        ctx.log.info(
+          { file: file.storage_path, type, pages: extraction.pageCount, ocr: extraction.ocrPages },
+          'file extracted',
+        );
+      }
+    } finally {
+      await rm(workDir, { recursive: true, force: true });
+    }
+
+    await ctx.progress(EXTRACT_SHARE, 'writing chunks');
+    const counts = await ctx.outputs.replaceChunks(chunks);
+    stats.chunks = chunks.length;
+    stats.chunks_inserted = counts.inserted;
+    stats.chunks_updated = counts.updated;
+    stats.chunks_unchanged = counts.unchanged;
+    stats.chunks_deleted = counts.deleted;
+    return { ...stats, duration_ms: Math.round(performance.now() - started) };
+  },
+};
+
+function newStats(files: number): ExtractStats {
+  return {
+    files,
+    file_types: {},
+    pages: 0,
+    ocr_pages: 0,
+    chunks: 0,
+    characters: 0,
+    bytes: 0,
+    chunks_inserted: 0,
+    chunks_updated: 0,
+    chunks_unchanged: 0,
+    chunks_deleted: 0,
+    parser_peak_rss_mb: 0,
+  };
+}
+
+/** Declared sizes are checked before the download, real sizes after it. */
+function checkSize(file: DocumentFile, size: number, max: number, real: boolean): void {
+  const name = basename(file.storage_path);
+  if (size > max) {
+    throw new HdError(
+      'INVALID_INPUT',
+      `${name}: the file is ${formatBytes(size)}, more than the limit of ${formatBytes(max)} (HD_EXTRACT_MAX_FILE_BYTES)`,
+      { details: { file_id: file.id, size_bytes: size } },
+    );
+  }
+  if (real && size === 0) {
+    throw new HdError('INVALID_INPUT', `${name}: the file is empty (0 bytes)`, {
+      details: { file_id: file.id },
+    });
+  }
+}
+
+function formatBytes(bytes: number): string {
+  return bytes >= 1024 * 1024 ? `${(bytes / 1024 / 1024).toFixed(1)} MiB` : `${bytes} bytes`;
+}
+
+function chunkOptions(ctx: HandlerContext<'extract_text'>) {
+  return {
+    targetChars: ctx.payload.chunk_target_chars ?? ctx.config.HD_CHUNK_TARGET_CHARS,
+    overlapChars: ctx.payload.chunk_overlap_chars ?? ctx.config.HD_CHUNK_OVERLAP_CHARS,
+  };
+}
+
+function settingsOf(
+  ctx: HandlerContext<'extract_text'>,
+  workDir: string,
+): Omit<ExtractSettings, 'name' | 'onProgress'> {
+  const { config, payload } = ctx;
+  return {
+    maxPages: config.HD_EXTRACT_MAX_PAGES,
+    parseTimeoutMs: config.HD_EXTRACT_PARSE_TIMEOUT_MS,
+    maxMemoryMb: config.HD_EXTRACT_MAX_MEMORY_MB,
+    ocr: payload.ocr,
+    ocrLanguages: payload.ocr_languages ?? config.HD_OCR_LANGUAGES,
+    ocrDpi: config.HD_OCR_DPI,
+    ocrMinChars: config.HD_OCR_MIN_CHARS,
+    ocrPageTimeoutMs: config.HD_OCR_PAGE_TIMEOUT_MS,
+    signal: ctx.signal,
+    workDir,
+    transcriber: config.HD_TRANSCRIBE_BASE_URL
+      ? new OpenAiTranscriber({
+          baseURL: config.HD_TRANSCRIBE_BASE_URL,
+          // Local whisper servers want no key, but the client insists on one.
+          apiKey: config.HD_TRANSCRIBE_API_KEY ?? config.HD_LLM_API_KEY ?? 'none',
+          model: config.HD_TRANSCRIBE_MODEL,
+          segmentSeconds: config.HD_TRANSCRIBE_SEGMENT_SECONDS,
+          timeoutMs: config.HD_EXTRACT_PARSE_TIMEOUT_MS,
+          maxMemoryMb: config.HD_EXTRACT_MAX_MEMORY_MB,
+          workDir,
+        })
+      : undefined,
+  };
+}

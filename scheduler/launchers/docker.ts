@@ -1,0 +1,330 @@
+import { constants } from 'node:os';
+import { Writable } from 'node:stream';
+import Docker from 'dockerode';
+import type { LeasedJob } from '../../contract/jobs.ts';
+import type { ControlPlaneDb } from '../../control-plane/db/transport.ts';
+import type { Resources } from '../../runner/handler.ts';
+import type {
+  LaunchedRunner,
+  LaunchRequest,
+  Launcher,
+  RunnerExit,
+  StopReason,
+} from '../launcher.ts';
+
+/** Labels on every runner container: how a restarted scheduler finds its containers. */
+export const LABELS = {
+  jobId: 'hd-runner.job-id',
+  attempt: 'hd-runner.attempt',
+  schedulerId: 'hd-runner.scheduler-id',
+  gpus: 'hd-runner.gpus',
+} as const;
+
+/** Where the fs storage root is mounted (read-only) inside a runner container. */
+export const CONTAINER_STORAGE_ROOT = '/hd-storage';
+/** Prefix a kept failed container is renamed to, so reconcile leaves it alone. */
+export const KEPT_PREFIX = 'hd-failed-';
+const NO_NVIDIA_RUNTIME = /could not select device driver "nvidia"/;
+const OUTPUT_TAIL_LINES = 40;
+// Past this much time over its own limit the runner is killed from outside: its own
+// timer should have ended it already, so it is stuck (same rule as the process launcher).
+const TIMEOUT_BACKSTOP_MS = 15_000;
+const V8_HEAP_EXHAUSTED = /JavaScript heap out of memory|Allocation failed - process out of memory/;
+const MIB = 1024 * 1024;
+
+/** A LaunchRequest plus the GPUs the scheduler pinned the job to. */
+export type GpuLaunchRequest = LaunchRequest & { gpuIds?: readonly string[] };
+
+export interface DockerLauncherOptions {
+  /** Records the container id on the job row before the container starts. */
+  db: Pick<ControlPlaneDb, 'setContainerId'>;
+  /** Docker client; default the engine of DOCKER_HOST or /var/run/docker.sock. */
+  docker?: Docker;
+  /** Label value that marks this scheduler's containers (its stable worker id). */
+  schedulerId: string;
+  image: string;
+  /** Image for jobs that declare a GPU. Default: `image`. */
+  gpuImage?: string;
+  /**
+   * Runner configuration, passed as container env (visible in `docker inspect` to
+   * whoever can reach the Docker socket, i.e. root on the host: see docs/containers.md).
+   * The lease token is added per job.
+   */
+  env: Record<string, string>;
+  /** `bridge` (default), `host`, or a network name. */
+  networkMode?: string;
+  /** uid:gid; default 1000:1000. */
+  user?: string;
+  pidsLimit?: number;
+  /** Size of the tmpfs at /tmp, the runner's only writable place; default 256 MiB. */
+  tmpfsMb?: number;
+  /** Host folder of the fs storage backend, mounted read-only. */
+  storageRoot?: string | undefined;
+  /** Keep (rename to hd-failed-…) the container of a runner that did not exit 0. */
+  keepFailed?: boolean;
+  /** Time between SIGTERM and SIGKILL on stop(); default 10 s. */
+  killGraceMs?: number;
+  /** Extra time past resources.timeoutMs before the container is killed; default 15 s. */
+  timeoutBackstopMs?: number;
+  /** Replaces the image entrypoint; `run --job-id ID` is appended as with the image's. */
+  command?: readonly string[];
+  /** Receives every line a runner prints, as it prints it. */
+  onOutput?: (jobId: string, line: string) => void;
+}
+
+/**
+ * Launcher `docker`: one ephemeral, hardened container per job (dockerode). The
+ * container id reaches the job row before start; the exit is read from `wait` and
+ * `inspect` (OOMKilled) before the container is removed.
+ */
+export class DockerLauncher implements Launcher {
+  readonly docker: Docker;
+  readonly #o: DockerLauncherOptions;
+
+  constructor(options: DockerLauncherOptions) {
+    this.#o = options;
+    this.docker = options.docker ?? new Docker();
+  }
+
+  /** The exact create options of a job's container (also what tests assert). */
+  createOptions(request: GpuLaunchRequest): Docker.ContainerCreateOptions {
+    const { job, resources } = request;
+    const o = this.#o;
+    const gpuIds = request.gpuIds ?? [];
+    const env: Record<string, string> = { ...o.env, HD_WORK_DIR: '/tmp' };
+    if (o.storageRoot) env.HD_STORAGE_ROOT = CONTAINER_STORAGE_ROOT;
+    env.HD_LEASE_TOKEN = job.lease_token;
+    // Also where `nvidia` is the engine's default runtime (DGX OS) and the image says
+    // NVIDIA_VISIBLE_DEVICES=all: a CPU job sees no GPU, a GPU job only its own.
+    env.NVIDIA_VISIBLE_DEVICES = gpuIds.length > 0 ? gpuIds.join(',') : 'void';
+    const args = ['run', '--job-id', job.id];
+    return {
+      name: `hd-job-${job.id}-${job.attempts}`,
+      Image: resources.gpu ? (o.gpuImage ?? o.image) : o.image,
+      ...(o.command
+        ? { Entrypoint: [o.command[0]!], Cmd: [...o.command.slice(1), ...args] }
+        : { Cmd: args }),
+      Env: Object.entries(env).map(([k, v]) => `${k}=${v}`),
+      User: o.user ?? '1000:1000',
+      Labels: {
+        [LABELS.jobId]: job.id,
+        [LABELS.attempt]: String(job.attempts),
+        [LABELS.schedulerId]: o.schedulerId,
+        [LABELS.gpus]: gpuIds.join(','),
+      },
+      StopSignal: 'SIGTERM',
+      HostConfig: {
+        NetworkMode: o.networkMode ?? 'bridge',
+        Memory: resources.memoryMb * MIB,
+        MemorySwap: resources.memoryMb * MIB, // no swap: past the limit is an OOM kill
+        NanoCpus: Math.round(resources.cpus * 1e9),
+        PidsLimit: o.pidsLimit ?? 256,
+        ReadonlyRootfs: true,
+        Tmpfs: { '/tmp': `rw,noexec,nosuid,nodev,size=${o.tmpfsMb ?? 256}m` },
+        CapDrop: ['ALL'],
+        SecurityOpt: ['no-new-privileges'],
+        Binds: o.storageRoot ? [`${o.storageRoot}:${CONTAINER_STORAGE_ROOT}:ro`] : [],
+        LogConfig: { Type: 'json-file', Config: { 'max-size': '20m', 'max-file': '1' } },
+        ...(gpuIds.length > 0 && {
+          DeviceRequests: [{ Driver: 'nvidia', DeviceIDs: [...gpuIds], Capabilities: [['gpu']] }],
+        }),
+      },
+    };
+  }
+
+  async launch(request: GpuLaunchRequest): Promise<LaunchedRunner> {
+    const { job, resources } = request;
+    const options = this.createOptions(request);
+    const container = await this.#create(options);
+    try {
+      await this.#o.db.setContainerId(job.id, job.lease_token, container.id);
+      await container.start();
+    } catch (error) {
+      await container.remove({ force: true, v: true }).catch(() => {});
+      const message = (error as Error).message ?? String(error);
+      if (NO_NVIDIA_RUNTIME.test(message))
+        throw new Error(
+          `no NVIDIA container runtime on this host (install nvidia-container-toolkit): ${message}`,
+          { cause: error },
+        );
+      throw error;
+    }
+    return this.#watch(container, job, resources, Date.now(), 0);
+  }
+
+  /** Watches a container a previous scheduler started (reconcile after a restart). */
+  adopt(info: Docker.ContainerInspectInfo, job: LeasedJob, resources: Resources): LaunchedRunner {
+    const startedAt = Date.parse(info.State.StartedAt);
+    return this.#watch(
+      this.docker.getContainer(info.Id),
+      job,
+      resources,
+      Number.isNaN(startedAt) ? Date.now() : startedAt,
+      Math.floor(Date.now() / 1000), // its earlier output was shown by the previous scheduler
+    );
+  }
+
+  /** Creates the container; a same-named leftover of an earlier attempt is removed first. */
+  async #create(options: Docker.ContainerCreateOptions): Promise<Docker.Container> {
+    try {
+      return await this.docker.createContainer(options);
+    } catch (error) {
+      if ((error as { statusCode?: number }).statusCode !== 409) throw error;
+      await this.docker.getContainer(options.name!).remove({ force: true, v: true });
+      return this.docker.createContainer(options);
+    }
+  }
+
+  #watch(
+    container: Docker.Container,
+    job: LeasedJob,
+    resources: Resources,
+    startedAt: number,
+    outputSince: number,
+  ): LaunchedRunner {
+    const o = this.#o;
+    let stoppedFor: StopReason | null = null;
+    let timedOut = false;
+    const streamed = o.onOutput
+      ? this.#streamOutput(container, job.id, outputSince)
+      : Promise.resolve();
+    const limit = resources.timeoutMs + (o.timeoutBackstopMs ?? TIMEOUT_BACKSTOP_MS);
+    const timer = setTimeout(
+      () => {
+        timedOut = true;
+        // Straight to SIGKILL: a SIGTERM would let the runner hand the job back, and a
+        // stuck job would then never use up its attempts.
+        container.kill().catch(() => {});
+      },
+      Math.max(0, startedAt + limit - Date.now()),
+    );
+    const exit = (async (): Promise<RunnerExit> => {
+      try {
+        await waitForExit(container);
+      } finally {
+        clearTimeout(timer);
+      }
+      const info = await container.inspect().catch(() => undefined);
+      const exitCode = info?.State.ExitCode ?? null;
+      const tail = await this.#tail(container);
+      await Promise.race([streamed, new Promise((r) => setTimeout(r, 2000).unref())]);
+      await this.#dispose(container, job, exitCode);
+      const finishedAt = Date.parse(info?.State.FinishedAt ?? '');
+      return {
+        exitCode,
+        signal: exitCode !== null && exitCode > 128 ? signalName(exitCode - 128) : null,
+        timedOut,
+        stoppedFor,
+        oomKilled: info?.State.OOMKilled === true || tail.some((l) => V8_HEAP_EXHAUSTED.test(l)),
+        durationMs: Math.max(0, (Number.isNaN(finishedAt) ? Date.now() : finishedAt) - startedAt),
+        outputTail: tail,
+      };
+    })();
+    return {
+      id: container.id,
+      wait: () => exit,
+      stop(reason) {
+        stoppedFor ??= reason;
+        // The engine sends SIGTERM, then SIGKILL after the grace period.
+        const t = Math.ceil((o.killGraceMs ?? 10_000) / 1000);
+        container.stop({ t }).catch(() => {});
+      },
+    };
+  }
+
+  /** Follows the container's output and hands each line to onOutput. */
+  async #streamOutput(container: Docker.Container, jobId: string, since: number): Promise<void> {
+    try {
+      const stream = await container.logs({ follow: true, stdout: true, stderr: true, since });
+      const out = new LogLineSplitter((line) => this.#o.onOutput?.(jobId, line));
+      const err = new LogLineSplitter((line) => this.#o.onOutput?.(jobId, line));
+      this.docker.modem.demuxStream(stream, out, err);
+      await new Promise<void>((resolve) => {
+        stream.once('end', resolve);
+        stream.once('close', resolve);
+        stream.once('error', () => resolve());
+      });
+      out.end();
+      err.end();
+    } catch {
+      // Output is a convenience; the tail is read again from the engine at exit.
+    }
+  }
+
+  async #tail(container: Docker.Container): Promise<string[]> {
+    try {
+      const buffer = await container.logs({
+        stdout: true,
+        stderr: true,
+        follow: false,
+        tail: OUTPUT_TAIL_LINES,
+      });
+      return demuxLogBuffer(buffer).slice(-OUTPUT_TAIL_LINES);
+    } catch {
+      return [];
+    }
+  }
+
+  async #dispose(container: Docker.Container, job: LeasedJob, exitCode: number | null) {
+    if (this.#o.keepFailed && exitCode !== 0) {
+      const name = `${KEPT_PREFIX}${job.id}-${job.attempts}`;
+      const renamed = await container.rename({ name }).then(
+        () => true,
+        () => false,
+      );
+      if (renamed) return;
+    }
+    await container.remove({ force: true, v: true }).catch((error: { statusCode?: number }) => {
+      // 404: already gone; 409: removal already in progress.
+      if (error.statusCode !== 404 && error.statusCode !== 409) throw error;
+    });
+  }
+}
+
+/** `container.wait()`, retried across a brief loss of the engine connection. */
+async function waitForExit(container: Docker.Container): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await container.wait({ condition: 'not-running' });
+      return;
+    } catch (error) {
+      if ((error as { statusCode?: number }).statusCode === 404 || attempt >= 30) return;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
+}
+
+function signalName(signo: number): string | null {
+  for (const [name, value] of Object.entries(constants.signals)) if (value === signo) return name;
+  return null;
+}
+
+/** A writable that hands on whole lines (a partial last line on end). */
+class LogLineSplitter extends Writable {
+  #partial = '';
+  constructor(onLine: (line: string) => void) {
+    super({
+      write: (chunk: Buffer, _encoding, done) => {
+        const lines = (this.#partial + chunk.toString('utf8')).split('\n');
+        this.#partial = lines.pop() ?? '';
+        for (const line of lines) onLine(line);
+        done();
+      },
+      final: (done) => {
+        if (this.#partial) onLine(this.#partial);
+        done();
+      },
+    });
+  }
+}
+
+/** Lines of a non-TTY `logs` answer: frames of [stream, 0, 0, 0, size (4 bytes BE), data]. */
+function demuxLogBuffer(buffer: Buffer): string[] {
+  const text: string[] = [];
+  for (let at = 0; at + 8 <= buffer.length;) {
+    const size = buffer.readUInt32BE(at + 4);
+    text.push(buffer.toString('utf8', at + 8, at + 8 + size));
+    at += 8 + size;
+  }
+  return text.join('').split('\n').filter(Boolean);
+}

@@ -1,0 +1,340 @@
+import type pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { toHdError } from '../../contract/errors.ts';
+import type { Job } from '../../contract/jobs.ts';
+import type { ControlPlaneDb } from '../../control-plane/db/transport.ts';
+import { ACCOUNT_A } from './runtime.ts';
+
+/** What the queue suite runs against: a transport, and SQL access to the same database. */
+export interface QueueSuiteTarget {
+  db: ControlPlaneDb;
+  /** Direct SQL for setup, assertions and calls with a moved clock (p_now). */
+  sql: pg.Pool;
+  /** `notify`: listen() delivers LISTEN/NOTIFY wake-ups; `poll`: the scheduler polls. */
+  wakeups: 'notify' | 'poll';
+  close(): Promise<void>;
+}
+
+/**
+ * The queue's behaviour, the same for every transport: each transport's test file calls
+ * this with its own way to open the database (DESIGN principle 5, "two transports, one
+ * behaviour").
+ */
+export function describeQueueSuite(name: string, open: () => Promise<QueueSuiteTarget>) {
+  describe(`queue over the ${name} transport`, () => {
+    let t: QueueSuiteTarget;
+    beforeAll(async () => {
+      t = await open();
+    });
+    afterAll(() => t.close());
+
+    const LEASE = 60;
+    const enqueue = (
+      overrides: Partial<{ maxAttempts: number; jobType: string; priority: number }> = {},
+    ) =>
+      t.db.enqueueJob({
+        accountId: ACCOUNT_A,
+        jobType: overrides.jobType ?? 'import_assets_jsonl',
+        debug: { path: 'x' },
+        maxAttempts: overrides.maxAttempts,
+        priority: overrides.priority,
+      });
+    const claimOne = async (jobId: string, worker = 'w1') => {
+      const [job] = await t.db.claimJobs({ workerId: worker, leaseSeconds: LEASE, jobId });
+      if (!job?.lease_token) throw new Error(`could not claim ${jobId}`);
+      return job as Job & { lease_token: string };
+    };
+    /** Calls a queue function with a moved clock (p_now), as a test-only time machine. */
+    const at = async (sql: string, params: unknown[]) => (await t.sql.query(sql, params)).rows;
+    const errorOf = async (promise: Promise<unknown>) => {
+      try {
+        await promise;
+      } catch (error) {
+        return toHdError(error);
+      }
+      throw new Error('expected a rejection');
+    };
+
+    describe('claim', () => {
+      it('never hands the same job to two of many concurrent claimers', async () => {
+        const ids = new Set<string>();
+        for (let i = 0; i < 300; i++) ids.add((await enqueue({ jobType: 'concurrency_probe' })).id);
+        const claimed: string[] = [];
+        await Promise.all(
+          Array.from({ length: 24 }, async (_, w) => {
+            for (;;) {
+              const jobs = await t.db.claimJobs({
+                workerId: `w${w}`,
+                jobTypes: ['concurrency_probe'],
+                limit: 1 + (w % 3),
+                leaseSeconds: LEASE,
+              });
+              if (jobs.length === 0) return;
+              claimed.push(...jobs.map((j) => j.id));
+            }
+          }),
+        );
+        expect(claimed.length).toBe(300);
+        expect(new Set(claimed)).toEqual(ids);
+        const { rows } = await t.sql.query(
+          `select count(*)::int as n from hd_ingestion_jobs where job_type = 'concurrency_probe' and status = 'running' and attempts = 1 and lease_token is not null`,
+        );
+        expect(rows[0].n).toBe(300);
+      });
+
+      it('claims by priority, then by run_after, and only the requested types', async () => {
+        const low = await enqueue({ jobType: 'prio_probe', priority: 0 });
+        const high = await enqueue({ jobType: 'prio_probe', priority: 5 });
+        await enqueue({ jobType: 'other_probe', priority: 100 });
+        const first = await t.db.claimJobs({
+          workerId: 'w',
+          jobTypes: ['prio_probe'],
+          leaseSeconds: LEASE,
+        });
+        const second = await t.db.claimJobs({
+          workerId: 'w',
+          jobTypes: ['prio_probe'],
+          leaseSeconds: LEASE,
+        });
+        expect(first.map((j) => j.id)).toEqual([high.id]);
+        expect(second.map((j) => j.id)).toEqual([low.id]);
+      });
+    });
+
+    describe('lease fencing', () => {
+      it('refuses every call of a runner whose lease expired and was taken over', async () => {
+        const job = await enqueue();
+        const stale = await claimOne(job.id, 'zombie');
+        // Two minutes later the reaper finds the lease expired and requeues the job.
+        const reaped = await at(
+          `select * from hd_reap_expired_leases(now() + interval '2 minutes')`,
+          [],
+        );
+        expect(reaped.map((r) => r.id)).toContain(job.id);
+        expect(reaped.find((r) => r.id === job.id)).toMatchObject({
+          status: 'queued',
+          error_code: 'LEASE_EXPIRED',
+        });
+        // A new worker takes it (after the backoff) and holds a fresh lease.
+        const [fresh] = await at(
+          `select * from hd_claim_jobs('w2', null, 1, 600, $1, now() + interval '10 minutes')`,
+          [job.id],
+        );
+        expect(fresh.lease_token).not.toBe(stale.lease_token);
+        expect(fresh.attempts).toBe(2);
+
+        const refusals = await Promise.all([
+          errorOf(t.db.completeJob(job.id, stale.lease_token, { zombie: true })),
+          errorOf(t.db.heartbeat(job.id, stale.lease_token, LEASE)),
+          errorOf(t.db.reportProgress(job.id, stale.lease_token, 50)),
+          errorOf(
+            t.db.upsertAssets(job.id, stale.lease_token, [
+              { title: 't', source_type: 's', source_ref: 'zombie', metadata: {} },
+            ]),
+          ),
+          errorOf(
+            t.db.failJob(job.id, stale.lease_token, {
+              code: 'CRASHED',
+              message: 'x',
+              retryable: true,
+            }),
+          ),
+        ]);
+        expect(refusals.map((e) => e.code)).toEqual([
+          'LEASE_LOST',
+          'LEASE_LOST',
+          'LEASE_LOST',
+          'LEASE_LOST',
+          'LEASE_LOST',
+        ]);
+        const { rows: zombieRows } = await t.sql.query(
+          `select count(*)::int as n from hd_assets where source_ref = 'zombie'`,
+        );
+        expect(zombieRows[0].n).toBe(0);
+
+        // The lease holder is unaffected by the zombie's attempts.
+        const after = await t.db.getJob(job.id);
+        expect(after).toMatchObject({
+          status: 'running',
+          locked_by: 'w2',
+          error_code: 'LEASE_EXPIRED',
+        });
+      });
+
+      it('refuses a call after the lease ran out even before the reaper ran', async () => {
+        const job = await claimOne((await enqueue()).id);
+        await expect(
+          at(`select hd_heartbeat($1, $2, 60, now() + interval '61 seconds')`, [
+            job.id,
+            job.lease_token,
+          ]),
+        ).rejects.toMatchObject({ code: 'HDL01' });
+        await expect(
+          at(`select hd_heartbeat($1, $2, 60, now() + interval '59 seconds')`, [
+            job.id,
+            job.lease_token,
+          ]),
+        ).resolves.toHaveLength(1);
+      });
+
+      it('tells a cancelled runner that it was cancelled', async () => {
+        const job = await claimOne((await enqueue()).id);
+        const cancelled = await t.db.cancelJob(job.id, 'operator said stop');
+        expect(cancelled).toMatchObject({
+          status: 'failed',
+          error_code: 'CANCELLED',
+          error: 'operator said stop',
+          lease_token: null,
+        });
+        const error = await errorOf(t.db.heartbeat(job.id, job.lease_token, LEASE));
+        expect(error.code).toBe('CANCELLED');
+      });
+    });
+
+    describe('complete, fail, retry', () => {
+      it('merges stats into debug.stats and keeps the payload', async () => {
+        const job = await claimOne((await enqueue()).id);
+        const done = await t.db.completeJob(job.id, job.lease_token, { lines: 3 });
+        expect(done).toMatchObject({
+          status: 'completed',
+          progress_percent: 100,
+          lease_token: null,
+          error: null,
+        });
+        expect(done.debug).toEqual({ path: 'x', stats: { lines: 3 } });
+        expect(done.finished_at).toBeInstanceOf(Date);
+      });
+
+      it('retries a retryable failure after a backoff until max_attempts, then fails', async () => {
+        const job = await enqueue({ maxAttempts: 3, jobType: 'retry_probe' });
+        let now = 0; // minutes from the real now, moved forward by hand
+        for (let attempt = 1; attempt <= 3; attempt++) {
+          const [claimed] = await at(
+            `select * from hd_claim_jobs('w', array['retry_probe'], 1, 60, null, now() + make_interval(mins => $1)) where id = $2`,
+            [now, job.id],
+          );
+          expect(claimed, `attempt ${attempt} claimable`).toBeDefined();
+          expect(claimed.attempts).toBe(attempt);
+          const [failed] = await at(
+            `select * from hd_fail_job($1, $2, 'DOWNLOAD_FAILED', 'storage flaked', true, '{"try":1}', now() + make_interval(mins => $3))`,
+            [job.id, claimed.lease_token, now],
+          );
+          if (attempt < 3) {
+            expect(failed).toMatchObject({
+              status: 'queued',
+              error_code: 'DOWNLOAD_FAILED',
+              error: 'storage flaked',
+              attempts: attempt,
+            });
+            // Not claimable before run_after…
+            const early = await at(
+              `select * from hd_claim_jobs('w', array['retry_probe'], 1, 60, null, now() + make_interval(mins => $1)) where id = $2`,
+              [now, job.id],
+            );
+            expect(early).toHaveLength(0);
+            const delay = (failed.run_after.getTime() - Date.now()) / 1000 - now * 60;
+            const base = 5 * 2 ** (attempt - 1);
+            expect(delay).toBeGreaterThanOrEqual(base * 0.5 - 2);
+            expect(delay).toBeLessThanOrEqual(base + 2);
+            now += 2; // …and claimable after it
+          } else {
+            expect(failed).toMatchObject({
+              status: 'failed',
+              attempts: 3,
+              error_code: 'DOWNLOAD_FAILED',
+            });
+            expect(failed.error_details).toMatchObject({ retryable: true, attempt: 3, try: 1 });
+          }
+        }
+      });
+
+      it('fails a permanent error at once', async () => {
+        const job = await claimOne((await enqueue({ maxAttempts: 5 })).id);
+        const failed = await t.db.failJob(job.id, job.lease_token, {
+          code: 'INVALID_INPUT',
+          message: 'bad',
+          retryable: false,
+        });
+        expect(failed).toMatchObject({
+          status: 'failed',
+          attempts: 1,
+          error_code: 'INVALID_INPUT',
+        });
+      });
+
+      it('caps the backoff exponent', async () => {
+        const rows = await at(
+          `select extract(epoch from hd_retry_delay(n))::float as s, n from generate_series(1, 40) n`,
+          [],
+        );
+        for (const { s, n } of rows) {
+          const base = Math.min(3600, 5 * 2 ** Math.min(n - 1, 12));
+          expect(s).toBeGreaterThanOrEqual(base * 0.5);
+          expect(s).toBeLessThanOrEqual(base);
+        }
+      });
+    });
+
+    describe('operations', () => {
+      it('requeues a failed job with the error cleared and attempts reset', async () => {
+        const job = await claimOne((await enqueue({ maxAttempts: 1 })).id);
+        await t.db.failJob(job.id, job.lease_token, {
+          code: 'CRASHED',
+          message: 'boom',
+          retryable: true,
+        });
+        const requeued = await t.db.requeueJob(job.id);
+        expect(requeued).toMatchObject({
+          status: 'queued',
+          attempts: 0,
+          error: null,
+          error_code: null,
+          error_details: null,
+        });
+      });
+
+      it('refuses to requeue a running job', async () => {
+        const job = await claimOne((await enqueue()).id);
+        await expect(t.db.requeueJob(job.id)).rejects.toMatchObject({ code: 'HDS01' });
+      });
+
+      it('hands a released job back without spending an attempt', async () => {
+        const job = await claimOne((await enqueue()).id);
+        const released = await t.db.releaseJob(job.id, job.lease_token);
+        expect(released).toMatchObject({ status: 'queued', attempts: 0, lease_token: null });
+      });
+
+      it('wakes listeners on insert, requeue and cancel (notify), or subscribes to nothing (poll)', async () => {
+        if (t.wakeups === 'poll') {
+          // Without LISTEN the scheduler polls; listen() must still resolve and unsubscribe.
+          const wakes: unknown[] = [];
+          const unlisten = await t.db.listen((reason) => wakes.push(reason));
+          await enqueue({ jobType: 'wake_probe_poll' });
+          await unlisten();
+          expect(wakes).toEqual([]);
+          return;
+        }
+        const wakes: string[] = [];
+        const unlisten = await t.db.listen((reason) =>
+          wakes.push(
+            reason.kind === 'queued' ? `queued:${reason.jobType}` : `cancelled:${reason.jobId}`,
+          ),
+        );
+        try {
+          // Inserted directly, as the web app does.
+          await t.sql.query(
+            `insert into hd_ingestion_jobs (account_id, job_type) values ($1, 'wake_probe')`,
+            [ACCOUNT_A],
+          );
+          const job = await enqueue({ jobType: 'wake_probe2' });
+          await t.db.cancelJob(job.id);
+          await expect
+            .poll(() => wakes)
+            .toEqual(['queued:wake_probe', 'queued:wake_probe2', `cancelled:${job.id}`]);
+        } finally {
+          await unlisten();
+        }
+      });
+    });
+  });
+}
