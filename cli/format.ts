@@ -40,7 +40,19 @@ export function jobSummary(job: Job): Record<string, unknown> {
 }
 
 export function summarizeStats(stats: Record<string, unknown>): string {
-  const keys = ['lines', 'inserted', 'updated', 'unchanged', 'invalid'];
+  const keys = [
+    'lines',
+    'inserted',
+    'updated',
+    'unchanged',
+    'invalid',
+    'pages',
+    'chunks',
+    'interpreted',
+    'nodes',
+    'edges',
+    'synthesized',
+  ];
   return keys
     .filter((k) => typeof stats[k] === 'number')
     .map((k) => `${k}=${String(stats[k])}`)

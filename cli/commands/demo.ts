@@ -2,12 +2,20 @@ import { join, resolve } from 'node:path';
 import pg from 'pg';
 import type { Job } from '../../contract/jobs.ts';
 import { configFrom, type Command } from '../command.ts';
+import type { Config } from '../../control-plane/config.ts';
 import { migrate } from '../../control-plane/db/migrate.ts';
 import { PostgresDb } from '../../control-plane/db/postgres.ts';
 import { startEmbeddedPostgres } from '../../control-plane/embedded-postgres.ts';
 import { createLogger } from '../../control-plane/logger.ts';
 import { PACKAGE_ROOT } from '../../control-plane/package-root.ts';
 import { FsStorage } from '../../control-plane/storage/fs.ts';
+import { STAND_IN_MODEL, startStandInModel } from '../../runner/llm/stand-in-model.ts';
+import {
+  enqueuePipeline,
+  PIPELINE_DOCUMENTS,
+  pipelineJobs,
+  tenantGraphs,
+} from '../demo-pipeline.ts';
 import { formatTable, summarizeStats } from '../format.ts';
 import { enqueueImportFile } from './enqueue.ts';
 import { createScheduler } from './scheduler.ts';
@@ -17,27 +25,32 @@ const TENANTS = {
   globex: '22222222-2222-4222-8222-222222222222',
 } as const;
 
-/** What the demo enqueues, and how each job is expected to end. */
-const PLAN = [
+/** The imports the demo enqueues, and how each is expected to end. */
+const IMPORTS = [
   { tenant: 'acme', file: 'acme-assets.jsonl', strict: false, expect: 'completed' },
   { tenant: 'globex', file: 'globex-assets.jsonl', strict: false, expect: 'completed' },
   { tenant: 'globex', file: 'globex-assets.jsonl', strict: true, expect: 'failed' },
 ] as const;
 
-const DRAIN_TIMEOUT_MS = 120_000;
+const DRAIN_TIMEOUT_MS = 180_000;
 
 export const demoCommand: Command = {
   name: 'demo',
-  summary: 'run the import pipeline end to end on an embedded PostgreSQL',
+  summary: 'run the import and the document pipeline end to end on an embedded PostgreSQL',
   usage: `hd-runner demo [--dir PATH]
 
-Starts a real PostgreSQL (embedded-postgres; data in PATH/postgres, default .hd-data),
-applies the migrations, uploads the JSONL files of examples/ for two tenants to fs
-storage (PATH/storage), runs the scheduler with the process launcher until the jobs
-end, and prints each job and each tenant's assets. One globex file has bad lines: run
-leniently it completes and reports them; run with strict: true it fails (expected).
-Exit 0 when every job ended as expected. Run it again: the imports find their rows
-unchanged.`,
+Starts a real PostgreSQL (embedded; data in PATH/postgres, default .hd-data), applies the
+migrations, and runs the scheduler (process launcher) until every job it queued ended:
+
+1. imports: the JSONL files of examples/ for two tenants. One globex file has bad lines:
+   run leniently it completes and reports them; with strict: true it fails (expected).
+2. a pipeline per tenant: examples/*-memo.md → extract_text → extract_interpretations →
+   text2kg → synthesize_node, each stage queued by the previous one's completion.
+   Without HD_LLM_BASE_URL the LLM stages talk to a STAND-IN MODEL (deterministic string
+   rules, not a language model), clearly labelled in the output.
+
+Exit 0 when every job ended as expected. Run it again: imports find their rows
+unchanged and the pipeline stages find their work done.`,
   options: { dir: { type: 'string' } },
   async run(args, env) {
     const dir = resolve(
@@ -45,11 +58,19 @@ unchanged.`,
     );
     console.log(`demo: starting PostgreSQL in ${join(dir, 'postgres')} …`);
     const database = await startEmbeddedPostgres({ dir: join(dir, 'postgres') });
+    const model = env.HD_LLM_BASE_URL ? undefined : await startStandInModel();
+    if (model)
+      console.log(
+        `demo: no HD_LLM_BASE_URL: the LLM stages use the STAND-IN MODEL at ${model.url} (${STAND_IN_MODEL})`,
+      );
     const config = configFrom(env, {
       HD_DATABASE_URL: database.connectionString(),
       HD_STORAGE_ROOT: join(dir, 'storage'),
       HD_LOG_LEVEL: env.HD_LOG_LEVEL ?? 'warn',
       HD_POLL_INTERVAL_MS: '500',
+      ...(model
+        ? { HD_LLM_BASE_URL: model.url, HD_LLM_MODEL: STAND_IN_MODEL, HD_LLM_API_KEY: 'stand-in' }
+        : {}),
     });
     const db = new PostgresDb({ connectionString: database.connectionString() });
     try {
@@ -63,87 +84,105 @@ unchanged.`,
         client.release();
       }
       const storage = new FsStorage(config.HD_STORAGE_ROOT);
-      const jobs = new Map<string, (typeof PLAN)[number]>();
-      for (const step of PLAN) {
+      const labels = new Map<string, string>();
+      const expected = new Map<string, string>();
+      for (const step of IMPORTS) {
         const job = await enqueueImportFile(db, storage, config, {
           accountId: TENANTS[step.tenant],
           file: join(PACKAGE_ROOT, 'examples', step.file),
           strict: step.strict,
         });
-        jobs.set(job.id, step);
-        console.log(
-          `queued     ${job.id}  ${step.tenant.padEnd(6)} ${step.file}${step.strict ? ' (strict)' : ''}`,
-        );
+        labels.set(job.id, `${step.tenant} ${step.file}${step.strict ? ' (strict)' : ''}`);
+        expected.set(job.id, step.expect);
       }
-      const finals = await runUntilEnded(config, db, env, new Set(jobs.keys()));
+      const roots: string[] = [];
+      for (const doc of PIPELINE_DOCUMENTS) {
+        const job = await enqueuePipeline(db, db.pool, storage, config, TENANTS[doc.tenant], doc);
+        roots.push(job.id);
+        labels.set(job.id, `${doc.tenant} ${doc.file}`);
+      }
+      for (const [id, label] of labels) console.log(`queued     ${id}  ${label}`);
+
+      const tracked = async () => pipelineJobs(db.pool, [...expected.keys(), ...roots]);
+      const jobs = await runUntilAllEnded(config, db, env, tracked);
+      const tenantOf = (job: Job) => (job.account_id === TENANTS.acme ? 'acme' : 'globex');
       console.log('');
       console.log(
         formatTable(
-          finals.map((job) => ({
+          jobs.map((job) => ({
             job: job.id.slice(0, 8),
-            tenant: jobs.get(job.id)!.tenant,
-            file: jobs.get(job.id)!.file + (jobs.get(job.id)!.strict ? ' (strict)' : ''),
+            tenant: tenantOf(job),
+            type: job.job_type,
+            input: labels.get(job.id)?.split(' ')[1] ?? '',
             status: job.status,
             attempts: job.attempts,
             result: job.error_code
-              ? `${job.error_code}: ${job.error}`
+              ? `${job.error_code}: ${truncate(job.error ?? '', 70)}`
               : summarizeStats((job.debug.stats ?? {}) as Record<string, unknown>),
           })),
         ),
       );
       console.log('');
       console.log(await tenantAssets(db.pool));
-      const unexpected = finals.filter((job) => job.status !== jobs.get(job.id)!.expect);
-      const completed = finals.filter((job) => job.status === 'completed').length;
-      const failed = finals.filter((job) => job.status === 'failed').length;
+      console.log('');
+      console.log(await tenantGraphs(db.pool, TENANTS));
+      // Pipeline stages are expected to complete; imports as planned above.
+      const unexpected = jobs.filter((job) => job.status !== (expected.get(job.id) ?? 'completed'));
+      const completed = jobs.filter((job) => job.status === 'completed').length;
+      const failed = jobs.filter((job) => job.status === 'failed').length;
       console.log('');
       console.log(
-        `demo: ${finals.length} jobs, ${completed} completed, ${failed} failed; ${unexpected.length === 0 ? 'all as expected' : `${unexpected.length} NOT as expected`}`,
+        `demo: ${jobs.length} jobs, ${completed} completed, ${failed} failed; ${unexpected.length === 0 ? 'all as expected' : `${unexpected.length} NOT as expected`}` +
+          (model ? ' (LLM stages answered by the STAND-IN MODEL)' : ''),
       );
       return unexpected.length === 0 ? 0 : 1;
     } finally {
       await db.close();
+      await model?.close();
       await database.stop();
     }
   },
 };
 
-async function runUntilEnded(
-  config: ReturnType<typeof configFrom>,
+/** Runs a scheduler until none of the tracked jobs is queued or running. */
+async function runUntilAllEnded(
+  config: Config,
   db: PostgresDb,
   env: Record<string, string | undefined>,
-  ids: Set<string>,
+  tracked: () => Promise<Job[]>,
 ): Promise<Job[]> {
   const log = createLogger({ level: config.HD_LOG_LEVEL, name: 'scheduler' });
   const scheduler = createScheduler(config, db, log, env);
-  const ended = new Map<string, Job>();
-  const done = new Promise<void>((resolveDone, reject) => {
+  // A completion queues the next stage in the same transaction, so "nothing open" is final.
+  const settled = async () => {
+    const jobs = await tracked();
+    return jobs.some((j) => j.status === 'queued' || j.status === 'running') ? undefined : jobs;
+  };
+  const done = new Promise<Job[]>((resolveDone, reject) => {
     const timer = setTimeout(
       () => reject(new Error(`demo: jobs did not end within ${DRAIN_TIMEOUT_MS / 1000}s`)),
       DRAIN_TIMEOUT_MS,
     );
     scheduler.on('job:claimed', (job) =>
-      console.log(`running    ${job.id}  attempt ${job.attempts}`),
+      console.log(`running    ${job.id}  ${job.job_type} attempt ${job.attempts}`),
     );
     scheduler.on('job:finished', (job) => {
       console.log(
-        `${job.status.padEnd(10)} ${job.id}${job.error_code ? `  ${job.error_code}` : ''}`,
+        `${job.status.padEnd(10)} ${job.id}  ${job.job_type}${job.error_code ? `  ${job.error_code}` : ''}`,
       );
-      if (ids.has(job.id) && (job.status === 'completed' || job.status === 'failed'))
-        ended.set(job.id, job);
-      if (ended.size === ids.size) {
+      settled().then((jobs) => {
+        if (!jobs) return;
         clearTimeout(timer);
-        resolveDone();
-      }
+        resolveDone(jobs);
+      }, reject);
     });
   });
   await scheduler.start();
   try {
-    await done;
+    return await done;
   } finally {
     await scheduler.stop(0);
   }
-  return [...ids].map((id) => ended.get(id)!);
 }
 
 async function tenantAssets(pool: pg.Pool): Promise<string> {
@@ -153,10 +192,9 @@ async function tenantAssets(pool: pg.Pool): Promise<string> {
        from public.hd_assets where account_id in ($1, $2) group by account_id order by 1`,
     [TENANTS.acme, TENANTS.globex],
   );
-  return formatTable(
-    rows.map((r) => ({
-      ...r,
-      titles: r.titles.length > 90 ? `${r.titles.slice(0, 89)}…` : r.titles,
-    })),
-  );
+  return formatTable(rows.map((r) => ({ ...r, titles: truncate(r.titles, 90) })));
+}
+
+function truncate(text: string, max: number): string {
+  return text.length > max ? `${text.slice(0, max - 1)}…` : text;
 }
