@@ -7,6 +7,7 @@ import { pipeline } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_BUCKET, type Job } from '../contract/jobs.ts';
 import { tenantPrefix } from '../contract/storage-paths.ts';
+import type { ImportStats } from '../runner/handlers/import_assets_jsonl.ts';
 import { FsStorage } from '../control-plane/storage/fs.ts';
 import { runJob } from '../runner/run-job.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
@@ -22,20 +23,6 @@ afterAll(async () => {
   await t.drop();
   await rm(root, { recursive: true, force: true });
 });
-
-interface ImportStats {
-  lines: number;
-  blank: number;
-  valid: number;
-  invalid: number;
-  invalid_samples: { line: number; reason: string }[];
-  account_id_ignored: number;
-  inserted: number;
-  updated: number;
-  unchanged: number;
-  skipped: number;
-  bytes: number;
-}
 
 interface AssetRecord {
   id: string;

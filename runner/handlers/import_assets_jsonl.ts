@@ -42,7 +42,7 @@ export const assetLineSchema = z.object({
 const MAX_INVALID_SAMPLES = 20;
 const READ_CHUNK_BYTES = 256 * 1024;
 
-interface ImportStats {
+export interface ImportStats {
   lines: number;
   blank: number;
   valid: number;
