@@ -6,6 +6,7 @@ export type { Logger };
 // by path, so each is listed at the top level and two levels down).
 const SECRET_KEYS = [
   'lease_token',
+  'ended_lease_token',
   'leaseToken',
   'HD_LEASE_TOKEN',
   'password',

@@ -4,6 +4,13 @@ import type { Resources } from '../runner/handler.ts';
 export interface LaunchRequest {
   job: LeasedJob;
   resources: Resources;
+  /** GPUs the scheduler pinned the job to (none, or absent: a CPU job that sees no GPU). */
+  gpuIds?: readonly string[] | undefined;
+  /**
+   * Receives each line the runner prints, as it prints it (besides the launcher's own
+   * `onOutput`): the scheduler stores them in hd_job_logs.
+   */
+  onOutput?: ((line: string) => void) | undefined;
 }
 
 /** How a runner ended, in the launcher-neutral terms the scheduler classifies. */
@@ -31,7 +38,7 @@ export interface LaunchedRunner {
   stop(reason: StopReason): void;
 }
 
-/** One interface, one backend per way of running a runner (`process`, later `docker`). */
+/** One interface, one backend per way of running a runner (`process`, `docker`). */
 export interface Launcher {
   /** Starts a runner for the leased job; throws when it cannot be started. */
   launch(request: LaunchRequest): Promise<LaunchedRunner>;

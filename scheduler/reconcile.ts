@@ -22,13 +22,20 @@ export interface ReconcileResult {
   gaveBack: string[];
 }
 
+/** Where the output of a re-adopted runner goes, line by line. */
+export type OutputFor = (job: LeasedJob) => ((line: string) => void) | undefined;
+
 /**
  * Matches what a launcher left running with the job rows. `supervised(jobId)` is the
  * attempt this scheduler is running for that job right now (undefined: none); it is
- * asked at decision time because claims go on while a reconcile runs.
+ * asked at decision time because claims go on while a reconcile runs. `outputFor(job)`
+ * is asked for a sink the moment a runner is re-adopted, before it prints anything.
  */
 export interface Reconciler {
-  reconcile(supervised: (jobId: string) => number | undefined): Promise<ReconcileResult>;
+  reconcile(
+    supervised: (jobId: string) => number | undefined,
+    outputFor?: OutputFor,
+  ): Promise<ReconcileResult>;
 }
 
 export interface DockerReconcilerDeps {
@@ -64,7 +71,10 @@ export class DockerReconciler implements Reconciler {
     this.#d = deps;
   }
 
-  async reconcile(supervised: (jobId: string) => number | undefined): Promise<ReconcileResult> {
+  async reconcile(
+    supervised: (jobId: string) => number | undefined,
+    outputFor?: OutputFor,
+  ): Promise<ReconcileResult> {
     const docker = this.#d.launcher.docker;
     const result: ReconcileResult = { adopted: [], removed: [], gaveBack: [] };
     const containers = await docker.listContainers({
@@ -73,7 +83,7 @@ export class DockerReconciler implements Reconciler {
     });
     for (const container of containers) {
       try {
-        await this.#reconcileContainer(container, supervised, result);
+        await this.#reconcileContainer(container, supervised, result, outputFor);
       } catch (error) {
         this.#d.log.warn(
           { container_id: container.Id, err: toHdError(error) },
@@ -91,6 +101,7 @@ export class DockerReconciler implements Reconciler {
     c: Docker.ContainerInfo,
     supervised: (jobId: string) => number | undefined,
     result: ReconcileResult,
+    outputFor: OutputFor | undefined,
   ): Promise<void> {
     const { launcher, db, schedulerId, log } = this.#d;
     const jobId = c.Labels[LABELS.jobId]!;
@@ -104,7 +115,8 @@ export class DockerReconciler implements Reconciler {
       const info = await launcher.docker.getContainer(c.Id).inspect();
       const leased = job as LeasedJob;
       const gpuIds = (c.Labels[LABELS.gpus] ?? '').split(',').filter(Boolean);
-      const runner = launcher.adopt(info, leased, this.#d.resourcesFor(job.job_type));
+      const resources = this.#d.resourcesFor(job.job_type);
+      const runner = launcher.adopt(info, leased, resources, outputFor?.(leased));
       result.adopted.push({ job: leased, runner, gpuIds });
       return;
     }

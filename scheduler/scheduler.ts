@@ -1,30 +1,19 @@
 import { EventEmitter } from 'node:events';
-import { EXIT_CODES, HdError, toHdError, type ErrorCode } from '../contract/errors.ts';
-import { isJobType, JOB_TYPES, type Job, type LeasedJob } from '../contract/jobs.ts';
+import { toHdError, type HdError } from '../contract/errors.ts';
+import { JOB_TYPES, type Job, type LeasedJob } from '../contract/jobs.ts';
 import type { Config } from '../control-plane/config.ts';
 import type { ControlPlaneDb, WakeReason } from '../control-plane/db/transport.ts';
 import type { Logger } from '../control-plane/logger.ts';
 import type { Resources } from '../runner/handler.ts';
-import { HANDLERS } from '../runner/handlers/index.ts';
+import { handlerResources } from '../runner/handlers/index.ts';
 import { planClaims, type GpuSlots } from './gpu.ts';
-import type { LaunchedRunner, Launcher, LaunchRequest, RunnerExit } from './launcher.ts';
+import { JobLogBook, type JobLogCollector, type JobLogLimits } from './job-logs.ts';
+import type { LaunchedRunner, Launcher, RunnerExit } from './launcher.ts';
+import { OutcomeRecorder } from './outcome.ts';
 import type { AdoptedRunner, Reconciler } from './reconcile.ts';
 import { Wakeup } from './wakeup.ts';
 
-/** Resources assumed for a job type without a handler: its runner fails it at once. */
-const UNKNOWN_TYPE_RESOURCES: Resources = { gpu: false, memoryMb: 256, cpus: 1, timeoutMs: 60_000 };
-/** What a job type declares it needs (its handler's resources). */
-export function handlerResources(jobType: string): Resources {
-  return isJobType(jobType) ? HANDLERS[jobType].resources : UNKNOWN_TYPE_RESOURCES;
-}
-
-const RUNNER_RECORDED_EXITS = new Set<number>([
-  EXIT_CODES.completed,
-  EXIT_CODES.failedPermanent,
-  EXIT_CODES.failedRetryable,
-  EXIT_CODES.leaseLost,
-  EXIT_CODES.interrupted,
-]);
+export { handlerResources };
 
 export interface SchedulerEvents {
   'job:claimed': [job: Job];
@@ -39,6 +28,8 @@ interface Running {
   job: LeasedJob;
   runner: LaunchedRunner | undefined;
   gpuIds: string[];
+  /** The runner's output, on its way into hd_job_logs. */
+  logs: JobLogCollector;
   done: Promise<void>;
 }
 
@@ -53,12 +44,14 @@ export interface SchedulerDeps {
   reconciler?: Reconciler | undefined;
   /** Resources of a job type; default its handler's declaration. */
   resourcesFor?: (jobType: string) => Resources;
+  /** Batching and memory limits of the runner output stored in hd_job_logs. */
+  jobLogs?: Partial<JobLogLimits> | undefined;
 }
 
 /**
  * The daemon: claims jobs into free slots, starts one runner per job through a
- * launcher, classifies how it ended, and reaps expired leases. Holds no state the
- * database does not also hold.
+ * launcher, stores its output in hd_job_logs, classifies how it ended, and reaps expired
+ * leases. Holds no state the database does not also hold.
  */
 export class Scheduler extends EventEmitter<SchedulerEvents> {
   readonly #db: ControlPlaneDb;
@@ -68,6 +61,8 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
   readonly #gpus: GpuSlots | undefined;
   readonly #reconciler: Reconciler | undefined;
   readonly #resourcesFor: (jobType: string) => Resources;
+  readonly #logs: JobLogBook;
+  readonly #outcomes: OutcomeRecorder;
   readonly #running = new Map<string, Running>();
   readonly #wakeup = new Wakeup();
   #stopping = false;
@@ -86,6 +81,13 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
     this.#gpus = deps.gpus;
     this.#reconciler = deps.reconciler;
     this.#resourcesFor = deps.resourcesFor ?? handlerResources;
+    this.#logs = new JobLogBook({ db: deps.db, log: deps.log, limits: deps.jobLogs });
+    this.#outcomes = new OutcomeRecorder({
+      db: deps.db,
+      workerId: deps.config.HD_WORKER_ID,
+      log: deps.log,
+      onError: (err) => this.#report(err, 'could not record a job outcome'),
+    });
   }
 
   get runningJobIds(): string[] {
@@ -173,11 +175,13 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
       try {
         const { adopted } = await reconciler.reconcile(
           (jobId) => this.#running.get(jobId)?.job.attempts,
+          (job) => this.#logs.sinkFor(job),
         );
         for (const runner of adopted) this.#adopt(runner);
       } catch (error) {
         this.#report(error, 'reconciling runner containers failed');
       } finally {
+        this.#logs.closeUnopened();
         this.#reconciling = undefined;
       }
     })();
@@ -216,7 +220,14 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
   }
 
   #supervise(job: LeasedJob, adopted?: AdoptedRunner): void {
-    const entry: Running = { job, runner: adopted?.runner, gpuIds: [], done: Promise.resolve() };
+    const logs = this.#logs.open(job);
+    const entry: Running = {
+      job,
+      runner: adopted?.runner,
+      gpuIds: [],
+      logs,
+      done: Promise.resolve(),
+    };
     this.#running.set(job.id, entry);
     if (adopted) {
       for (const id of adopted.gpuIds) this.#gpus?.claim(id);
@@ -231,7 +242,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
   }
 
   #adopt(adopted: AdoptedRunner): void {
-    if (this.#running.has(adopted.job.id)) return;
+    if (this.#running.has(adopted.job.id)) return; // its collector is finished by reconcile()
     this.#log.info(
       { job_id: adopted.job.id, runner: adopted.runner.id, gpus: adopted.gpuIds },
       're-adopted a running runner',
@@ -240,7 +251,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
   }
 
   async #runToEnd(entry: Running): Promise<void> {
-    const { job } = entry;
+    const { job, logs } = entry;
     const resources = this.#resourcesFor(job.job_type);
     let exit: RunnerExit | undefined;
     try {
@@ -250,91 +261,25 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
           if (gpu === undefined) throw new Error('no free GPU slot for a GPU job');
           entry.gpuIds = [gpu];
         }
-        const request: LaunchRequest & { gpuIds: readonly string[] } = {
+        entry.runner = await this.#launcher.launch({
           job,
           resources,
           gpuIds: entry.gpuIds,
-        };
-        entry.runner = await this.#launcher.launch(request);
+          onOutput: (line) => logs.push(line),
+        });
       }
       if (this.#stopping && this.#config.HD_SHUTDOWN_GRACE_MS === 0) entry.runner.stop('shutdown');
       exit = await entry.runner.wait();
-      await this.#settle(job, exit);
+      // Before settling: where the scheduler records the outcome, the lease ends with it.
+      await logs.finish();
+      await this.#outcomes.settle(job, exit);
     } catch (error) {
-      const err = toHdError(error);
-      await this.#record(
-        job,
-        'LAUNCH_FAILED',
-        `the runner could not be started: ${err.message}`,
-        {},
-      );
+      await logs.finish();
+      const message = `the runner could not be started: ${toHdError(error).message}`;
+      await this.#outcomes.fail(job, 'LAUNCH_FAILED', message, {});
     }
     const final = await this.#db.getJob(job.id).catch(() => undefined);
     this.emit('job:finished', final ?? job, exit);
-  }
-
-  /** Records what the runner could not: a crash, a kill, a timeout, a shutdown. */
-  async #settle(job: LeasedJob, exit: RunnerExit): Promise<void> {
-    const details = {
-      exit_code: exit.exitCode,
-      signal: exit.signal,
-      duration_ms: exit.durationMs,
-      output_tail: exit.outputTail.slice(-20),
-    };
-    if (exit.stoppedFor === 'cancelled') return; // the cancel already failed the job
-    if (exit.exitCode !== null && RUNNER_RECORDED_EXITS.has(exit.exitCode)) return;
-    if (exit.stoppedFor === 'shutdown') {
-      await this.#db
-        .releaseJob(job.id, job.lease_token)
-        .catch((e: unknown) => this.#ignoreLeaseLost(e));
-      return;
-    }
-    if (exit.oomKilled) {
-      await this.#record(
-        job,
-        'OOM_KILLED',
-        `the runner ran out of memory (exit ${exit.exitCode ?? exit.signal})`,
-        details,
-      );
-    } else if (exit.timedOut) {
-      await this.#record(
-        job,
-        'PROCESSING_TIMEOUT',
-        `the runner was killed after ${exit.durationMs} ms`,
-        details,
-      );
-    } else {
-      const how = exit.signal
-        ? `was killed by ${exit.signal}`
-        : `exited with code ${exit.exitCode}`;
-      await this.#record(job, 'CRASHED', `the runner ${how} without reporting a result`, details);
-    }
-  }
-
-  async #record(
-    job: LeasedJob,
-    code: ErrorCode,
-    message: string,
-    details: Record<string, unknown>,
-  ) {
-    const error = new HdError(code, message, { details });
-    try {
-      await this.#db.failJob(job.id, job.lease_token, {
-        code,
-        message,
-        retryable: error.retryable,
-        details: { ...details, worker_id: this.#config.HD_WORKER_ID },
-      });
-      this.#log.warn({ job_id: job.id, code }, message);
-    } catch (e) {
-      this.#ignoreLeaseLost(e);
-    }
-  }
-
-  #ignoreLeaseLost(error: unknown) {
-    const err = toHdError(error);
-    if (err.code !== 'LEASE_LOST' && err.code !== 'CANCELLED')
-      this.#report(err, 'could not record a job outcome');
   }
 
   async #reap(): Promise<void> {

@@ -154,7 +154,10 @@ describe.skipIf(!d.available)(`docker launcher${skipNote(d)}`, () => {
     const b = await enqueueImport(ACCOUNT_B, 'docker-b.jsonl', [
       { title: 'B1', source_type: 'upload', source_ref: 'docker-b1', account_id: ACCOUNT_A },
     ]);
-    const scheduler = await startScheduler(launcher());
+    // Runners log at info here, so that their output fills hd_job_logs.
+    const scheduler = await startScheduler(
+      launcher({ env: configToEnv({ ...config, HD_LOG_LEVEL: 'info' }) }),
+    );
     const [doneA, doneB] = await Promise.all([ended(scheduler, a.id), ended(scheduler, b.id)]);
     expect(doneA).toMatchObject({ status: 'completed', attempts: 1, progress_percent: 100 });
     expect(doneA.debug.stats).toMatchObject({ lines: 2, inserted: 2, invalid: 0 });
@@ -170,6 +173,22 @@ describe.skipIf(!d.available)(`docker launcher${skipNote(d)}`, () => {
     // The container id reached the row; the container is gone.
     expect(doneA.container_id).toMatch(/^[0-9a-f]{64}$/);
     expect(await gone(doneA.container_id!)).toBe(true);
+    // What the runner printed in its container is in hd_job_logs, to its last line.
+    const { rows: logs } = await t.sql.query(
+      `select account_id, attempt, seq, message from hd_job_logs where job_id = $1 order by seq`,
+      [doneA.id],
+    );
+    expect(logs).toEqual(
+      logs.map((l: { message: string }, i) => ({
+        ...l,
+        account_id: ACCOUNT_A,
+        attempt: 1,
+        seq: i + 1,
+      })),
+    );
+    expect(logs.map((l: { message: string }) => l.message)).toEqual(
+      expect.arrayContaining(['job started', 'job completed']),
+    );
   });
 
   it('hardens the container, as docker inspect shows, and passes selftest inside it', async () => {
@@ -339,6 +358,13 @@ describe.skipIf(!d.available)(`docker launcher${skipNote(d)}`, () => {
       `select count(*)::int as n from hd_assets where source_ref like 'kill-%'`,
     );
     expect(count[0].n).toBe(rows.length);
+    // The re-adopting scheduler stored the runner's later lines, numbered on.
+    const { rows: logs } = await t.sql.query(
+      `select seq, message from hd_job_logs where job_id = $1 and attempt = 1 order by seq`,
+      [job.id],
+    );
+    expect(logs.at(-1)).toMatchObject({ message: 'job completed' });
+    expect(new Set(logs.map((l: { seq: number }) => l.seq)).size).toBe(logs.length);
     expect(await containersOf(docker, [CLI_SCHEDULER_ID])).toEqual([]);
   }, 180_000);
 

@@ -15,6 +15,7 @@ import {
 } from '../scheduler/gpu.ts';
 import type { Launcher, LaunchRequest, RunnerExit } from '../scheduler/launcher.ts';
 import { DockerLauncher, LABELS } from '../scheduler/launchers/docker.ts';
+import { ProcessLauncher } from '../scheduler/launchers/process.ts';
 import { Scheduler } from '../scheduler/scheduler.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
 import { containersOf, requireDocker, skipNote, testImage } from './helpers/docker.ts';
@@ -157,7 +158,7 @@ describe('scheduler with GPU slots', () => {
     const launched: { job: LeasedJob; gpuIds: readonly string[]; finish: () => void }[] = [];
     // Stands in for a runner: completes its job when the test says so.
     const launcher: Launcher = {
-      async launch(request: LaunchRequest & { gpuIds?: readonly string[] }) {
+      async launch(request: LaunchRequest) {
         let finish!: () => void;
         const finished = new Promise<void>((resolve) => (finish = resolve));
         launched.push({ job: request.job, gpuIds: request.gpuIds ?? [], finish });
@@ -198,6 +199,32 @@ describe('scheduler with GPU slots', () => {
     await expect.poll(() => launched.length).toBe(5);
     expect(launched[4]).toMatchObject({ gpuIds: ['1'], job: { job_type: 'gpu_probe' } });
     for (const l of launched) l.finish();
+  });
+});
+
+describe('process launcher GPUs', () => {
+  it('shows a GPU job only its pinned GPUs (CUDA_VISIBLE_DEVICES), a CPU job none', async () => {
+    const launcher = new ProcessLauncher({
+      env: { CUDA_VISIBLE_DEVICES: '0,1,2,3' }, // what the host had: never passed on as is
+      command: [process.execPath, '-e', 'console.log(`[${process.env.CUDA_VISIBLE_DEVICES}]`)'],
+    });
+    const job = { id: 'gpu-env-probe', lease_token: 'token' } as LeasedJob;
+    const resources = { gpu: true, memoryMb: 256, cpus: 1, timeoutMs: 60_000 };
+    const seen = async (gpuIds?: string[]) => {
+      const lines: string[] = [];
+      const runner = await launcher.launch({
+        job,
+        resources,
+        gpuIds,
+        onOutput: (line) => lines.push(line),
+      });
+      const exit = await runner.wait();
+      expect(exit.outputTail).toEqual(lines);
+      return lines;
+    };
+    expect(await seen(['1', '3'])).toEqual(['[1,3]']);
+    expect(await seen([])).toEqual(['[]']);
+    expect(await seen()).toEqual(['[]']);
   });
 });
 

@@ -66,6 +66,29 @@ async function enqueueImport(accountId: string, name: string, rows: unknown[], m
 
 // A stand-in runner that never finishes, for cancel and shutdown.
 const HANGING_RUNNER = [process.execPath, '-e', 'setInterval(() => {}, 1000)'];
+/** A stand-in runner that prints `lines` (JS expressions), then runs `then`. */
+const printing = (lines: string[], then: string) => [
+  process.execPath,
+  '-e',
+  `${lines.map((l) => `console.log(${l});`).join(' ')} ${then}`,
+];
+
+/** What hd_job_logs holds for a job, in order. */
+async function jobLogs(jobId: string) {
+  const { rows } = await t.sql.query(
+    `select account_id, attempt, seq, level, message, fields from hd_job_logs
+      where job_id = $1 order by attempt, seq`,
+    [jobId],
+  );
+  return rows as {
+    account_id: string;
+    attempt: number;
+    seq: number;
+    level: string;
+    message: string;
+    fields: Record<string, unknown> | null;
+  }[];
+}
 
 describe('scheduler with the process launcher', () => {
   it('runs queued jobs of two tenants end to end in child runners', async () => {
@@ -184,6 +207,77 @@ describe('scheduler with the process launcher', () => {
       attempts: 0,
       lease_token: null,
     });
+  });
+
+  it("stores the runner's log lines in hd_job_logs, to the last one", async () => {
+    const job = await enqueueImport(ACCOUNT_B, 'logged.jsonl', [
+      { title: 'L', source_type: 'upload', source_ref: 'logged-1' },
+    ]);
+    const scheduler = await startScheduler(undefined, { HD_LOG_LEVEL: 'info' });
+    const done = (await finished(scheduler, [job.id])).get(job.id)!;
+    expect(done.status).toBe('completed');
+    const lines = await jobLogs(job.id);
+    expect(lines.map((l) => [l.account_id, l.attempt, l.seq])).toEqual(
+      lines.map((_, i) => [ACCOUNT_B, 1, i + 1]),
+    );
+    // pino's level, msg and time become columns; the rest of the line is kept as fields.
+    expect(lines.find((l) => l.message === 'job started')).toMatchObject({
+      level: 'info',
+      fields: { job_id: job.id, attempt: 1, name: 'runner' },
+    });
+    // Printed after the runner completed the job, so after its lease ended: kept as well.
+    expect(lines.at(-1)).toMatchObject({
+      message: 'job completed',
+      fields: { stats: { lines: 1 } },
+    });
+    const { rows } = await t.sql.query(
+      'select ended_lease_token from hd_ingestion_jobs where id = $1',
+      [job.id],
+    );
+    expect(JSON.stringify(lines)).not.toContain(rows[0].ended_lease_token);
+  });
+
+  it("keeps a crashed runner's output, and each attempt's lines apart", async () => {
+    const job = await t.db.enqueueJob({
+      accountId: ACCOUNT_A,
+      jobType: 'import_assets_jsonl',
+      debug: { path: 'x' },
+      maxAttempts: 2,
+    });
+    const pino = 'JSON.stringify({ level: 40, time: Date.now(), msg: "about to crash", n: 1 })';
+    const scheduler = await startScheduler(printing([pino, '"boom"'], 'process.exit(3)'));
+    const [first] = await once(scheduler, 'job:finished');
+    expect(first).toMatchObject({ status: 'queued', attempts: 1, error_code: 'CRASHED' });
+    const second = finished(scheduler, [job.id]);
+    await t.sql.query('update hd_ingestion_jobs set run_after = now() where id = $1', [job.id]);
+    expect((await second).get(job.id)).toMatchObject({ status: 'failed', attempts: 2 });
+    const attempt = (n: number) => [
+      { account_id: ACCOUNT_A, attempt: n, seq: 1, level: 'warn', message: 'about to crash' },
+      { account_id: ACCOUNT_A, attempt: n, seq: 2, level: 'info', message: 'boom' },
+    ];
+    const lines = await jobLogs(job.id);
+    expect(lines).toMatchObject([...attempt(1), ...attempt(2)]);
+    expect(lines[0]!.fields).toEqual({ n: 1 });
+    expect(lines[1]!.fields).toBeNull();
+  });
+
+  it('numbers the lines of a handed-back attempt on after those already stored', async () => {
+    const job = await t.db.enqueueJob({
+      accountId: ACCOUNT_A,
+      jobType: 'import_assets_jsonl',
+      debug: { path: 'x' },
+      maxAttempts: 1,
+    });
+    const first = await startScheduler(printing(['"run one"'], 'setInterval(() => {}, 1000)'));
+    await expect.poll(() => jobLogs(job.id), { timeout: 10_000 }).toHaveLength(1);
+    await first.stop(0); // the runner is stopped, the job handed back: attempt 1 again
+    expect(await t.db.getJob(job.id)).toMatchObject({ status: 'queued', attempts: 0 });
+    const second = await startScheduler(printing(['"run two"'], 'process.exit(3)'));
+    await finished(second, [job.id]);
+    expect(await jobLogs(job.id)).toMatchObject([
+      { attempt: 1, seq: 1, message: 'run one' },
+      { attempt: 1, seq: 2, message: 'run two' },
+    ]);
   });
 
   it('reaps a job whose worker vanished, on start', async () => {

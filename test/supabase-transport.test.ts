@@ -113,7 +113,28 @@ describe('the supabase transport through the CLI', () => {
     expect(requeued.stdout.trim()).toBe(`${queued.id} queued`);
     await same(['jobs', 'show', queued.id, '--json']);
 
-    await t.db.claimJobs({ workerId: 'w', jobId: queued.id, leaseSeconds: 60 });
+    const [leased] = await t.db.claimJobs({ workerId: 'w', jobId: queued.id, leaseSeconds: 60 });
+    await t.db.appendJobLogs(
+      queued.id,
+      leased!.lease_token!,
+      ['first', 'second\nline', 'third'].map((message, i) => ({
+        seq: i + 1,
+        level: i === 2 ? 'warn' : 'info',
+        message,
+        fields: null,
+        logged_at: new Date(Date.UTC(2025, 0, 1, 12, 0, i)).toISOString(),
+      })),
+    );
+    const shown = await same(['jobs', 'show', queued.id, '--logs', '--limit', '2']);
+    expect(shown.stdout).toMatch(
+      /log \(last 2 lines\)\nattempt +time +level +message\n[- ]+\n1 +2025-01-01T12:00:01\.000Z +info +second\\nline\n1 +2025-01-01T12:00:02\.000Z +warn +third$/,
+    );
+    const json = await same(['jobs', 'show', queued.id, '--logs', '--json']);
+    expect(JSON.parse(json.stdout).logs.map((l: { message: string }) => l.message)).toEqual([
+      'first',
+      'second\nline',
+      'third',
+    ]);
     const refused = await same(['jobs', 'requeue', queued.id]);
     expect(refused.exitCode).toBe(2);
     expect(refused.stderr).toContain('cancel it before requeueing');

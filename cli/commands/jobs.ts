@@ -1,6 +1,7 @@
 import { JOB_STATUSES } from '../../contract/jobs.ts';
 import { toHdError } from '../../contract/errors.ts';
 import { openDb } from '../../control-plane/open.ts';
+import type { JobLogLine } from '../../control-plane/db/transport.ts';
 import { formatTable, jobSummary } from '../format.ts';
 import { configFrom, stringOption, UsageError, uuidArg, type Command } from '../command.ts';
 
@@ -8,7 +9,9 @@ export const jobsCommand: Command = {
   name: 'jobs',
   summary: 'list, show, requeue or cancel jobs',
   usage: `hd-runner jobs list [--account UUID] [--status S] [--type T] [--limit N] [--json]
-hd-runner jobs show ID [--json]
+hd-runner jobs show ID [--logs [--limit N]] [--json]
+                                        --logs: also the runner's last N log lines
+                                        (hd_job_logs, default 100)
 hd-runner jobs requeue ID [--json]      failed/completed → queued, error cleared, attempts 0
 hd-runner jobs cancel ID [--reason TEXT] [--json]
                                         queued/running → failed (CANCELLED); a running
@@ -19,6 +22,7 @@ hd-runner jobs cancel ID [--reason TEXT] [--json]
     type: { type: 'string' },
     limit: { type: 'string' },
     reason: { type: 'string' },
+    logs: { type: 'boolean' },
     json: { type: 'boolean' },
   },
   async run(args, env) {
@@ -37,9 +41,7 @@ hd-runner jobs cancel ID [--reason TEXT] [--json]
         if (status && !(JOB_STATUSES as readonly string[]).includes(status)) {
           throw new UsageError(`jobs list: --status must be one of ${JOB_STATUSES.join(', ')}`);
         }
-        const limit = Number(stringOption(args, 'limit') ?? 20);
-        if (!Number.isInteger(limit) || limit < 1 || limit > 1000)
-          throw new UsageError('jobs list: --limit must be 1..1000');
+        const limit = limitOption(args.values.limit, 20, 'jobs list');
         const account = stringOption(args, 'account');
         const jobs = await db.listJobs({
           accountId: account ? uuidArg(account, '--account') : undefined,
@@ -66,9 +68,13 @@ hd-runner jobs cancel ID [--reason TEXT] [--json]
               ? await db.requeueJob(jobId)
               : await db.cancelJob(jobId, stringOption(args, 'reason'));
         if (!job) throw new UsageError(`job ${jobId} not found`);
-        if (json) console.log(JSON.stringify(job, null, 2));
+        const logs =
+          action === 'show' && args.values.logs === true
+            ? await db.listJobLogs(jobId, limitOption(args.values.limit, 100, 'jobs show'))
+            : undefined;
+        if (json) console.log(JSON.stringify(logs ? { ...job, logs } : job, null, 2));
         else if (action === 'show')
-          console.log(formatJobDetail(job as unknown as Record<string, unknown>));
+          console.log(formatJobDetail(job as unknown as Record<string, unknown>, logs));
         else console.log(`${job.id} ${job.status}${job.error_code ? ` (${job.error_code})` : ''}`);
         return 0;
       } catch (error) {
@@ -82,13 +88,29 @@ hd-runner jobs cancel ID [--reason TEXT] [--json]
   },
 };
 
-function formatJobDetail(job: Record<string, unknown>): string {
-  const hidden = new Set(['lease_token']);
-  return Object.entries(job)
+function limitOption(value: unknown, fallback: number, command: string): number {
+  const limit = Number(typeof value === 'string' ? value : fallback);
+  if (!Number.isInteger(limit) || limit < 1 || limit > 1000)
+    throw new UsageError(`${command}: --limit must be 1..1000`);
+  return limit;
+}
+
+function formatJobDetail(job: Record<string, unknown>, logs?: JobLogLine[]): string {
+  const hidden = new Set(['lease_token', 'ended_lease_token', 'ended_lease_attempt']);
+  const detail = Object.entries(job)
     .filter(([key]) => !hidden.has(key))
     .map(
       ([key, value]) =>
         `${key.padEnd(18)} ${value instanceof Date ? value.toISOString() : typeof value === 'object' && value !== null ? JSON.stringify(value, null, 2).replace(/\n/g, '\n' + ' '.repeat(19)) : String(value ?? '')}`,
     )
     .join('\n');
+  if (!logs) return detail;
+  if (logs.length === 0) return `${detail}\n\nno log lines`;
+  const rows = logs.map((l) => ({
+    attempt: l.attempt,
+    time: l.logged_at.toISOString(),
+    level: l.level,
+    message: l.message.replaceAll('\n', '\\n'),
+  }));
+  return `${detail}\n\nlog (last ${logs.length} lines)\n${formatTable(rows)}`;
 }

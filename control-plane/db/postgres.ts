@@ -17,7 +17,9 @@ import type {
   ControlPlaneDb,
   EnqueueRequest,
   Failure,
+  JobLogLine,
   ListJobsFilter,
+  NewJobLogLine,
   UpsertCounts,
   WakeReason,
 } from './transport.ts';
@@ -165,6 +167,24 @@ export class PostgresDb implements ControlPlaneDb {
         order by created_at desc, id
         limit $4`,
       [f.accountId ?? null, f.status ?? null, f.jobType ?? null, f.limit ?? 20],
+    );
+  }
+
+  async appendJobLogs(jobId: string, leaseToken: string, lines: readonly NewJobLogLine[]) {
+    const { rows } = await this.pool.query<{ inserted: number }>(
+      'select public.hd_append_job_logs($1, $2, $3::jsonb) as inserted',
+      [jobId, leaseToken, JSON.stringify(lines)],
+    );
+    return rows[0]!.inserted;
+  }
+
+  listJobLogs(jobId: string, limit: number) {
+    return this.#call<JobLogLine>(
+      `select * from (
+         select attempt, seq, logged_at, level, message, fields from public.hd_job_logs
+          where job_id = $1 order by attempt desc, seq desc limit $2) last
+        order by attempt, seq`,
+      [jobId, limit],
     );
   }
 

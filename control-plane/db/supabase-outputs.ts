@@ -8,6 +8,7 @@ import type {
   DocumentInterpretation,
   GraphWriteCounts,
   InterpretationRow,
+  NewJobLogLine,
   NodeContext,
   SynthesisInput,
   SynthesisResult,
@@ -26,6 +27,14 @@ export abstract class SupabaseOutputCalls {
     const [row] = await this.rpc<T[]>(fn, args);
     if (row === undefined) throw new Error(`no row returned by ${fn}`);
     return row;
+  }
+
+  appendJobLogs(jobId: string, leaseToken: string, lines: readonly NewJobLogLine[]) {
+    return this.rpc<number>('hd_append_job_logs', {
+      p_job_id: jobId,
+      p_lease_token: leaseToken,
+      p_lines: lines,
+    });
   }
 
   upsertAssets(jobId: string, leaseToken: string, rows: readonly AssetRow[]) {

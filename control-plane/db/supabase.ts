@@ -8,6 +8,7 @@ import type {
   ControlPlaneDb,
   EnqueueRequest,
   Failure,
+  JobLogLine,
   ListJobsFilter,
   WakeReason,
 } from './transport.ts';
@@ -210,6 +211,20 @@ export class SupabaseDb extends SupabaseOutputCalls implements ControlPlaneDb {
       .limit(f.limit ?? 20);
     if (error) throw classifyPostgrestError('hd_ingestion_jobs', error, status);
     return (data as Record<string, unknown>[]).map(toJob);
+  }
+
+  async listJobLogs(jobId: string, limit: number): Promise<JobLogLine[]> {
+    const { data, error, status } = await this.client
+      .from('hd_job_logs')
+      .select('attempt, seq, logged_at, level, message, fields')
+      .eq('job_id', jobId)
+      .order('attempt', { ascending: false })
+      .order('seq', { ascending: false })
+      .limit(limit);
+    if (error) throw classifyPostgrestError('hd_job_logs', error, status);
+    return (data as (Omit<JobLogLine, 'logged_at'> & { logged_at: string })[])
+      .map((row) => ({ ...row, logged_at: new Date(row.logged_at) }))
+      .reverse();
   }
 
   /** The read-only report behind `hd-runner doctor` (00006_postgrest.sql). */

@@ -157,6 +157,27 @@ export interface SynthesisResult {
   change_kind: string | null;
 }
 
+/** A runner output line to append to hd_job_logs (hd_append_job_logs). */
+export interface NewJobLogLine {
+  /** Position within the attempt; a seq already stored is skipped (a retried batch). */
+  seq: number;
+  level: string;
+  message: string;
+  fields: Record<string, unknown> | null;
+  /** ISO time the runner logged it (or the scheduler received it). */
+  logged_at: string;
+}
+
+/** A stored hd_job_logs line. */
+export interface JobLogLine {
+  attempt: number;
+  seq: number;
+  logged_at: Date;
+  level: string;
+  message: string;
+  fields: Record<string, unknown> | null;
+}
+
 export interface ListJobsFilter {
   accountId?: string | undefined;
   status?: string | undefined;
@@ -185,6 +206,17 @@ export interface ControlPlaneDb {
   cancelJob(jobId: string, reason?: string): Promise<Job>;
   getJob(jobId: string): Promise<Job | undefined>;
   listJobs(filter: ListJobsFilter): Promise<Job[]>;
+  /**
+   * hd_append_job_logs: lines of the attempt the lease belongs to, also just after that
+   * lease ended (the runner settled its job itself). Resolves to the lines inserted.
+   */
+  appendJobLogs(
+    jobId: string,
+    leaseToken: string,
+    lines: readonly NewJobLogLine[],
+  ): Promise<number>;
+  /** The job's last `limit` hd_job_logs lines, oldest first (by attempt, seq). */
+  listJobLogs(jobId: string, limit: number): Promise<JobLogLine[]>;
   upsertAssets(jobId: string, leaseToken: string, rows: readonly AssetRow[]): Promise<UpsertCounts>;
   /** hd_list_document_files: the leased job's document files, its own account only. */
   listDocumentFiles(jobId: string, leaseToken: string): Promise<DocumentFile[]>;

@@ -1,5 +1,5 @@
-import type { JobType } from '../../contract/jobs.ts';
-import type { Handler } from '../handler.ts';
+import { isJobType, type JobType } from '../../contract/jobs.ts';
+import type { Handler, Resources } from '../handler.ts';
 import { extractInterpretations } from './extract_interpretations.ts';
 import { extractText } from './extract_text.ts';
 import { importAssetsJsonl } from './import_assets_jsonl.ts';
@@ -14,3 +14,11 @@ export const HANDLERS = {
   text2kg,
   synthesize_node: synthesizeNode,
 } satisfies { [K in JobType]: Handler<K> };
+
+/** Resources assumed for a job type without a handler: its runner fails it at once. */
+const UNKNOWN_TYPE_RESOURCES: Resources = { gpu: false, memoryMb: 256, cpus: 1, timeoutMs: 60_000 };
+
+/** What a job type declares it needs (its handler's resources). */
+export function handlerResources(jobType: string): Resources {
+  return isJobType(jobType) ? HANDLERS[jobType].resources : UNKNOWN_TYPE_RESOURCES;
+}

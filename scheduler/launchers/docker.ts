@@ -1,5 +1,4 @@
 import { constants } from 'node:os';
-import { Writable } from 'node:stream';
 import Docker from 'dockerode';
 import type { LeasedJob } from '../../contract/jobs.ts';
 import type { ControlPlaneDb } from '../../control-plane/db/transport.ts';
@@ -11,6 +10,7 @@ import type {
   RunnerExit,
   StopReason,
 } from '../launcher.ts';
+import { demuxLogBuffer, LogLineSplitter } from './docker-logs.ts';
 
 /** Labels on every runner container: how a restarted scheduler finds its containers. */
 export const LABELS = {
@@ -31,9 +31,6 @@ const OUTPUT_TAIL_LINES = 40;
 const TIMEOUT_BACKSTOP_MS = 15_000;
 const V8_HEAP_EXHAUSTED = /JavaScript heap out of memory|Allocation failed - process out of memory/;
 const MIB = 1024 * 1024;
-
-/** A LaunchRequest plus the GPUs the scheduler pinned the job to. */
-export type GpuLaunchRequest = LaunchRequest & { gpuIds?: readonly string[] };
 
 export interface DockerLauncherOptions {
   /** Records the container id on the job row before the container starts. */
@@ -87,7 +84,7 @@ export class DockerLauncher implements Launcher {
   }
 
   /** The exact create options of a job's container (also what tests assert). */
-  createOptions(request: GpuLaunchRequest): Docker.ContainerCreateOptions {
+  createOptions(request: LaunchRequest): Docker.ContainerCreateOptions {
     const { job, resources } = request;
     const o = this.#o;
     const gpuIds = request.gpuIds ?? [];
@@ -132,8 +129,8 @@ export class DockerLauncher implements Launcher {
     };
   }
 
-  async launch(request: GpuLaunchRequest): Promise<LaunchedRunner> {
-    const { job, resources } = request;
+  async launch(request: LaunchRequest): Promise<LaunchedRunner> {
+    const { job, resources, onOutput } = request;
     const options = this.createOptions(request);
     const container = await this.#create(options);
     try {
@@ -149,11 +146,19 @@ export class DockerLauncher implements Launcher {
         );
       throw error;
     }
-    return this.#watch(container, job, resources, Date.now(), 0);
+    return this.#watch(container, job, resources, Date.now(), 0, onOutput);
   }
 
-  /** Watches a container a previous scheduler started (reconcile after a restart). */
-  adopt(info: Docker.ContainerInspectInfo, job: LeasedJob, resources: Resources): LaunchedRunner {
+  /**
+   * Watches a container a previous scheduler started (reconcile after a restart);
+   * `onOutput` receives the lines it prints from now on.
+   */
+  adopt(
+    info: Docker.ContainerInspectInfo,
+    job: LeasedJob,
+    resources: Resources,
+    onOutput?: (line: string) => void,
+  ): LaunchedRunner {
     const startedAt = Date.parse(info.State.StartedAt);
     return this.#watch(
       this.docker.getContainer(info.Id),
@@ -161,6 +166,7 @@ export class DockerLauncher implements Launcher {
       resources,
       Number.isNaN(startedAt) ? Date.now() : startedAt,
       Math.floor(Date.now() / 1000), // its earlier output was shown by the previous scheduler
+      onOutput,
     );
   }
 
@@ -181,13 +187,19 @@ export class DockerLauncher implements Launcher {
     resources: Resources,
     startedAt: number,
     outputSince: number,
+    onOutput: ((line: string) => void) | undefined,
   ): LaunchedRunner {
     const o = this.#o;
     let stoppedFor: StopReason | null = null;
     let timedOut = false;
-    const streamed = o.onOutput
-      ? this.#streamOutput(container, job.id, outputSince)
-      : Promise.resolve();
+    const launcherOutput = o.onOutput;
+    const streamed =
+      launcherOutput || onOutput
+        ? this.#streamOutput(container, outputSince, (line) => {
+            launcherOutput?.(job.id, line);
+            onOutput?.(line);
+          })
+        : Promise.resolve();
     const limit = resources.timeoutMs + (o.timeoutBackstopMs ?? TIMEOUT_BACKSTOP_MS);
     const timer = setTimeout(
       () => {
@@ -232,12 +244,16 @@ export class DockerLauncher implements Launcher {
     };
   }
 
-  /** Follows the container's output and hands each line to onOutput. */
-  async #streamOutput(container: Docker.Container, jobId: string, since: number): Promise<void> {
+  /** Follows the container's output and hands each line to `onLine`. */
+  async #streamOutput(
+    container: Docker.Container,
+    since: number,
+    onLine: (line: string) => void,
+  ): Promise<void> {
     try {
       const stream = await container.logs({ follow: true, stdout: true, stderr: true, since });
-      const out = new LogLineSplitter((line) => this.#o.onOutput?.(jobId, line));
-      const err = new LogLineSplitter((line) => this.#o.onOutput?.(jobId, line));
+      const out = new LogLineSplitter(onLine);
+      const err = new LogLineSplitter(onLine);
       this.docker.modem.demuxStream(stream, out, err);
       await new Promise<void>((resolve) => {
         stream.once('end', resolve);
@@ -297,34 +313,4 @@ async function waitForExit(container: Docker.Container): Promise<void> {
 function signalName(signo: number): string | null {
   for (const [name, value] of Object.entries(constants.signals)) if (value === signo) return name;
   return null;
-}
-
-/** A writable that hands on whole lines (a partial last line on end). */
-class LogLineSplitter extends Writable {
-  #partial = '';
-  constructor(onLine: (line: string) => void) {
-    super({
-      write: (chunk: Buffer, _encoding, done) => {
-        const lines = (this.#partial + chunk.toString('utf8')).split('\n');
-        this.#partial = lines.pop() ?? '';
-        for (const line of lines) onLine(line);
-        done();
-      },
-      final: (done) => {
-        if (this.#partial) onLine(this.#partial);
-        done();
-      },
-    });
-  }
-}
-
-/** Lines of a non-TTY `logs` answer: frames of [stream, 0, 0, 0, size (4 bytes BE), data]. */
-function demuxLogBuffer(buffer: Buffer): string[] {
-  const text: string[] = [];
-  for (let at = 0; at + 8 <= buffer.length;) {
-    const size = buffer.readUInt32BE(at + 4);
-    text.push(buffer.toString('utf8', at + 8, at + 8 + size));
-    at += 8 + size;
-  }
-  return text.join('').split('\n').filter(Boolean);
 }

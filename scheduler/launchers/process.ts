@@ -42,13 +42,18 @@ export class ProcessLauncher implements Launcher {
     this.#options = options;
   }
 
-  async launch({ job, resources }: LaunchRequest): Promise<LaunchedRunner> {
+  async launch({ job, resources, gpuIds = [], onOutput }: LaunchRequest): Promise<LaunchedRunner> {
     const [file, ...baseArgs] = this.#options.command ?? [process.execPath, CLI_ENTRY];
     const started = performance.now();
     const tail: string[] = [];
     let stoppedFor: StopReason | null = null;
     const child = execa(file!, [...baseArgs, 'run', '--job-id', job.id], {
-      env: { ...this.#options.env, HD_LEASE_TOKEN: job.lease_token },
+      env: {
+        ...this.#options.env,
+        HD_LEASE_TOKEN: job.lease_token,
+        // A GPU job sees only its pinned GPUs; a CPU job none (empty: no CUDA device).
+        CUDA_VISIBLE_DEVICES: gpuIds.join(','),
+      },
       extendEnv: false,
       reject: false,
       stdin: 'ignore',
@@ -59,14 +64,15 @@ export class ProcessLauncher implements Launcher {
       stderr: [keepLines],
       buffer: false,
     });
-    const onOutput = this.#options.onOutput;
+    const launcherOutput = this.#options.onOutput;
     // An execa line transform that yields nothing: lines are consumed here, not buffered.
     // eslint-disable-next-line require-yield
     function* keepLines(line: unknown) {
       const text = String(line);
       tail.push(text);
       if (tail.length > OUTPUT_TAIL_LINES) tail.shift();
-      onOutput?.(job.id, text);
+      launcherOutput?.(job.id, text);
+      onOutput?.(text);
     }
     // Node assigns a pid only when the spawn worked; a spawn failure (missing binary,
     // EMFILE) throws here, as the interface promises.

@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { toHdError } from '../../contract/errors.ts';
 import type { Job } from '../../contract/jobs.ts';
 import type { ControlPlaneDb } from '../../control-plane/db/transport.ts';
+import { describeJobLogs } from './job-logs-suite.ts';
 import { ACCOUNT_A } from './runtime.ts';
 
 /** What the queue suite runs against: a transport, and SQL access to the same database. */
@@ -274,6 +275,8 @@ export function describeQueueSuite(name: string, open: () => Promise<QueueSuiteT
         }
       });
     });
+
+    describeJobLogs(() => t);
 
     describe('operations', () => {
       it('requeues a failed job with the error cleared and attempts reset', async () => {

@@ -1,0 +1,103 @@
+import { EXIT_CODES, HdError, toHdError, type ErrorCode } from '../contract/errors.ts';
+import type { LeasedJob } from '../contract/jobs.ts';
+import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
+import type { Logger } from '../control-plane/logger.ts';
+import type { RunnerExit } from './launcher.ts';
+
+/** Exit codes with which the runner itself recorded the outcome (see `hd-runner run`). */
+const RUNNER_RECORDED_EXITS = new Set<number>([
+  EXIT_CODES.completed,
+  EXIT_CODES.failedPermanent,
+  EXIT_CODES.failedRetryable,
+  EXIT_CODES.leaseLost,
+  EXIT_CODES.interrupted,
+]);
+
+/** What is left for the scheduler to record once a runner has ended. */
+export type ExitOutcome =
+  /** Nothing: the runner recorded its outcome, or a cancel already failed the job. */
+  | { kind: 'recorded' }
+  /** Stopped for a scheduler shutdown: hand the job back to the queue. */
+  | { kind: 'release' }
+  /** The runner could not record it (crash, kill, timeout): fail the attempt with `code`. */
+  | { kind: 'fail'; code: ErrorCode; message: string; details: Record<string, unknown> };
+
+/**
+ * Classifies how a runner ended: a crash, an OOM kill and a timeout are recorded by the
+ * scheduler (the queue retries them while attempts remain); what the runner or a cancel
+ * already recorded is left alone. Pure: the scheduler does the recording.
+ */
+export function classifyExit(exit: RunnerExit): ExitOutcome {
+  if (exit.stoppedFor === 'cancelled') return { kind: 'recorded' };
+  if (exit.exitCode !== null && RUNNER_RECORDED_EXITS.has(exit.exitCode))
+    return { kind: 'recorded' };
+  if (exit.stoppedFor === 'shutdown') return { kind: 'release' };
+  const details = {
+    exit_code: exit.exitCode,
+    signal: exit.signal,
+    duration_ms: exit.durationMs,
+    output_tail: exit.outputTail.slice(-20),
+  };
+  if (exit.oomKilled) {
+    const message = `the runner ran out of memory (exit ${exit.exitCode ?? exit.signal})`;
+    return { kind: 'fail', code: 'OOM_KILLED', message, details };
+  }
+  if (exit.timedOut) {
+    const message = `the runner was killed after ${exit.durationMs} ms`;
+    return { kind: 'fail', code: 'PROCESSING_TIMEOUT', message, details };
+  }
+  const how = exit.signal ? `was killed by ${exit.signal}` : `exited with code ${exit.exitCode}`;
+  const message = `the runner ${how} without reporting a result`;
+  return { kind: 'fail', code: 'CRASHED', message, details };
+}
+
+export interface OutcomeRecorderDeps {
+  db: Pick<ControlPlaneDb, 'failJob' | 'releaseJob'>;
+  /** Goes into the error details of what is recorded. */
+  workerId: string;
+  log: Logger;
+  /** Told when recording failed for another reason than the lease having moved on. */
+  onError: (error: HdError) => void;
+}
+
+/**
+ * Records in the queue what a runner could not: a crash, a kill, a timeout, a shutdown,
+ * a failed launch. A lease that moved on (cancelled, taken over) leaves nothing to record.
+ */
+export class OutcomeRecorder {
+  readonly #d: OutcomeRecorderDeps;
+
+  constructor(deps: OutcomeRecorderDeps) {
+    this.#d = deps;
+  }
+
+  async settle(job: LeasedJob, exit: RunnerExit): Promise<void> {
+    const outcome = classifyExit(exit);
+    if (outcome.kind === 'release')
+      await this.#d.db
+        .releaseJob(job.id, job.lease_token)
+        .catch((e: unknown) => this.#ignoreLeaseLost(e));
+    else if (outcome.kind === 'fail')
+      await this.fail(job, outcome.code, outcome.message, outcome.details);
+  }
+
+  async fail(job: LeasedJob, code: ErrorCode, message: string, details: Record<string, unknown>) {
+    const error = new HdError(code, message, { details });
+    try {
+      await this.#d.db.failJob(job.id, job.lease_token, {
+        code,
+        message,
+        retryable: error.retryable,
+        details: { ...details, worker_id: this.#d.workerId },
+      });
+      this.#d.log.warn({ job_id: job.id, code }, message);
+    } catch (e) {
+      this.#ignoreLeaseLost(e);
+    }
+  }
+
+  #ignoreLeaseLost(error: unknown) {
+    const err = toHdError(error);
+    if (err.code !== 'LEASE_LOST' && err.code !== 'CANCELLED') this.#d.onError(err);
+  }
+}
