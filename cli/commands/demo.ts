@@ -58,6 +58,13 @@ unchanged and the pipeline stages find their work done.`,
     );
     console.log(`demo: starting PostgreSQL in ${join(dir, 'postgres')} …`);
     const database = await startEmbeddedPostgres({ dir: join(dir, 'postgres') });
+    // Ctrl-C must not leave the database server running: stop it, then exit.
+    const onSignal = (signal: NodeJS.Signals) => {
+      console.error(`demo: ${signal}: stopping PostgreSQL`);
+      void database.stop().finally(() => process.exit(130));
+    };
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
     const model = env.HD_LLM_BASE_URL ? undefined : await startStandInModel();
     if (model)
       console.log(
@@ -137,6 +144,8 @@ unchanged and the pipeline stages find their work done.`,
       );
       return unexpected.length === 0 ? 0 : 1;
     } finally {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
       await db.close();
       await model?.close();
       await database.stop();
