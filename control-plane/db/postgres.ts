@@ -103,6 +103,17 @@ export class PostgresDb implements ControlPlaneDb {
     ]);
   }
 
+  async completeJobs(
+    leases: readonly { jobId: string; leaseToken: string }[],
+    stats: Record<string, unknown>,
+  ) {
+    const { rows } = await this.pool.query<{ job_id: string; completed: boolean }>(
+      'select * from public.hd_complete_jobs($1::uuid[], $2::uuid[], $3)',
+      [leases.map((l) => l.jobId), leases.map((l) => l.leaseToken), stats],
+    );
+    return rows.map((r) => ({ jobId: r.job_id, completed: r.completed }));
+  }
+
   failJob(jobId: string, leaseToken: string, f: Failure) {
     return this.#one('select * from public.hd_fail_job($1, $2, $3, $4, $5, $6)', [
       jobId,

@@ -140,6 +140,18 @@ export class SupabaseDb extends SupabaseOutputCalls implements ControlPlaneDb {
     });
   }
 
+  async completeJobs(
+    leases: readonly { jobId: string; leaseToken: string }[],
+    stats: Record<string, unknown>,
+  ) {
+    const rows = await this.rpc<{ job_id: string; completed: boolean }[]>('hd_complete_jobs', {
+      p_job_ids: leases.map((l) => l.jobId),
+      p_lease_tokens: leases.map((l) => l.leaseToken),
+      p_stats: stats,
+    });
+    return rows.map((r) => ({ jobId: r.job_id, completed: r.completed }));
+  }
+
   failJob(jobId: string, leaseToken: string, f: Failure) {
     return this.#job('hd_fail_job', {
       p_job_id: jobId,

@@ -197,6 +197,11 @@ export interface ControlPlaneDb {
   heartbeat(jobId: string, leaseToken: string, leaseSeconds: number): Promise<Date>;
   reportProgress(jobId: string, leaseToken: string, percent: number, step?: string): Promise<void>;
   completeJob(jobId: string, leaseToken: string, stats: Record<string, unknown>): Promise<Job>;
+  /** hd_complete_jobs: completes claimed jobs together, each fenced by its own lease. */
+  completeJobs(
+    leases: readonly { jobId: string; leaseToken: string }[],
+    stats: Record<string, unknown>,
+  ): Promise<{ jobId: string; completed: boolean }[]>;
   failJob(jobId: string, leaseToken: string, failure: Failure): Promise<Job>;
   releaseJob(jobId: string, leaseToken: string): Promise<Job>;
   setContainerId(jobId: string, leaseToken: string, containerId: string): Promise<void>;

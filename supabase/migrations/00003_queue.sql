@@ -105,10 +105,15 @@ as $$
 declare
   v_expires timestamptz := p_now + make_interval(secs => p_lease_seconds);
 begin
-  perform public.hd__lock_leased_job(p_job_id, p_lease_token, p_now);
+  -- One UPDATE that checks the lease itself; only a refusal pays for the diagnosis.
   update public.hd_ingestion_jobs
      set lease_expires_at = v_expires, updated_at = p_now
-   where id = p_job_id;
+   where id = p_job_id and status = 'running' and lease_token = p_lease_token
+     and lease_expires_at > p_now;
+  if not found then
+    perform public.hd__lock_leased_job(p_job_id, p_lease_token, p_now);
+    raise exception 'lease lost: job %', p_job_id using errcode = 'HDL01';
+  end if;
   return v_expires;
 end
 $$;

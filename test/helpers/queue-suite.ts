@@ -249,6 +249,61 @@ export function describeQueueSuite(name: string, open: () => Promise<QueueSuiteT
         }
       });
 
+      it('completes a batch together, each job fenced by its own lease', async () => {
+        const jobs = await Promise.all([1, 2, 3].map(() => enqueue({ jobType: 'batch_probe' })));
+        const claimed = await t.db.claimJobs({
+          workerId: 'w',
+          jobTypes: ['batch_probe'],
+          limit: 3,
+          leaseSeconds: LEASE,
+        });
+        expect(claimed.map((j) => j.id).sort()).toEqual(jobs.map((j) => j.id).sort());
+        const [lost, ...held] = claimed;
+        await t.db.cancelJob(lost!.id);
+        const result = await t.db.completeJobs(
+          claimed.map((j) => ({ jobId: j.id, leaseToken: j.lease_token! })),
+          { batch: true },
+        );
+        expect(
+          result
+            .filter((r) => r.completed)
+            .map((r) => r.jobId)
+            .sort(),
+        ).toEqual(held.map((j) => j.id).sort());
+        expect(result.find((r) => r.jobId === lost!.id)).toEqual({
+          jobId: lost!.id,
+          completed: false,
+        });
+        for (const job of held) {
+          expect(await t.db.getJob(job.id)).toMatchObject({
+            status: 'completed',
+            lease_token: null,
+            debug: { path: 'x', stats: { batch: true } },
+          });
+        }
+        expect(await t.db.getJob(lost!.id)).toMatchObject({
+          status: 'failed',
+          error_code: 'CANCELLED',
+        });
+      });
+
+      it('queues the next pipeline stage once when a batch completes a pipeline job', async () => {
+        const job = await t.db.enqueueJob({
+          accountId: ACCOUNT_A,
+          jobType: 'batch_pipeline_probe',
+          debug: { next_stages: ['text2kg'] },
+        });
+        const claimed = await claimOne(job.id);
+        const lease = [{ jobId: job.id, leaseToken: claimed.lease_token }];
+        expect(await t.db.completeJobs(lease, {})).toEqual([{ jobId: job.id, completed: true }]);
+        expect(await t.db.completeJobs(lease, {})).toEqual([{ jobId: job.id, completed: false }]);
+        const next = await at(
+          `select job_type, status from hd_ingestion_jobs where debug #>> '{pipeline,parent_job_id}' = $1`,
+          [job.id],
+        );
+        expect(next).toEqual([{ job_type: 'text2kg', status: 'queued' }]);
+      });
+
       it('fails a permanent error at once', async () => {
         const job = await claimOne((await enqueue({ maxAttempts: 5 })).id);
         const failed = await t.db.failJob(job.id, job.lease_token, {
