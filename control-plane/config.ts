@@ -88,8 +88,8 @@ export const configSchema = z.object({
   HD_GPUS: z.string().optional(),
   /** GPU jobs that may share one GPU at once. Default 1. */
   HD_GPU_JOBS_PER_GPU: positiveInt.default(1),
-  /** Rows per upsert batch in imports. Default 1000. */
-  HD_IMPORT_BATCH_SIZE: z.coerce.number().int().min(1).max(10000).default(1000),
+  /** Rows per upsert batch in imports (a batch also ends at 4 MiB of input). Default 5000. */
+  HD_IMPORT_BATCH_SIZE: z.coerce.number().int().min(1).max(10000).default(5000),
   /** Longest JSONL line accepted, in bytes; longer lines are reported invalid. Default 1048576. */
   HD_MAX_LINE_BYTES: positiveInt.default(1024 * 1024),
   /** extract_text: largest input file accepted, in bytes. Default 209715200 (200 MiB). */
