@@ -1,0 +1,83 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { migrate } from '../control-plane/db/migrate.ts';
+import { startEmbeddedPostgres } from '../control-plane/embedded-postgres.ts';
+
+export interface BenchDatabase {
+  url: string;
+  dir: string;
+  stop(): Promise<void>;
+}
+
+/** A fresh embedded PostgreSQL (default settings, fsync on) with the migrations applied. */
+export async function startBenchDatabase(): Promise<BenchDatabase> {
+  const dir = await mkdtemp(join(tmpdir(), 'hd-bench-pg-'));
+  const database = await startEmbeddedPostgres({ dir, persistent: false });
+  const url = database.connectionString();
+  const client = new pg.Client(url);
+  await client.connect();
+  try {
+    await migrate(client);
+  } finally {
+    await client.end();
+  }
+  return {
+    url,
+    dir,
+    async stop() {
+      await database.stop();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export async function connect(url: string, name = 'hd-bench'): Promise<pg.Client> {
+  const client = new pg.Client({ connectionString: url, application_name: name });
+  await client.connect();
+  return client;
+}
+
+/** Peak resident set size of this process so far, in MB (maxRSS is in KiB). */
+export function peakRssMb(): number {
+  return process.resourceUsage().maxRSS / 1024;
+}
+
+export function envInt(name: string, fallback: number): number {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value <= 0) {
+    throw new Error(`${name} must be a positive integer (got ${JSON.stringify(raw)})`);
+  }
+  return value;
+}
+
+export function median(values: readonly number[]): number {
+  return percentile(values, 50);
+}
+
+/** Nearest-rank percentile. */
+export function percentile(values: readonly number[], p: number): number {
+  if (values.length === 0) return Number.NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  const rank = Math.min(sorted.length, Math.max(1, Math.ceil((p / 100) * sorted.length)));
+  return sorted[rank - 1]!;
+}
+
+export function fmt(value: number, digits = 0): string {
+  return value.toLocaleString('en-US', {
+    minimumFractionDigits: digits,
+    maximumFractionDigits: digits,
+  });
+}
+
+export function machineLine(): string {
+  const cpu = cpus();
+  return `node ${process.version}, ${cpu.length} cores (${cpu[0]?.model ?? '?'}), ${process.platform}`;
+}
+
+export function verdict(met: boolean): string {
+  return met ? 'MET' : 'MISSED';
+}
