@@ -2,9 +2,10 @@
 -- document_id) from the leased job row, never from the rows it is given, so input
 -- content cannot move data into another tenant.
 
--- The lease check of output writes: like hd__lock_leased_job, but FOR SHARE, so the
--- parallel batches of one job do not queue behind each other, while complete, fail,
--- cancel and reap (FOR UPDATE) still wait for every write in flight to finish.
+-- The lease check of every output read and write (here and in later files): like
+-- hd__lock_leased_job, but FOR SHARE, so parallel writes of one job (import batches, LLM
+-- requests, log lines) do not queue behind each other, while complete, fail, cancel and
+-- reap (FOR UPDATE) still wait for every write in flight to finish.
 create or replace function public.hd__share_leased_job(
   p_job_id uuid, p_lease_token uuid, p_now timestamptz)
 returns public.hd_ingestion_jobs

@@ -12,7 +12,7 @@ as $$
 declare
   v_job public.hd_ingestion_jobs;
 begin
-  v_job := public.hd__lock_leased_job(p_job_id, p_lease_token, p_now);
+  v_job := public.hd__share_leased_job(p_job_id, p_lease_token, p_now);
   return query
   select f.id, f.bucket, f.storage_path, f.mime_type, f.size_bytes
     from public.hd_document_files f
@@ -37,7 +37,7 @@ declare
   v_count integer := jsonb_array_length(p_chunks);
   v_deleted integer;
 begin
-  v_job := public.hd__lock_leased_job(p_job_id, p_lease_token, p_now);
+  v_job := public.hd__share_leased_job(p_job_id, p_lease_token, p_now);
   if v_job.document_id is null then
     raise exception 'job % has no document_id', p_job_id using errcode = '22023';
   end if;

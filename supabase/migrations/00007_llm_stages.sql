@@ -78,7 +78,7 @@ as $$
 declare
   v_job public.hd_ingestion_jobs;
 begin
-  v_job := public.hd__lock_leased_job(p_job_id, p_lease_token, p_now);
+  v_job := public.hd__share_leased_job(p_job_id, p_lease_token, p_now);
   return query
   select count(*)::integer,
          (count(*) filter (where not exists (
@@ -104,7 +104,7 @@ as $$
 declare
   v_job public.hd_ingestion_jobs;
 begin
-  v_job := public.hd__lock_leased_job(p_job_id, p_lease_token, p_now);
+  v_job := public.hd__share_leased_job(p_job_id, p_lease_token, p_now);
   return query
   select c.id, c.chunk_index, c.content, public.hd__chunk_sha256(c.content_sha256, c.content),
          c.page_start, c.page_end
@@ -133,7 +133,7 @@ declare
   v_job public.hd_ingestion_jobs;
   v_foreign integer;
 begin
-  v_job := public.hd__lock_leased_job(p_job_id, p_lease_token, p_now);
+  v_job := public.hd__share_leased_job(p_job_id, p_lease_token, p_now);
   select count(*) into v_foreign
     from jsonb_array_elements(p_rows) r
    where not exists (
@@ -187,7 +187,7 @@ as $$
 declare
   v_job public.hd_ingestion_jobs;
 begin
-  v_job := public.hd__lock_leased_job(p_job_id, p_lease_token, p_now);
+  v_job := public.hd__share_leased_job(p_job_id, p_lease_token, p_now);
   return query
   select distinct on (c.chunk_index) i.id, c.id, c.chunk_index, i.prompt_version, i.payload
     from public.hd_asset_chunks c
@@ -222,7 +222,7 @@ declare
   v_nodes_inserted integer;
   v_nodes_total integer;
 begin
-  v_job := public.hd__lock_leased_job(p_job_id, p_lease_token, p_now);
+  v_job := public.hd__share_leased_job(p_job_id, p_lease_token, p_now);
   v_doc := to_jsonb(v_job.document_id::text);
   -- Edges are read, merged and written back: two documents of one account must not
   -- interleave that (lost update), so graph writes of an account take turns.
@@ -320,7 +320,7 @@ as $$
 declare
   v_job public.hd_ingestion_jobs;
 begin
-  v_job := public.hd__lock_leased_job(p_job_id, p_lease_token, p_now);
+  v_job := public.hd__share_leased_job(p_job_id, p_lease_token, p_now);
   return query
   select n.id from public.hd_kg_edges e
    cross join lateral (values (e.source_node_id), (e.target_node_id)) n(id)
@@ -346,7 +346,7 @@ declare
   v_job public.hd_ingestion_jobs;
   v_node public.hd_kg_nodes;
 begin
-  v_job := public.hd__lock_leased_job(p_job_id, p_lease_token, p_now);
+  v_job := public.hd__share_leased_job(p_job_id, p_lease_token, p_now);
   select * into v_node from public.hd_kg_nodes
    where id = p_node_id and account_id = v_job.account_id;
   if not found then
@@ -402,7 +402,7 @@ declare
   v_removed text[];
   v_kind text;
 begin
-  v_job := public.hd__lock_leased_job(p_job_id, p_lease_token, p_now);
+  v_job := public.hd__share_leased_job(p_job_id, p_lease_token, p_now);
   -- The node row lock serialises syntheses of one node, so versions never collide.
   perform 1 from public.hd_kg_nodes n
    where n.id = p_node_id and n.account_id = v_job.account_id for update;

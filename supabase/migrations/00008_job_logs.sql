@@ -48,7 +48,7 @@ begin
   if found and v_job.ended_lease_token = p_lease_token then
     v_attempt := v_job.ended_lease_attempt;
   else
-    v_job := public.hd__lock_leased_job(p_job_id, p_lease_token, p_now);
+    v_job := public.hd__share_leased_job(p_job_id, p_lease_token, p_now);
     v_attempt := v_job.attempts;
   end if;
   insert into public.hd_job_logs (account_id, job_id, attempt, seq, logged_at, level, message, fields)
