@@ -44,7 +44,7 @@ describe('loadConfig', () => {
       HD_SHUTDOWN_GRACE_MS: 30000,
       HD_LAUNCHER: 'process',
       HD_DATABASE_POOL_SIZE: 4,
-      HD_IMPORT_BATCH_SIZE: 1000,
+      HD_IMPORT_BATCH_SIZE: 5000,
       HD_MAX_LINE_BYTES: 1024 * 1024,
       HD_LOG_LEVEL: 'info',
     });
