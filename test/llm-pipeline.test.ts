@@ -1,20 +1,20 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { toHdError } from '../contract/errors.ts';
 import type { Job } from '../contract/jobs.ts';
 import { configToEnv, type Config } from '../control-plane/config.ts';
 import { createLogger } from '../control-plane/logger.ts';
 import { ProcessLauncher } from '../scheduler/launchers/process.ts';
 import { Scheduler } from '../scheduler/scheduler.ts';
-import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
+import type { TestDatabase } from './helpers/database.ts';
 import {
   enqueueStage,
   insertChunks,
-  llmTestConfig,
   newDocument,
   runStage,
   runToCompletion,
+  useStandInStages,
 } from './helpers/llm-stages.ts';
-import { startOpenAiStandIn, waitUntil, type OpenAiStandIn } from './helpers/openai-server.ts';
+import { waitUntil, type OpenAiStandIn } from './helpers/openai-server.ts';
 import { ACCOUNT_A, ACCOUNT_B } from './helpers/runtime.ts';
 
 // The model endpoint is a local stand-in server speaking the OpenAI chat-completions
@@ -22,16 +22,7 @@ import { ACCOUNT_A, ACCOUNT_B } from './helpers/runtime.ts';
 let t: TestDatabase;
 let server: OpenAiStandIn;
 let config: Config;
-beforeAll(async () => {
-  t = await createTestDatabase();
-  server = await startOpenAiStandIn();
-  config = await llmTestConfig(t, server);
-});
-afterAll(async () => {
-  await server.close();
-  await t.drop();
-});
-beforeEach(() => server.reset());
+useStandInStages((env) => ({ t, server, config } = env));
 
 const jobsOf = async (documentId: string, jobType: string): Promise<Job[]> =>
   (

@@ -1,20 +1,20 @@
 import { execa } from 'execa';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { Config } from '../control-plane/config.ts';
 import { configToEnv } from '../control-plane/config.ts';
 import { normalizeLabel } from '../runner/handlers/text2kg.ts';
 import { INTERPRETATION_PROMPT } from '../runner/llm/prompts.ts';
-import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
+import type { TestDatabase } from './helpers/database.ts';
 import {
   enqueueStage,
   insertChunks,
   interpretationAnswer,
-  llmTestConfig,
   newDocument,
   rowsOf,
   runToCompletion,
+  useStandInStages,
 } from './helpers/llm-stages.ts';
-import { startOpenAiStandIn, waitUntil, type OpenAiStandIn } from './helpers/openai-server.ts';
+import { waitUntil, type OpenAiStandIn } from './helpers/openai-server.ts';
 import { ACCOUNT_A } from './helpers/runtime.ts';
 
 // The model endpoint is a local stand-in server speaking the OpenAI chat-completions
@@ -22,16 +22,7 @@ import { ACCOUNT_A } from './helpers/runtime.ts';
 let t: TestDatabase;
 let server: OpenAiStandIn;
 let config: Config;
-beforeAll(async () => {
-  t = await createTestDatabase();
-  server = await startOpenAiStandIn();
-  config = await llmTestConfig(t, server);
-});
-afterAll(async () => {
-  await server.close();
-  await t.drop();
-});
-beforeEach(() => server.reset());
+useStandInStages((env) => ({ t, server, config } = env));
 
 const count = async (sql: string, params: unknown[]) =>
   Number((await t.sql.query(sql, params)).rows[0].n);

@@ -1,17 +1,17 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { Config } from '../control-plane/config.ts';
 import { SYNTHESIS_PROMPT } from '../runner/llm/prompts.ts';
-import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
+import type { TestDatabase } from './helpers/database.ts';
 import {
   enqueueStage,
   insertChunks,
-  llmTestConfig,
   newDocument,
   rowsOf,
   runStage,
   runToCompletion,
+  useStandInStages,
 } from './helpers/llm-stages.ts';
-import { startOpenAiStandIn, type OpenAiStandIn } from './helpers/openai-server.ts';
+import type { OpenAiStandIn } from './helpers/openai-server.ts';
 import { ACCOUNT_A, ACCOUNT_B } from './helpers/runtime.ts';
 
 // The model endpoint is a local stand-in server speaking the OpenAI chat-completions
@@ -19,16 +19,7 @@ import { ACCOUNT_A, ACCOUNT_B } from './helpers/runtime.ts';
 let t: TestDatabase;
 let server: OpenAiStandIn;
 let config: Config;
-beforeAll(async () => {
-  t = await createTestDatabase();
-  server = await startOpenAiStandIn();
-  config = await llmTestConfig(t, server);
-});
-afterAll(async () => {
-  await server.close();
-  await t.drop();
-});
-beforeEach(() => server.reset());
+useStandInStages((env) => ({ t, server, config } = env));
 
 /** extract_interpretations then text2kg for one document, as the pipeline runs them. */
 async function ingest(accountId: string, texts: string[]) {

@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, beforeEach } from 'vitest';
 import type { Config } from '../../control-plane/config.ts';
 import { createLogger } from '../../control-plane/logger.ts';
 import { FsStorage } from '../../control-plane/storage/fs.ts';
 import { runJob, type RunOutcome } from '../../runner/run-job.ts';
-import type { TestDatabase } from './database.ts';
-import type { OpenAiStandIn } from './openai-server.ts';
+import { createTestDatabase, type TestDatabase } from './database.ts';
+import { startOpenAiStandIn, type OpenAiStandIn } from './openai-server.ts';
 import { tempDir, testConfig } from './runtime.ts';
 
 /** A test database, fs storage and config pointed at the stand-in OpenAI server. */
@@ -131,4 +132,25 @@ export function interpretationAnswer(
       quote: `${source} ${relation} ${target}`,
     })),
   });
+}
+
+/**
+ * Registers the hooks every LLM-stage test file needs: its own database, the stand-in
+ * OpenAI server (reset before each test), and a config pointed at both.
+ */
+export function useStandInStages(
+  set: (env: { t: TestDatabase; server: OpenAiStandIn; config: Config }) => void,
+): void {
+  let env: { t: TestDatabase; server: OpenAiStandIn; config: Config } | undefined;
+  beforeAll(async () => {
+    const t = await createTestDatabase();
+    const server = await startOpenAiStandIn();
+    env = { t, server, config: await llmTestConfig(t, server) };
+    set(env);
+  });
+  afterAll(async () => {
+    await env?.server.close();
+    await env?.t.drop();
+  });
+  beforeEach(() => env?.server.reset());
 }
