@@ -41,7 +41,7 @@ export const assetLineSchema = z.object({
 
 const MAX_INVALID_SAMPLES = 20;
 const READ_CHUNK_BYTES = 256 * 1024;
-const WRITES_IN_FLIGHT = 2;
+const WRITE_STREAMS = 2;
 // A batch also ends at this much input, so big lines cannot make a batch big in memory.
 const MAX_BATCH_BYTES = 4 * 1024 * 1024;
 
@@ -199,11 +199,18 @@ async function scanFile(
 ): Promise<void> {
   const splitter = new LineSplitter(ctx.config.HD_MAX_LINE_BYTES);
   const batchSize = ctx.config.HD_IMPORT_BATCH_SIZE;
-  const batch: AssetRow[] = [];
-  let batchBytes = 0;
+  // Rows go to WRITE_STREAMS streams by a hash of their key, each stream writing its
+  // batches in order, one at a time: PostgreSQL's upsert is the slow side (~5x Node's
+  // parsing), so two backends work at once while the next lines are parsed, and a key
+  // repeated in the file still ends with its last line's values, on every run.
+  const streams = Array.from({ length: WRITE_STREAMS }, () => ({
+    rows: [] as AssetRow[],
+    bytes: 0,
+    tail: Promise.resolve(),
+  }));
   const onLine = (line: Line) => {
     stats.lines += 1;
-    batchBytes += line.bytesEnd - stats.bytes;
+    const lineBytes = line.bytesEnd - stats.bytes;
     stats.bytes = line.bytesEnd;
     const parsed = parseAssetLine(line, ctx.config.HD_MAX_LINE_BYTES);
     if (parsed.kind === 'blank') stats.blank += 1;
@@ -216,24 +223,25 @@ async function scanFile(
     } else {
       stats.valid += 1;
       if (parsed.hadAccountId) stats.account_id_ignored += 1;
-      if (write) batch.push(parsed.row);
+      if (!write) return;
+      const stream = streams[streamOf(parsed.row)]!;
+      stream.rows.push(parsed.row);
+      stream.bytes += lineBytes;
     }
   };
-  // Batches are written while the next ones are parsed, two at a time: PostgreSQL's
-  // upsert is the slow side (measured ~5x Node's parsing), and two backends use both
-  // cores. Bounded, so memory stays flat.
-  const inflight = new Set<Promise<void>>();
   const flush = async (all: boolean) => {
-    const full = () => batch.length >= batchSize || batchBytes >= MAX_BATCH_BYTES;
-    while (write && (full() || (all && batch.length > 0))) {
-      const rows = batch.splice(0, batchSize);
-      batchBytes = 0; // what stays behind is less than one read chunk
-      while (inflight.size >= WRITES_IN_FLIGHT) await Promise.race(inflight);
-      const pending: Promise<void> = write(rows).finally(() => inflight.delete(pending));
-      pending.catch(() => {}); // observed by the race/all below; not an unhandled rejection
-      inflight.add(pending);
+    if (!write) return;
+    for (const stream of streams) {
+      const full = () => stream.rows.length >= batchSize || stream.bytes >= MAX_BATCH_BYTES;
+      while (full() || (all && stream.rows.length > 0)) {
+        const rows = stream.rows.splice(0, batchSize);
+        stream.bytes = 0; // what stays behind is less than one read chunk
+        await stream.tail; // this stream's previous batch first: order per key, bounded memory
+        stream.tail = write(rows);
+        stream.tail.catch(() => {}); // observed by the next await; not an unhandled rejection
+      }
     }
-    if (all) await Promise.all(inflight);
+    if (all) await Promise.all(streams.map((stream) => stream.tail));
   };
   const stream = createReadStream(localPath, {
     highWaterMark: READ_CHUNK_BYTES,
@@ -264,4 +272,12 @@ async function scanFile(
   splitter.end(onLine);
   stats.bytes = size;
   await flush(true);
+}
+
+/** The write stream of a row: the same key always goes to the same stream (FNV-1a). */
+function streamOf(row: AssetRow): number {
+  const key = `${row.source_type}\u0000${row.source_ref}`;
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < key.length; i++) hash = Math.imul(hash ^ key.charCodeAt(i), 0x01000193);
+  return (hash >>> 0) % WRITE_STREAMS;
 }
