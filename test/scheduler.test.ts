@@ -64,6 +64,16 @@ async function enqueueImport(accountId: string, name: string, rows: unknown[], m
   });
 }
 
+/** A job for a stand-in runner (the command replaces hd-runner, so the payload is unread). */
+function enqueueForStandIn(maxAttempts?: number) {
+  return t.db.enqueueJob({
+    accountId: ACCOUNT_A,
+    jobType: 'import_assets_jsonl',
+    debug: { path: 'x' },
+    maxAttempts,
+  });
+}
+
 // A stand-in runner that never finishes, for cancel and shutdown.
 const HANGING_RUNNER = [process.execPath, '-e', 'setInterval(() => {}, 1000)'];
 /** A stand-in runner that prints `lines` (JS expressions), then runs `then`. */
@@ -135,12 +145,7 @@ describe('scheduler with the process launcher', () => {
   });
 
   it('records CRASHED with the exit code and output when a runner dies without a result', async () => {
-    const job = await t.db.enqueueJob({
-      accountId: ACCOUNT_A,
-      jobType: 'import_assets_jsonl',
-      debug: { path: 'x' },
-      maxAttempts: 1,
-    });
+    const job = await enqueueForStandIn(1);
     const scheduler = await startScheduler([
       process.execPath,
       '-e',
@@ -155,12 +160,7 @@ describe('scheduler with the process launcher', () => {
   });
 
   it('retries a crashed job with backoff while attempts remain', async () => {
-    const job = await t.db.enqueueJob({
-      accountId: ACCOUNT_A,
-      jobType: 'import_assets_jsonl',
-      debug: { path: 'x' },
-      maxAttempts: 2,
-    });
+    const job = await enqueueForStandIn(2);
     const scheduler = await startScheduler([process.execPath, '-e', 'process.exit(3)']);
     const [after] = await once(scheduler, 'job:finished');
     expect(after).toMatchObject({
@@ -173,11 +173,7 @@ describe('scheduler with the process launcher', () => {
   });
 
   it('stops the runner of a job cancelled while it runs', async () => {
-    const job = await t.db.enqueueJob({
-      accountId: ACCOUNT_A,
-      jobType: 'import_assets_jsonl',
-      debug: { path: 'x' },
-    });
+    const job = await enqueueForStandIn();
     const scheduler = await startScheduler(HANGING_RUNNER);
     await once(scheduler, 'job:claimed');
     await expect.poll(() => scheduler.runningJobIds).toContain(job.id);
@@ -193,11 +189,7 @@ describe('scheduler with the process launcher', () => {
   });
 
   it('hands running jobs back to the queue when stopped without grace', async () => {
-    const job = await t.db.enqueueJob({
-      accountId: ACCOUNT_A,
-      jobType: 'import_assets_jsonl',
-      debug: { path: 'x' },
-    });
+    const job = await enqueueForStandIn();
     const scheduler = await startScheduler(HANGING_RUNNER);
     await once(scheduler, 'job:claimed');
     await expect.poll(() => scheduler.runningJobIds).toContain(job.id);
@@ -238,12 +230,7 @@ describe('scheduler with the process launcher', () => {
   });
 
   it("keeps a crashed runner's output, and each attempt's lines apart", async () => {
-    const job = await t.db.enqueueJob({
-      accountId: ACCOUNT_A,
-      jobType: 'import_assets_jsonl',
-      debug: { path: 'x' },
-      maxAttempts: 2,
-    });
+    const job = await enqueueForStandIn(2);
     const pino = 'JSON.stringify({ level: 40, time: Date.now(), msg: "about to crash", n: 1 })';
     const scheduler = await startScheduler(printing([pino, '"boom"'], 'process.exit(3)'));
     const [first] = await once(scheduler, 'job:finished');
@@ -262,12 +249,7 @@ describe('scheduler with the process launcher', () => {
   });
 
   it('numbers the lines of a handed-back attempt on after those already stored', async () => {
-    const job = await t.db.enqueueJob({
-      accountId: ACCOUNT_A,
-      jobType: 'import_assets_jsonl',
-      debug: { path: 'x' },
-      maxAttempts: 1,
-    });
+    const job = await enqueueForStandIn(1);
     const first = await startScheduler(printing(['"run one"'], 'setInterval(() => {}, 1000)'));
     await expect.poll(() => jobLogs(job.id), { timeout: 10_000 }).toHaveLength(1);
     await first.stop(0); // the runner is stopped, the job handed back: attempt 1 again
