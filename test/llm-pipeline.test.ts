@@ -163,17 +163,21 @@ describe('cancellation', () => {
     server.respond((r) => (r.index === 0 ? undefined : { kind: 'hang' }));
     // A 3 s lease heartbeats every second: that is how the runner learns of the cancel.
     const running = runStage(t, { ...config, HD_LEASE_SECONDS: 3 }, job.id);
+    const stored = async () =>
+      (
+        await t.sql.query(`select count(*)::int n from hd_interpretations where document_id = $1`, [
+          doc,
+        ])
+      ).rows[0].n as number;
     await waitUntil('two requests stalled', () => server.inFlight() === 2);
+    // The first answer is written after its response: cancel only once it is stored.
+    await waitUntil('the first answer stored', async () => (await stored()) === 1);
     await t.db.cancelJob(job.id, 'stopped by the test');
     const outcome = await running;
     expect(outcome.outcome).toBe('lease_lost');
     expect('error' in outcome && toHdError(outcome.error).code).toBe('CANCELLED');
     await waitUntil('both stalled requests aborted', () => server.abortedCount() === 2);
     expect(await t.db.getJob(job.id)).toMatchObject({ status: 'failed', error_code: 'CANCELLED' });
-    const { rows } = await t.sql.query(
-      `select count(*)::int n from hd_interpretations where document_id = $1`,
-      [doc],
-    );
-    expect(rows[0].n).toBe(1);
+    expect(await stored()).toBe(1);
   });
 });

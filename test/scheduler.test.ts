@@ -1,4 +1,4 @@
-import { once } from 'node:events';
+import { on } from 'node:events';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Job } from '../contract/jobs.ts';
 import { configToEnv, type Config } from '../control-plane/config.ts';
@@ -20,6 +20,11 @@ beforeAll(async () => {
 });
 afterEach(async () => {
   await Promise.all(running.splice(0).map((s) => s.stop(0)));
+  // A job a test leaves queued (handed back, retry pending) must not be claimed by the
+  // next test's scheduler: it would take a slot and fire that test's events.
+  for (const status of ['queued', 'running'])
+    for (const job of await t.db.listJobs({ status, limit: 1000 }))
+      await t.db.cancelJob(job.id, 'left over by an earlier test');
 });
 afterAll(() => t.drop());
 
@@ -40,6 +45,13 @@ async function startScheduler(command?: string[], overrides: Partial<Config> = {
   running.push(scheduler);
   await scheduler.start();
   return scheduler;
+}
+
+/** The next `event` of this job (`job:finished` whatever its status), with its other arguments. */
+async function next(scheduler: Scheduler, event: string, jobId: string): Promise<[Job, unknown]> {
+  for await (const [job, exit] of on(scheduler, event))
+    if ((job as Job).id === jobId) return [job as Job, exit];
+  throw new Error('unreachable: the event stream does not end');
 }
 
 function finished(scheduler: Scheduler, jobIds: string[]): Promise<Map<string, Job>> {
@@ -162,22 +174,21 @@ describe('scheduler with the process launcher', () => {
   it('retries a crashed job with backoff while attempts remain', async () => {
     const job = await enqueueForStandIn(2);
     const scheduler = await startScheduler([process.execPath, '-e', 'process.exit(3)']);
-    const [after] = await once(scheduler, 'job:finished');
+    const [after] = await next(scheduler, 'job:finished', job.id);
     expect(after).toMatchObject({
       id: job.id,
       status: 'queued',
       attempts: 1,
       error_code: 'CRASHED',
     });
-    expect((after as Job).run_after.getTime()).toBeGreaterThan(Date.now());
+    expect(after.run_after.getTime()).toBeGreaterThan(Date.now());
   });
 
   it('stops the runner of a job cancelled while it runs', async () => {
     const job = await enqueueForStandIn();
     const scheduler = await startScheduler(HANGING_RUNNER);
-    await once(scheduler, 'job:claimed');
     await expect.poll(() => scheduler.runningJobIds).toContain(job.id);
-    const done = once(scheduler, 'job:finished');
+    const done = next(scheduler, 'job:finished', job.id);
     await t.db.cancelJob(job.id, 'no longer needed');
     const [ended, exit] = await done;
     expect(ended).toMatchObject({
@@ -191,7 +202,6 @@ describe('scheduler with the process launcher', () => {
   it('hands running jobs back to the queue when stopped without grace', async () => {
     const job = await enqueueForStandIn();
     const scheduler = await startScheduler(HANGING_RUNNER);
-    await once(scheduler, 'job:claimed');
     await expect.poll(() => scheduler.runningJobIds).toContain(job.id);
     await scheduler.stop(0);
     expect(await t.db.getJob(job.id)).toMatchObject({
@@ -233,7 +243,7 @@ describe('scheduler with the process launcher', () => {
     const job = await enqueueForStandIn(2);
     const pino = 'JSON.stringify({ level: 40, time: Date.now(), msg: "about to crash", n: 1 })';
     const scheduler = await startScheduler(printing([pino, '"boom"'], 'process.exit(3)'));
-    const [first] = await once(scheduler, 'job:finished');
+    const [first] = await next(scheduler, 'job:finished', job.id);
     expect(first).toMatchObject({ status: 'queued', attempts: 1, error_code: 'CRASHED' });
     const second = finished(scheduler, [job.id]);
     await t.sql.query('update hd_ingestion_jobs set run_after = now() where id = $1', [job.id]);
@@ -274,7 +284,7 @@ describe('scheduler with the process launcher', () => {
       config: { ...config, HD_JOB_TYPES: ['nothing_to_claim'] },
       log: createLogger({ level: 'silent' }),
     });
-    const reaped = once(scheduler, 'job:reaped');
+    const reaped = next(scheduler, 'job:reaped', job.id);
     running.push(scheduler);
     await scheduler.start();
     const [job2] = await reaped;
