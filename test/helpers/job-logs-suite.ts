@@ -70,6 +70,35 @@ export function describeJobLogs(target: () => QueueSuiteTarget) {
       ]);
     });
 
+    it('stores a batch that races the transaction ending its lease', async () => {
+      const { db, sql } = target();
+      const job = await claimed();
+      const settling = await sql.connect();
+      try {
+        await settling.query('begin');
+        const { rows } = await settling.query<{ pid: number }>('select pg_backend_pid() as pid');
+        await settling.query('select public.hd_complete_job($1, $2)', [job.id, job.token]);
+        const append = codeOf(db.appendJobLogs(job.id, job.token, [line(1, 'job completed')]));
+        // The batch arrived while the lease was still live: it waits on the job row.
+        await expect
+          .poll(async () => {
+            const blocked = await sql.query(
+              `select 1 from pg_stat_activity where $1 = any (pg_blocking_pids(pid))`,
+              [rows[0]!.pid],
+            );
+            return blocked.rowCount;
+          })
+          .toBe(1);
+        await settling.query('commit');
+        expect(await append).toBe('accepted');
+      } finally {
+        settling.release();
+      }
+      expect(await stored(job.id)).toEqual([
+        { account_id: ACCOUNT_A, attempt: 1, seq: 1, message: 'job completed' },
+      ]);
+    });
+
     it('lists the last lines of a job, oldest first', async () => {
       const { db } = target();
       const job = await claimed();
