@@ -192,12 +192,14 @@ describe('scheduler with GPU slots', () => {
     const view = () => launched.map((l) => `${l.job.job_type}:${l.gpuIds.join(',')}`).sort();
     expect(view()).toEqual(['cpu_probe:', 'cpu_probe:', 'gpu_probe:0', 'gpu_probe:1']);
     // The third GPU job waits for a GPU, not for a slot: finishing a CPU job frees a slot only.
+    // A CPU job queued after it takes the freed slot: proof that a claim pass ran since.
     launched.find((l) => l.job.job_type === 'cpu_probe')!.finish();
-    await new Promise((r) => setTimeout(r, 400));
-    expect(launched).toHaveLength(4);
-    launched.find((l) => l.gpuIds[0] === '1')!.finish();
+    await t.db.enqueueJob({ accountId: ACCOUNT_A, jobType: 'cpu_probe', debug: {} });
     await expect.poll(() => launched.length).toBe(5);
-    expect(launched[4]).toMatchObject({ gpuIds: ['1'], job: { job_type: 'gpu_probe' } });
+    expect(launched[4]).toMatchObject({ gpuIds: [], job: { job_type: 'cpu_probe' } });
+    launched.find((l) => l.gpuIds[0] === '1')!.finish();
+    await expect.poll(() => launched.length).toBe(6);
+    expect(launched[5]).toMatchObject({ gpuIds: ['1'], job: { job_type: 'gpu_probe' } });
     for (const l of launched) l.finish();
   });
 });
@@ -229,9 +231,9 @@ describe('process launcher GPUs', () => {
 });
 
 const d = await requireDocker();
-const hostHasNvidia = (await listGpus().catch(() => undefined))?.length;
+const hostGpus = (await listGpus().catch(() => undefined)) ?? [];
 
-describe.skipIf(!d.available || hostHasNvidia)(`GPU containers${skipNote(d)}`, () => {
+describe.skipIf(!d.available)(`GPU containers${skipNote(d)}`, () => {
   const schedulerId = `hd-test-gpu-${randomBytes(4).toString('hex')}`;
   let t: TestDatabase;
   let image: string;
@@ -240,7 +242,7 @@ describe.skipIf(!d.available || hostHasNvidia)(`GPU containers${skipNote(d)}`, (
   }, 900_000);
   afterAll(() => t?.drop());
 
-  it('requests the pinned GPU, and removes the container when the engine has no NVIDIA runtime', async () => {
+  it('requests the pinned GPU; removes the container when the engine has no NVIDIA runtime', async () => {
     const docker = d.docker!;
     const created: Docker.ContainerCreateOptions[] = [];
     // The real engine, with create calls recorded.
@@ -264,16 +266,22 @@ describe.skipIf(!d.available || hostHasNvidia)(`GPU containers${skipNote(d)}`, (
       leaseSeconds: 60,
     });
     const resources = { gpu: true, memoryMb: 1024, cpus: 2, timeoutMs: 60_000 };
-    await expect(
-      launcher.launch({ job: job as LeasedJob, resources, gpuIds: ['1'] }),
-    ).rejects.toThrow(/no NVIDIA container runtime.*could not select device driver "nvidia"/s);
+    // A host with GPUs pins its last one (the container starts, and its runner exits at
+    // once: it has no configuration); elsewhere GPU 1, which the engine cannot provide.
+    const pin = hostGpus.at(-1)?.index ?? '1';
+    const launch = launcher.launch({ job: job as LeasedJob, resources, gpuIds: [pin] });
+    if (hostGpus.length) await (await launch).wait();
+    else
+      await expect(launch).rejects.toThrow(
+        /no NVIDIA container runtime.*could not select device driver "nvidia"/s,
+      );
     expect(created).toHaveLength(1);
-    expect(created[0]!.Env).toContain('NVIDIA_VISIBLE_DEVICES=1');
+    expect(created[0]!.Env).toContain(`NVIDIA_VISIBLE_DEVICES=${pin}`);
     expect(created[0]).toMatchObject({
       Image: image,
-      Labels: { [LABELS.gpus]: '1', [LABELS.jobId]: job!.id },
+      Labels: { [LABELS.gpus]: pin, [LABELS.jobId]: job!.id },
       HostConfig: {
-        DeviceRequests: [{ Driver: 'nvidia', DeviceIDs: ['1'], Capabilities: [['gpu']] }],
+        DeviceRequests: [{ Driver: 'nvidia', DeviceIDs: [pin], Capabilities: [['gpu']] }],
         Memory: 1024 * 1024 * 1024,
         NanoCpus: 2e9,
       },
