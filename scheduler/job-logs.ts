@@ -1,4 +1,4 @@
-import { toHdError } from '../contract/errors.ts';
+import { toHdError, type HdError } from '../contract/errors.ts';
 import type { LeasedJob } from '../contract/jobs.ts';
 import type { ControlPlaneDb, NewJobLogLine } from '../control-plane/db/transport.ts';
 import type { Logger } from '../control-plane/logger.ts';
@@ -14,8 +14,16 @@ export interface JobLogLimits {
    * dropped and a marker line says how many. Default 2 MiB.
    */
   maxPendingChars: number;
-  /** Longest the final flush, after the runner exited, may take, in ms. Default 5000. */
+  /**
+   * Longest finish() holds up the job's settling after the runner exited, in ms; sending
+   * goes on in the background after it. Default 5000.
+   */
   finalFlushMs: number;
+  /**
+   * How long after the runner exited lines are still sent while the database is
+   * unreachable, in ms; then what is left is dropped and counted. Default 10 min.
+   */
+  keepTryingMs: number;
 }
 
 export const DEFAULT_JOB_LOG_LIMITS: JobLogLimits = {
@@ -23,7 +31,11 @@ export const DEFAULT_JOB_LOG_LIMITS: JobLogLimits = {
   flushIntervalMs: 1000,
   maxPendingChars: 2 * 1024 * 1024,
   finalFlushMs: 5000,
+  keepTryingMs: 10 * 60_000,
 };
+
+/** Pause after a failed send while draining: doubles from the first to the last. */
+const RETRY_BACKOFF_MS = [250, 5000] as const;
 
 interface Pending {
   line: NewJobLogLine;
@@ -35,20 +47,27 @@ export interface JobLogCollectorDeps {
   job: LeasedJob;
   log: Logger;
   limits?: Partial<JobLogLimits> | undefined;
+  /** Told once everything is sent or given up, with how many lines were lost. */
+  onDone?: ((lost: number) => void) | undefined;
 }
 
 /**
  * Collects one runner's output lines and stores them in hd_job_logs under the job's
  * lease: numbered (seq), in batches while the job runs, and a final flush when the
- * runner has exited. Logging never fails or holds up a job: push() never throws or
- * waits, memory is bounded (maxPendingChars), failures are logged once per job, and
- * finish() gives up after finalFlushMs.
+ * runner has exited. The database takes an attempt's lines until a newer attempt's lease
+ * has ended (00011), so a failed send is tried again (seq dedupes) and lines are dropped
+ * only when a newer attempt holds the job, the database refuses the batch as it is, or
+ * it stayed unreachable for keepTryingMs after the runner exited; each drop is counted.
+ * Logging never fails or holds up a job: push() never throws or waits, memory is bounded
+ * (maxPendingChars), failures are logged once per job, and finish() waits at most
+ * finalFlushMs (sending goes on in the background: done()).
  */
 export class JobLogCollector {
   readonly #db: JobLogCollectorDeps['db'];
   readonly #job: LeasedJob;
   readonly #log: Logger;
   readonly #limits: JobLogLimits;
+  readonly #onDone: JobLogCollectorDeps['onDone'];
   readonly #pending: Pending[] = [];
   /** Numbering continues after the lines already stored for this attempt. */
   readonly #seqBase: Promise<number>;
@@ -63,12 +82,14 @@ export class JobLogCollector {
   #leaseGone = false;
   #warned = false;
   #finished: Promise<void> | undefined;
+  #drained: Promise<number> | undefined;
 
   constructor(deps: JobLogCollectorDeps) {
     this.#db = deps.db;
     this.#job = deps.job;
     this.#log = deps.log;
     this.#limits = { ...DEFAULT_JOB_LOG_LIMITS, ...deps.limits };
+    this.#onDone = deps.onDone;
     // An attempt handed back (released) is numbered again by the next claim, and a
     // re-adopted runner keeps its attempt: their lines must not reuse stored seqs.
     const { id, attempts } = deps.job;
@@ -77,6 +98,11 @@ export class JobLogCollector {
       () => 0,
     );
     this.#timer = setInterval(() => this.#kick(), this.#limits.flushIntervalMs).unref();
+  }
+
+  /** Lines taken but neither stored nor counted as dropped yet. */
+  get unsent(): number {
+    return this.#pending.length + this.#droppedSinceMarker;
   }
 
   /** Takes one printed line; never throws, never waits. */
@@ -96,26 +122,50 @@ export class JobLogCollector {
     }
   }
 
-  /** Sends what is left (for at most finalFlushMs) and stops; never throws. */
+  /**
+   * Stops taking lines and waits until what is left is sent, for at most finalFlushMs;
+   * never throws. Sending goes on after that: see done().
+   */
   finish(): Promise<void> {
-    this.#finished ??= this.#finish();
+    this.#finished ??= (async () => {
+      let timer: NodeJS.Timeout | undefined;
+      const waited = new Promise((r) => (timer = setTimeout(r, this.#limits.finalFlushMs)));
+      await Promise.race([this.done(), waited]);
+      clearTimeout(timer);
+    })();
     return this.#finished;
   }
 
-  async #finish(): Promise<void> {
-    clearInterval(this.#timer);
-    this.#closed = true;
-    if (!this.#leaseGone) this.#addDropMarker();
-    const deadline = Date.now() + this.#limits.finalFlushMs;
+  /**
+   * Resolves, after finish(), with the number of lines that never reached hd_job_logs
+   * once everything is sent or given up (keepTryingMs); never throws.
+   */
+  done(): Promise<number> {
+    if (!this.#drained) {
+      clearInterval(this.#timer);
+      this.#closed = true;
+      if (!this.#leaseGone) this.#addDropMarker();
+      this.#drained = this.#drain();
+    }
+    return this.#drained;
+  }
+
+  async #drain(): Promise<number> {
+    const deadline = Date.now() + this.#limits.keepTryingMs;
     let timer: NodeJS.Timeout | undefined;
-    const drain = async () => {
+    const sendAll = async () => {
       while (this.#flushing) await this.#flushing; // from here on, only this loop sends
+      let pause: number = RETRY_BACKOFF_MS[0];
       while (this.#pending.length > 0 && !this.#leaseGone && Date.now() < deadline) {
-        if (!(await this.#sendBatch())) await sleep(Math.min(250, deadline - Date.now()));
+        if (await this.#sendBatch()) pause = RETRY_BACKOFF_MS[0];
+        else {
+          await sleep(Math.min(pause, deadline - Date.now()));
+          pause = Math.min(pause * 2, RETRY_BACKOFF_MS[1]);
+        }
       }
     };
     await Promise.race([
-      drain().catch(() => {}),
+      sendAll().catch(() => {}),
       new Promise((r) => (timer = setTimeout(r, deadline - Date.now()))),
     ]);
     clearTimeout(timer);
@@ -125,6 +175,8 @@ export class JobLogCollector {
         { job_id: this.#job.id, attempt: this.#job.attempts, stored: this.#stored, lost },
         'not every line the runner printed reached hd_job_logs',
       );
+    this.#onDone?.(lost);
+    return lost;
   }
 
   #add(line: NewJobLogLine, chars: number) {
@@ -169,15 +221,15 @@ export class JobLogCollector {
       this.#stored += this.#take(batch.length);
       return true;
     } catch (error) {
-      const code = this.#warnOnce(error);
-      if (code === 'DATABASE_UNAVAILABLE') return false; // kept, sent again (seq dedupes)
-      if (code === 'LEASE_LOST' || code === 'CANCELLED') {
-        // A newer attempt holds the job: nothing of this one is taken any more.
+      const err = this.#warnOnce(error);
+      if (err.code === 'LEASE_LOST' || err.code === 'CANCELLED') {
+        // A newer attempt's lease holds the job or has ended: this attempt is over.
         this.#leaseGone = true;
         this.#dropped += this.#take(this.#pending.length);
         return false;
       }
-      this.#dropped += this.#take(batch.length); // refused as it is: sending again won't help
+      if (!refusedAsIs(err)) return false; // kept, sent again (seq dedupes)
+      this.#dropped += this.#take(batch.length); // sending it again won't help
       return true;
     }
   }
@@ -187,7 +239,7 @@ export class JobLogCollector {
     return count;
   }
 
-  #warnOnce(error: unknown): string {
+  #warnOnce(error: unknown): HdError {
     const err = toHdError(error);
     if (!this.#warned) {
       this.#warned = true;
@@ -196,32 +248,50 @@ export class JobLogCollector {
         `could not store runner output in hd_job_logs: ${err.message}`,
       );
     }
-    return err.code;
+    return err;
   }
+}
+
+/**
+ * An SQL error other than a connection one is the database's verdict on the batch;
+ * anything else (unreachable, connection dropped, PostgREST down) may pass next time.
+ */
+function refusedAsIs(err: HdError): boolean {
+  if (err.code === 'DATABASE_UNAVAILABLE') return false;
+  const sqlstate = (err.cause as { code?: unknown } | undefined)?.code;
+  return typeof sqlstate === 'string' && /^[0-9A-Z]{5}$/.test(sqlstate);
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
 
 /** The output collectors of one scheduler, one per supervised runner. */
 export class JobLogBook {
-  readonly #deps: Omit<JobLogCollectorDeps, 'job'>;
+  readonly #deps: Omit<JobLogCollectorDeps, 'job' | 'onDone'>;
   /** Collectors of re-adopted runners until open() takes them. */
   readonly #adopted = new Map<string, JobLogCollector>();
+  /** Collectors with lines still to send (their runner may have exited). */
+  readonly #live = new Set<JobLogCollector>();
+  #lost = 0;
 
-  constructor(deps: Omit<JobLogCollectorDeps, 'job'>) {
+  constructor(deps: Omit<JobLogCollectorDeps, 'job' | 'onDone'>) {
     this.#deps = deps;
+  }
+
+  /** Lines of all runners so far that never reached hd_job_logs. */
+  get lostLines(): number {
+    return this.#lost;
   }
 
   /** The collector of a job about to run: a new one, or the one sinkFor() started. */
   open(job: LeasedJob): JobLogCollector {
     const adopted = this.#adopted.get(job.id);
     this.#adopted.delete(job.id);
-    return adopted ?? new JobLogCollector({ ...this.#deps, job });
+    return adopted ?? this.#collector(job);
   }
 
   /** Where a re-adopted runner prints, from its first line on (open() takes it over). */
   sinkFor(job: LeasedJob): (line: string) => void {
-    const logs = new JobLogCollector({ ...this.#deps, job });
+    const logs = this.#collector(job);
     this.#adopted.set(job.id, logs);
     return (line) => logs.push(line);
   }
@@ -230,5 +300,34 @@ export class JobLogBook {
   closeUnopened(): void {
     for (const logs of this.#adopted.values()) void logs.finish();
     this.#adopted.clear();
+  }
+
+  /**
+   * Finishes every collector and waits, for at most finalFlushMs, until their lines are
+   * sent (a stopping scheduler); returns how many lines were lost, in all.
+   */
+  async close(): Promise<number> {
+    this.closeUnopened();
+    const timeoutMs = { ...DEFAULT_JOB_LOG_LIMITS, ...this.#deps.limits }.finalFlushMs;
+    let timer: NodeJS.Timeout | undefined;
+    const all = Promise.all([...this.#live].map((logs) => logs.done()));
+    await Promise.race([all, new Promise((r) => (timer = setTimeout(r, timeoutMs)))]);
+    clearTimeout(timer);
+    let unsent = 0;
+    for (const logs of this.#live) unsent += logs.unsent;
+    return this.#lost + unsent;
+  }
+
+  #collector(job: LeasedJob): JobLogCollector {
+    const logs: JobLogCollector = new JobLogCollector({
+      ...this.#deps,
+      job,
+      onDone: (lost) => {
+        this.#lost += lost;
+        this.#live.delete(logs);
+      },
+    });
+    this.#live.add(logs);
+    return logs;
   }
 }

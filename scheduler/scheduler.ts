@@ -146,8 +146,10 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
         await allDone();
       }
     }
+    // Output still on its way (the database was down) gets a last chance, then is counted.
+    const lostLogLines = await this.#logs.close();
     await this.#unlisten?.().catch((e: unknown) => errors.push(e));
-    this.#log.info('scheduler stopped');
+    this.#log.info({ log_lines_lost: lostLogLines }, 'scheduler stopped');
     if (errors.length > 0) throw new AggregateError(errors, 'scheduler stopped with errors');
   }
 
