@@ -1,38 +1,10 @@
-import { parseArgs, type ParseArgsOptionsConfig } from 'node:util';
 import { ConfigError, loadConfig, type Config } from '../control-plane/config.ts';
 import { createLogger, type Logger } from '../control-plane/logger.ts';
+import { UsageError, type ParsedArgs } from './command-spec.ts';
 
-export interface Command {
-  name: string;
-  summary: string;
-  usage: string;
-  options: ParseArgsOptionsConfig;
-  /** Resolves to the process exit code. */
-  run(args: ParsedArgs, env: Record<string, string | undefined>): Promise<number>;
-}
+// Helpers for the code of commands (loaded when a command runs, not for --help).
 
-export interface ParsedArgs {
-  values: Record<string, string | boolean | undefined>;
-  positionals: string[];
-}
-
-export class UsageError extends Error {
-  override readonly name = 'UsageError';
-}
-
-export function parseCommandArgs(command: Command, argv: string[]): ParsedArgs {
-  try {
-    const { values, positionals } = parseArgs({
-      args: argv,
-      options: { ...command.options, help: { type: 'boolean', short: 'h' } },
-      allowPositionals: true,
-      strict: true,
-    });
-    return { values: values as ParsedArgs['values'], positionals };
-  } catch (error) {
-    throw new UsageError(`${command.name}: ${(error as Error).message}`);
-  }
-}
+export { UsageError, type CommandRun, type Env, type ParsedArgs } from './command-spec.ts';
 
 /** Configuration from env, with flags (given as env names) taking precedence. */
 export function configFrom(

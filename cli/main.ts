@@ -1,26 +1,7 @@
 #!/usr/bin/env node
 import { HdError } from '../contract/errors.ts';
-import { ConfigError } from '../control-plane/config.ts';
-import { parseCommandArgs, UsageError, type Command } from './command.ts';
-import { demoCommand } from './commands/demo.ts';
-import { doctorCommand } from './commands/doctor.ts';
-import { enqueueCommand } from './commands/enqueue.ts';
-import { jobsCommand } from './commands/jobs.ts';
-import { migrateCommand } from './commands/migrate.ts';
-import { runCommand } from './commands/run.ts';
-import { schedulerCommand } from './commands/scheduler.ts';
-import { selftestCommand } from './commands/selftest.ts';
-
-const COMMANDS: Command[] = [
-  schedulerCommand,
-  runCommand,
-  enqueueCommand,
-  jobsCommand,
-  migrateCommand,
-  doctorCommand,
-  demoCommand,
-  selftestCommand,
-];
+import { parseCommandArgs, UsageError } from './command-spec.ts';
+import { COMMANDS } from './commands/index.ts';
 
 function mainHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));
@@ -56,8 +37,11 @@ export async function main(
       console.log(command.usage);
       return 0;
     }
-    return await command.run(parsed, env);
+    const run = await command.load();
+    return await run(parsed, env);
   } catch (error) {
+    // Loaded only now: a ConfigError comes from config.ts, which the command has loaded.
+    const { ConfigError } = await import('../control-plane/config.ts');
     if (error instanceof ConfigError || error instanceof UsageError) {
       console.error(`hd-runner: ${error.message}`);
       return 2;

@@ -1,10 +1,13 @@
-import { hostname } from 'node:os';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { hostname, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig, redactUrl, requireSetting } from '../control-plane/config.ts';
 
 const MAIN = fileURLToPath(new URL('../cli/main.ts', import.meta.url));
+const RECORD_IMPORTS = fileURLToPath(new URL('./helpers/record-imports.ts', import.meta.url));
 
 /** The ConfigError that loadConfig throws for `env`. */
 function configError(env: Record<string, string>): ConfigError {
@@ -176,6 +179,31 @@ describe('hd-runner CLI', () => {
       expect(result.stderr, command).toBe('');
       expect(result.stdout, command).toContain(`hd-runner ${command}`);
     });
+  });
+
+  it('answers --help without loading any command code or dependency', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'hd-test-imports-'));
+    const root = fileURLToPath(new URL('..', import.meta.url));
+    for (const args of [['--help'], ['jobs', '--help'], ['run', '--help'], ['demo', '-h']]) {
+      const file = join(dir, args.join('_'));
+      const result = await execa(process.execPath, ['--import', RECORD_IMPORTS, MAIN, ...args], {
+        env: { PATH: process.env.PATH ?? '', HD_TEST_IMPORTS_FILE: file },
+        extendEnv: false,
+        reject: false,
+      });
+      expect(result.exitCode, args.join(' ')).toBe(0);
+      const loaded = (await readFile(file, 'utf8'))
+        .split('\n')
+        .filter((url) => url.startsWith('file:'))
+        .map((url) => fileURLToPath(url).slice(root.length));
+      expect(loaded.sort(), args.join(' ')).toEqual([
+        'cli/command-spec.ts',
+        'cli/commands/index.ts',
+        'cli/main.ts',
+        'contract/errors.ts',
+      ]);
+    }
+    await rm(dir, { recursive: true, force: true });
   });
 
   it('prints usage and exits 2 without a command, and names an unknown one', async () => {

@@ -1,7 +1,7 @@
 import { join, resolve } from 'node:path';
 import pg from 'pg';
 import type { Job } from '../../contract/jobs.ts';
-import { configFrom, type Command } from '../command.ts';
+import { configFrom, type Env, type ParsedArgs } from '../command.ts';
 import type { Config } from '../../control-plane/config.ts';
 import { migrate } from '../../control-plane/db/migrate.ts';
 import { PostgresDb } from '../../control-plane/db/postgres.ts';
@@ -34,124 +34,105 @@ const IMPORTS = [
 
 const DRAIN_TIMEOUT_MS = 180_000;
 
-export const demoCommand: Command = {
-  name: 'demo',
-  summary: 'run the import and the document pipeline end to end on an embedded PostgreSQL',
-  usage: `hd-runner demo [--dir PATH]
-
-Starts a real PostgreSQL (embedded; data in PATH/postgres, default .hd-data), applies the
-migrations, and runs the scheduler (process launcher) until every job it queued ended:
-
-1. imports: the JSONL files of examples/ for two tenants. One globex file has bad lines:
-   run leniently it completes and reports them; with strict: true it fails (expected).
-2. a pipeline per tenant: examples/*-memo.md → extract_text → extract_interpretations →
-   text2kg → synthesize_node, each stage queued by the previous one's completion.
-   Without HD_LLM_BASE_URL the LLM stages talk to a STAND-IN MODEL (deterministic string
-   rules, not a language model), clearly labelled in the output.
-
-Exit 0 when every job ended as expected. Run it again: imports find their rows
-unchanged and the pipeline stages find their work done.`,
-  options: { dir: { type: 'string' } },
-  async run(args, env) {
-    const dir = resolve(
-      typeof args.values.dir === 'string' ? args.values.dir : (env.HD_DEMO_DIR ?? '.hd-data'),
+export async function demoCommand(args: ParsedArgs, env: Env): Promise<number> {
+  const dir = resolve(
+    typeof args.values.dir === 'string' ? args.values.dir : (env.HD_DEMO_DIR ?? '.hd-data'),
+  );
+  console.log(`demo: starting PostgreSQL in ${join(dir, 'postgres')} …`);
+  const database = await startEmbeddedPostgres({ dir: join(dir, 'postgres') });
+  // Ctrl-C must not leave the database server running: stop it, then exit.
+  const onSignal = (signal: NodeJS.Signals) => {
+    console.error(`demo: ${signal}: stopping PostgreSQL`);
+    void database.stop().finally(() => process.exit(130));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const model = env.HD_LLM_BASE_URL ? undefined : await startStandInModel();
+  if (model)
+    console.log(
+      `demo: no HD_LLM_BASE_URL: the LLM stages use the STAND-IN MODEL at ${model.url} (${STAND_IN_MODEL})`,
     );
-    console.log(`demo: starting PostgreSQL in ${join(dir, 'postgres')} …`);
-    const database = await startEmbeddedPostgres({ dir: join(dir, 'postgres') });
-    // Ctrl-C must not leave the database server running: stop it, then exit.
-    const onSignal = (signal: NodeJS.Signals) => {
-      console.error(`demo: ${signal}: stopping PostgreSQL`);
-      void database.stop().finally(() => process.exit(130));
-    };
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
-    const model = env.HD_LLM_BASE_URL ? undefined : await startStandInModel();
-    if (model)
-      console.log(
-        `demo: no HD_LLM_BASE_URL: the LLM stages use the STAND-IN MODEL at ${model.url} (${STAND_IN_MODEL})`,
-      );
-    const config = configFrom(env, {
-      HD_DATABASE_URL: database.connectionString(),
-      HD_STORAGE_ROOT: join(dir, 'storage'),
-      HD_LOG_LEVEL: env.HD_LOG_LEVEL ?? 'warn',
-      HD_POLL_INTERVAL_MS: '500',
-      ...(model
-        ? { HD_LLM_BASE_URL: model.url, HD_LLM_MODEL: STAND_IN_MODEL, HD_LLM_API_KEY: 'stand-in' }
-        : {}),
-    });
-    const db = new PostgresDb({ connectionString: database.connectionString() });
+  const config = configFrom(env, {
+    HD_DATABASE_URL: database.connectionString(),
+    HD_STORAGE_ROOT: join(dir, 'storage'),
+    HD_LOG_LEVEL: env.HD_LOG_LEVEL ?? 'warn',
+    HD_POLL_INTERVAL_MS: '500',
+    ...(model
+      ? { HD_LLM_BASE_URL: model.url, HD_LLM_MODEL: STAND_IN_MODEL, HD_LLM_API_KEY: 'stand-in' }
+      : {}),
+  });
+  const db = new PostgresDb({ connectionString: database.connectionString() });
+  try {
+    const client = await db.pool.connect();
     try {
-      const client = await db.pool.connect();
-      try {
-        const { applied } = await migrate(client);
-        console.log(
-          `demo: migrations ${applied.length ? `applied: ${applied.join(', ')}` : 'current'}`,
-        );
-      } finally {
-        client.release();
-      }
-      const storage = new FsStorage(config.HD_STORAGE_ROOT);
-      const labels = new Map<string, string>();
-      const expected = new Map<string, string>();
-      for (const step of IMPORTS) {
-        const job = await enqueueImportFile(db, storage, config, {
-          accountId: TENANTS[step.tenant],
-          file: join(PACKAGE_ROOT, 'examples', step.file),
-          strict: step.strict,
-        });
-        labels.set(job.id, `${step.tenant} ${step.file}${step.strict ? ' (strict)' : ''}`);
-        expected.set(job.id, step.expect);
-      }
-      const roots: string[] = [];
-      for (const doc of PIPELINE_DOCUMENTS) {
-        const job = await enqueuePipeline(db, db.pool, storage, config, TENANTS[doc.tenant], doc);
-        roots.push(job.id);
-        labels.set(job.id, `${doc.tenant} ${doc.file}`);
-      }
-      for (const [id, label] of labels) console.log(`queued     ${id}  ${label}`);
-
-      const tracked = async () => pipelineJobs(db.pool, [...expected.keys(), ...roots]);
-      const jobs = await runUntilAllEnded(config, db, env, tracked);
-      const tenantOf = (job: Job) => (job.account_id === TENANTS.acme ? 'acme' : 'globex');
-      console.log('');
+      const { applied } = await migrate(client);
       console.log(
-        formatTable(
-          jobs.map((job) => ({
-            job: job.id.slice(0, 8),
-            tenant: tenantOf(job),
-            type: job.job_type,
-            input: labels.get(job.id)?.split(' ')[1] ?? '',
-            status: job.status,
-            attempts: job.attempts,
-            result: job.error_code
-              ? `${job.error_code}: ${truncate(job.error ?? '', 70)}`
-              : summarizeStats((job.debug.stats ?? {}) as Record<string, unknown>),
-          })),
-        ),
+        `demo: migrations ${applied.length ? `applied: ${applied.join(', ')}` : 'current'}`,
       );
-      console.log('');
-      console.log(await tenantAssets(db.pool));
-      console.log('');
-      console.log(await tenantGraphs(db.pool, TENANTS));
-      // Pipeline stages are expected to complete; imports as planned above.
-      const unexpected = jobs.filter((job) => job.status !== (expected.get(job.id) ?? 'completed'));
-      const completed = jobs.filter((job) => job.status === 'completed').length;
-      const failed = jobs.filter((job) => job.status === 'failed').length;
-      console.log('');
-      console.log(
-        `demo: ${jobs.length} jobs, ${completed} completed, ${failed} failed; ${unexpected.length === 0 ? 'all as expected' : `${unexpected.length} NOT as expected`}` +
-          (model ? ' (LLM stages answered by the STAND-IN MODEL)' : ''),
-      );
-      return unexpected.length === 0 ? 0 : 1;
     } finally {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-      await db.close();
-      await model?.close();
-      await database.stop();
+      client.release();
     }
-  },
-};
+    const storage = new FsStorage(config.HD_STORAGE_ROOT);
+    const labels = new Map<string, string>();
+    const expected = new Map<string, string>();
+    for (const step of IMPORTS) {
+      const job = await enqueueImportFile(db, storage, config, {
+        accountId: TENANTS[step.tenant],
+        file: join(PACKAGE_ROOT, 'examples', step.file),
+        strict: step.strict,
+      });
+      labels.set(job.id, `${step.tenant} ${step.file}${step.strict ? ' (strict)' : ''}`);
+      expected.set(job.id, step.expect);
+    }
+    const roots: string[] = [];
+    for (const doc of PIPELINE_DOCUMENTS) {
+      const job = await enqueuePipeline(db, db.pool, storage, config, TENANTS[doc.tenant], doc);
+      roots.push(job.id);
+      labels.set(job.id, `${doc.tenant} ${doc.file}`);
+    }
+    for (const [id, label] of labels) console.log(`queued     ${id}  ${label}`);
+
+    const tracked = async () => pipelineJobs(db.pool, [...expected.keys(), ...roots]);
+    const jobs = await runUntilAllEnded(config, db, env, tracked);
+    const tenantOf = (job: Job) => (job.account_id === TENANTS.acme ? 'acme' : 'globex');
+    console.log('');
+    console.log(
+      formatTable(
+        jobs.map((job) => ({
+          job: job.id.slice(0, 8),
+          tenant: tenantOf(job),
+          type: job.job_type,
+          input: labels.get(job.id)?.split(' ')[1] ?? '',
+          status: job.status,
+          attempts: job.attempts,
+          result: job.error_code
+            ? `${job.error_code}: ${truncate(job.error ?? '', 70)}`
+            : summarizeStats((job.debug.stats ?? {}) as Record<string, unknown>),
+        })),
+      ),
+    );
+    console.log('');
+    console.log(await tenantAssets(db.pool));
+    console.log('');
+    console.log(await tenantGraphs(db.pool, TENANTS));
+    // Pipeline stages are expected to complete; imports as planned above.
+    const unexpected = jobs.filter((job) => job.status !== (expected.get(job.id) ?? 'completed'));
+    const completed = jobs.filter((job) => job.status === 'completed').length;
+    const failed = jobs.filter((job) => job.status === 'failed').length;
+    console.log('');
+    console.log(
+      `demo: ${jobs.length} jobs, ${completed} completed, ${failed} failed; ${unexpected.length === 0 ? 'all as expected' : `${unexpected.length} NOT as expected`}` +
+        (model ? ' (LLM stages answered by the STAND-IN MODEL)' : ''),
+    );
+    return unexpected.length === 0 ? 0 : 1;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await db.close();
+    await model?.close();
+    await database.stop();
+  }
+}
 
 /** Runs a scheduler until none of the tracked jobs is queued or running. */
 async function runUntilAllEnded(

@@ -6,7 +6,7 @@ import type { ControlPlaneDb } from '../../control-plane/db/transport.ts';
 import { openDb, openStorage } from '../../control-plane/open.ts';
 import { describeTarget, type ControlPlaneTarget } from '../../control-plane/supabase-target.ts';
 import { formatTable } from '../format.ts';
-import { configFrom, uuidArg, stringOption, type Command } from '../command.ts';
+import { configFrom, uuidArg, stringOption, type Env, type ParsedArgs } from '../command.ts';
 import {
   checkDocker,
   checkGpus,
@@ -136,30 +136,12 @@ export function formatDoctor(result: DoctorResult): string {
   return `${formatTable(rows, ['check', 'status', 'detail'])}\n\n${summary}`;
 }
 
-export const doctorCommand: Command = {
-  name: 'doctor',
-  summary: 'check what this worker talks to: project, migrations, queue, storage, Docker, GPUs',
-  usage: `hd-runner doctor [--job-id ID] [--json]
-
-Prints one line per check (ok, WARN, FAIL, SKIP) and exits 1 when a check fails:
-  target      transport, host and Supabase project ref (never a secret); FAIL when it is
-              not HD_EXPECTED_PROJECT_REF, or the key belongs to another project
-  database    reachable, which database and PostgreSQL version
-  migrations  every file of supabase/migrations applied and unchanged
-  queue       jobs by status, age of the oldest queued job
-  wake-ups    LISTEN/NOTIFY, polling, or Realtime (and whether it is published)
-  job         with --job-id: is the job the app just queued in THIS database?
-  storage     the bucket (HD_BUCKET) exists and can be listed
-  docker      engine and runner images (needed by HD_LAUNCHER=docker only)
-  gpus        nvidia-smi's GPUs and persistence mode`,
-  options: { json: { type: 'boolean' }, 'job-id': { type: 'string' } },
-  async run(args, env) {
-    const config = configFrom(env);
-    const jobId = stringOption(args, 'job-id');
-    const result = await runDoctor(config, env, {
-      jobId: jobId ? uuidArg(jobId, '--job-id') : undefined,
-    });
-    console.log(args.values.json ? JSON.stringify(result, null, 2) : formatDoctor(result));
-    return result.ok ? 0 : 1;
-  },
-};
+export async function doctorCommand(args: ParsedArgs, env: Env): Promise<number> {
+  const config = configFrom(env);
+  const jobId = stringOption(args, 'job-id');
+  const result = await runDoctor(config, env, {
+    jobId: jobId ? uuidArg(jobId, '--job-id') : undefined,
+  });
+  console.log(args.values.json ? JSON.stringify(result, null, 2) : formatDoctor(result));
+  return result.ok ? 0 : 1;
+}

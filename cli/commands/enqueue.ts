@@ -1,7 +1,7 @@
 import { basename } from 'node:path';
 import { stat } from 'node:fs/promises';
 import { PAYLOAD_SCHEMAS } from '../../contract/jobs.ts';
-import { assertTenantPath, tenantPrefix } from '../../contract/storage-paths.ts';
+import { assertTenantPath, tenantPrefix, toStorageName } from '../../contract/storage-paths.ts';
 import type { Config } from '../../control-plane/config.ts';
 import type { ControlPlaneDb } from '../../control-plane/db/transport.ts';
 import { openDb, openStorage } from '../../control-plane/open.ts';
@@ -13,7 +13,8 @@ import {
   stringOption,
   UsageError,
   uuidArg,
-  type Command,
+  type Env,
+  type ParsedArgs,
 } from '../command.ts';
 
 export interface EnqueueFileRequest {
@@ -37,7 +38,9 @@ export async function enqueueImportFile(
 ): Promise<Job> {
   const info = await stat(request.file).catch(() => undefined);
   if (!info?.isFile()) throw new UsageError(`enqueue: ${request.file} is not a readable file`);
-  const name = basename(request.file).replace(/[^A-Za-z0-9._-]/g, '_');
+  // Storage accepts only a small character set in keys; the name as given stays in debug.
+  const originalName = basename(request.file);
+  const name = toStorageName(originalName);
   const key = assertTenantPath(
     request.accountId,
     `${tenantPrefix(request.accountId)}assets-jsonl/${Date.now()}-${name}`,
@@ -48,6 +51,7 @@ export async function enqueueImportFile(
     path: key,
     format: 'jsonl',
     strict: request.strict ?? false,
+    original_name: originalName,
   });
   return db.enqueueJob({
     accountId: request.accountId,
@@ -59,44 +63,26 @@ export async function enqueueImportFile(
   });
 }
 
-export const enqueueCommand: Command = {
-  name: 'enqueue',
-  summary: 'upload a JSONL file to storage and queue an import_assets_jsonl job',
-  usage: `hd-runner enqueue --account UUID --file PATH [--strict] [--document-id UUID]
-                   [--max-attempts N] [--priority N] [--json]
-
-Uploads PATH to {bucket}/accounts/{account}/assets-jsonl/{timestamp}-{name} and inserts
-the job; prints its id. --strict fails the job on the first invalid line.`,
-  options: {
-    account: { type: 'string' },
-    file: { type: 'string' },
-    strict: { type: 'boolean' },
-    'document-id': { type: 'string' },
-    'max-attempts': { type: 'string' },
-    priority: { type: 'string' },
-    json: { type: 'boolean' },
-  },
-  async run(args, env) {
-    const accountId = uuidArg(requiredOption(args, 'account', 'enqueue'), '--account');
-    const documentId = stringOption(args, 'document-id');
-    const config = configFrom(env);
-    const db = openDb(config);
-    try {
-      const job = await enqueueImportFile(db, openStorage(config), config, {
-        accountId,
-        file: requiredOption(args, 'file', 'enqueue'),
-        strict: args.values.strict === true,
-        documentId: documentId ? uuidArg(documentId, '--document-id') : undefined,
-        maxAttempts: intOption(stringOption(args, 'max-attempts'), '--max-attempts'),
-        priority: intOption(stringOption(args, 'priority'), '--priority'),
-      });
-      console.log(args.values.json ? JSON.stringify(job) : job.id);
-      return 0;
-    } finally {
-      await db.close();
-    }
-  },
-};
+export async function enqueueCommand(args: ParsedArgs, env: Env): Promise<number> {
+  const accountId = uuidArg(requiredOption(args, 'account', 'enqueue'), '--account');
+  const documentId = stringOption(args, 'document-id');
+  const config = configFrom(env);
+  const db = openDb(config);
+  try {
+    const job = await enqueueImportFile(db, openStorage(config), config, {
+      accountId,
+      file: requiredOption(args, 'file', 'enqueue'),
+      strict: args.values.strict === true,
+      documentId: documentId ? uuidArg(documentId, '--document-id') : undefined,
+      maxAttempts: intOption(stringOption(args, 'max-attempts'), '--max-attempts'),
+      priority: intOption(stringOption(args, 'priority'), '--priority'),
+    });
+    console.log(args.values.json ? JSON.stringify(job) : job.id);
+    return 0;
+  } finally {
+    await db.close();
+  }
+}
 
 function intOption(value: string | undefined, name: string): number | undefined {
   if (value === undefined) return undefined;

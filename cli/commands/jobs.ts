@@ -3,90 +3,76 @@ import { toHdError } from '../../contract/errors.ts';
 import { openDb } from '../../control-plane/open.ts';
 import type { JobLogLine } from '../../control-plane/db/transport.ts';
 import { formatTable, jobSummary } from '../format.ts';
-import { configFrom, stringOption, UsageError, uuidArg, type Command } from '../command.ts';
+import {
+  configFrom,
+  stringOption,
+  UsageError,
+  uuidArg,
+  type Env,
+  type ParsedArgs,
+} from '../command.ts';
 
-export const jobsCommand: Command = {
-  name: 'jobs',
-  summary: 'list, show, requeue or cancel jobs',
-  usage: `hd-runner jobs list [--account UUID] [--status S] [--type T] [--limit N] [--json]
-hd-runner jobs show ID [--logs [--limit N]] [--json]
-                                        --logs: also the runner's last N log lines
-                                        (hd_job_logs, default 100)
-hd-runner jobs requeue ID [--json]      failed/completed → queued, error cleared, attempts 0
-hd-runner jobs cancel ID [--reason TEXT] [--json]
-                                        queued/running → failed (CANCELLED); a running
-                                        runner is stopped by its scheduler`,
-  options: {
-    account: { type: 'string' },
-    status: { type: 'string' },
-    type: { type: 'string' },
-    limit: { type: 'string' },
-    reason: { type: 'string' },
-    logs: { type: 'boolean' },
-    json: { type: 'boolean' },
-  },
-  async run(args, env) {
-    const [action, id] = args.positionals;
-    const json = args.values.json === true;
-    if (!action || !['list', 'show', 'requeue', 'cancel'].includes(action)) {
-      throw new UsageError(
-        'jobs: expected one of list, show, requeue, cancel (see hd-runner jobs --help)',
+export async function jobsCommand(args: ParsedArgs, env: Env): Promise<number> {
+  const [action, id] = args.positionals;
+  const json = args.values.json === true;
+  if (!action || !['list', 'show', 'requeue', 'cancel'].includes(action)) {
+    throw new UsageError(
+      'jobs: expected one of list, show, requeue, cancel (see hd-runner jobs --help)',
+    );
+  }
+  const config = configFrom(env);
+  const db = openDb(config);
+  try {
+    if (action === 'list') {
+      const status = stringOption(args, 'status');
+      if (status && !(JOB_STATUSES as readonly string[]).includes(status)) {
+        throw new UsageError(`jobs list: --status must be one of ${JOB_STATUSES.join(', ')}`);
+      }
+      const limit = limitOption(args.values.limit, 20, 'jobs list');
+      const account = stringOption(args, 'account');
+      const jobs = await db.listJobs({
+        accountId: account ? uuidArg(account, '--account') : undefined,
+        status,
+        jobType: stringOption(args, 'type'),
+        limit,
+      });
+      console.log(
+        json
+          ? JSON.stringify(jobs, null, 2)
+          : jobs.length
+            ? formatTable(jobs.map(jobSummary))
+            : 'no jobs',
       );
+      return 0;
     }
-    const config = configFrom(env);
-    const db = openDb(config);
+    if (!id) throw new UsageError(`jobs ${action}: a job id is required`);
+    const jobId = uuidArg(id, 'job id');
     try {
-      if (action === 'list') {
-        const status = stringOption(args, 'status');
-        if (status && !(JOB_STATUSES as readonly string[]).includes(status)) {
-          throw new UsageError(`jobs list: --status must be one of ${JOB_STATUSES.join(', ')}`);
-        }
-        const limit = limitOption(args.values.limit, 20, 'jobs list');
-        const account = stringOption(args, 'account');
-        const jobs = await db.listJobs({
-          accountId: account ? uuidArg(account, '--account') : undefined,
-          status,
-          jobType: stringOption(args, 'type'),
-          limit,
-        });
-        console.log(
-          json
-            ? JSON.stringify(jobs, null, 2)
-            : jobs.length
-              ? formatTable(jobs.map(jobSummary))
-              : 'no jobs',
-        );
-        return 0;
-      }
-      if (!id) throw new UsageError(`jobs ${action}: a job id is required`);
-      const jobId = uuidArg(id, 'job id');
-      try {
-        const job =
-          action === 'show'
-            ? await db.getJob(jobId)
-            : action === 'requeue'
-              ? await db.requeueJob(jobId)
-              : await db.cancelJob(jobId, stringOption(args, 'reason'));
-        if (!job) throw new UsageError(`job ${jobId} not found`);
-        const logs =
-          action === 'show' && args.values.logs === true
-            ? await db.listJobLogs(jobId, limitOption(args.values.limit, 100, 'jobs show'))
-            : undefined;
-        if (json) console.log(JSON.stringify(logs ? { ...job, logs } : job, null, 2));
-        else if (action === 'show')
-          console.log(formatJobDetail(job as unknown as Record<string, unknown>, logs));
-        else console.log(`${job.id} ${job.status}${job.error_code ? ` (${job.error_code})` : ''}`);
-        return 0;
-      } catch (error) {
-        const code = (error as { code?: string }).code;
-        if (code === 'HDN01' || code === 'HDS01') throw new UsageError(toHdError(error).message);
-        throw error;
-      }
-    } finally {
-      await db.close();
+      const job =
+        action === 'show'
+          ? await db.getJob(jobId)
+          : action === 'requeue'
+            ? await db.requeueJob(jobId)
+            : await db.cancelJob(jobId, stringOption(args, 'reason'));
+      if (!job) throw new UsageError(`job ${jobId} not found`);
+      const logs =
+        action === 'show' && args.values.logs === true
+          ? await db.listJobLogs(jobId, limitOption(args.values.limit, 100, 'jobs show'))
+          : undefined;
+      if (json) console.log(JSON.stringify(logs ? { ...job, logs } : job, null, 2));
+      else if (action === 'show')
+        console.log(formatJobDetail(job as unknown as Record<string, unknown>, logs));
+      else console.log(`${job.id} ${job.status}${job.error_code ? ` (${job.error_code})` : ''}`);
+      return 0;
+    } catch (error) {
+      const code = (error as { code?: string }).code;
+      if (code === 'HDN01' || code === 'HDS01') throw new UsageError(toHdError(error).message);
+      throw error;
     }
-  },
-};
+  } finally {
+    await db.close();
+  }
+}
 
 function limitOption(value: unknown, fallback: number, command: string): number {
   const limit = Number(typeof value === 'string' ? value : fallback);

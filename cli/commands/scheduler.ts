@@ -9,7 +9,7 @@ import { DockerLauncher } from '../../scheduler/launchers/docker.ts';
 import { ProcessLauncher } from '../../scheduler/launchers/process.ts';
 import { DockerReconciler } from '../../scheduler/reconcile.ts';
 import { handlerResources, Scheduler } from '../../scheduler/scheduler.ts';
-import { configFrom, loggerFor, stringOption, type Command } from '../command.ts';
+import { configFrom, loggerFor, stringOption, type Env, type ParsedArgs } from '../command.ts';
 
 // Runners inherit only these from the scheduler's own environment, plus hd-runner's config.
 const INHERITED_ENV = ['PATH', 'HOME', 'TMPDIR', 'LANG', 'TZ', 'NODE_EXTRA_CA_CERTS'];
@@ -90,60 +90,40 @@ function warnIfUnreachable(config: Config, log: Logger) {
     );
 }
 
-export const schedulerCommand: Command = {
-  name: 'scheduler',
-  summary: 'claim queued jobs and run each in its own runner (the systemd service)',
-  usage: `hd-runner scheduler [--slots N] [--job-types a,b] [--launcher process|docker]
-
-Runs until SIGTERM/SIGINT: claims jobs into N slots (LISTEN/NOTIFY wake-ups, polling
-as fallback), starts one runner per job, records crashes and timeouts, reaps expired
-leases. On SIGTERM it stops claiming, lets running jobs finish for
-HD_SHUTDOWN_GRACE_MS, then hands the rest back to the queue. A second signal exits at once.
-
-With --launcher docker (HD_LAUNCHER=docker) each job runs in its own container of
-HD_DOCKER_IMAGE (HD_DOCKER_GPU_IMAGE for GPU jobs, pinned to a GPU of HD_GPUS); on start
-and every HD_RECONCILE_INTERVAL_MS the scheduler re-adopts or removes the containers
-labelled with its HD_WORKER_ID (default here: the hostname, so a restart finds them).`,
-  options: {
-    slots: { type: 'string' },
-    'job-types': { type: 'string' },
-    launcher: { type: 'string' },
-  },
-  async run(args, env) {
-    const launcher = stringOption(args, 'launcher') ?? env.HD_LAUNCHER;
-    const config = configFrom(env, {
-      HD_SLOTS: stringOption(args, 'slots'),
-      HD_JOB_TYPES: stringOption(args, 'job-types'),
-      HD_LAUNCHER: launcher,
-      // A restarted scheduler finds its containers by this id: keep it stable.
-      HD_WORKER_ID: env.HD_WORKER_ID || (launcher === 'docker' ? hostname() : undefined),
-    });
-    const log = loggerFor(config, 'scheduler');
-    const gpus = await resolveGpuSlots(config, env, log);
-    const db = openDb(config);
-    const scheduler = createScheduler(
-      config,
-      db,
-      log,
-      env,
-      (_jobId, line) => process.stderr.write(`${line}\n`),
-      gpus,
-    );
-    await scheduler.start();
-    await new Promise<void>((resolve) => {
-      const onSignal = (signal: NodeJS.Signals) => {
-        log.info({ signal }, 'shutting down');
-        process.once(signal, () => process.exit(130));
-        resolve();
-      };
-      process.once('SIGTERM', onSignal);
-      process.once('SIGINT', onSignal);
-    });
-    try {
-      await scheduler.stop();
-    } finally {
-      await db.close();
-    }
-    return 0;
-  },
-};
+export async function schedulerCommand(args: ParsedArgs, env: Env): Promise<number> {
+  const launcher = stringOption(args, 'launcher') ?? env.HD_LAUNCHER;
+  const config = configFrom(env, {
+    HD_SLOTS: stringOption(args, 'slots'),
+    HD_JOB_TYPES: stringOption(args, 'job-types'),
+    HD_LAUNCHER: launcher,
+    // A restarted scheduler finds its containers by this id: keep it stable.
+    HD_WORKER_ID: env.HD_WORKER_ID || (launcher === 'docker' ? hostname() : undefined),
+  });
+  const log = loggerFor(config, 'scheduler');
+  const gpus = await resolveGpuSlots(config, env, log);
+  const db = openDb(config);
+  const scheduler = createScheduler(
+    config,
+    db,
+    log,
+    env,
+    (_jobId, line) => process.stderr.write(`${line}\n`),
+    gpus,
+  );
+  await scheduler.start();
+  await new Promise<void>((resolve) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      log.info({ signal }, 'shutting down');
+      process.once(signal, () => process.exit(130));
+      resolve();
+    };
+    process.once('SIGTERM', onSignal);
+    process.once('SIGINT', onSignal);
+  });
+  try {
+    await scheduler.stop();
+  } finally {
+    await db.close();
+  }
+  return 0;
+}

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { ConfigError, loadConfig, redactUrl, type Config } from '../../control-plane/config.ts';
 import { openDb } from '../../control-plane/open.ts';
 import { listGpus } from '../../scheduler/gpu.ts';
-import type { Command } from '../command.ts';
+import type { Env, ParsedArgs } from '../command.ts';
 
 type Status = 'ok' | 'FAIL' | 'skip';
 interface Check {
@@ -16,46 +16,26 @@ interface Check {
 const CHECK_TIMEOUT_MS = 10_000;
 const NIL_UUID = '00000000-0000-0000-0000-000000000000';
 
-export const selftestCommand: Command = {
-  name: 'selftest',
-  summary:
-    'check that this runner (container) can work: user, dirs, config, database, storage, GPU',
-  usage: `hd-runner selftest [--gpu] [--json]
-
-Checks, and prints one line each:
-  user      not running as root
-  config    the environment parses (HD_* settings)
-  workdir   HD_WORK_DIR (default the temp dir) is writable; notes a read-only root fs
-  database  HD_DATABASE_URL answers and has the hd-runner schema (skipped when unset)
-  storage   the fs storage root is readable (skipped when HD_STORAGE_ROOT is unset and absent)
-  gpu       with --gpu: nvidia-smi lists at least one GPU
-
-Exit 0 when no check failed, 1 otherwise. In a container:
-  docker run --rm hd-runner selftest
-  docker run --rm --gpus all hd-runner-gpu selftest --gpu`,
-  options: { gpu: { type: 'boolean' }, json: { type: 'boolean' } },
-  async run(args, env) {
-    const checks: Check[] = [checkUser()];
-    let config: Config | undefined;
-    try {
-      config = loadConfig(env);
-      checks.push({ name: 'config', status: 'ok', detail: `launcher ${config.HD_LAUNCHER}` });
-    } catch (error) {
-      if (!(error instanceof ConfigError)) throw error;
-      checks.push({ name: 'config', status: 'FAIL', detail: error.message });
-    }
-    if (config) {
-      checks.push(await timed('workdir', () => checkWorkDir(config)));
-      checks.push(await timed('database', () => checkDatabase(config)));
-      checks.push(await timed('storage', () => checkStorage(config, env)));
-    }
-    if (args.values.gpu === true) checks.push(await timed('gpu', () => checkGpu(env)));
-    if (args.values.json === true) console.log(JSON.stringify({ checks }, null, 2));
-    else
-      for (const c of checks) console.log(`${c.status.padEnd(5)} ${c.name.padEnd(9)} ${c.detail}`);
-    return checks.some((c) => c.status === 'FAIL') ? 1 : 0;
-  },
-};
+export async function selftestCommand(args: ParsedArgs, env: Env): Promise<number> {
+  const checks: Check[] = [checkUser()];
+  let config: Config | undefined;
+  try {
+    config = loadConfig(env);
+    checks.push({ name: 'config', status: 'ok', detail: `launcher ${config.HD_LAUNCHER}` });
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    checks.push({ name: 'config', status: 'FAIL', detail: error.message });
+  }
+  if (config) {
+    checks.push(await timed('workdir', () => checkWorkDir(config)));
+    checks.push(await timed('database', () => checkDatabase(config)));
+    checks.push(await timed('storage', () => checkStorage(config, env)));
+  }
+  if (args.values.gpu === true) checks.push(await timed('gpu', () => checkGpu(env)));
+  if (args.values.json === true) console.log(JSON.stringify({ checks }, null, 2));
+  else for (const c of checks) console.log(`${c.status.padEnd(5)} ${c.name.padEnd(9)} ${c.detail}`);
+  return checks.some((c) => c.status === 'FAIL') ? 1 : 0;
+}
 
 function checkUser(): Check {
   const uid = process.getuid?.();

@@ -1,0 +1,160 @@
+import type { Command } from '../command-spec.ts';
+
+/**
+ * Every command's name, usage and flags. The code of a command is imported only when it
+ * runs, so `--help` and argument errors answer at once (no pdf.js, supabase-js or pg loaded).
+ */
+export const COMMANDS: readonly Command[] = [
+  {
+    name: 'scheduler',
+    summary: 'claim queued jobs and run each in its own runner (the systemd service)',
+    usage: `hd-runner scheduler [--slots N] [--job-types a,b] [--launcher process|docker]
+
+Runs until SIGTERM/SIGINT: claims jobs into N slots (LISTEN/NOTIFY wake-ups, polling
+as fallback), starts one runner per job, records crashes and timeouts, reaps expired
+leases. On SIGTERM it stops claiming, lets running jobs finish for
+HD_SHUTDOWN_GRACE_MS, then hands the rest back to the queue. A second signal exits at once.
+
+With --launcher docker (HD_LAUNCHER=docker) each job runs in its own container of
+HD_DOCKER_IMAGE (HD_DOCKER_GPU_IMAGE for GPU jobs, pinned to a GPU of HD_GPUS); on start
+and every HD_RECONCILE_INTERVAL_MS the scheduler re-adopts or removes the containers
+labelled with its HD_WORKER_ID (default here: the hostname, so a restart finds them).`,
+    options: {
+      slots: { type: 'string' },
+      'job-types': { type: 'string' },
+      launcher: { type: 'string' },
+    },
+    load: async () => (await import('./scheduler.ts')).schedulerCommand,
+  },
+  {
+    name: 'run',
+    summary: 'run exactly one job (the container entrypoint)',
+    usage: `hd-runner run --job-id ID
+
+Claims the queued job ID (or, under a scheduler, adopts the lease passed in
+HD_LEASE_TOKEN), runs its handler with heartbeats, records the outcome and exits:
+
+  0   completed                10  failed, permanently (error code recorded)
+  11  failed, will be retried  12  lease lost or job cancelled (nothing recorded)
+  13  interrupted; job handed back to the queue
+  2   usage or configuration error, or the job is not runnable
+  1   unexpected error
+
+SIGTERM/SIGINT stop the handler and hand the job back.`,
+    options: { 'job-id': { type: 'string' } },
+    load: async () => (await import('./run.ts')).runCommand,
+  },
+  {
+    name: 'enqueue',
+    summary: 'upload a JSONL file to storage and queue an import_assets_jsonl job',
+    usage: `hd-runner enqueue --account UUID --file PATH [--strict] [--document-id UUID]
+                   [--max-attempts N] [--priority N] [--json]
+
+Uploads PATH to {bucket}/accounts/{account}/assets-jsonl/{timestamp}-{name} and inserts
+the job; prints its id. --strict fails the job on the first invalid line.`,
+    options: {
+      account: { type: 'string' },
+      file: { type: 'string' },
+      strict: { type: 'boolean' },
+      'document-id': { type: 'string' },
+      'max-attempts': { type: 'string' },
+      priority: { type: 'string' },
+      json: { type: 'boolean' },
+    },
+    load: async () => (await import('./enqueue.ts')).enqueueCommand,
+  },
+  {
+    name: 'jobs',
+    summary: 'list, show, requeue or cancel jobs',
+    usage: `hd-runner jobs list [--account UUID] [--status S] [--type T] [--limit N] [--json]
+hd-runner jobs show ID [--logs [--limit N]] [--json]
+                                        --logs: also the runner's last N log lines
+                                        (hd_job_logs, default 100)
+hd-runner jobs requeue ID [--json]      failed/completed → queued, error cleared, attempts 0
+hd-runner jobs cancel ID [--reason TEXT] [--json]
+                                        queued/running → failed (CANCELLED); a running
+                                        runner is stopped by its scheduler`,
+    options: {
+      account: { type: 'string' },
+      status: { type: 'string' },
+      type: { type: 'string' },
+      limit: { type: 'string' },
+      reason: { type: 'string' },
+      logs: { type: 'boolean' },
+      json: { type: 'boolean' },
+    },
+    load: async () => (await import('./jobs.ts')).jobsCommand,
+  },
+  {
+    name: 'migrate',
+    summary: 'apply the SQL contract (supabase/migrations) to the database',
+    usage: `hd-runner migrate [--force]
+
+Applies every numbered file of supabase/migrations that the database has not seen (or
+whose content changed), each in a transaction, under an advisory lock. The files are
+re-runnable; --force applies all of them again.
+
+Needs HD_DATABASE_URL (a direct PostgreSQL connection; on Supabase the pooler-less URL).`,
+    options: { force: { type: 'boolean' } },
+    load: async () => (await import('./migrate.ts')).migrateCommand,
+  },
+  {
+    name: 'doctor',
+    summary: 'check what this worker talks to: project, migrations, queue, storage, Docker, GPUs',
+    usage: `hd-runner doctor [--job-id ID] [--json]
+
+Prints one line per check (ok, WARN, FAIL, SKIP) and exits 1 when a check fails:
+  target      transport, host and Supabase project ref (never a secret); FAIL when it is
+              not HD_EXPECTED_PROJECT_REF, or the key belongs to another project
+  database    reachable, which database and PostgreSQL version
+  migrations  every file of supabase/migrations applied and unchanged
+  queue       jobs by status, age of the oldest queued job
+  wake-ups    LISTEN/NOTIFY, polling, or Realtime (and whether it is published)
+  job         with --job-id: is the job the app just queued in THIS database?
+  storage     the bucket (HD_BUCKET) exists and can be listed
+  docker      engine and runner images (needed by HD_LAUNCHER=docker only)
+  gpus        nvidia-smi's GPUs and persistence mode`,
+    options: { json: { type: 'boolean' }, 'job-id': { type: 'string' } },
+    load: async () => (await import('./doctor.ts')).doctorCommand,
+  },
+  {
+    name: 'demo',
+    summary: 'run the import and the document pipeline end to end on an embedded PostgreSQL',
+    usage: `hd-runner demo [--dir PATH]
+
+Starts a real PostgreSQL (embedded; data in PATH/postgres, default .hd-data), applies the
+migrations, and runs the scheduler (process launcher) until every job it queued ended:
+
+1. imports: the JSONL files of examples/ for two tenants. One globex file has bad lines:
+   run leniently it completes and reports them; with strict: true it fails (expected).
+2. a pipeline per tenant: examples/*-memo.md → extract_text → extract_interpretations →
+   text2kg → synthesize_node, each stage queued by the previous one's completion.
+   Without HD_LLM_BASE_URL the LLM stages talk to a STAND-IN MODEL (deterministic string
+   rules, not a language model), clearly labelled in the output.
+
+Exit 0 when every job ended as expected. Run it again: imports find their rows
+unchanged and the pipeline stages find their work done.`,
+    options: { dir: { type: 'string' } },
+    load: async () => (await import('./demo.ts')).demoCommand,
+  },
+  {
+    name: 'selftest',
+    summary:
+      'check that this runner (container) can work: user, dirs, config, database, storage, GPU',
+    usage: `hd-runner selftest [--gpu] [--json]
+
+Checks, and prints one line each:
+  user      not running as root
+  config    the environment parses (HD_* settings)
+  workdir   HD_WORK_DIR (default the temp dir) is writable; notes a read-only root fs
+  database  HD_DATABASE_URL answers and has the hd-runner schema (skipped when unset)
+  storage   the fs storage root is readable (skipped when HD_STORAGE_ROOT is unset and absent)
+  gpu       with --gpu: nvidia-smi lists at least one GPU
+
+Exit 0 when no check failed, 1 otherwise. In a container:
+  docker run --rm hd-runner selftest
+  docker run --rm --gpus all hd-runner-gpu selftest --gpu`,
+    options: { gpu: { type: 'boolean' }, json: { type: 'boolean' } },
+    load: async () => (await import('./selftest.ts')).selftestCommand,
+  },
+];
