@@ -12,6 +12,12 @@ export const ERROR_CODES = {
   },
   FILE_NOT_FOUND: { retryable: false, summary: 'an input file does not exist in storage' },
   DOWNLOAD_FAILED: { retryable: true, summary: 'an input file could not be downloaded' },
+  UPLOAD_FAILED: { retryable: true, summary: 'a file could not be uploaded to storage' },
+  STORAGE_UNAUTHORIZED: {
+    retryable: false,
+    summary:
+      'storage refused the service-role key (wrong, expired, other project): run hd-runner doctor',
+  },
   PROCESSING_TIMEOUT: { retryable: true, summary: 'the job ran past its time limit' },
   OOM_KILLED: { retryable: true, summary: 'the job ran out of memory' },
   CRASHED: { retryable: true, summary: 'the runner exited without reporting a result' },

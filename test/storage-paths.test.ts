@@ -3,7 +3,13 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HdError } from '../contract/errors.ts';
 import { DEFAULT_BUCKET } from '../contract/jobs.ts';
-import { assertTenantPath, tenantPrefix } from '../contract/storage-paths.ts';
+import {
+  assertBucketName,
+  assertStorageKey,
+  assertTenantPath,
+  tenantPrefix,
+  toStorageName,
+} from '../contract/storage-paths.ts';
 import { FsStorage } from '../control-plane/storage/fs.ts';
 import { TenantStorage } from '../control-plane/storage/storage.ts';
 import { ACCOUNT_A, ACCOUNT_B, putObject, tempDir } from './helpers/runtime.ts';
@@ -69,6 +75,19 @@ describe('assertTenantPath refuses', () => {
     ['null', null, /empty/],
     ['an array', [A, 'x.jsonl'], /empty/],
     ['a path longer than 1024 characters', `${A}${'x'.repeat(1024)}`, /longer than 1024/],
+    // A URL parser decodes %2e%2e to ".." and then climbs: escapes are refused outright.
+    ['an encoded ".." (lower case)', `${B}%2e%2e/${ACCOUNT_A}/secret.jsonl`, /"%"/],
+    ['an encoded ".." (upper case)', `${A}%2E%2E/%2E%2E/${ACCOUNT_B}/x.jsonl`, /"%"/],
+    ['a half-encoded ".."', `${A}.%2E/${ACCOUNT_B}/x.jsonl`, /"%"/],
+    ['an encoded slash', `${A}..%2F..%2F${ACCOUNT_B}%2Fx.jsonl`, /"%"/],
+    ['a literal percent sign', `${A}100%.jsonl`, /"%"/],
+    ['a "?" (the URL query would start there)', `${A}x.jsonl?download=1`, /"\?" or "#"/],
+    ['a "#" (the URL fragment would start there)', `${A}x.jsonl#frag`, /"\?" or "#"/],
+    ['a "#" and a "%"', `${A}a#b%c.txt`, /"%"/],
+    ['a letter outside ASCII', `${A}Müller.txt`, /does not accept in keys: "ü"/],
+    ['a decomposed accent', `${A}cafe\u0301.txt`, /does not accept in keys: "é"/],
+    ['fullwidth dots and slash', `${A}\uff0e\uff0e\uff0f${ACCOUNT_B}/x.jsonl`, /does not accept/],
+    ['a quote and angle brackets', `${A}"<x>".txt`, /does not accept in keys: "\\"<>"/],
   ];
 
   it.each(cases)('%s', (_name, path, why) => {
@@ -104,24 +123,66 @@ describe('assertTenantPath accepts', () => {
     `${A}assets-jsonl/1700000000000-import.jsonl`,
     `${A}deep/er/still/x.jsonl`,
     `${A}..hidden/x..jsonl`, // dots inside a name are not a "." or ".." segment
-    `${A}with space/and%2e%2e/x.jsonl`, // percent signs are literal characters in a key
+    // Every punctuation character Supabase Storage accepts in a key, but "?".
+    `${A}with space/(1) a&b$c@d=e;f:g+h,i!j*k'l_m-n.jsonl`,
     `${A}${'x'.repeat(1024 - A.length)}`, // exactly the limit
   ])('%s', (path) => {
     expect(assertTenantPath(ACCOUNT_A, path)).toBe(path);
   });
+});
 
-  it('returns the NFC form of a decomposed name', () => {
-    const decomposed = `${A}cafe\u0301/re\u0301sume\u0301.jsonl`;
-    const composed = `${A}caf\u00e9/r\u00e9sum\u00e9.jsonl`;
-    expect(decomposed).not.toBe(composed);
-    expect(assertTenantPath(ACCOUNT_A, decomposed)).toBe(composed);
-    expect(assertTenantPath(ACCOUNT_A, composed)).toBe(composed);
+describe('assertStorageKey and assertBucketName (what every backend checks)', () => {
+  it('refuses the same keys without an account, naming no account', () => {
+    const error = refusal(() => assertStorageKey(`${B}%2e%2e/${ACCOUNT_A}/secret.jsonl`));
+    expect(error.code).toBe('PATH_OUTSIDE_TENANT');
+    expect(error.details).not.toHaveProperty('accountId');
+    expect(assertStorageKey(`${B}x.jsonl`)).toBe(`${B}x.jsonl`);
   });
 
-  it('keeps lookalike dots and slashes from other scripts as plain characters', () => {
-    // Fullwidth full stop and solidus are not "." and "/" under NFC (only under NFKC).
-    const path = `${A}\uff0e\uff0e\uff0f${ACCOUNT_B}/x.jsonl`;
-    expect(assertTenantPath(ACCOUNT_A, path)).toBe(path);
+  it.each([
+    'hd_uploads_raw/accounts/x/secret.jsonl#',
+    'hd_uploads_raw?x=1',
+    'hd_uploads_raw#',
+    'a/b',
+    '..',
+    '.hidden',
+    '',
+    'with space',
+    'b%2F..',
+    'x'.repeat(64),
+  ])('refuses the bucket name %j', (bucket) => {
+    const error = refusal(() => assertBucketName(bucket));
+    expect(error.code).toBe('INVALID_INPUT');
+    expect(error.message).toContain('bucket name');
+  });
+
+  it('accepts plain bucket names', () => {
+    for (const bucket of ['hd_uploads_raw', 'tiny', 'Media-2.v1', '_x'])
+      expect(assertBucketName(bucket)).toBe(bucket);
+  });
+});
+
+describe('toStorageName (enqueue: any file name into one allowed key segment)', () => {
+  it.each([
+    ['Müller Bericht (final).jsonl', 'Muller Bericht (final).jsonl'],
+    ['Straße_Æon_øst.jsonl', 'Strasse_AEon_ost.jsonl'],
+    ['cafe\u0301 déjà.jsonl', 'cafe deja.jsonl'],
+    ['ｆｕｌｌ／ｗｉｄｔｈ.jsonl', 'full_width.jsonl'],
+    ['a#b%c?d.jsonl', 'a_b_c_d.jsonl'],
+    ['..', 'file'],
+    ['', 'file'],
+    ['東京.jsonl', '_.jsonl'],
+    ['tab\there\u0000.jsonl', 'tab_here_.jsonl'],
+  ])('%j → %j', (name, expected) => {
+    const mapped = toStorageName(name);
+    expect(mapped).toBe(expected);
+    expect(assertTenantPath(ACCOUNT_A, `${A}assets-jsonl/1-${mapped}`)).toBe(
+      `${A}assets-jsonl/1-${mapped}`,
+    );
+  });
+
+  it('keeps a long name within the key length limit', () => {
+    expect(toStorageName(`${'ä'.repeat(1000)}.jsonl`).length).toBeLessThanOrEqual(200);
   });
 });
 
@@ -205,9 +266,16 @@ describe('FsStorage', () => {
   });
 
   it('refuses a bucket name that could leave the storage root', async () => {
-    for (const bucket of ['..', '../x', 'a/b', '', '.hidden']) {
+    for (const bucket of ['..', '../x', 'a/b', '', '.hidden', `${DEFAULT_BUCKET}/${B}x#`]) {
       const error = await rejection(() => new FsStorage(root).download(bucket, `${A}ok.jsonl`));
       expect(error.code, bucket).toBe('INVALID_INPUT');
+    }
+  });
+
+  it('refuses a key that is not canonical even when called without TenantStorage', async () => {
+    for (const key of [`${B}%2e%2e/${ACCOUNT_A}/ok.jsonl`, `${A}x/../ok.jsonl`, `${A}ok.jsonl#`]) {
+      const error = await rejection(() => new FsStorage(root).download(DEFAULT_BUCKET, key));
+      expect(error.code, key).toBe('PATH_OUTSIDE_TENANT');
     }
   });
 

@@ -48,8 +48,16 @@ describe('supabase storage backend', () => {
     await writeFile(local, '{"title":"t"}\n');
     await storage.upload(BUCKET, key('small.jsonl'), local, 'application/x-ndjson');
     const upload = supabase.storage.requests.findLast((r) => r.method === 'POST');
-    expect(upload).toMatchObject({ contentType: 'application/x-ndjson', upsert: 'true' });
+    // The length is declared: Storage checks a bucket's size limit against it only.
+    expect(upload).toMatchObject({
+      contentType: 'application/x-ndjson',
+      upsert: 'true',
+      length: '14',
+    });
     expect(upload?.path).toBe(`/object/${BUCKET}/${key('small.jsonl')}`);
+    expect(await supabase.storage.readObject(BUCKET, key('small.jsonl'))).toEqual(
+      Buffer.from('{"title":"t"}\n'),
+    );
   });
 
   it('uploads large files resumably in 6 MiB chunks, retrying a failed chunk; downloads stream to disk', async () => {
@@ -66,8 +74,10 @@ describe('supabase storage backend', () => {
     const seen = supabase.storage.requests.length;
     supabase.storage.failNext(1, 503, { method: 'PATCH' });
     await storage.upload(BUCKET, key('big.jsonl'), source, 'application/x-ndjson');
-    const tus = supabase.storage.requests.slice(seen).map((r) => r.method);
-    expect(tus).toEqual(['POST', 'PATCH', 'HEAD', 'PATCH', 'PATCH', 'PATCH']);
+    const tus = supabase.storage.requests.slice(seen);
+    expect(tus.map((r) => r.method)).toEqual(['POST', 'PATCH', 'HEAD', 'PATCH', 'PATCH', 'PATCH']);
+    // Storage checks overwrite on every request with that request's own x-upsert.
+    expect(tus.map((r) => r.upsert)).toEqual(Array(6).fill('true'));
     expect(supabase.storage.contentTypes.get(`${BUCKET}/${key('big.jsonl')}`)).toBe(
       'application/x-ndjson',
     );
@@ -92,6 +102,22 @@ describe('supabase storage backend', () => {
     expect(await readFile(file.path, 'utf8')).toBe('second');
   });
 
+  it('replaces an existing object by resumable upload too', async () => {
+    const resumable = new SupabaseStorage({
+      url: supabase.url,
+      serviceRoleKey: supabase.serviceRoleKey,
+      resumableAboveBytes: 10,
+    });
+    const local = join(work, 'r.txt');
+    await writeFile(local, 'first version, resumable');
+    await resumable.upload(BUCKET, key('r.txt'), local, 'text/plain');
+    await writeFile(local, 'second version, resumable');
+    await resumable.upload(BUCKET, key('r.txt'), local, 'text/plain');
+    expect((await supabase.storage.readObject(BUCKET, key('r.txt')))?.toString()).toBe(
+      'second version, resumable',
+    );
+  });
+
   it('maps a missing object (HTTP 400, statusCode "404" in the body) to FILE_NOT_FOUND', async () => {
     const before = await readdir(work);
     const error = await codeOf(storage.download(BUCKET, key('nope.jsonl'), work));
@@ -113,22 +139,35 @@ describe('supabase storage backend', () => {
     await writeFile(local, 'x');
     supabase.storage.failNext(1, 500);
     expect(await codeOf(storage.upload(BUCKET, key('x.txt'), local, 'text/plain'))).toMatchObject({
+      code: 'UPLOAD_FAILED',
       retryable: true,
     });
 
-    const wrongKey = new SupabaseStorage({
-      url: supabase.url,
-      serviceRoleKey: signJwt('another-projects-secret-0123456789abcdef', { role: 'service_role' }),
+    // Storage reads a bad key on download as anonymous and answers NoSuchBucket.
+    const otherProject = signJwt('another-projects-secret-0123456789abcdef', {
+      role: 'service_role',
     });
-    const refused = await codeOf(wrongKey.download(BUCKET, key('v.txt'), work));
-    expect(refused).toMatchObject({ code: 'DOWNLOAD_FAILED', retryable: false });
-    expect(refused.message).toContain('check SUPABASE_SERVICE_ROLE_KEY');
+    const expired = supabase.postgrest.sign({ role: 'service_role', exp: 1_600_000_000 });
+    for (const serviceRoleKey of [otherProject, expired, 'not-a-jwt']) {
+      const wrongKey = new SupabaseStorage({ url: supabase.url, serviceRoleKey });
+      for (const attempt of [
+        wrongKey.download(BUCKET, key('v.txt'), work),
+        wrongKey.upload(BUCKET, key('x.txt'), local, 'text/plain'),
+      ]) {
+        const refused = await codeOf(attempt);
+        expect(refused).toMatchObject({ code: 'STORAGE_UNAUTHORIZED', retryable: false });
+        expect(refused.message).toContain('SUPABASE_SERVICE_ROLE_KEY');
+        expect(refused.message).toContain('hd-runner doctor');
+      }
+    }
 
+    // 1.5 KB into a 1 KiB bucket: refused because the length is declared.
     const big = join(work, 'big.bin');
-    await writeFile(big, Buffer.alloc(4096));
+    await writeFile(big, Buffer.alloc(1536));
     expect(
       await codeOf(storage.upload('tiny', key('big.bin'), big, 'application/octet-stream')),
     ).toMatchObject({ code: 'INVALID_INPUT', retryable: false });
+    expect(await supabase.storage.readObject('tiny', key('big.bin'))).toBeUndefined();
     // Above the resumable threshold the same limit comes from the TUS create call.
     const resumable = new SupabaseStorage({
       url: supabase.url,
@@ -142,7 +181,7 @@ describe('supabase storage backend', () => {
     supabase.storage.failNext(3, 500, { method: 'PATCH' });
     expect(
       await codeOf(resumable.upload(BUCKET, key('big.bin'), big, 'application/octet-stream')),
-    ).toMatchObject({ code: 'INTERNAL_ERROR', retryable: true });
+    ).toMatchObject({ code: 'UPLOAD_FAILED', retryable: true });
   });
 
   it('fails a download cut off mid-transfer as retryable, leaving no partial file', async () => {
@@ -166,7 +205,21 @@ describe('supabase storage backend', () => {
     const cases: [Record<string, unknown>, string, boolean][] = [
       [{ status: 404, code: 'NoSuchKey', message: 'Object not found' }, 'FILE_NOT_FOUND', false],
       [{ status: 400, statusCode: '404', message: 'Bucket not found' }, 'FILE_NOT_FOUND', false],
-      [{ status: 400, statusCode: '403', message: 'invalid signature' }, 'DOWNLOAD_FAILED', false],
+      [
+        { status: 400, statusCode: '404', code: 'NoSuchBucket', message: 'Bucket not found' },
+        'FILE_NOT_FOUND',
+        false,
+      ],
+      [
+        { status: 400, statusCode: '403', code: 'AccessDenied', message: 'invalid signature' },
+        'STORAGE_UNAUTHORIZED',
+        false,
+      ],
+      // Older Storage: a refused token as statusCode "400".
+      [{ status: 400, statusCode: '400', message: 'jwt expired' }, 'STORAGE_UNAUTHORIZED', false],
+      [{ status: 401, message: 'Invalid API key' }, 'STORAGE_UNAUTHORIZED', false],
+      [{ status: 400, statusCode: '413', code: 'EntityTooLarge' }, 'INVALID_INPUT', false],
+      [{ status: 400, statusCode: '400', code: 'InvalidKey' }, 'INVALID_INPUT', false],
       [{ status: 413, error: 'Payload too large' }, 'INVALID_INPUT', false],
       [{ status: 429, message: 'slow down' }, 'DOWNLOAD_FAILED', true],
       [{ status: 502, message: 'bad gateway' }, 'DOWNLOAD_FAILED', true],
@@ -178,6 +231,11 @@ describe('supabase storage backend', () => {
         retryable,
       });
     }
+    const conflict = { status: 400, statusCode: '409', code: 'KeyAlreadyExists' };
+    expect(mapStorageError('upload', 'b', 'k', conflict)).toMatchObject({
+      code: 'UPLOAD_FAILED',
+      retryable: true,
+    });
   });
 
   it('reports whether the bucket exists and can be listed', async () => {

@@ -1,14 +1,14 @@
-import { copyFile, mkdir, realpath, rename, stat } from 'node:fs/promises';
+import { copyFile, mkdir, realpath, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { HdError } from '../../contract/errors.ts';
+import { assertBucketName, assertStorageKey } from '../../contract/storage-paths.ts';
 import type { LocalFile, StorageBackend } from './storage.ts';
-
-const BUCKET_NAME = /^[a-z0-9][a-z0-9_.-]{0,62}$/;
 
 /**
  * Storage backend `fs`: `{root}/{bucket}/{key}`. Downloads hand out the stored file
- * itself (no copy): callers only read it. Keys arrive checked by TenantStorage; the
- * real path is checked again so a symlink cannot lead outside the key's place.
+ * itself (no copy): callers only read it. Keys and bucket names are checked here too
+ * (the canonical form), and the real path is checked so a symlink cannot lead outside
+ * the key's place.
  */
 export class FsStorage implements StorageBackend {
   readonly root: string;
@@ -18,14 +18,12 @@ export class FsStorage implements StorageBackend {
   }
 
   #bucketDir(bucket: string): string {
-    if (!BUCKET_NAME.test(bucket)) {
-      throw new HdError('INVALID_INPUT', `bucket name ${JSON.stringify(bucket)} is not valid`);
-    }
-    return join(this.root, bucket);
+    return join(this.root, assertBucketName(bucket));
   }
 
   async download(bucket: string, key: string): Promise<LocalFile> {
     const bucketDir = this.#bucketDir(bucket);
+    assertStorageKey(key);
     const file = join(bucketDir, key);
     let real: string;
     try {
@@ -61,6 +59,7 @@ export class FsStorage implements StorageBackend {
 
   async upload(bucket: string, key: string, localPath: string): Promise<void> {
     const bucketDir = this.#bucketDir(bucket);
+    assertStorageKey(key);
     const target = join(bucketDir, key);
     await mkdir(dirname(target), { recursive: true });
     // As for downloads: a symlinked folder must not carry the write away from its key.
@@ -72,7 +71,18 @@ export class FsStorage implements StorageBackend {
     }
     // Copy then rename: readers never see a half-written object.
     const partial = `${target}.partial-${process.pid}`;
-    await copyFile(localPath, partial);
-    await rename(partial, target);
+    try {
+      await copyFile(localPath, partial);
+      await rename(partial, target);
+    } catch (error) {
+      await rm(partial, { force: true });
+      throw new HdError(
+        'UPLOAD_FAILED',
+        `cannot store ${bucket}/${key}: ${(error as Error).message}`,
+        {
+          cause: error,
+        },
+      );
+    }
   }
 }

@@ -1,8 +1,16 @@
 import { open } from 'node:fs/promises';
+import { assertBucketName, assertStorageKey } from '../../contract/storage-paths.ts';
+import type { StorageFailure } from './supabase-errors.ts';
+import { authHeaders, noAnswer, readFailure } from './supabase-http.ts';
 
-/** Supabase's TUS endpoint takes chunks of exactly 6 MiB (the last one may be shorter). */
+/**
+ * Hosted Supabase (S3 backend) takes TUS chunks of exactly 6 MiB but the last; the file
+ * backend takes any size. 6 MiB suits both.
+ */
 export const TUS_CHUNK_BYTES = 6 * 1024 * 1024;
 const ATTEMPTS_PER_CHUNK = 3;
+// Storage's upload ids are base64url; anything else in a Location is not followed.
+const UPLOAD_ID = /^[A-Za-z0-9_-]+=*$/;
 
 export interface ResumableUpload {
   /** `{SUPABASE_URL}/storage/v1`. */
@@ -15,41 +23,30 @@ export interface ResumableUpload {
   contentType: string;
 }
 
-/** A failed TUS exchange, shaped like a Storage error for mapStorageError. */
-export interface TusFailure {
-  status: number;
-  statusCode?: string;
-  error?: string;
-  message: string;
-}
-
-async function failure(response: Response | undefined, what: string, cause?: unknown) {
-  if (!response) return { status: 0, message: `${what}: ${(cause as Error)?.message}` };
-  const text = await response.text().catch(() => '');
-  let body: Partial<TusFailure>;
-  try {
-    const parsed: unknown = JSON.parse(text);
-    body =
-      parsed && typeof parsed === 'object' ? (parsed as Partial<TusFailure>) : { message: text };
-  } catch {
-    body = { message: text };
-  }
-  return { ...body, status: response.status, message: `${what}: ${body.message ?? text}` };
-}
-
 const b64 = (value: string) => Buffer.from(value, 'utf8').toString('base64');
+
+/**
+ * The upload's URL on OUR origin: Storage answers an absolute Location built from
+ * X-Forwarded-* headers, which a proxy may set to an internal host; the service-role
+ * key goes only to SUPABASE_URL, so only the upload id is taken from it.
+ */
+function uploadUrlFrom(location: string, storageUrl: string): string | undefined {
+  const id = new URL(location, `${storageUrl}/`).pathname.split('/').pop() ?? '';
+  return UPLOAD_ID.test(id) ? `${storageUrl}/upload/resumable/${id}` : undefined;
+}
 
 /**
  * Uploads a large file with Supabase Storage's resumable (TUS 1.0.0) protocol, reading
  * one 6 MiB chunk at a time into a reused buffer (memory stays flat). A chunk that
  * fails is retried after asking the server where it stands (HEAD Upload-Offset).
- * Throws a TusFailure.
+ * Every request says `x-upsert: true`: Storage checks overwrite on each PATCH with that
+ * PATCH's own header. Throws a StorageFailure.
  */
 export async function uploadResumable(u: ResumableUpload): Promise<void> {
   const headers = {
-    authorization: `Bearer ${u.serviceRoleKey}`,
-    apikey: u.serviceRoleKey,
+    ...authHeaders(u.serviceRoleKey),
     'tus-resumable': '1.0.0',
+    'x-upsert': 'true',
   };
   let response: Response | undefined;
   try {
@@ -58,22 +55,28 @@ export async function uploadResumable(u: ResumableUpload): Promise<void> {
       headers: {
         ...headers,
         'upload-length': String(u.size),
-        'x-upsert': 'true',
         'upload-metadata': [
-          `bucketName ${b64(u.bucket)}`,
-          `objectName ${b64(u.key)}`,
+          `bucketName ${b64(assertBucketName(u.bucket))}`,
+          `objectName ${b64(assertStorageKey(u.key))}`,
           `contentType ${b64(u.contentType)}`,
           `cacheControl ${b64('3600')}`,
         ].join(','),
       },
     });
   } catch (cause) {
-    throw await failure(undefined, 'resumable upload: create', cause);
+    throw noAnswer('resumable upload: create', cause);
   }
   const location = response.headers.get('location');
   if (response.status !== 201 || !location)
-    throw await failure(response, 'resumable upload: create');
-  const uploadUrl = new URL(location, u.storageUrl).toString();
+    throw await readFailure(response, 'resumable upload: create');
+  await response.body?.cancel();
+  const uploadUrl = uploadUrlFrom(location, u.storageUrl);
+  if (!uploadUrl) {
+    throw {
+      status: 502,
+      message: `resumable upload: create answered an unusable Location ${JSON.stringify(location)}`,
+    } satisfies StorageFailure;
+  }
 
   const file = await open(u.localPath, 'r');
   const buffer = Buffer.alloc(Math.min(TUS_CHUNK_BYTES, Math.max(u.size, 1)));
@@ -104,12 +107,13 @@ export async function uploadResumable(u: ResumableUpload): Promise<void> {
       }
       const retryable = !answer || answer.status >= 500 || answer.status === 409;
       if (!retryable || ++attempt >= ATTEMPTS_PER_CHUNK) {
-        throw await failure(answer, `resumable upload: chunk at ${offset}`, error);
+        const what = `resumable upload: chunk at ${offset}`;
+        throw answer ? await readFailure(answer, what) : noAnswer(what, error);
       }
       await answer?.body?.cancel();
       const head = await fetch(uploadUrl, { method: 'HEAD', headers }).catch(() => undefined);
-      const known = Number(head?.headers.get('upload-offset'));
-      if (Number.isFinite(known) && known >= 0) offset = known;
+      const known = Number(head?.headers.get('upload-offset') ?? Number.NaN);
+      if (Number.isInteger(known) && known >= 0) offset = known;
     }
   } finally {
     await file.close();

@@ -1,4 +1,4 @@
-import { assertTenantPath } from '../../contract/storage-paths.ts';
+import { assertBucketName, assertTenantPath } from '../../contract/storage-paths.ts';
 
 export interface LocalFile {
   /** A file on local disk with the object's bytes (read-only for the caller). */
@@ -8,15 +8,20 @@ export interface LocalFile {
 
 /** An object store laid out as buckets of keys (Supabase Storage, or a local folder). */
 export interface StorageBackend {
-  /** Makes the object available as a local file; throws FILE_NOT_FOUND / DOWNLOAD_FAILED. */
+  /**
+   * Makes the object available as a local file; throws FILE_NOT_FOUND, DOWNLOAD_FAILED,
+   * STORAGE_UNAUTHORIZED. Backends refuse keys that are not canonical (assertStorageKey)
+   * and bucket names that are not plain (assertBucketName).
+   */
   download(bucket: string, key: string, workDir: string): Promise<LocalFile>;
-  /** Stores a local file under the key, replacing what is there. */
+  /** Stores a local file under the key, replacing what is there; throws UPLOAD_FAILED, … */
   upload(bucket: string, key: string, localPath: string, contentType: string): Promise<void>;
 }
 
 /**
- * Storage as a handler sees it: every key is checked to lie under the job's
- * `accounts/{account_id}/` prefix before the backend is touched.
+ * Storage as a handler sees it: every key is checked to be canonical and to lie under
+ * the job's `accounts/{account_id}/` prefix, and every bucket name to be plain, before
+ * the backend is touched (backends check both again).
  */
 export class TenantStorage {
   readonly #backend: StorageBackend;
@@ -31,11 +36,12 @@ export class TenantStorage {
 
   // async: a refused path rejects the promise like any other storage error.
   async download(bucket: string, key: string): Promise<LocalFile> {
-    return this.#backend.download(bucket, assertTenantPath(this.accountId, key), this.#workDir);
+    const checked = assertTenantPath(this.accountId, key);
+    return this.#backend.download(assertBucketName(bucket), checked, this.#workDir);
   }
 
   async upload(bucket: string, key: string, localPath: string, contentType: string): Promise<void> {
     const checked = assertTenantPath(this.accountId, key);
-    return this.#backend.upload(bucket, checked, localPath, contentType);
+    return this.#backend.upload(assertBucketName(bucket), checked, localPath, contentType);
   }
 }

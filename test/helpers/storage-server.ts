@@ -1,226 +1,216 @@
 import { createHmac, randomUUID, timingSafeEqual } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { dirname, join } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import {
+  StandInObjects,
+  STORAGE_KEY,
+  StorageHttpError,
+  storageErrors as E,
+} from './storage-objects.ts';
 import { createTusHandler } from './storage-tus.ts';
 
 /**
  * A stand-in for Supabase Storage, which cannot run here (it needs its own service,
- * database schema and S3 backend). It speaks the part of the Storage object API that
- * supabase-js's storage client uses — upload (POST, x-upsert), update (PUT), download,
- * list, get bucket, resumable (TUS) upload — with Supabase's error bodies `{statusCode, error, message}`,
- * including its habit of answering "not found" as HTTP 400 with statusCode "404".
- * Objects live under `{root}/{bucket}/{key}`; bodies are streamed both ways.
- * Only the service role may act (this stand-in has no storage RLS policies).
+ * database schema and object backend). It speaks the part of the Storage API that
+ * hd-runner and supabase-js use — upload (POST, x-upsert; raw or multipart), update
+ * (PUT), download, list, get bucket, resumable (TUS) upload — and answers as the real
+ * server does where it was measured side by side; the behaviours, each with the one it
+ * mirrors, are listed and tested in test/storage-standin.test.ts.
+ * No storage RLS policies: the service role may do anything, other roles nothing.
  */
+export interface StorageRequest {
+  method: string;
+  /** The request path exactly as received (after /storage/v1). */
+  path: string;
+  /** Bucket and key as the server resolved them (object routes and TUS create). */
+  bucket?: string;
+  key?: string;
+  contentType?: string;
+  /** The declared Content-Length, if any. */
+  length?: string;
+  upsert?: string;
+}
+
 export interface StorageStandIn {
   handle(req: IncomingMessage, res: ServerResponse, path: string): void;
   createBucket(name: string, options?: { fileSizeLimit?: number }): Promise<void>;
-  /** The next `count` requests (of `method`, if given) answer `status` with Storage's error body. */
+  /** Stores an object directly (test set-up). */
+  putObject(bucket: string, key: string, content: string | Buffer, type?: string): Promise<void>;
+  /** An object's bytes, or undefined. */
+  readObject(bucket: string, key: string): Promise<Buffer | undefined>;
+  /** The next `count` requests (of `method`, if given) fail as a gateway would: `status`, JSON body. */
   failNext(count: number, status: number, options?: { error?: string; method?: string }): void;
   /** The next download sends its headers and `bytes` of the body, then drops the connection. */
   cutNextDownload(bytes: number): void;
-  /** Requests seen: method, path, content type, x-upsert. */
-  readonly requests: { method: string; path: string; contentType?: string; upsert?: string }[];
-  /** Content type each object was stored with. */
+  readonly requests: StorageRequest[];
+  /** Content type each object was stored with, by `bucket/key`. */
   readonly contentTypes: Map<string, string>;
 }
 
-class StorageHttpError extends Error {
-  readonly http: number;
-  readonly statusCode: string;
-  readonly error: string;
+export type Caller = { valid: false; reason: string } | { valid: true; role: string };
 
-  constructor(http: number, statusCode: string, error: string, message: string) {
-    super(message);
-    this.http = http;
-    this.statusCode = statusCode;
-    this.error = error;
-  }
-}
-
-const notFound = (what: string) =>
-  new StorageHttpError(400, '404', 'not_found', `${what} not found`);
-
-function verifyServiceRole(req: IncomingMessage, secret: string): void {
-  const token = /^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1] ?? '';
+/** Who is calling: a JWT signed with the project's secret and not expired, or nobody. */
+function callerOf(req: IncomingMessage, secret: string): Caller {
+  const token = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? '')?.[1] ?? '';
   const [header, payload, signature] = token.split('.');
-  if (!header || !payload || !signature) {
-    throw new StorageHttpError(
-      400,
-      '403',
-      'Unauthorized',
-      'headers must have required property authorization',
-    );
-  }
+  if (!header || !payload || !signature) return { valid: false, reason: 'jwt malformed' };
   const expected = createHmac('sha256', secret).update(`${header}.${payload}`).digest();
   const given = Buffer.from(signature, 'base64url');
   if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
-    throw new StorageHttpError(400, '403', 'Unauthorized', 'invalid signature');
+    return { valid: false, reason: 'invalid signature' };
   }
   const claims = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as {
     role?: string;
+    exp?: number;
   };
-  if (claims.role !== 'service_role') {
-    throw new StorageHttpError(
-      403,
-      '403',
-      'Unauthorized',
-      'new row violates row-level security policy',
-    );
+  if (claims.exp !== undefined && claims.exp * 1000 <= Date.now()) {
+    return { valid: false, reason: 'jwt expired' };
   }
+  return { valid: true, role: claims.role ?? 'anon' };
 }
 
+const decode = (segment: string, whole: string) => {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    throw E.invalidKey(whole);
+  }
+};
+
 export function createStorageStandIn(options: { root: string; jwtSecret: string }): StorageStandIn {
-  const { root, jwtSecret } = options;
-  const limits = new Map<string, number | undefined>();
+  const objects = new StandInObjects(options.root);
   const contentTypes = new Map<string, string>();
-  const requests: StorageStandIn['requests'] = [];
-  let faults:
-    { count: number; status: number; error: string; method?: string | undefined } | undefined;
+  const requests: StorageRequest[] = [];
+  let faults: { count: number; status: number; error: string; method?: string } | undefined;
   let cutAfter: number | undefined;
+  const ready = mkdir(options.root, { recursive: true });
 
-  const tus = createTusHandler({
-    objectFile: (bucket, key) => objectFile(bucket, key),
-    limitOf: (bucket) => limits.get(bucket),
-    stored: (bucket, key, type) => contentTypes.set(`${bucket}/${key}`, type),
-    fail: (http, statusCode, error, message) =>
-      new StorageHttpError(http, statusCode, error, message),
-  });
-  const bucketDir = async (bucket: string) => {
-    const dir = join(root, bucket);
-    if (!(await stat(dir).catch(() => undefined))?.isDirectory()) throw notFound('Bucket');
-    return dir;
-  };
-  const objectFile = async (bucket: string, key: string) => {
-    const segments = key.split('/');
-    if (!key || segments.some((s) => s === '' || s === '.' || s === '..')) {
-      throw new StorageHttpError(400, '400', 'InvalidKey', `Invalid key: ${key}`);
-    }
-    return join(await bucketDir(bucket), ...segments);
-  };
-
-  async function upload(req: IncomingMessage, bucket: string, key: string, mode: 'POST' | 'PUT') {
-    const file = await objectFile(bucket, key);
-    const exists = (await stat(file).catch(() => undefined))?.isFile() ?? false;
-    if (mode === 'POST' && exists && req.headers['x-upsert'] !== 'true') {
-      throw new StorageHttpError(400, '409', 'Duplicate', 'The resource already exists');
-    }
-    if (mode === 'PUT' && !exists) throw notFound('Object');
-    const type = req.headers['content-type'] ?? 'application/octet-stream';
-    if (type.startsWith('multipart/form-data')) {
-      throw new StorageHttpError(
-        415,
-        '415',
-        'invalid_mime_type',
-        'this stand-in takes raw bodies only',
-      );
-    }
-    const limit = limits.get(bucket);
-    let size = 0;
-    const guard = new Transform({
-      transform(chunk: Buffer, _enc, done) {
-        size += chunk.length;
-        if (limit !== undefined && size > limit) {
-          done(
-            new StorageHttpError(
-              413,
-              '413',
-              'Payload too large',
-              'The object exceeded the maximum allowed size',
-            ),
-          );
-        } else done(null, chunk);
-      },
-    });
-    await mkdir(dirname(file), { recursive: true });
-    const partial = `${file}.upload-${randomUUID()}`;
-    try {
-      await pipeline(req, guard, createWriteStream(partial));
-      await rename(partial, file);
-    } catch (error) {
-      await rm(partial, { force: true });
-      req.resume();
-      throw error;
-    }
+  const commit = async (bucket: string, key: string, partial: string, type: string, n: number) => {
+    await objects.commit(bucket, key, partial, type, n);
     contentTypes.set(`${bucket}/${key}`, type);
+  };
+  const tus = createTusHandler({ objects, commit });
+
+  async function upload(req: IncomingMessage, bucket: string, key: string, caller: Caller) {
+    const { limit } = objects.bucket(bucket);
+    if (!STORAGE_KEY.test(key)) throw E.invalidKey(key);
+    if (!caller.valid) throw E.accessDenied(caller.reason);
+    if (caller.role !== 'service_role') {
+      throw E.accessDenied('new row violates row-level security policy');
+    }
+    // Storage checks the limit against a declared length only; a stream is not counted.
+    const declared = Number(req.headers['content-length'] ?? Number.NaN);
+    if (limit !== undefined && declared > limit) throw E.tooLarge();
+    // POST creates (x-upsert: true replaces); PUT replaces or creates.
+    if (req.method === 'POST' && objects.get(bucket, key) && req.headers['x-upsert'] !== 'true') {
+      throw E.keyExists();
+    }
+    const partial = objects.partialFile();
+    let type = req.headers['content-type'] ?? 'application/octet-stream';
+    let size = 0;
+    if (type.startsWith('multipart/form-data')) {
+      const form = await new Response(await readBody(req), {
+        headers: { 'content-type': type },
+      }).formData();
+      const file = [...form.values()].find((v): v is File => typeof v !== 'string');
+      if (!file) throw new StorageHttpError(400, 'InvalidRequest', 'No content provided');
+      const bytes = Buffer.from(await file.arrayBuffer());
+      await writeFile(partial, bytes);
+      type = file.type || 'text/plain;charset=UTF-8';
+      size = bytes.length;
+    } else {
+      const count = new Transform({
+        transform(chunk: Buffer, _enc, done) {
+          size += chunk.length;
+          done(null, chunk);
+        },
+      });
+      try {
+        await pipeline(req, count, createWriteStream(partial));
+      } catch (error) {
+        await rm(partial, { force: true });
+        throw error;
+      }
+    }
+    await commit(bucket, key, partial, type, size);
     return { Key: `${bucket}/${key}`, Id: randomUUID() };
   }
 
+  async function download(res: ServerResponse, bucket: string, key: string, caller: Caller) {
+    // An invalid or missing JWT is read as anonymous, and anon sees no private bucket.
+    if (!caller.valid) throw E.noSuchBucket();
+    objects.bucket(bucket);
+    const found = objects.get(bucket, key);
+    // RLS hides the row from other roles: to them the object does not exist.
+    if (!found || caller.role !== 'service_role') throw E.noSuchKey();
+    res.writeHead(200, { 'content-type': found.contentType, 'content-length': found.size });
+    if (cutAfter !== undefined) {
+      const end = cutAfter;
+      cutAfter = undefined;
+      for await (const chunk of createReadStream(found.file, { end: Math.max(0, end - 1) }))
+        res.write(chunk);
+      res.destroy();
+      return;
+    }
+    await pipeline(createReadStream(found.file), res);
+  }
+
   async function route(req: IncomingMessage, res: ServerResponse, path: string) {
+    await ready;
     const method = req.method ?? 'GET';
-    const parts = path.split('?')[0]!.split('/').filter(Boolean).map(decodeURIComponent);
-    requests.push({
-      method,
-      path,
-      ...(req.headers['content-type'] ? { contentType: req.headers['content-type'] } : {}),
-      ...(typeof req.headers['x-upsert'] === 'string' ? { upsert: req.headers['x-upsert'] } : {}),
-    });
+    const pathname = path.split('?')[0]!;
+    const parts = pathname.slice(1).split('/'); // empty segments are kept, as Storage keeps them
+    const seen: StorageRequest = { method, path };
+    if (req.headers['content-type']) seen.contentType = req.headers['content-type'];
+    if (typeof req.headers['x-upsert'] === 'string') seen.upsert = req.headers['x-upsert'];
+    if (req.headers['content-length']) seen.length = req.headers['content-length'];
+    requests.push(seen);
     if (faults && faults.count > 0 && (!faults.method || faults.method === method)) {
       faults.count--;
       req.resume();
-      throw new StorageHttpError(
-        faults.status,
-        String(faults.status),
-        faults.error,
-        'injected fault',
-      );
+      const { status, error } = faults;
+      throw new StorageHttpError(status, error, 'injected fault', error, false, status);
     }
-    verifyServiceRole(req, jwtSecret);
+    const caller = callerOf(req, options.jwtSecret);
     const [area, ...rest] = parts;
-    if (area === 'upload' && rest[0] === 'resumable') return tus(req, res, rest[1]);
+    if (area === 'upload' && rest[0] === 'resumable') {
+      if (!caller.valid) throw E.accessDenied(caller.reason);
+      return tus(req, res, rest[1], caller, seen);
+    }
     if (area === 'bucket' && method === 'GET' && rest.length === 1) {
-      await bucketDir(rest[0]!);
-      const limit = limits.get(rest[0]!) ?? null;
-      return json(res, 200, { id: rest[0], name: rest[0], public: false, file_size_limit: limit });
+      if (!caller.valid) throw E.accessDenied(caller.reason);
+      const name = decode(rest[0]!, pathname);
+      const { limit } = objects.bucket(name);
+      if (caller.role !== 'service_role') throw E.noSuchBucket();
+      return json(res, 200, { id: name, name, public: false, file_size_limit: limit ?? null });
     }
     if (area !== 'object')
-      throw new StorageHttpError(404, '404', 'not_found', `no route ${method} ${path}`);
+      throw new StorageHttpError(404, 'NotFound', `Route ${method}:${path} not found`);
     if (rest[0] === 'list' && method === 'POST') {
-      const body = JSON.parse((await readBody(req)) || '{}') as { prefix?: string; limit?: number };
-      const dir = join(
-        await bucketDir(rest[1]!),
-        ...(body.prefix ?? '').split('/').filter(Boolean),
+      if (!caller.valid) throw E.accessDenied(caller.reason);
+      const body = JSON.parse((await readBody(req)).toString('utf8') || '{}') as {
+        prefix?: string;
+        limit?: number;
+      };
+      const listed = objects.list(
+        decode(rest[1] ?? '', pathname),
+        body.prefix ?? '',
+        body.limit ?? 100,
       );
-      const names = (await readdir(dir).catch(() => [])).filter((n) => !n.includes('.upload-'));
-      return json(
-        res,
-        200,
-        names
-          .sort()
-          .slice(0, body.limit ?? 100)
-          .map((name) => ({ name })),
-      );
+      return json(res, 200, caller.role === 'service_role' ? listed : []);
     }
-    const [bucket, ...key] = rest[0] === 'authenticated' ? rest.slice(1) : rest;
-    if (!bucket) throw notFound('Bucket');
+    const [bucketPart, ...keyParts] = rest[0] === 'authenticated' ? rest.slice(1) : rest;
+    const bucket = decode(bucketPart ?? '', pathname);
+    const key = keyParts.map((s) => decode(s, pathname)).join('/');
+    Object.assign(seen, { bucket, key });
+    if (method === 'GET') return download(res, bucket, key, caller);
     if (method === 'POST' || method === 'PUT') {
-      return json(res, 200, await upload(req, bucket, key.join('/'), method));
+      return json(res, 200, await upload(req, bucket, key, caller));
     }
-    if (method === 'GET') {
-      const file = await objectFile(bucket, key.join('/'));
-      const info = await stat(file).catch(() => undefined);
-      if (!info?.isFile()) throw notFound('Object');
-      res.writeHead(200, {
-        'content-type':
-          contentTypes.get(`${bucket}/${key.join('/')}`) ?? 'application/octet-stream',
-        'content-length': String(info.size),
-      });
-      if (cutAfter !== undefined) {
-        const end = cutAfter;
-        cutAfter = undefined;
-        const head = createReadStream(file, { start: 0, end: Math.max(0, end - 1) });
-        for await (const chunk of head) res.write(chunk);
-        res.destroy();
-        return;
-      }
-      await pipeline(createReadStream(file), res);
-      return;
-    }
-    throw new StorageHttpError(405, '405', 'method_not_allowed', `${method} ${path}`);
+    throw new StorageHttpError(405, 'MethodNotAllowed', `${method} ${path}`);
   }
 
   return {
@@ -229,22 +219,47 @@ export function createStorageStandIn(options: { root: string; jwtSecret: string 
     handle(req, res, path) {
       route(req, res, path).catch((error: unknown) => {
         if (res.headersSent) return res.destroy(error as Error);
+        req.resume();
         const e =
           error instanceof StorageHttpError
             ? error
-            : new StorageHttpError(500, '500', 'internal', (error as Error).message);
-        json(res, e.http, { statusCode: e.statusCode, error: e.error, message: e.message });
+            : new StorageHttpError(500, 'InternalError', (error as Error).message);
+        if (e.plain) {
+          res.writeHead(e.statusCode, { 'content-type': 'text/plain', 'tus-resumable': '1.0.0' });
+          return res.end(e.message);
+        }
+        // Storage answers every error as HTTP 400 but a 500; its own status is in the body.
+        json(res, e.http ?? (e.statusCode === 500 ? 500 : 400), {
+          statusCode: String(e.statusCode),
+          code: e.code,
+          error: e.legacy ?? e.code,
+          message: e.message,
+        });
       });
     },
     async createBucket(name, bucketOptions = {}) {
-      await mkdir(join(root, name), { recursive: true });
-      limits.set(name, bucketOptions.fileSizeLimit);
+      objects.createBucket(name, bucketOptions.fileSizeLimit);
+    },
+    async putObject(bucket, key, content, type = 'application/octet-stream') {
+      await ready;
+      const partial = objects.partialFile();
+      await writeFile(partial, content);
+      await commit(bucket, key, partial, type, Buffer.byteLength(content));
+    },
+    async readObject(bucket, key) {
+      const found = objects.get(bucket, key);
+      return found ? readFile(found.file) : undefined;
     },
     cutNextDownload(bytes) {
       cutAfter = bytes;
     },
-    failNext(count, status, options = {}) {
-      faults = { count, status, error: options.error ?? 'internal', method: options.method };
+    failNext(count, status, failOptions = {}) {
+      faults = {
+        count,
+        status,
+        error: failOptions.error ?? 'internal',
+        ...(failOptions.method ? { method: failOptions.method } : {}),
+      };
     },
   };
 }
@@ -258,8 +273,8 @@ function json(res: ServerResponse, status: number, body: unknown) {
   res.end(text);
 }
 
-async function readBody(req: IncomingMessage): Promise<string> {
+export async function readBody(req: IncomingMessage): Promise<Buffer> {
   const chunks: Buffer[] = [];
   for await (const chunk of req) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks).toString('utf8');
+  return Buffer.concat(chunks);
 }

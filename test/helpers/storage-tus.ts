@@ -1,18 +1,18 @@
 import { randomUUID } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir, rename, stat } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { dirname } from 'node:path';
 import { pipeline } from 'node:stream/promises';
+import { STORAGE_KEY, StorageHttpError, type StandInObjects } from './storage-objects.ts';
+import type { Caller, StorageRequest } from './storage-server.ts';
 
 /**
  * The resumable-upload (TUS 1.0.0) part of the Storage stand-in, as Supabase Storage
  * serves it at /upload/resumable: create (POST, Upload-Length, Upload-Metadata with
- * bucketName/objectName/contentType, x-upsert), append (PATCH at Upload-Offset, chunks
- * of exactly 6 MiB but the last), and where-am-I (HEAD).
+ * bucketName/objectName/contentType), append (PATCH at Upload-Offset, chunks of any
+ * size, as on Storage's file backend), and where-am-I (HEAD). As Storage does, every
+ * create and PATCH checks overwrite with its OWN `x-upsert` header, errors are plain
+ * text with the real HTTP status, and Location is absolute (from X-Forwarded-*).
  */
-export const TUS_CHUNK = 6 * 1024 * 1024;
-
 interface Upload {
   bucket: string;
   key: string;
@@ -23,11 +23,12 @@ interface Upload {
 }
 
 export interface TusContext {
-  objectFile(bucket: string, key: string): Promise<string>;
-  limitOf(bucket: string): number | undefined;
-  stored(bucket: string, key: string, contentType: string): void;
-  fail(http: number, statusCode: string, error: string, message: string): Error;
+  objects: StandInObjects;
+  commit(bucket: string, key: string, partial: string, type: string, size: number): Promise<void>;
 }
+
+const tusError = (status: number, message: string) =>
+  new StorageHttpError(status, 'TusError', message, undefined, true);
 
 function metadata(header: string | undefined): Record<string, string> {
   const out: Record<string, string> = {};
@@ -38,71 +39,94 @@ function metadata(header: string | undefined): Record<string, string> {
   return out;
 }
 
+/** The absolute upload URL, from the forwarded host and protocol as Storage builds it. */
+function locationOf(req: IncomingMessage, id: string): string {
+  const proto = (req.headers['x-forwarded-proto'] as string | undefined) ?? 'http';
+  const host = (req.headers['x-forwarded-host'] as string | undefined) ?? req.headers.host;
+  const prefix = (req.headers['x-forwarded-prefix'] as string | undefined) ?? '/storage/v1';
+  return `${proto}://${host}${prefix.replace(/\/+$/, '')}/upload/resumable/${id}`;
+}
+
 export function createTusHandler(ctx: TusContext) {
   const uploads = new Map<string, Upload>();
+
+  /** Storage's overwrite check, with the header of THIS request. */
+  const checkOverwrite = (req: IncomingMessage, bucket: string, key: string) => {
+    if (ctx.objects.get(bucket, key) && req.headers['x-upsert'] !== 'true') {
+      throw tusError(409, 'The resource already exists');
+    }
+  };
+  const checkRole = (caller: Caller) => {
+    if (caller.valid && caller.role !== 'service_role') {
+      throw tusError(403, 'new row violates row-level security policy');
+    }
+  };
 
   return async function handleTus(
     req: IncomingMessage,
     res: ServerResponse,
     id: string | undefined,
+    caller: Caller,
+    seen: StorageRequest,
   ): Promise<void> {
     const method = req.method ?? 'GET';
     if (method === 'POST' && !id) {
       const meta = metadata(req.headers['upload-metadata'] as string | undefined);
       const length = Number(req.headers['upload-length']);
       const { bucketName: bucket, objectName: key } = meta;
-      if (!bucket || !key || !Number.isInteger(length)) {
-        throw ctx.fail(400, '400', 'InvalidRequest', 'Upload-Length and metadata are required');
-      }
-      const file = await ctx.objectFile(bucket, key);
-      const limit = ctx.limitOf(bucket);
-      if (limit !== undefined && length > limit) {
-        throw ctx.fail(
-          413,
-          '413',
-          'Payload too large',
-          'The object exceeded the maximum allowed size',
+      if (bucket === undefined || key === undefined || !Number.isInteger(length)) {
+        throw tusError(
+          400,
+          'Upload-Length and Upload-Metadata (bucketName, objectName) are required',
         );
       }
-      const exists = (await stat(file).catch(() => undefined))?.isFile() ?? false;
-      if (exists && req.headers['x-upsert'] !== 'true') {
-        throw ctx.fail(409, '409', 'Duplicate', 'The resource already exists');
+      Object.assign(seen, { bucket, key });
+      if (!STORAGE_KEY.test(key)) throw tusError(400, `Invalid key: ${key}`);
+      const found = (() => {
+        try {
+          return ctx.objects.bucket(bucket);
+        } catch {
+          throw tusError(404, 'Bucket not found');
+        }
+      })();
+      checkRole(caller);
+      if (found.limit !== undefined && length > found.limit) {
+        throw tusError(413, 'The object exceeded the maximum allowed size');
       }
-      const uploadId = randomUUID();
-      const partial = `${file}.upload-${uploadId}`;
-      await mkdir(dirname(file), { recursive: true });
-      await pipeline(req, createWriteStream(partial));
+      checkOverwrite(req, bucket, key);
+      const uploadId = Buffer.from(`${bucket}/${key}/${randomUUID()}`).toString('base64url');
+      const file = ctx.objects.partialFile();
+      await pipeline(req, createWriteStream(file));
       const contentType = meta.contentType ?? 'application/octet-stream';
-      uploads.set(uploadId, { bucket, key, file: partial, length, offset: 0, contentType });
-      res.writeHead(201, {
-        location: `/storage/v1/upload/resumable/${uploadId}`,
-        'tus-resumable': '1.0.0',
-      });
+      uploads.set(uploadId, { bucket, key, file, length, offset: 0, contentType });
+      res.writeHead(201, { location: locationOf(req, uploadId), 'tus-resumable': '1.0.0' });
       res.end();
       return;
     }
     const upload = id ? uploads.get(id) : undefined;
-    if (!upload) throw ctx.fail(404, '404', 'not_found', 'Upload not found');
+    if (!upload) throw tusError(404, 'The file for this url was not found');
     if (method === 'HEAD') {
+      req.resume();
       res.writeHead(200, {
         'upload-offset': String(upload.offset),
         'upload-length': String(upload.length),
         'tus-resumable': '1.0.0',
+        'cache-control': 'no-store',
       });
       res.end();
       return;
     }
-    if (method !== 'PATCH') throw ctx.fail(405, '405', 'method_not_allowed', method);
+    if (method !== 'PATCH') throw tusError(405, `${method} is not allowed`);
+    checkRole(caller);
+    checkOverwrite(req, upload.bucket, upload.key);
     if (Number(req.headers['upload-offset']) !== upload.offset) {
-      req.resume();
-      throw ctx.fail(409, '409', 'Conflict', `offset is ${upload.offset}`);
+      throw tusError(409, 'The Upload-Offset header does not match the current offset');
     }
     const chunks: Buffer[] = [];
     for await (const chunk of req) chunks.push(chunk as Buffer);
     const body = Buffer.concat(chunks);
-    const last = upload.offset + body.length >= upload.length;
-    if ((!last && body.length !== TUS_CHUNK) || upload.offset + body.length > upload.length) {
-      throw ctx.fail(400, '400', 'InvalidChunkSize', `chunks must be ${TUS_CHUNK} bytes`);
+    if (upload.offset + body.length > upload.length) {
+      throw tusError(413, 'The upload would exceed its Upload-Length');
     }
     await new Promise<void>((resolve, reject) => {
       const out = createWriteStream(upload.file, { flags: 'a' });
@@ -111,8 +135,7 @@ export function createTusHandler(ctx: TusContext) {
     });
     upload.offset += body.length;
     if (upload.offset === upload.length) {
-      await rename(upload.file, upload.file.replace(/\.upload-[^/]+$/, ''));
-      ctx.stored(upload.bucket, upload.key, upload.contentType);
+      await ctx.commit(upload.bucket, upload.key, upload.file, upload.contentType, upload.length);
       uploads.delete(id!);
     }
     res.writeHead(204, { 'upload-offset': String(upload.offset), 'tus-resumable': '1.0.0' });
