@@ -51,7 +51,9 @@ SIGTERM/SIGINT stop the handler and hand the job back.`,
                    [--max-attempts N] [--priority N] [--json]
 
 Uploads PATH to {bucket}/accounts/{account}/assets-jsonl/{timestamp}-{name} and inserts
-the job; prints its id. --strict fails the job on the first invalid line.`,
+the job; prints its id. {name} is the file name in the characters storage keys allow
+(Müller.jsonl → Muller.jsonl); debug.original_name keeps it as given.
+--strict fails the job on the first invalid line.`,
     options: {
       account: { type: 'string' },
       file: { type: 'string' },

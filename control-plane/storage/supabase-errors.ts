@@ -112,7 +112,7 @@ export function storageUnauthorized(
 ): HdError {
   return storageError(
     'STORAGE_UNAUTHORIZED',
-    `${op} of ${bucket}/${key} refused: SUPABASE_SERVICE_ROLE_KEY is not a valid service-role key of this project (wrong, expired, or another project's); run \`hd-runner doctor\``,
+    `${op} of ${bucket}/${key} refused: SUPABASE_SERVICE_ROLE_KEY is not a valid service-role key of this project (wrong, expired, or another project's)${op === 'read bucket' ? '' : '; run `hd-runner doctor`'}`,
     { bucket, key },
     error,
   );
