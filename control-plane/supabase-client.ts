@@ -1,4 +1,10 @@
-import { createClient, type SupabaseClient } from '@supabase/supabase-js';
+import { createRequire } from 'node:module';
+import type * as SupabaseJs from '@supabase/supabase-js';
+import type { SupabaseClient } from '@supabase/supabase-js';
+
+// supabase-js is loaded with the first client (require is synchronous): a worker on the
+// postgres transport and fs storage never loads it.
+const require = createRequire(import.meta.url);
 
 export interface ServiceClientOptions {
   url: string;
@@ -26,6 +32,7 @@ export function createServiceClient(options: ServiceClientOptions): SupabaseClie
           const signal = init?.signal ? AbortSignal.any([init.signal, timeout]) : timeout;
           return fetch(input, { ...init, signal });
         };
+  const { createClient } = require('@supabase/supabase-js') as typeof SupabaseJs;
   return createClient(options.url, options.serviceRoleKey, {
     auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
     global: {

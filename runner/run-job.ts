@@ -16,7 +16,7 @@ import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
 import type { Logger } from '../control-plane/logger.ts';
 import { TenantStorage, type StorageBackend } from '../control-plane/storage/storage.ts';
 import type { Handler, HandlerContext } from './handler.ts';
-import { HANDLERS } from './handlers/index.ts';
+import { loadHandler } from './handlers/load.ts';
 import { LlmClient, llmSettings } from './llm/client.ts';
 
 export type RunOutcome =
@@ -87,7 +87,7 @@ export async function runJob(options: RunJobOptions): Promise<RunOutcome> {
   const workDir = await mkdtemp(join(config.HD_WORK_DIR ?? tmpdir(), `hd-job-${job.id}-`));
   const started = performance.now();
   try {
-    const handler = resolveHandler(job);
+    const handler = await resolveHandler(job);
     timeout = setTimeout(
       () =>
         abort(
@@ -147,7 +147,7 @@ async function acquireLease(options: RunJobOptions): Promise<LeasedJob | { messa
   };
 }
 
-function resolveHandler(job: Job): Handler<JobType> {
+async function resolveHandler(job: Job): Promise<Handler<JobType>> {
   if (!isJobType(job.job_type)) {
     const planned = (PLANNED_JOB_TYPES as readonly string[]).includes(job.job_type)
       ? ' (it is part of the worker contract but not implemented in this version)'
@@ -157,7 +157,7 @@ function resolveHandler(job: Job): Handler<JobType> {
       `no handler for job type ${JSON.stringify(job.job_type)}${planned}; this hd-runner handles: ${JOB_TYPES.join(', ')}`,
     );
   }
-  return HANDLERS[job.job_type] as Handler<JobType>;
+  return loadHandler(job.job_type);
 }
 
 function makeContext(

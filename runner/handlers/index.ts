@@ -6,7 +6,10 @@ import { importAssetsJsonl } from './import_assets_jsonl.ts';
 import { synthesizeNode } from './synthesize_node.ts';
 import { text2kg } from './text2kg.ts';
 
-/** One handler per job type; a job type without a handler is a compile error. */
+/**
+ * One handler per job type; a job type without a handler is a compile error. The
+ * scheduler reads their resources here; a runner imports only its own (load.ts).
+ */
 export const HANDLERS = {
   import_assets_jsonl: importAssetsJsonl,
   extract_text: extractText,

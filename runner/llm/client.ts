@@ -1,4 +1,5 @@
-import OpenAI, { APIConnectionError, APIError } from 'openai';
+import type OpenAI from 'openai';
+import type * as OpenAiSdk from 'openai';
 import type { ChatCompletion, ChatCompletionMessageParam } from 'openai/resources/chat/completions';
 import type { z } from 'zod';
 import { HdError } from '../../contract/errors.ts';
@@ -74,6 +75,7 @@ export class LlmClient {
   readonly #signal: AbortSignal;
   readonly #limit: Semaphore;
   #openai: OpenAI | undefined;
+  #sdk: typeof OpenAiSdk | undefined;
 
   constructor(settings: LlmSettings, options: { log: Logger; signal: AbortSignal }) {
     this.settings = settings;
@@ -129,7 +131,7 @@ export class LlmClient {
     }
   }
 
-  #client(): OpenAI {
+  async #client(): Promise<OpenAI> {
     if (!this.settings.baseURL) {
       throw new HdError(
         'LLM_FAILED',
@@ -139,7 +141,9 @@ export class LlmClient {
     }
     // Every option given explicitly, so nothing is read from OPENAI_* variables, and the
     // SDK's own retries are off: ours honour the job's signal and count in the stats.
-    this.#openai ??= new OpenAI({
+    // Imported on the first request: runners of the other job types never load the SDK.
+    this.#sdk ??= await import('openai');
+    this.#openai ??= new this.#sdk.OpenAI({
       baseURL: this.settings.baseURL,
       apiKey: this.settings.apiKey ?? 'none',
       organization: null,
@@ -159,7 +163,7 @@ export class LlmClient {
     usage: CallUsage,
     signal: AbortSignal,
   ): Promise<ChatCompletion> {
-    const client = this.#client();
+    const client = await this.#client();
     for (let attempt = 0; ; attempt++) {
       if (signal.aborted) throw signal.reason;
       usage.requests += 1;
@@ -223,11 +227,12 @@ export class LlmClient {
     message: string;
   } {
     const text = this.#scrub(error instanceof Error ? error.message : String(error));
-    if (error instanceof APIConnectionError) {
+    const sdk = this.#sdk;
+    if (sdk && error instanceof sdk.APIConnectionError) {
       const what = /timed out/i.test(text) ? `timed out after ${this.settings.timeoutMs} ms` : text;
       return { retryable: true, status: undefined, message: `model request ${what}` };
     }
-    if (error instanceof APIError && typeof error.status === 'number') {
+    if (sdk && error instanceof sdk.APIError && typeof error.status === 'number') {
       const status = error.status;
       const retryable = status === 408 || status === 409 || status === 429 || status >= 500;
       const why =
