@@ -2,6 +2,7 @@ import { toHdError, type HdError } from '../contract/errors.ts';
 import type { LeasedJob } from '../contract/jobs.ts';
 import type { ControlPlaneDb, NewJobLogLine } from '../control-plane/db/transport.ts';
 import type { Logger } from '../control-plane/logger.ts';
+import { Backoff, isTransient, sleep } from './retry.ts';
 import { LINE_OVERHEAD_CHARS, MAX_LINE_CHARS, parseOutputLine } from './output-line.ts';
 
 export interface JobLogLimits {
@@ -33,9 +34,6 @@ export const DEFAULT_JOB_LOG_LIMITS: JobLogLimits = {
   finalFlushMs: 5000,
   keepTryingMs: 10 * 60_000,
 };
-
-/** Pause after a failed send while draining: doubles from the first to the last. */
-const RETRY_BACKOFF_MS = [250, 5000] as const;
 
 interface Pending {
   line: NewJobLogLine;
@@ -155,13 +153,10 @@ export class JobLogCollector {
     let timer: NodeJS.Timeout | undefined;
     const sendAll = async () => {
       while (this.#flushing) await this.#flushing; // from here on, only this loop sends
-      let pause: number = RETRY_BACKOFF_MS[0];
+      const backoff = new Backoff();
       while (this.#pending.length > 0 && !this.#leaseGone && Date.now() < deadline) {
-        if (await this.#sendBatch()) pause = RETRY_BACKOFF_MS[0];
-        else {
-          await sleep(Math.min(pause, deadline - Date.now()));
-          pause = Math.min(pause * 2, RETRY_BACKOFF_MS[1]);
-        }
+        if (await this.#sendBatch()) backoff.reset();
+        else await sleep(Math.min(backoff.next(), deadline - Date.now()));
       }
     };
     await Promise.race([
@@ -228,7 +223,7 @@ export class JobLogCollector {
         this.#dropped += this.#take(this.#pending.length);
         return false;
       }
-      if (!refusedAsIs(err)) return false; // kept, sent again (seq dedupes)
+      if (isTransient(err)) return false; // kept, sent again (seq dedupes)
       this.#dropped += this.#take(batch.length); // sending it again won't help
       return true;
     }
@@ -251,18 +246,6 @@ export class JobLogCollector {
     return err;
   }
 }
-
-/**
- * An SQL error other than a connection one is the database's verdict on the batch;
- * anything else (unreachable, connection dropped, PostgREST down) may pass next time.
- */
-function refusedAsIs(err: HdError): boolean {
-  if (err.code === 'DATABASE_UNAVAILABLE') return false;
-  const sqlstate = (err.cause as { code?: unknown } | undefined)?.code;
-  return typeof sqlstate === 'string' && /^[0-9A-Z]{5}$/.test(sqlstate);
-}
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, Math.max(0, ms)));
 
 /** The output collectors of one scheduler, one per supervised runner. */
 export class JobLogBook {

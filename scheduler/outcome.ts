@@ -3,6 +3,7 @@ import type { LeasedJob } from '../contract/jobs.ts';
 import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
 import type { Logger } from '../control-plane/logger.ts';
 import type { RunnerExit } from './launcher.ts';
+import { Backoff, isTransient, sleep } from './retry.ts';
 
 /** Exit codes with which the runner itself recorded the outcome (see `hd-runner run`). */
 const RUNNER_RECORDED_EXITS = new Set<number>([
@@ -56,13 +57,22 @@ export interface OutcomeRecorderDeps {
   /** Goes into the error details of what is recorded. */
   workerId: string;
   log: Logger;
+  /**
+   * How long a lease lasts without heartbeats (HD_LEASE_SECONDS, in ms): a dead runner's
+   * lease ends at most this long after it exited, and until then recording is retried.
+   */
+  leaseMs: number;
   /** Told when recording failed for another reason than the lease having moved on. */
   onError: (error: HdError) => void;
+  now?: () => number;
 }
 
 /**
  * Records in the queue what a runner could not: a crash, a kill, a timeout, a shutdown,
  * a failed launch. A lease that moved on (cancelled, taken over) leaves nothing to record.
+ * While the database is out of reach the call is tried again with backoff until the
+ * lease would have ended (after that the reaper settles the job); each job's outcome is
+ * recorded once, after the runner's own calls, so the order the runner reported holds.
  */
 export class OutcomeRecorder {
   readonly #d: OutcomeRecorderDeps;
@@ -74,30 +84,49 @@ export class OutcomeRecorder {
   async settle(job: LeasedJob, exit: RunnerExit): Promise<void> {
     const outcome = classifyExit(exit);
     if (outcome.kind === 'release')
-      await this.#d.db
-        .releaseJob(job.id, job.lease_token)
-        .catch((e: unknown) => this.#ignoreLeaseLost(e));
+      await this.#durably(job, () => this.#d.db.releaseJob(job.id, job.lease_token));
     else if (outcome.kind === 'fail')
       await this.fail(job, outcome.code, outcome.message, outcome.details);
   }
 
   async fail(job: LeasedJob, code: ErrorCode, message: string, details: Record<string, unknown>) {
     const error = new HdError(code, message, { details });
-    try {
-      await this.#d.db.failJob(job.id, job.lease_token, {
+    const recorded = await this.#durably(job, () =>
+      this.#d.db.failJob(job.id, job.lease_token, {
         code,
         message,
         retryable: error.retryable,
         details: { ...details, worker_id: this.#d.workerId },
-      });
-      this.#d.log.warn({ job_id: job.id, code }, message);
-    } catch (e) {
-      this.#ignoreLeaseLost(e);
-    }
+      }),
+    );
+    if (recorded) this.#d.log.warn({ job_id: job.id, code }, message);
   }
 
-  #ignoreLeaseLost(error: unknown) {
-    const err = toHdError(error);
-    if (err.code !== 'LEASE_LOST' && err.code !== 'CANCELLED') this.#d.onError(err);
+  /** Makes the call until it succeeds, is refused, or the lease would have ended. */
+  async #durably(job: LeasedJob, call: () => Promise<unknown>): Promise<boolean> {
+    const now = this.#d.now ?? Date.now;
+    const deadline = now() + this.#d.leaseMs;
+    const backoff = new Backoff();
+    for (let tries = 1; ; tries++) {
+      try {
+        await call();
+        if (tries > 1) this.#d.log.info({ job_id: job.id, tries }, 'recorded a job outcome');
+        return true;
+      } catch (error) {
+        const err = toHdError(error);
+        if (err.code === 'LEASE_LOST' || err.code === 'CANCELLED') return false;
+        const pause = backoff.next();
+        if (!isTransient(err) || now() + pause >= deadline) {
+          this.#d.onError(err);
+          return false;
+        }
+        if (tries === 1)
+          this.#d.log.warn(
+            { job_id: job.id, code: err.code, retry_for_ms: deadline - now() },
+            `could not record a job outcome, trying again until the lease would end: ${err.message}`,
+          );
+        await sleep(pause);
+      }
+    }
   }
 }

@@ -86,6 +86,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
       db: deps.db,
       workerId: deps.config.HD_WORKER_ID,
       log: deps.log,
+      leaseMs: deps.config.HD_LEASE_SECONDS * 1000,
       onError: (err) => this.#report(err, 'could not record a job outcome'),
     });
   }
