@@ -243,5 +243,15 @@ describe('supabase storage backend', () => {
     await expect(storage.checkBucket('no_such_bucket')).rejects.toMatchObject({
       code: 'FILE_NOT_FOUND',
     });
+    // What `hd-runner doctor` shows for a key of another project.
+    const wrongKey = new SupabaseStorage({
+      url: supabase.url,
+      serviceRoleKey: signJwt('another-projects-secret-0123456789abcdef', { role: 'service_role' }),
+    });
+    const refused = await codeOf(wrongKey.checkBucket(BUCKET));
+    expect(refused.code).toBe('STORAGE_UNAUTHORIZED');
+    expect(refused.message).toMatch(
+      /^read bucket of hd_uploads_raw\/ refused: SUPABASE_SERVICE_ROLE_KEY/,
+    );
   });
 });
