@@ -125,10 +125,9 @@ export async function runJob(options: RunJobOptions): Promise<RunOutcome> {
 async function acquireLease(options: RunJobOptions): Promise<LeasedJob | { message: string }> {
   const { db, config, jobId, leaseToken } = options;
   if (leaseToken) {
-    // Proves the handed-over lease is still ours before any work starts.
-    await db.heartbeat(jobId, leaseToken, config.HD_LEASE_SECONDS);
-    const job = await db.getJob(jobId);
-    if (!job) return { message: `job ${jobId} not found` };
+    // Proves the handed-over lease is still ours before any work starts; a runner with a
+    // job-scoped credential can read its job only this way.
+    const job = await db.adoptLease(jobId, leaseToken, config.HD_LEASE_SECONDS);
     return { ...job, lease_token: leaseToken };
   }
   const [claimed] = await db.claimJobs({

@@ -33,7 +33,9 @@ it('matches the committed schema snapshot', async () => {
     ),
     functions: await q(`
       select p.oid::regprocedure::text, pg_get_function_result(p.oid), p.provolatile::text,
-             md5(p.prosrc), coalesce(array_to_string(p.proacl, ','), '')
+             md5(p.prosrc), coalesce(array_to_string(p.proacl, ','), '') as acl,
+             case when p.prosecdef then 'security definer' else 'invoker' end as security,
+             coalesce(array_to_string(p.proconfig, ','), '') as config
         from pg_proc p
        where p.pronamespace = 'public'::regnamespace and (p.proname like 'hd\\_%' or p.proname = 'has_role_on_account')
        order by 1`),

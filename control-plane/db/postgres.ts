@@ -86,6 +86,14 @@ export class PostgresDb implements ControlPlaneDb {
     return rows[0].expires as Date;
   }
 
+  adoptLease(jobId: string, leaseToken: string, leaseSeconds: number) {
+    return this.#one('select * from public.hd_adopt_lease($1, $2, $3)', [
+      jobId,
+      leaseToken,
+      leaseSeconds,
+    ]);
+  }
+
   async reportProgress(jobId: string, leaseToken: string, percent: number, step?: string) {
     await this.pool.query('select public.hd_report_progress($1, $2, $3, $4)', [
       jobId,

@@ -123,6 +123,14 @@ export class SupabaseDb extends SupabaseOutputCalls implements ControlPlaneDb {
     return new Date(expires);
   }
 
+  adoptLease(jobId: string, leaseToken: string, leaseSeconds: number) {
+    return this.#job('hd_adopt_lease', {
+      p_job_id: jobId,
+      p_lease_token: leaseToken,
+      p_lease_seconds: leaseSeconds,
+    });
+  }
+
   async reportProgress(jobId: string, leaseToken: string, percent: number, step?: string) {
     await this.rpc('hd_report_progress', {
       p_job_id: jobId,

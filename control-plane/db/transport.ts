@@ -195,6 +195,8 @@ export type WakeReason = { kind: 'queued'; jobType: string } | { kind: 'cancelle
 export interface ControlPlaneDb {
   claimJobs(options: ClaimOptions): Promise<Job[]>;
   heartbeat(jobId: string, leaseToken: string, leaseSeconds: number): Promise<Date>;
+  /** hd_adopt_lease: renews a handed-over lease and reads its job (a runner's first call). */
+  adoptLease(jobId: string, leaseToken: string, leaseSeconds: number): Promise<Job>;
   reportProgress(jobId: string, leaseToken: string, percent: number, step?: string): Promise<void>;
   completeJob(jobId: string, leaseToken: string, stats: Record<string, unknown>): Promise<Job>;
   /** hd_complete_jobs: completes claimed jobs together, each fenced by its own lease. */
