@@ -15,10 +15,22 @@ ${COMMANDS.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`).join('\n')}
 Configuration comes from the environment (see README, "Configuration").`;
 }
 
+/** One line instead of a crash deep in a dependency (Set.union, Map.groupBy…). */
+function nodeTooOld(version = process.versions.node): string | undefined {
+  const [major = 0, minor = 0] = version.split('.').map(Number);
+  if (major > 22 || (major === 22 && minor >= 12)) return undefined;
+  return `hd-runner needs Node.js 22.12 or newer; this is ${process.version} (${process.execPath}). Install Node 24 LTS, or run it through npm (npm ci installs Node 24 for npm run).`;
+}
+
 export async function main(
   argv: string[],
   env: Record<string, string | undefined>,
 ): Promise<number> {
+  const tooOld = nodeTooOld();
+  if (tooOld) {
+    console.error(tooOld);
+    return 2;
+  }
   // `docker run hd-runner --job-id X` is short for `run --job-id X`.
   const args = argv[0]?.startsWith('--job-id') ? ['run', ...argv] : argv;
   const [name, ...rest] = args;
