@@ -42,4 +42,9 @@ export interface LaunchedRunner {
 export interface Launcher {
   /** Starts a runner for the leased job; throws when it cannot be started. */
   launch(request: LaunchRequest): Promise<LaunchedRunner>;
+  /**
+   * Resolves when runners can be started now; throws, saying why, while they cannot (the
+   * Docker engine is down): the scheduler claims nothing meanwhile. Absent: always.
+   */
+  ready?(): Promise<void>;
 }

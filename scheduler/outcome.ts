@@ -83,10 +83,15 @@ export class OutcomeRecorder {
 
   async settle(job: LeasedJob, exit: RunnerExit): Promise<void> {
     const outcome = classifyExit(exit);
-    if (outcome.kind === 'release')
-      await this.#durably(job, () => this.#d.db.releaseJob(job.id, job.lease_token));
+    if (outcome.kind === 'release') await this.release(job);
     else if (outcome.kind === 'fail')
       await this.fail(job, outcome.code, outcome.message, outcome.details);
+  }
+
+  /** Hands the job back to the queue, its attempt refunded; `why`, if given, is logged. */
+  async release(job: LeasedJob, why?: string): Promise<void> {
+    const released = await this.#durably(job, () => this.#d.db.releaseJob(job.id, job.lease_token));
+    if (released && why) this.#d.log.warn({ job_id: job.id }, `handed the job back: ${why}`);
   }
 
   async fail(job: LeasedJob, code: ErrorCode, message: string, details: Record<string, unknown>) {

@@ -10,6 +10,7 @@ import { planClaims, type GpuSlots } from './gpu.ts';
 import { JobLogBook, type JobLogCollector, type JobLogLimits } from './job-logs.ts';
 import type { LaunchedRunner, Launcher, RunnerExit } from './launcher.ts';
 import { OutcomeRecorder } from './outcome.ts';
+import { Backoff, isTransient, OutageNotice, sleep } from './retry.ts';
 import type { AdoptedRunner, Reconciler } from './reconcile.ts';
 import { Wakeup } from './wakeup.ts';
 
@@ -66,6 +67,12 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
   readonly #running = new Map<string, Running>();
   readonly #wakeup = new Wakeup();
   #stopping = false;
+  /** Aborted by stop(): ends the waits for the database at start. */
+  readonly #stopped = new AbortController();
+  /** Said while the database (at start) or the launcher (claiming paused) is down. */
+  readonly #dbOutage: OutageNotice;
+  readonly #launcherOutage: OutageNotice;
+  #starting: Promise<void> | undefined;
   #loop: Promise<void> | undefined;
   #reaper: NodeJS.Timeout | undefined;
   #reconcileTimer: NodeJS.Timeout | undefined;
@@ -81,6 +88,8 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
     this.#gpus = deps.gpus;
     this.#reconciler = deps.reconciler;
     this.#resourcesFor = deps.resourcesFor ?? handlerResources;
+    this.#dbOutage = new OutageNotice(deps.log);
+    this.#launcherOutage = new OutageNotice(deps.log);
     this.#logs = new JobLogBook({ db: deps.db, log: deps.log, limits: deps.jobLogs });
     this.#outcomes = new OutcomeRecorder({
       db: deps.db,
@@ -95,12 +104,26 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
     return [...this.#running.keys()];
   }
 
+  /**
+   * Starts claiming. While the database is out of reach (a host that boots both, a
+   * restarting PostgreSQL) it waits, saying so every few seconds; stop() ends the wait.
+   */
   async start(): Promise<void> {
-    if (this.#loop) throw new Error('scheduler already started');
-    this.#unlisten = await this.#db.listen((reason) => this.#onWake(reason));
+    if (this.#starting) throw new Error('scheduler already started');
+    this.#starting = this.#start();
+    return this.#starting;
+  }
+
+  async #start(): Promise<void> {
+    const unlisten = await this.#untilReachable(() =>
+      this.#db.listen((reason) => this.#onWake(reason)),
+    );
+    if (!unlisten) return; // stopped while waiting
+    this.#unlisten = unlisten;
     // Re-adopted runners take their slots (and GPUs) before anything new is claimed.
     await this.reconcile();
     await this.#reap();
+    if (this.#stopping) return;
     this.#reaper = setInterval(() => void this.#reap(), this.#config.HD_REAP_INTERVAL_MS);
     if (this.#reconciler)
       this.#reconcileTimer = setInterval(
@@ -127,7 +150,9 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
   async stop(graceMs = this.#config.HD_SHUTDOWN_GRACE_MS): Promise<void> {
     if (this.#stopping) return;
     this.#stopping = true;
+    this.#stopped.abort();
     this.#wakeup.signal();
+    await this.#starting?.catch(() => {}); // start()'s caller sees its error
     clearInterval(this.#reaper);
     clearInterval(this.#reconcileTimer);
     await this.#reconciling;
@@ -192,9 +217,19 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
   }
 
   async #claimLoop(): Promise<void> {
+    const backoff = new Backoff(
+      this.#config.HD_POLL_INTERVAL_MS / 4,
+      this.#config.HD_POLL_INTERVAL_MS,
+    );
     while (!this.#stopping) {
       let free = this.#config.HD_SLOTS - this.#running.size;
       const wanted = free;
+      // A job claimed while its runner cannot start would only spend an attempt.
+      if (free > 0 && !(await this.#launcherReady())) {
+        await this.#wakeup.wait(backoff.next());
+        continue;
+      }
+      backoff.reset();
       const plans = planClaims({
         free,
         gpuFree: this.#gpus?.free ?? 0,
@@ -279,10 +314,44 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
     } catch (error) {
       await logs.finish();
       const message = `the runner could not be started: ${toHdError(error).message}`;
-      await this.#outcomes.fail(job, 'LAUNCH_FAILED', message, {});
+      // The platform's fault (the engine went down after the claim) costs no attempt.
+      if (!entry.runner && !(await this.#launcherReady()))
+        await this.#outcomes.release(job, message);
+      else await this.#outcomes.fail(job, 'LAUNCH_FAILED', message, {});
     }
     const final = await this.#db.getJob(job.id).catch(() => undefined);
     this.emit('job:finished', final ?? job, exit);
+  }
+
+  /** Whether the launcher can start runners now (the Docker engine answers). */
+  async #launcherReady(): Promise<boolean> {
+    if (!this.#launcher.ready) return true;
+    try {
+      await this.#launcher.ready();
+      this.#launcherOutage.up('the launcher is back; claiming resumes');
+      return true;
+    } catch (error) {
+      this.#launcherOutage.down(toHdError(error), 'claiming paused: runners cannot be started');
+      return false;
+    }
+  }
+
+  /** `connect()`'s result once the database answers; undefined when stopped first. */
+  async #untilReachable<T>(connect: () => Promise<T>): Promise<T | undefined> {
+    const backoff = new Backoff();
+    while (!this.#stopping) {
+      try {
+        const result = await connect();
+        this.#dbOutage.up('the database is reachable; starting');
+        return result;
+      } catch (error) {
+        const err = toHdError(error);
+        if (!isTransient(err)) throw err;
+        this.#dbOutage.down(err, 'the database is not reachable');
+        await sleep(backoff.next(), this.#stopped.signal);
+      }
+    }
+    return undefined;
   }
 
   async #reap(): Promise<void> {

@@ -4,12 +4,12 @@ import type { LeasedJob } from '../contract/jobs.ts';
 import { PostgresDb } from '../control-plane/db/postgres.ts';
 import { OutcomeRecorder } from '../scheduler/outcome.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
-import { startDbRelay, type DbOutage } from './helpers/db-outage.ts';
+import { startDbRelay, type OutageRelay } from './helpers/outage-relay.ts';
 import { ACCOUNT_A, memoryLogger } from './helpers/runtime.ts';
 
 // Real PostgreSQL; the outage is a relay in front of it that refuses connections.
 let t: TestDatabase;
-let relay: DbOutage;
+let relay: OutageRelay & { url: string };
 let db: PostgresDb;
 beforeAll(async () => {
   t = await createTestDatabase();

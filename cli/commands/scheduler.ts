@@ -110,8 +110,7 @@ export async function schedulerCommand(args: ParsedArgs, env: Env): Promise<numb
     (_jobId, line) => process.stderr.write(`${line}\n`),
     gpus,
   );
-  await scheduler.start();
-  await new Promise<void>((resolve) => {
+  const stopAsked = new Promise<void>((resolve) => {
     const onSignal = (signal: NodeJS.Signals) => {
       log.info({ signal }, 'shutting down');
       process.once(signal, () => process.exit(130));
@@ -120,10 +119,18 @@ export async function schedulerCommand(args: ParsedArgs, env: Env): Promise<numb
     process.once('SIGTERM', onSignal);
     process.once('SIGINT', onSignal);
   });
+  // start() waits while the database is out of reach; a signal meanwhile ends the wait.
+  const started = scheduler.start();
   try {
-    await scheduler.stop();
+    await Promise.race([started, stopAsked]);
+    await stopAsked;
   } finally {
-    await db.close();
+    try {
+      await scheduler.stop();
+    } finally {
+      await db.close();
+    }
   }
+  await started;
   return 0;
 }

@@ -83,6 +83,17 @@ export class DockerLauncher implements Launcher {
     this.docker = options.docker ?? new Docker();
   }
 
+  /** Throws while the Docker engine does not answer (the scheduler pauses claiming). */
+  async ready(): Promise<void> {
+    try {
+      await this.docker.ping();
+    } catch (error) {
+      throw new Error(`the Docker engine does not answer: ${(error as Error).message}`, {
+        cause: error,
+      });
+    }
+  }
+
   /** The exact create options of a job's container (also what tests assert). */
   createOptions(request: LaunchRequest): Docker.ContainerCreateOptions {
     const { job, resources } = request;
