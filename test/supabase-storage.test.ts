@@ -151,10 +151,10 @@ describe('supabase storage backend', () => {
     for (const serviceRoleKey of [otherProject, expired, 'not-a-jwt']) {
       const wrongKey = new SupabaseStorage({ url: supabase.url, serviceRoleKey });
       for (const attempt of [
-        wrongKey.download(BUCKET, key('v.txt'), work),
-        wrongKey.upload(BUCKET, key('x.txt'), local, 'text/plain'),
+        () => wrongKey.download(BUCKET, key('v.txt'), work),
+        () => wrongKey.upload(BUCKET, key('x.txt'), local, 'text/plain'),
       ]) {
-        const refused = await codeOf(attempt);
+        const refused = await codeOf(attempt());
         expect(refused).toMatchObject({ code: 'STORAGE_UNAUTHORIZED', retryable: false });
         expect(refused.message).toContain('SUPABASE_SERVICE_ROLE_KEY');
         expect(refused.message).toContain('hd-runner doctor');
