@@ -20,10 +20,26 @@ export interface Command {
   options: ParseArgsOptionsConfig;
   /** Imports the command's module (only when it runs). */
   load(): Promise<CommandRun>;
+  /**
+   * An operator command: without a configured database it uses the demo's embedded
+   * PostgreSQL when the demo left one (see cli/embedded-default.ts).
+   */
+  embeddedDefault?: boolean;
 }
 
+/** Wrong flags or arguments: exit 2. */
 export class UsageError extends Error {
   override readonly name = 'UsageError';
+}
+
+/** The command was understood but cannot be done (a job in the wrong state…): exit 1. */
+export class CommandError extends Error {
+  override readonly name = 'CommandError';
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.code = code;
+  }
 }
 
 export function parseCommandArgs(command: Command, argv: string[]): ParsedArgs {

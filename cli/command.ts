@@ -4,17 +4,39 @@ import { UsageError, type ParsedArgs } from './command-spec.ts';
 
 // Helpers for the code of commands (loaded when a command runs, not for --help).
 
-export { UsageError, type CommandRun, type Env, type ParsedArgs } from './command-spec.ts';
+export {
+  CommandError,
+  UsageError,
+  type CommandRun,
+  type Env,
+  type ParsedArgs,
+} from './command-spec.ts';
 
-/** Configuration from env, with flags (given as env names) taking precedence. */
+/**
+ * Configuration from env, with flags taking precedence: `flags` maps a setting to the
+ * flag and value the user typed, and an error about it names the flag, not the setting.
+ */
 export function configFrom(
   env: Record<string, string | undefined>,
   overrides: Record<string, string | undefined> = {},
+  flags: Record<string, { flag: string; value: string | undefined }> = {},
 ): Config {
   const merged = { ...env };
   for (const [key, value] of Object.entries(overrides))
     if (value !== undefined) merged[key] = value;
-  return loadConfig(merged);
+  for (const [key, { value }] of Object.entries(flags))
+    if (value !== undefined) merged[key] = value;
+  try {
+    return loadConfig(merged);
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    const typed = Object.entries(flags).find(
+      ([key, { value }]) => value !== undefined && error.message.includes(`: ${key}: `),
+    );
+    if (!typed) throw error;
+    const [key, { flag }] = typed;
+    throw new UsageError(error.message.replace(`invalid configuration: ${key}: `, `${flag}: `));
+  }
 }
 
 export function loggerFor(config: Config, name: string): Logger {

@@ -1,4 +1,5 @@
 import type { Job } from '../contract/jobs.ts';
+import { oneLine } from './terminal-safe.ts';
 
 /** A plain text table: left-aligned columns, header underlined. */
 export function formatTable(rows: readonly Record<string, unknown>[], columns?: string[]): string {
@@ -13,11 +14,12 @@ export function formatTable(rows: readonly Record<string, unknown>[], columns?: 
   return [line(cols), line(widths.map((w) => '-'.repeat(w))), ...cells.map(line)].join('\n');
 }
 
+/** A cell stays on its line: newlines, tabs and other controls are shown escaped. */
 function cell(value: unknown): string {
   if (value === null || value === undefined) return '';
   if (value instanceof Date) return value.toISOString().replace('T', ' ').slice(0, 19);
-  if (typeof value === 'object') return JSON.stringify(value);
-  return String(value);
+  if (typeof value === 'object') return oneLine(JSON.stringify(value));
+  return oneLine(String(value));
 }
 
 /** The columns an operator wants in a job list. */

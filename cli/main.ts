@@ -1,7 +1,8 @@
 #!/usr/bin/env node
-import { HdError } from '../contract/errors.ts';
-import { parseCommandArgs, UsageError } from './command-spec.ts';
+import { parseCommandArgs } from './command-spec.ts';
 import { COMMANDS } from './commands/index.ts';
+import { reportError } from './report-error.ts';
+import { guardOutput } from './terminal-safe.ts';
 
 function mainHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.name.length));
@@ -26,6 +27,8 @@ export async function main(
   argv: string[],
   env: Record<string, string | undefined>,
 ): Promise<number> {
+  guardOutput(process.stdout);
+  guardOutput(process.stderr);
   const tooOld = nodeTooOld();
   if (tooOld) {
     console.error(tooOld);
@@ -50,20 +53,11 @@ export async function main(
       return 0;
     }
     const run = await command.load();
-    return await run(parsed, env);
+    if (!command.embeddedDefault) return await run(parsed, env);
+    const { withEmbeddedDefault } = await import('./embedded-default.ts');
+    return await withEmbeddedDefault(env, (withDatabase) => run(parsed, withDatabase));
   } catch (error) {
-    // Loaded only now: a ConfigError comes from config.ts, which the command has loaded.
-    const { ConfigError } = await import('../control-plane/config.ts');
-    if (error instanceof ConfigError || error instanceof UsageError) {
-      console.error(`hd-runner: ${error.message}`);
-      return 2;
-    }
-    if (error instanceof HdError) {
-      console.error(`hd-runner: ${error.code}: ${error.message}`);
-      return 1;
-    }
-    console.error(`hd-runner: unexpected error: ${(error as Error)?.stack ?? String(error)}`);
-    return 1;
+    return reportError(error, rest.includes('--json'));
   }
 }
 

@@ -60,6 +60,17 @@ it('stops with one line naming a wrong setting', async () => {
   expect(result.stderr).toMatch(/^hd-runner: invalid configuration: HD_SLOTS: .*\(got "many"\)$/);
 });
 
+it('names the flag the user typed, not the setting behind it', async () => {
+  const result = await execa(process.execPath, ['cli/main.ts', 'scheduler', '--slots', 'abc'], {
+    env: { PATH: process.env.PATH ?? '', HD_DATABASE_URL: t.url },
+    extendEnv: false,
+    reject: false,
+  });
+  expect(result.exitCode).toBe(2);
+  expect(result.stderr).toMatch(/^hd-runner: --slots: .*\(got "abc"\)\n?$/);
+  expect(result.stderr).not.toContain('HD_SLOTS');
+});
+
 it('`hd-runner run` of an import loads only its own handler: no pdf.js, OpenAI SDK, supabase-js', async () => {
   const path = `accounts/${ACCOUNT_A}/assets-jsonl/lean.jsonl`;
   await putObject(

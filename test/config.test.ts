@@ -200,6 +200,8 @@ describe('hd-runner CLI', () => {
         'cli/command-spec.ts',
         'cli/commands/index.ts',
         'cli/main.ts',
+        'cli/report-error.ts',
+        'cli/terminal-safe.ts',
         'contract/errors.ts',
       ]);
     }

@@ -23,7 +23,12 @@ beforeAll(async () => {
   await supabase.storage.createBucket('hd_uploads_raw');
   const root = await tempDir('hd-test-doctor-');
   await mkdir(join(root, 'hd_uploads_raw'));
-  const common = { HD_WORKER_ID: 'doctor-test', HD_LOG_LEVEL: 'silent' };
+  // An image no engine has: the docker check's answer does not depend on this machine.
+  const common = {
+    HD_WORKER_ID: 'doctor-test',
+    HD_LOG_LEVEL: 'silent',
+    HD_DOCKER_IMAGE: 'hd-runner-doctor-test:absent',
+  };
   pgConfig = loadConfig({ ...common, HD_DATABASE_URL: worker.url, HD_STORAGE_ROOT: root });
   sbConfig = loadConfig({
     ...common,
@@ -67,7 +72,9 @@ describe('hd-runner doctor', () => {
         /^queued 2 · running 0 · completed 1 · failed 0; oldest queued \d+s ago$/,
       );
       expect(checks.get('storage')?.status).toBe('ok');
-      expect(['ok', 'warn', 'skip']).toContain(checks.get('docker')?.status);
+      // The process launcher does not need Docker or its image: skipped, not a warning.
+      expect(checks.get('docker')).toMatchObject({ status: 'skip' });
+      expect(checks.get('docker')?.detail).toMatch(/; not needed by HD_LAUNCHER=process$/);
     }
     expect(byName(viaPg).get('target')).toMatchObject({ status: 'warn' });
     expect(byName(viaPg).get('target')?.detail).toContain('set HD_EXPECTED_PROJECT_REF=local');
@@ -100,6 +107,30 @@ describe('hd-runner doctor', () => {
     expect(byName(wrongProject).get('target')?.detail).toContain(
       'HD_EXPECTED_PROJECT_REF is abcdefghijklmnopqrst but this worker talks to 127.0.0.1',
     );
+  });
+
+  it('fails the docker check when the docker launcher lacks its engine or image', async () => {
+    const result = await runDoctor({ ...pgConfig, HD_LAUNCHER: 'docker' }, {});
+    expect(byName(result).get('docker')).toMatchObject({ status: 'fail' });
+    expect(byName(result).get('docker')?.detail).toMatch(
+      /^(no Docker engine reachable|engine up; image hd-runner-doctor-test:absent missing)/,
+    );
+    expect(result.ok).toBe(false);
+  });
+
+  it('answers --json in JSON even when it cannot start (no configuration)', async () => {
+    const result = await execa(process.execPath, ['cli/main.ts', 'doctor', '--json'], {
+      env: { PATH: process.env.PATH ?? '', HD_DEMO_DIR: join(await tempDir(), 'no-demo') },
+      extendEnv: false,
+      reject: false,
+    });
+    expect(result.exitCode).toBe(2);
+    expect(JSON.parse(result.stdout)).toEqual({
+      error: {
+        code: 'CONFIG',
+        message: expect.stringMatching(/^invalid configuration: HD_DATABASE_URL is required/),
+      },
+    });
   });
 
   it('prints JSON with --json, and never a secret', async () => {

@@ -55,7 +55,9 @@ export async function demoCommand(args: ParsedArgs, env: Env): Promise<number> {
   const config = configFrom(env, {
     HD_DATABASE_URL: database.connectionString(),
     HD_STORAGE_ROOT: join(dir, 'storage'),
-    HD_LOG_LEVEL: env.HD_LOG_LEVEL ?? 'warn',
+    // Runners log at info, so `jobs show ID --logs` has lines; the scheduler's own log,
+    // printed here, stays at warn (runUntilAllEnded).
+    HD_LOG_LEVEL: env.HD_LOG_LEVEL ?? 'info',
     HD_POLL_INTERVAL_MS: '500',
     ...(model
       ? { HD_LLM_BASE_URL: model.url, HD_LLM_MODEL: STAND_IN_MODEL, HD_LLM_API_KEY: 'stand-in' }
@@ -141,7 +143,7 @@ async function runUntilAllEnded(
   env: Record<string, string | undefined>,
   tracked: () => Promise<Job[]>,
 ): Promise<Job[]> {
-  const log = createLogger({ level: config.HD_LOG_LEVEL, name: 'scheduler' });
+  const log = createLogger({ level: env.HD_LOG_LEVEL ?? 'warn', name: 'scheduler' });
   const scheduler = createScheduler(config, db, log, env);
   // A completion queues the next stage in the same transaction, so "nothing open" is final.
   const settled = async () => {

@@ -222,8 +222,8 @@ export async function checkDocker(config: Config, docker = new Docker()): Promis
   const absent = images.filter((_, i) => !present[i]);
   const data = { images: Object.fromEntries(images.map((name, i) => [name, present[i]])) };
   if (!present[0]) {
-    const detail = `engine up; image ${images[0]} missing (docker build -t ${images[0]} .)`;
-    return { check: 'docker', status: needed ? 'fail' : 'warn', detail, data };
+    const detail = `engine up; image ${images[0]} missing (docker build -t ${images[0]} .)${needed ? '' : '; not needed by HD_LAUNCHER=process'}`;
+    return { check: 'docker', status: missing, detail, data };
   }
   const detail = `engine up; ${absent.length ? `present: ${images[0]}; missing: ${absent.join(', ')}` : `images ${images.join(', ')} present`}`;
   return { check: 'docker', status: 'ok', detail, data };

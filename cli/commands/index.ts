@@ -64,18 +64,25 @@ the job; prints its id. {name} is the file name in the characters storage keys a
       json: { type: 'boolean' },
     },
     load: async () => (await import('./enqueue.ts')).enqueueCommand,
+    embeddedDefault: true,
   },
   {
     name: 'jobs',
     summary: 'list, show, requeue or cancel jobs',
     usage: `hd-runner jobs list [--account UUID] [--status S] [--type T] [--limit N] [--json]
+                                        newest first, 20 unless --limit (up to 1000);
+                                        says so when more jobs match
 hd-runner jobs show ID [--logs [--limit N]] [--json]
                                         --logs: also the runner's last N log lines
                                         (hd_job_logs, default 100)
 hd-runner jobs requeue ID [--json]      failed/completed → queued, error cleared, attempts 0
 hd-runner jobs cancel ID [--reason TEXT] [--json]
                                         queued/running → failed (CANCELLED); a running
-                                        runner is stopped by its scheduler`,
+                                        runner is stopped by its scheduler
+
+ID is a job's UUID or a unique start of it (4+ characters, as the demo prints them).
+A job in another state than the action needs is left as it is: exit 1, with why.
+Without HD_DATABASE_URL, after hd-runner demo: the demo's embedded PostgreSQL.`,
     options: {
       account: { type: 'string' },
       status: { type: 'string' },
@@ -86,6 +93,7 @@ hd-runner jobs cancel ID [--reason TEXT] [--json]
       json: { type: 'boolean' },
     },
     load: async () => (await import('./jobs.ts')).jobsCommand,
+    embeddedDefault: true,
   },
   {
     name: 'migrate',
@@ -99,6 +107,7 @@ re-runnable; --force applies all of them again.
 Needs HD_DATABASE_URL (a direct PostgreSQL connection; on Supabase the pooler-less URL).`,
     options: { force: { type: 'boolean' } },
     load: async () => (await import('./migrate.ts')).migrateCommand,
+    embeddedDefault: true,
   },
   {
     name: 'doctor',
@@ -118,6 +127,7 @@ Prints one line per check (ok, WARN, FAIL, SKIP) and exits 1 when a check fails:
   gpus        nvidia-smi's GPUs and persistence mode`,
     options: { json: { type: 'boolean' }, 'job-id': { type: 'string' } },
     load: async () => (await import('./doctor.ts')).doctorCommand,
+    embeddedDefault: true,
   },
   {
     name: 'demo',

@@ -92,13 +92,16 @@ function warnIfUnreachable(config: Config, log: Logger) {
 
 export async function schedulerCommand(args: ParsedArgs, env: Env): Promise<number> {
   const launcher = stringOption(args, 'launcher') ?? env.HD_LAUNCHER;
-  const config = configFrom(env, {
-    HD_SLOTS: stringOption(args, 'slots'),
-    HD_JOB_TYPES: stringOption(args, 'job-types'),
-    HD_LAUNCHER: launcher,
+  const config = configFrom(
+    env,
     // A restarted scheduler finds its containers by this id: keep it stable.
-    HD_WORKER_ID: env.HD_WORKER_ID || (launcher === 'docker' ? hostname() : undefined),
-  });
+    { HD_WORKER_ID: env.HD_WORKER_ID || (launcher === 'docker' ? hostname() : undefined) },
+    {
+      HD_SLOTS: { flag: '--slots', value: stringOption(args, 'slots') },
+      HD_JOB_TYPES: { flag: '--job-types', value: stringOption(args, 'job-types') },
+      HD_LAUNCHER: { flag: '--launcher', value: stringOption(args, 'launcher') },
+    },
+  );
   const log = loggerFor(config, 'scheduler');
   const gpus = await resolveGpuSlots(config, env, log);
   const db = openDb(config);

@@ -183,9 +183,17 @@ export class PostgresDb implements ControlPlaneDb {
         where ($1::uuid is null or account_id = $1)
           and ($2::text is null or status = $2)
           and ($3::text is null or job_type = $3)
+          and ($5::uuid is null or id between $5 and $6)
         order by created_at desc, id
         limit $4`,
-      [f.accountId ?? null, f.status ?? null, f.jobType ?? null, f.limit ?? 20],
+      [
+        f.accountId ?? null,
+        f.status ?? null,
+        f.jobType ?? null,
+        f.limit ?? 20,
+        f.idRange?.[0] ?? null,
+        f.idRange?.[1] ?? null,
+      ],
     );
   }
 

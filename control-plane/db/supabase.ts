@@ -225,6 +225,7 @@ export class SupabaseDb extends SupabaseOutputCalls implements ControlPlaneDb {
     if (f.accountId) query = query.eq('account_id', f.accountId);
     if (f.status) query = query.eq('status', f.status);
     if (f.jobType) query = query.eq('job_type', f.jobType);
+    if (f.idRange) query = query.gte('id', f.idRange[0]).lte('id', f.idRange[1]);
     const { data, error, status } = await query
       .order('created_at', { ascending: false })
       .order('id', { ascending: true })

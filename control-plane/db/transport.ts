@@ -182,6 +182,8 @@ export interface ListJobsFilter {
   accountId?: string | undefined;
   status?: string | undefined;
   jobType?: string | undefined;
+  /** Ids from [0] to [1], inclusive: the UUIDs that start with a given prefix. */
+  idRange?: readonly [string, string] | undefined;
   limit?: number | undefined;
 }
 
