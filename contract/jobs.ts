@@ -65,6 +65,18 @@ export const nextStagesSchema = z
   .max(PIPELINE_STAGES.length)
   .optional();
 
+/**
+ * The storage objects a job type reads: the payload's `bucket`/`path`, or the files of
+ * its document (hd_document_files). A scheduler grants a runner these and no others.
+ */
+export const JOB_INPUTS: { [K in JobType]: 'payload_object' | 'document_files' | 'none' } = {
+  import_assets_jsonl: 'payload_object',
+  extract_text: 'document_files',
+  extract_interpretations: 'none',
+  text2kg: 'none',
+  synthesize_node: 'none',
+};
+
 /** Payload (`debug`) schemas, one per job type. Unknown keys (e.g. stats) pass through. */
 export const PAYLOAD_SCHEMAS = {
   import_assets_jsonl: z.looseObject({

@@ -15,7 +15,11 @@ export function combinationError(config: Config): string | undefined {
   if (supabase && !config.SUPABASE_URL) {
     return `SUPABASE_URL is required for ${uses} (it is not set)`;
   }
-  if (supabase && !config.SUPABASE_SERVICE_ROLE_KEY) {
+  // A runner under a scheduler holds a job token and signed URLs instead of the key.
+  const keyless =
+    (config.HD_TRANSPORT !== 'supabase' || config.HD_JOB_TOKEN) &&
+    (config.HD_STORAGE !== 'supabase' || config.HD_JOB_STORAGE_URLS);
+  if (supabase && !config.SUPABASE_SERVICE_ROLE_KEY && !keyless) {
     return `SUPABASE_SERVICE_ROLE_KEY is required for ${uses} (it is not set)`;
   }
   if (config.HD_REALTIME && config.HD_TRANSPORT !== 'supabase') {

@@ -26,6 +26,22 @@ export const configSchema = z.object({
   SUPABASE_URL: z.string().url().optional(),
   /** Supabase service-role key (supabase transport/storage); a secret, never logged. No default. */
   SUPABASE_SERVICE_ROLE_KEY: z.string().min(20).optional(),
+  /** Supabase anon (publishable) key runners send as `apikey` to the project's API gateway; public, grants nothing by itself. No default. */
+  SUPABASE_ANON_KEY: z.string().min(20).optional(),
+  /** Supabase's legacy JWT secret (HS256); the scheduler signs each runner's job-scoped token with it (secret, scheduler only). No default. */
+  SUPABASE_JWT_SECRET: z.string().min(32).optional(),
+  /** Private key (PEM, or a private JWK as JSON; EC P-256 → ES256, RSA → RS256) imported as one of the project's JWT signing keys; signs runner tokens (secret, scheduler only). No default. */
+  HD_RUNNER_JWT_PRIVATE_KEY: z.string().min(1).optional(),
+  /** Key id (`kid`) Supabase shows for HD_RUNNER_JWT_PRIVATE_KEY. No default. */
+  HD_RUNNER_JWT_KID: z.string().min(1).optional(),
+  /** What runners are given: `scoped` (a credential for their one job, see docs/containers.md) or `operator` (the scheduler's own; trusted single-tenant setups only). Default scoped. */
+  HD_RUNNER_CREDENTIALS: z.enum(['scoped', 'operator']).default('scoped'),
+  /** Connection string runners use with the postgres transport: role hd_runner (or a login role granted it), never the scheduler's (secret). No default. */
+  HD_RUNNER_DATABASE_URL: z.string().url().optional(),
+  /** Set by the scheduler for one runner (supabase transport): its job-scoped JWT (secret). */
+  HD_JOB_TOKEN: z.string().min(20).optional(),
+  /** Set by the scheduler for one runner (supabase storage): JSON map of `bucket/key` to a signed download URL of each input object (secret). */
+  HD_JOB_STORAGE_URLS: z.string().min(2).optional(),
   /** Longest one REST call of the supabase transport may take, in ms. Default 30000. */
   HD_SUPABASE_TIMEOUT_MS: positiveInt.default(30_000),
   /** Supabase Realtime wake-ups on new/cancelled jobs (supabase transport; polling stays on): `true`/`false`. Default false. */

@@ -9,6 +9,10 @@ import { promisify } from 'node:util';
 
 export interface EmbeddedDatabase {
   connectionString: (database?: string) => string;
+  /** As role hd_runner, once enableRunnerLogin gave it this server's runner password. */
+  runnerConnectionString: (database?: string) => string;
+  /** Generated like the superuser's, kept in `{dir}/runner-password` (0600). */
+  runnerPassword: string;
   port: number;
   /** Where the data folder really is (differs from the request as root; see below). */
   dataDir: string;
@@ -48,6 +52,7 @@ export async function startEmbeddedPostgres(options: {
   await mkdir(dir, { recursive: true });
   await chmod(dir, 0o755);
   const password = await readOrCreatePassword(join(dir, 'password'));
+  const runnerPassword = await readOrCreatePassword(join(dir, 'runner-password'));
   if (owner) await chown(dir, owner.uid, owner.gid);
   const asOwner = owner ? { uid: owner.uid, gid: owner.gid } : {};
   const env = { ...process.env, LC_MESSAGES: 'C', LC_ALL: 'C' };
@@ -104,6 +109,9 @@ export async function startEmbeddedPostgres(options: {
     dataDir,
     connectionString: (database = 'postgres') =>
       `postgres://postgres:${encodeURIComponent(password)}@127.0.0.1:${port}/${database}`,
+    runnerPassword,
+    runnerConnectionString: (database = 'postgres') =>
+      `postgres://hd_runner:${encodeURIComponent(runnerPassword)}@127.0.0.1:${port}/${database}`,
     async stop() {
       process.off('exit', killOnExit);
       if (server.exitCode === null && server.signalCode === null) {

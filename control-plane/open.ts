@@ -3,6 +3,7 @@ import { PostgresDb } from './db/postgres.ts';
 import { SupabaseDb } from './db/supabase.ts';
 import type { ControlPlaneDb } from './db/transport.ts';
 import { FsStorage } from './storage/fs.ts';
+import { SignedUrlStorage, signedUrlMapSchema } from './storage/signed-urls.ts';
 import type { StorageBackend } from './storage/storage.ts';
 import { SupabaseStorage } from './storage/supabase.ts';
 import { projectMismatch } from './supabase-target.ts';
@@ -18,6 +19,14 @@ export function openDb(
   const mismatch = options.checkProject === false ? undefined : projectMismatch(config);
   if (mismatch) throw new ConfigError(`invalid configuration: ${mismatch}`);
   if (config.HD_TRANSPORT === 'supabase') {
+    if (config.HD_JOB_TOKEN)
+      return new SupabaseDb({
+        url: requireSetting(config, 'SUPABASE_URL', 'for the supabase transport'),
+        // The gateway wants an API key; the anon key is public. PostgREST reads the token.
+        serviceRoleKey: config.SUPABASE_ANON_KEY ?? config.HD_JOB_TOKEN,
+        accessToken: config.HD_JOB_TOKEN,
+        timeoutMs: config.HD_SUPABASE_TIMEOUT_MS,
+      });
     return new SupabaseDb({
       url: requireSetting(config, 'SUPABASE_URL', 'for the supabase transport'),
       serviceRoleKey: requireSetting(
@@ -36,6 +45,7 @@ export function openDb(
 /** The configured storage backend. */
 export function openStorage(config: Config): StorageBackend {
   if (config.HD_STORAGE === 'supabase') {
+    if (config.HD_JOB_STORAGE_URLS) return new SignedUrlStorage(jobStorageUrls(config));
     return new SupabaseStorage({
       url: requireSetting(config, 'SUPABASE_URL', 'for the supabase storage'),
       serviceRoleKey: requireSetting(
@@ -46,4 +56,19 @@ export function openStorage(config: Config): StorageBackend {
     });
   }
   return new FsStorage(config.HD_STORAGE_ROOT);
+}
+
+function jobStorageUrls(config: Config): Record<string, string> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(config.HD_JOB_STORAGE_URLS ?? '');
+  } catch {
+    parsed = undefined;
+  }
+  const urls = signedUrlMapSchema.safeParse(parsed);
+  if (!urls.success)
+    throw new ConfigError(
+      'invalid configuration: HD_JOB_STORAGE_URLS: must be a JSON object of bucket/key to signed URL (set by the scheduler)',
+    );
+  return urls.data;
 }

@@ -8,8 +8,13 @@ const require = createRequire(import.meta.url);
 
 export interface ServiceClientOptions {
   url: string;
-  /** The service-role key (a JWT, or an `sb_secret_…` key). Never logged. */
+  /**
+   * The key sent as `apikey`: the service-role key (a JWT, or an `sb_secret_…` key), or,
+   * with `accessToken`, the project's public anon key. Never logged.
+   */
   serviceRoleKey: string;
+  /** A runner's job-scoped JWT, sent as the bearer token instead of the key. */
+  accessToken?: string | undefined;
   /**
    * Longest a whole request may take, in ms; undefined for none (storage transfers of
    * large files). A request cut short fails as DATABASE_UNAVAILABLE and is retried by
@@ -36,7 +41,10 @@ export function createServiceClient(options: ServiceClientOptions): SupabaseClie
   return createClient(options.url, options.serviceRoleKey, {
     auth: { persistSession: false, autoRefreshToken: false, detectSessionInUrl: false },
     global: {
-      headers: { 'x-client-info': 'hd-runner' },
+      headers: {
+        'x-client-info': 'hd-runner',
+        ...(options.accessToken ? { authorization: `Bearer ${options.accessToken}` } : {}),
+      },
       ...(timedFetch ? { fetch: timedFetch } : {}),
     },
   });

@@ -7,6 +7,11 @@ export interface LaunchRequest {
   /** GPUs the scheduler pinned the job to (none, or absent: a CPU job that sees no GPU). */
   gpuIds?: readonly string[] | undefined;
   /**
+   * The job's own environment (its lease token, credentials scoped to it), laid over the
+   * launcher's base environment.
+   */
+  env?: Readonly<Record<string, string>> | undefined;
+  /**
    * Receives each line the runner prints, as it prints it (besides the launcher's own
    * `onOutput`): the scheduler stores them in hd_job_logs.
    */

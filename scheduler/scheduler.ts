@@ -47,6 +47,9 @@ export interface SchedulerDeps {
   resourcesFor?: (jobType: string) => Resources;
   /** Batching and memory limits of the runner output stored in hd_job_logs. */
   jobLogs?: Partial<JobLogLimits> | undefined;
+  /** The job's own runner environment: credentials scoped to it (scheduler/runner-access.ts). */
+  runnerEnv?:
+    ((job: LeasedJob, resources: Resources) => Promise<Record<string, string>>) | undefined;
 }
 
 /**
@@ -62,6 +65,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
   readonly #gpus: GpuSlots | undefined;
   readonly #reconciler: Reconciler | undefined;
   readonly #resourcesFor: (jobType: string) => Resources;
+  readonly #runnerEnv: SchedulerDeps['runnerEnv'];
   readonly #logs: JobLogBook;
   readonly #outcomes: OutcomeRecorder;
   readonly #running = new Map<string, Running>();
@@ -88,6 +92,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
     this.#gpus = deps.gpus;
     this.#reconciler = deps.reconciler;
     this.#resourcesFor = deps.resourcesFor ?? handlerResources;
+    this.#runnerEnv = deps.runnerEnv;
     this.#dbOutage = new OutageNotice(deps.log);
     this.#launcherOutage = new OutageNotice(deps.log);
     this.#logs = new JobLogBook({ db: deps.db, log: deps.log, limits: deps.jobLogs });
@@ -303,6 +308,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
           job,
           resources,
           gpuIds: entry.gpuIds,
+          env: await this.#runnerEnv?.(job, resources),
           onOutput: (line) => logs.push(line),
         });
       }

@@ -5,7 +5,7 @@ import { chmod } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Job, LeasedJob } from '../contract/jobs.ts';
-import { configToEnv, type Config } from '../control-plane/config.ts';
+import type { Config } from '../control-plane/config.ts';
 import { createLogger } from '../control-plane/logger.ts';
 import { PACKAGE_ROOT } from '../control-plane/package-root.ts';
 import type { Launcher } from '../scheduler/launcher.ts';
@@ -15,6 +15,7 @@ import {
   type DockerLauncherOptions,
 } from '../scheduler/launchers/docker.ts';
 import { DockerReconciler } from '../scheduler/reconcile.ts';
+import { RunnerAccess } from '../scheduler/runner-access.ts';
 import { handlerResources, Scheduler } from '../scheduler/scheduler.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
 import {
@@ -69,13 +70,18 @@ afterAll(async () => {
   expect(left.map((c) => `${c.Names[0]} ${c.State}`)).toEqual([]);
 });
 
+/** What the scheduler command gives runners: role hd_runner, never its own URL. */
+function runnerAccess() {
+  return new RunnerAccess({ ...config, HD_RUNNER_DATABASE_URL: t.runnerUrl }, t.db);
+}
+
 function launcher(options: Partial<DockerLauncherOptions> = {}) {
   return new DockerLauncher({
     db: t.db,
     docker,
     schedulerId: SCHEDULER_ID,
     image,
-    env: configToEnv(config),
+    env: runnerAccess().baseEnv,
     networkMode: 'host',
     storageRoot: root,
     killGraceMs: 2000,
@@ -98,6 +104,7 @@ async function startScheduler(l: DockerLauncher, wrap?: (l: DockerLauncher) => L
     config,
     log: silent,
     reconciler,
+    runnerEnv: (job, resources) => runnerAccess().envFor(job, resources),
   });
   schedulers.push(scheduler);
   await scheduler.start();
@@ -156,7 +163,7 @@ describe.skipIf(!d.available)(`docker launcher${skipNote(d)}`, () => {
     ]);
     // Runners log at info here, so that their output fills hd_job_logs.
     const scheduler = await startScheduler(
-      launcher({ env: configToEnv({ ...config, HD_LOG_LEVEL: 'info' }) }),
+      launcher({ env: { ...runnerAccess().baseEnv, HD_LOG_LEVEL: 'info' } }),
     );
     const [doneA, doneB] = await Promise.all([ended(scheduler, a.id), ended(scheduler, b.id)]);
     expect(doneA).toMatchObject({ status: 'completed', attempts: 1, progress_percent: 100 });
@@ -192,6 +199,8 @@ describe.skipIf(!d.available)(`docker launcher${skipNote(d)}`, () => {
   });
 
   it('hardens the container, as docker inspect shows, and passes selftest inside it', async () => {
+    await putObject(root, 'hd_uploads_raw', `accounts/${ACCOUNT_A}/probe.txt`, 'a');
+    await putObject(root, 'hd_uploads_raw', `accounts/${ACCOUNT_B}/probe.txt`, 'b');
     const job = await claimed();
     const l = launcher();
     const runner = await l.launch({ job, resources: { ...limits, memoryMb: 512, cpus: 1.5 } });
@@ -215,8 +224,18 @@ describe.skipIf(!d.available)(`docker launcher${skipNote(d)}`, () => {
         NanoCpus: 1.5e9,
         NetworkMode: 'host',
         Privileged: false,
-        Binds: [`${root}:/hd-storage:ro`],
+        // Only the job's own account folder, read-only: other tenants are not there.
+        Binds: [
+          `${root}/hd_uploads_raw/accounts/${ACCOUNT_A}:/hd-storage/hd_uploads_raw/accounts/${ACCOUNT_A}:ro`,
+        ],
       });
+      // No credential of the scheduler's: role hd_runner's URL, no superuser, no service key.
+      const env = new Map(
+        info.Config.Env.map((e) => [e.slice(0, e.indexOf('=')), e.slice(e.indexOf('=') + 1)]),
+      );
+      expect(env.get('HD_DATABASE_URL')).toBe(t.runnerUrl);
+      expect(info.Config.Env.join('\n')).not.toContain(new URL(t.url).password);
+      expect([...env.keys()].filter((k) => /SERVICE_ROLE|JWT_SECRET|RUNNER_/.test(k))).toEqual([]);
       expect(info.HostConfig.Tmpfs?.['/tmp']).toMatch(/size=256m/);
       expect(info.Config.Env).toContain(`HD_LEASE_TOKEN=${job.lease_token}`);
       expect(info.Config.Env).toContain('HD_STORAGE_ROOT=/hd-storage');
@@ -405,6 +424,7 @@ function startCliScheduler(): { child: ChildProcess; output: string[] } {
       env: {
         PATH: process.env.PATH,
         HD_DATABASE_URL: t.url,
+        HD_RUNNER_DATABASE_URL: t.runnerUrl,
         HD_STORAGE_ROOT: root,
         HD_WORKER_ID: CLI_SCHEDULER_ID,
         HD_DOCKER_IMAGE: image,

@@ -1,25 +1,25 @@
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
-import { ConfigError, configToEnv, redactUrl, type Config } from '../../control-plane/config.ts';
+import { ConfigError, redactUrl, type Config } from '../../control-plane/config.ts';
 import type { ControlPlaneDb } from '../../control-plane/db/transport.ts';
 import type { Logger } from '../../control-plane/logger.ts';
 import { openDb } from '../../control-plane/open.ts';
+import { supabaseUrlSigner } from '../../control-plane/storage/signed-urls.ts';
 import { GpuDiscoveryError, GpuSlots, resolveGpuIds } from '../../scheduler/gpu.ts';
 import { DockerLauncher } from '../../scheduler/launchers/docker.ts';
 import { ProcessLauncher } from '../../scheduler/launchers/process.ts';
 import { DockerReconciler } from '../../scheduler/reconcile.ts';
+import { RunnerAccess } from '../../scheduler/runner-access.ts';
 import { handlerResources, Scheduler } from '../../scheduler/scheduler.ts';
 import { configFrom, loggerFor, stringOption, type Env, type ParsedArgs } from '../command.ts';
 
 // Runners inherit only these from the scheduler's own environment, plus hd-runner's config.
 const INHERITED_ENV = ['PATH', 'HOME', 'TMPDIR', 'LANG', 'TZ', 'NODE_EXTRA_CA_CERTS'];
-// Settings only the scheduler reads: they stay out of runner containers.
-const SCHEDULER_ONLY =
-  /^HD_(DOCKER_|GPU|LAUNCHER$|SLOTS$|JOB_TYPES$|POLL_INTERVAL_MS$|REAP_INTERVAL_MS$|RECONCILE_INTERVAL_MS$|SHUTDOWN_GRACE_MS$)/;
 
 /**
  * A scheduler wired to the configured launcher (HD_LAUNCHER); runner output goes to
- * `onOutput`. `gpus` are the GPU slots (see resolveGpuSlots); none by default.
+ * `onOutput`. `gpus` are the GPU slots (see resolveGpuSlots); none by default. Runners get
+ * credentials scoped to their job (RunnerAccess); a misconfiguration throws ConfigError.
  */
 export function createScheduler(
   config: Config,
@@ -30,16 +30,14 @@ export function createScheduler(
   gpus?: GpuSlots,
 ): Scheduler {
   if (config.HD_LAUNCHER === 'docker') {
-    const runnerEnv = Object.fromEntries(
-      Object.entries(configToEnv(config)).filter(([key]) => !SCHEDULER_ONLY.test(key)),
-    );
+    const access = runnerAccess(config, db, log);
     warnIfUnreachable(config, log);
     const launcher = new DockerLauncher({
       db,
       schedulerId: config.HD_WORKER_ID,
       image: config.HD_DOCKER_IMAGE,
       gpuImage: config.HD_DOCKER_GPU_IMAGE,
-      env: runnerEnv,
+      env: access.baseEnv,
       networkMode: config.HD_DOCKER_NETWORK,
       user: config.HD_DOCKER_USER,
       pidsLimit: config.HD_DOCKER_PIDS_LIMIT,
@@ -56,12 +54,45 @@ export function createScheduler(
       log,
       resourcesFor: handlerResources,
     });
-    return new Scheduler({ db, launcher, config, log, gpus, reconciler });
+    const runnerEnv = access.envFor.bind(access);
+    return new Scheduler({ db, launcher, config, log, gpus, reconciler, runnerEnv });
   }
-  const runnerEnv: Record<string, string> = {};
-  for (const name of INHERITED_ENV) if (env[name]) runnerEnv[name] = env[name];
-  const launcher = new ProcessLauncher({ env: { ...runnerEnv, ...configToEnv(config) }, onOutput });
-  return new Scheduler({ db, launcher, config, log, gpus });
+  // A child process runs as this user and could read this process's environment anyway;
+  // scoped credentials are used where configured, so both launchers behave alike.
+  const scoped = hasScopedCredentials(config);
+  if (!scoped && config.HD_RUNNER_CREDENTIALS === 'scoped')
+    log.warn(
+      'process launcher: runners get the scheduler’s own credentials (no HD_RUNNER_DATABASE_URL / SUPABASE_JWT_SECRET); use the docker launcher to isolate tenants (docs/containers.md)',
+    );
+  const access = runnerAccess(
+    scoped ? config : { ...config, HD_RUNNER_CREDENTIALS: 'operator' },
+    db,
+    log,
+  );
+  const inherited: Record<string, string> = {};
+  for (const name of INHERITED_ENV) if (env[name]) inherited[name] = env[name];
+  const launcher = new ProcessLauncher({ env: { ...inherited, ...access.baseEnv }, onOutput });
+  const runnerEnv = access.envFor.bind(access);
+  return new Scheduler({ db, launcher, config, log, gpus, runnerEnv });
+}
+
+function runnerAccess(config: Config, db: ControlPlaneDb, log: Logger): RunnerAccess {
+  if (config.HD_RUNNER_CREDENTIALS === 'operator' && config.HD_LAUNCHER === 'docker')
+    log.warn(
+      'HD_RUNNER_CREDENTIALS=operator: every runner container holds the scheduler’s credentials (all tenants); for trusted single-tenant setups only',
+    );
+  const signer =
+    config.HD_STORAGE === 'supabase' && config.SUPABASE_URL && config.SUPABASE_SERVICE_ROLE_KEY
+      ? supabaseUrlSigner(config.SUPABASE_URL, config.SUPABASE_SERVICE_ROLE_KEY)
+      : undefined;
+  return new RunnerAccess(config, db, signer);
+}
+
+/** Whether runner credentials are configured for the transport in use. */
+function hasScopedCredentials(config: Config): boolean {
+  return config.HD_TRANSPORT === 'postgres'
+    ? Boolean(config.HD_RUNNER_DATABASE_URL)
+    : Boolean(config.SUPABASE_JWT_SECRET || config.HD_RUNNER_JWT_PRIVATE_KEY);
 }
 
 /** GPU slots from HD_GPUS / `nvidia-smi -L` and HD_GPU_JOBS_PER_GPU. */

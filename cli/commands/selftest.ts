@@ -1,6 +1,7 @@
 import { mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { toHdError } from '../../contract/errors.ts';
 import { ConfigError, loadConfig, redactUrl, type Config } from '../../control-plane/config.ts';
 import { openDb } from '../../control-plane/open.ts';
 import { listGpus } from '../../scheduler/gpu.ts';
@@ -83,8 +84,14 @@ async function checkDatabase(config: Config): Promise<Omit<Check, 'name'>> {
   if (!config.HD_DATABASE_URL) return { status: 'skip', detail: 'HD_DATABASE_URL is not set' };
   const db = openDb({ ...config, HD_DATABASE_POOL_SIZE: 1 });
   try {
-    // Reads the jobs table: proves the connection, the credentials and the schema.
-    await db.getJob(NIL_UUID);
+    // A runner may call only lease-checked functions: one refusing a lease nobody holds
+    // proves the connection, the credentials and the schema (role hd_runner suffices).
+    const refusal = await db.adoptLease(NIL_UUID, NIL_UUID, 1).then(
+      () => undefined,
+      (error: unknown) => toHdError(error),
+    );
+    if (refusal?.code !== 'LEASE_LOST')
+      throw refusal ?? new Error('a lease nobody holds was granted');
     return { status: 'ok', detail: `${redactUrl(config.HD_DATABASE_URL)} answers` };
   } finally {
     await db.close().catch(() => {});

@@ -50,7 +50,10 @@ export function wakeFromChange(change: {
 
 export interface SupabaseDbOptions {
   url: string;
+  /** The service-role key; a runner with `accessToken` sends the public anon key instead. */
   serviceRoleKey: string;
+  /** A runner's job-scoped JWT (role hd_runner): reaches the lease-checked functions of its job. */
+  accessToken?: string | undefined;
   /** Subscribe to Realtime changes of hd_ingestion_jobs for instant wake-ups. Default false. */
   realtime?: boolean;
   /** Longest one call may take, in ms. Default 30000. */
@@ -83,6 +86,7 @@ export class SupabaseDb extends SupabaseOutputCalls implements ControlPlaneDb {
       createServiceClient({
         url: options.url,
         serviceRoleKey: options.serviceRoleKey,
+        accessToken: options.accessToken,
         timeoutMs: options.timeoutMs ?? 30_000,
       });
   }

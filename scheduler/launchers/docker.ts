@@ -1,6 +1,9 @@
+import { existsSync, readdirSync } from 'node:fs';
 import { constants } from 'node:os';
+import { join } from 'node:path';
 import Docker from 'dockerode';
 import type { LeasedJob } from '../../contract/jobs.ts';
+import { tenantPrefix } from '../../contract/storage-paths.ts';
 import type { ControlPlaneDb } from '../../control-plane/db/transport.ts';
 import type { Resources } from '../../runner/handler.ts';
 import type {
@@ -99,7 +102,7 @@ export class DockerLauncher implements Launcher {
     const { job, resources } = request;
     const o = this.#o;
     const gpuIds = request.gpuIds ?? [];
-    const env: Record<string, string> = { ...o.env, HD_WORK_DIR: '/tmp' };
+    const env: Record<string, string> = { ...o.env, ...request.env, HD_WORK_DIR: '/tmp' };
     if (o.storageRoot) env.HD_STORAGE_ROOT = CONTAINER_STORAGE_ROOT;
     env.HD_LEASE_TOKEN = job.lease_token;
     // Also where `nvidia` is the engine's default runtime (DGX OS) and the image says
@@ -131,7 +134,7 @@ export class DockerLauncher implements Launcher {
         Tmpfs: { '/tmp': `rw,noexec,nosuid,nodev,size=${o.tmpfsMb ?? 256}m` },
         CapDrop: ['ALL'],
         SecurityOpt: ['no-new-privileges'],
-        Binds: o.storageRoot ? [`${o.storageRoot}:${CONTAINER_STORAGE_ROOT}:ro`] : [],
+        Binds: o.storageRoot ? tenantStorageBinds(o.storageRoot, job.account_id) : [],
         LogConfig: { Type: 'json-file', Config: { 'max-size': '20m', 'max-file': '1' } },
         ...(gpuIds.length > 0 && {
           DeviceRequests: [{ Driver: 'nvidia', DeviceIDs: [...gpuIds], Capabilities: [['gpu']] }],
@@ -306,6 +309,25 @@ export class DockerLauncher implements Launcher {
       if (error.statusCode !== 404 && error.statusCode !== 409) throw error;
     });
   }
+}
+
+/**
+ * The fs storage a job's container sees: `accounts/{account_id}/` of each bucket that has
+ * one, read-only, at the same place under CONTAINER_STORAGE_ROOT. Other tenants' folders
+ * are not in the container at all. Missing folders are not bound (Docker would create
+ * them on the host, as root).
+ */
+export function tenantStorageBinds(storageRoot: string, accountId: string): string[] {
+  const tenant = tenantPrefix(accountId).slice(0, -1);
+  const binds: string[] = [];
+  if (!existsSync(storageRoot)) return binds;
+  for (const bucket of readdirSync(storageRoot, { withFileTypes: true })) {
+    if (!bucket.isDirectory()) continue;
+    const source = join(storageRoot, bucket.name, tenant);
+    if (existsSync(source))
+      binds.push(`${source}:${CONTAINER_STORAGE_ROOT}/${bucket.name}/${tenant}:ro`);
+  }
+  return binds;
 }
 
 /** `container.wait()`, retried across a brief loss of the engine connection. */

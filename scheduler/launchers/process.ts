@@ -42,7 +42,13 @@ export class ProcessLauncher implements Launcher {
     this.#options = options;
   }
 
-  async launch({ job, resources, gpuIds = [], onOutput }: LaunchRequest): Promise<LaunchedRunner> {
+  async launch({
+    job,
+    resources,
+    gpuIds = [],
+    env,
+    onOutput,
+  }: LaunchRequest): Promise<LaunchedRunner> {
     const [file, ...baseArgs] = this.#options.command ?? [process.execPath, CLI_ENTRY];
     const started = performance.now();
     const tail: string[] = [];
@@ -50,6 +56,7 @@ export class ProcessLauncher implements Launcher {
     const child = execa(file!, [...baseArgs, 'run', '--job-id', job.id], {
       env: {
         ...this.#options.env,
+        ...env,
         HD_LEASE_TOKEN: job.lease_token,
         // A GPU job sees only its pinned GPUs; a CPU job none (empty: no CUDA device).
         CUDA_VISIBLE_DEVICES: gpuIds.join(','),

@@ -6,6 +6,8 @@ import { PostgresDb } from '../../control-plane/db/postgres.ts';
 export interface TestDatabase {
   name: string;
   url: string;
+  /** The same database as role hd_runner: what a runner with a scoped credential gets. */
+  runnerUrl: string;
   db: PostgresDb;
   /** Same database, for assertions and setup statements outside the queue functions. */
   sql: pg.Pool;
@@ -35,6 +37,7 @@ export async function createTestDatabase(): Promise<TestDatabase> {
   return {
     name,
     url,
+    runnerUrl: withDatabase(inject('pgRunnerUrl'), name),
     db,
     sql,
     async drop() {

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import pg from 'pg';
 import type { TestProject } from 'vitest/node';
 import { migrate } from '../../control-plane/db/migrate.ts';
+import { enableRunnerLogin } from '../../control-plane/db/runner-role.ts';
 import { startEmbeddedPostgres } from '../../control-plane/embedded-postgres.ts';
 
 declare module 'vitest' {
@@ -12,6 +13,8 @@ declare module 'vitest' {
     pgAdminUrl: string;
     /** A migrated database every test file clones (CREATE DATABASE … TEMPLATE). */
     pgTemplate: string;
+    /** Same server as role hd_runner (lease-checked functions only), database `postgres`. */
+    pgRunnerUrl: string;
   }
 }
 
@@ -28,9 +31,12 @@ export default async function setup(project: TestProject) {
   const client = new pg.Client(database.connectionString(TEMPLATE_DB));
   await client.connect();
   await migrate(client);
+  // Roles are the server's: once here, hd_runner can log in to every test database.
+  await enableRunnerLogin(client, database.runnerPassword);
   await client.end();
   project.provide('pgAdminUrl', database.connectionString());
   project.provide('pgTemplate', TEMPLATE_DB);
+  project.provide('pgRunnerUrl', database.runnerConnectionString());
   return async () => {
     await database.stop();
     await rm(dir, { recursive: true, force: true });

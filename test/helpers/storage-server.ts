@@ -55,21 +55,30 @@ export type Caller = { valid: false; reason: string } | { valid: true; role: str
 /** Who is calling: a JWT signed with the project's secret and not expired, or nobody. */
 function callerOf(req: IncomingMessage, secret: string): Caller {
   const token = /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? '')?.[1] ?? '';
+  const claims = verifyJwt(token, secret);
+  if (typeof claims === 'string') return { valid: false, reason: claims };
+  return { valid: true, role: typeof claims.role === 'string' ? claims.role : 'anon' };
+}
+
+/** The claims of an HS256 token signed with `secret` and not expired, or why not. */
+function verifyJwt(token: string, secret: string): Record<string, unknown> | string {
   const [header, payload, signature] = token.split('.');
-  if (!header || !payload || !signature) return { valid: false, reason: 'jwt malformed' };
+  if (!header || !payload || !signature) return 'jwt malformed';
   const expected = createHmac('sha256', secret).update(`${header}.${payload}`).digest();
   const given = Buffer.from(signature, 'base64url');
-  if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
-    return { valid: false, reason: 'invalid signature' };
-  }
+  if (given.length !== expected.length || !timingSafeEqual(given, expected))
+    return 'invalid signature';
   const claims = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as {
-    role?: string;
     exp?: number;
   };
-  if (claims.exp !== undefined && claims.exp * 1000 <= Date.now()) {
-    return { valid: false, reason: 'jwt expired' };
-  }
-  return { valid: true, role: claims.role ?? 'anon' };
+  if (claims.exp !== undefined && claims.exp * 1000 <= Date.now()) return 'jwt expired';
+  return claims;
+}
+
+function signJwt(claims: Record<string, unknown>, secret: string): string {
+  const part = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const input = `${part({ alg: 'HS256', typ: 'JWT' })}.${part(claims)}`;
+  return `${input}.${createHmac('sha256', secret).update(input).digest('base64url')}`;
 }
 
 const decode = (segment: string, whole: string) => {
@@ -158,6 +167,57 @@ export function createStorageStandIn(options: { root: string; jwtSecret: string 
     await pipeline(createReadStream(found.file), res);
   }
 
+  /**
+   * Signed URLs as real Storage makes them: `POST /object/sign/{bucket}` with
+   * `{expiresIn, paths}` (a role that may read them) answers `[{path, signedURL, error}]`,
+   * each URL carrying a token signed with the project secret over `{url: bucket/key, exp}`;
+   * `GET /object/sign/{bucket}/{key}?token=` serves that one object to whoever holds it,
+   * and answers 400 InvalidSignature for a token of another object or past its exp.
+   */
+  async function signed(
+    req: IncomingMessage,
+    res: ServerResponse,
+    parts: string[],
+    path: string,
+    caller: Caller,
+    seen: StorageRequest,
+  ) {
+    const bucket = decode(parts[0] ?? '', path);
+    if (req.method === 'POST' && parts.length === 1) {
+      if (!caller.valid) throw E.accessDenied(caller.reason);
+      const body = JSON.parse((await readBody(req)).toString('utf8') || '{}') as {
+        expiresIn: number;
+        paths: string[];
+      };
+      const exp = Math.floor(Date.now() / 1000) + body.expiresIn;
+      return json(
+        res,
+        200,
+        body.paths.map((key) => {
+          if (caller.role !== 'service_role' || !objects.get(bucket, key))
+            return {
+              path: key,
+              signedURL: null,
+              error: 'Either the object does not exist or you do not have access to it',
+            };
+          const token = signJwt({ url: `${bucket}/${key}`, exp }, options.jwtSecret);
+          const encoded = [bucket, ...key.split('/')].map(encodeURIComponent).join('/');
+          return { path: key, signedURL: `/object/sign/${encoded}?token=${token}`, error: null };
+        }),
+      );
+    }
+    const key = parts
+      .slice(1)
+      .map((s) => decode(s, path))
+      .join('/');
+    Object.assign(seen, { bucket, key });
+    const token = new URL(path, 'http://x').searchParams.get('token') ?? '';
+    const claims = verifyJwt(token, options.jwtSecret);
+    if (typeof claims === 'string' || claims.url !== `${bucket}/${key}`)
+      throw new StorageHttpError(400, 'InvalidSignature', 'The signature is invalid', 'InvalidJWT');
+    return download(res, bucket, key, { valid: true, role: 'service_role' });
+  }
+
   async function route(req: IncomingMessage, res: ServerResponse, path: string) {
     await ready;
     const method = req.method ?? 'GET';
@@ -202,6 +262,7 @@ export function createStorageStandIn(options: { root: string; jwtSecret: string 
       );
       return json(res, 200, caller.role === 'service_role' ? listed : []);
     }
+    if (rest[0] === 'sign') return signed(req, res, rest.slice(1), path, caller, seen);
     const [bucketPart, ...keyParts] = rest[0] === 'authenticated' ? rest.slice(1) : rest;
     const bucket = decode(bucketPart ?? '', pathname);
     const key = keyParts.map((s) => decode(s, pathname)).join('/');

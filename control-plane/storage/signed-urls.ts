@@ -1,0 +1,114 @@
+import { createWriteStream } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { Readable, Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { ReadableStream as WebReadableStream } from 'node:stream/web';
+import { z } from 'zod';
+import { HdError } from '../../contract/errors.ts';
+import { assertBucketName, assertStorageKey } from '../../contract/storage-paths.ts';
+import type { LocalFile, StorageBackend } from './storage.ts';
+import { mapStorageError } from './supabase-errors.ts';
+import { authHeaders, noAnswer, readFailure, storageBaseUrl } from './supabase-http.ts';
+
+/** HD_JOB_STORAGE_URLS: `{"bucket/key": "https://…/object/sign/bucket/key?token=…"}`. */
+export const signedUrlMapSchema = z.record(z.string(), z.url());
+
+/** The map's key for one object. */
+export const signedUrlKey = (bucket: string, key: string) => `${bucket}/${key}`;
+
+/**
+ * Storage backend of a runner with a job-scoped credential (supabase storage): it holds
+ * no key, only one time-limited signed download URL per input object of its job, made by
+ * the scheduler. Any other object is out of reach, whatever path the job names.
+ */
+export class SignedUrlStorage implements StorageBackend {
+  readonly #urls: ReadonlyMap<string, string>;
+
+  constructor(urls: Record<string, string>) {
+    this.#urls = new Map(Object.entries(urls));
+  }
+
+  async download(bucket: string, key: string, workDir: string): Promise<LocalFile> {
+    const name = signedUrlKey(assertBucketName(bucket), assertStorageKey(key));
+    const url = this.#urls.get(name);
+    if (!url)
+      throw new HdError(
+        'FILE_NOT_FOUND',
+        `storage object ${name} is not an input of this job (the scheduler granted no URL for it: it did not exist when the job started, or the job does not read it)`,
+        { details: { bucket, key } },
+      );
+    const response = await fetch(url).catch((cause: unknown) => {
+      throw mapStorageError('download', bucket, key, noAnswer('download', cause));
+    });
+    if (!response.ok)
+      throw mapStorageError('download', bucket, key, await readFailure(response, 'download'));
+    return saveDownload(response, workDir, bucket, key);
+  }
+
+  upload(bucket: string, key: string): Promise<void> {
+    return Promise.reject(
+      new HdError(
+        'UPLOAD_FAILED',
+        `upload of ${bucket}/${key} refused: this runner holds no upload grant`,
+        { retryable: false },
+      ),
+    );
+  }
+}
+
+/**
+ * The scheduler's side: signed download URLs for objects of one bucket, in one request
+ * (Storage's `POST /object/sign/{bucket}`; keys travel in the JSON body, not the URL).
+ * Objects Storage will not sign (absent) are left out; the runner then names them.
+ */
+export function supabaseUrlSigner(supabaseUrl: string, serviceRoleKey: string) {
+  const storageUrl = storageBaseUrl(supabaseUrl);
+  return async (bucket: string, keys: readonly string[], expiresIn: number) => {
+    const signed = new Map<string, string>();
+    if (keys.length === 0) return signed;
+    const url = `${storageUrl}/object/sign/${encodeURIComponent(assertBucketName(bucket))}`;
+    const response = await fetch(url, {
+      method: 'POST',
+      headers: { ...authHeaders(serviceRoleKey), 'content-type': 'application/json' },
+      body: JSON.stringify({ expiresIn, paths: keys }),
+    }).catch((cause: unknown) => {
+      throw mapStorageError('download', bucket, keys[0]!, noAnswer('sign', cause));
+    });
+    if (!response.ok)
+      throw mapStorageError('download', bucket, keys[0]!, await readFailure(response, 'sign'));
+    const rows = z
+      .array(z.object({ path: z.string().nullable(), signedURL: z.string().nullable() }))
+      .parse(await response.json());
+    for (const row of rows)
+      if (row.path && row.signedURL) signed.set(row.path, `${storageUrl}${row.signedURL}`);
+    return signed;
+  };
+}
+
+/** Streams a download's body into a new file of the work dir (memory stays flat). */
+export async function saveDownload(
+  response: Response,
+  workDir: string,
+  bucket: string,
+  key: string,
+): Promise<LocalFile> {
+  const target = join(workDir, `${crypto.randomUUID()}-${basename(key).replace(/[^\w.-]/g, '_')}`);
+  let size = 0;
+  const count = new Transform({
+    transform(chunk: Buffer, _encoding, done) {
+      size += chunk.length;
+      done(null, chunk);
+    },
+  });
+  try {
+    const body = Readable.fromWeb(response.body as unknown as WebReadableStream<Uint8Array>);
+    await pipeline(body, count, createWriteStream(target, { flags: 'wx' }));
+  } catch (cause) {
+    await rm(target, { force: true });
+    throw mapStorageError('download', bucket, key, {
+      message: `transfer interrupted: ${(cause as Error).message}`,
+    });
+  }
+  return { path: target, size };
+}

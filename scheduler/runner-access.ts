@@ -1,0 +1,156 @@
+import { JOB_INPUTS, PAYLOAD_SCHEMAS, isJobType, type LeasedJob } from '../contract/jobs.ts';
+import { assertBucketName, assertTenantPath } from '../contract/storage-paths.ts';
+import { ConfigError, configToEnv, type Config } from '../control-plane/config.ts';
+import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
+import { privateSigningKey, signJobToken, type JobTokenKey } from '../control-plane/job-token.ts';
+import { signedUrlKey } from '../control-plane/storage/signed-urls.ts';
+import type { Resources } from '../runner/handler.ts';
+
+/** Makes signed download URLs (Supabase Storage `createSignedUrls`); absent objects are left out. */
+export type UrlSigner = (
+  bucket: string,
+  keys: readonly string[],
+  expiresInSeconds: number,
+) => Promise<Map<string, string>>;
+
+// Settings only the scheduler reads: they stay out of runners.
+const SCHEDULER_ONLY =
+  /^HD_(DOCKER_|GPU|LAUNCHER$|SLOTS$|JOB_TYPES$|POLL_INTERVAL_MS$|REAP_INTERVAL_MS$|RECONCILE_INTERVAL_MS$|SHUTDOWN_GRACE_MS$|RUNNER_)/;
+// The scheduler's own credentials: a runner with a scoped credential never sees them.
+const SCHEDULER_SECRETS = new Set(['HD_DATABASE_URL', 'SUPABASE_SERVICE_ROLE_KEY']);
+// A token outlives the job's time limit by this much (the launcher's kill backstop, clocks).
+const TOKEN_GRACE_SECONDS = 120;
+// Past this the job's signed URLs would not fit in one environment variable (128 KiB).
+const MAX_SIGNED_URLS_BYTES = 100_000;
+
+/**
+ * What each runner is given: the configuration it needs, and a credential that reaches
+ * its own job and nothing else (docs/containers.md, "Trust boundary"):
+ * - postgres transport: HD_RUNNER_DATABASE_URL (role hd_runner: lease-checked functions only);
+ * - supabase transport: a JWT signed here per job (role hd_runner, claims job_id and
+ *   account_id, expiring with the job's time limit), which PostgREST verifies;
+ * - supabase storage: a signed URL per input object of the job, nothing else;
+ * - fs storage: the launcher mounts only the job's account folder.
+ * With HD_RUNNER_CREDENTIALS=operator runners get the scheduler's own settings instead.
+ */
+export class RunnerAccess {
+  readonly #config: Config;
+  readonly #db: Pick<ControlPlaneDb, 'listDocumentFiles'>;
+  readonly #tokenKey: JobTokenKey | undefined;
+  readonly #signUrls: UrlSigner | undefined;
+  /** Every runner's environment before its job's own part. */
+  readonly baseEnv: Record<string, string>;
+
+  constructor(
+    config: Config,
+    db: Pick<ControlPlaneDb, 'listDocumentFiles'>,
+    signUrls?: UrlSigner | undefined,
+  ) {
+    this.#config = config;
+    this.#db = db;
+    const scoped = config.HD_RUNNER_CREDENTIALS === 'scoped';
+    this.baseEnv = Object.fromEntries(
+      Object.entries(configToEnv(config)).filter(
+        ([key]) =>
+          !SCHEDULER_ONLY.test(key) &&
+          key !== 'SUPABASE_JWT_SECRET' &&
+          !(scoped && SCHEDULER_SECRETS.has(key)),
+      ),
+    );
+    if (!scoped) return;
+    if (config.HD_TRANSPORT === 'postgres') {
+      if (!config.HD_RUNNER_DATABASE_URL)
+        throw new ConfigError(
+          'invalid configuration: HD_RUNNER_DATABASE_URL is required: runners connect as role hd_runner, never with the scheduler’s HD_DATABASE_URL (see docs/containers.md; HD_RUNNER_CREDENTIALS=operator opts out) (it is not set)',
+        );
+      this.baseEnv.HD_DATABASE_URL = config.HD_RUNNER_DATABASE_URL;
+    } else {
+      this.#tokenKey = tokenKey(config);
+    }
+    if (config.HD_STORAGE === 'supabase') {
+      if (!signUrls) throw new Error('RunnerAccess: supabase storage needs a URL signer');
+      this.#signUrls = signUrls;
+    }
+  }
+
+  /** The job's own environment: its credential, and its storage grants. */
+  async envFor(job: LeasedJob, resources: Resources): Promise<Record<string, string>> {
+    const env: Record<string, string> = {};
+    const now = Math.floor(Date.now() / 1000);
+    const lifetime = Math.ceil(resources.timeoutMs / 1000) + TOKEN_GRACE_SECONDS;
+    if (this.#tokenKey)
+      env.HD_JOB_TOKEN = signJobToken(
+        {
+          role: 'hd_runner',
+          job_id: job.id,
+          account_id: job.account_id,
+          iat: now,
+          exp: now + lifetime,
+        },
+        this.#tokenKey,
+      );
+    if (this.#signUrls) env.HD_JOB_STORAGE_URLS = await this.#storageGrants(job, lifetime);
+    return env;
+  }
+
+  /** Signed URLs for the objects the job reads, each checked to lie in the job's account. */
+  async #storageGrants(job: LeasedJob, lifetime: number): Promise<string> {
+    const wanted = new Map<string, string[]>();
+    for (const { bucket, key } of await this.#inputObjects(job)) {
+      let checked: [string, string];
+      try {
+        checked = [assertBucketName(bucket), assertTenantPath(job.account_id, key)];
+      } catch {
+        continue; // the runner refuses the same path itself, with the reason
+      }
+      wanted.set(checked[0], [...(wanted.get(checked[0]) ?? []), checked[1]]);
+    }
+    const urls: Record<string, string> = {};
+    for (const [bucket, keys] of wanted)
+      for (const [key, url] of await this.#signUrls!(bucket, keys, lifetime))
+        urls[signedUrlKey(bucket, key)] = url;
+    const json = JSON.stringify(urls);
+    if (json.length > MAX_SIGNED_URLS_BYTES)
+      throw new Error(
+        `job ${job.id} reads ${Object.keys(urls).length} objects, more signed URLs than one runner environment holds`,
+      );
+    return json;
+  }
+
+  async #inputObjects(job: LeasedJob): Promise<{ bucket: string; key: string }[]> {
+    if (!isJobType(job.job_type)) return [];
+    switch (JOB_INPUTS[job.job_type]) {
+      case 'payload_object': {
+        const payload = PAYLOAD_SCHEMAS.import_assets_jsonl.safeParse(job.debug ?? {});
+        return payload.success ? [{ bucket: payload.data.bucket, key: payload.data.path }] : [];
+      }
+      case 'document_files':
+        return (await this.#db.listDocumentFiles(job.id, job.lease_token)).map((f) => ({
+          bucket: f.bucket,
+          key: f.storage_path,
+        }));
+      case 'none':
+        return [];
+    }
+  }
+}
+
+function tokenKey(config: Config): JobTokenKey {
+  if (config.HD_RUNNER_JWT_PRIVATE_KEY) {
+    if (!config.HD_RUNNER_JWT_KID)
+      throw new ConfigError(
+        'invalid configuration: HD_RUNNER_JWT_KID is required with HD_RUNNER_JWT_PRIVATE_KEY: the key id Supabase shows for the imported key (it is not set)',
+      );
+    try {
+      return privateSigningKey(config.HD_RUNNER_JWT_PRIVATE_KEY, config.HD_RUNNER_JWT_KID);
+    } catch (error) {
+      throw new ConfigError(
+        `invalid configuration: HD_RUNNER_JWT_PRIVATE_KEY: not a usable signing key: ${(error as Error).message}`,
+      );
+    }
+  }
+  if (config.SUPABASE_JWT_SECRET) return { kind: 'secret', secret: config.SUPABASE_JWT_SECRET };
+  throw new ConfigError(
+    'invalid configuration: SUPABASE_JWT_SECRET or HD_RUNNER_JWT_PRIVATE_KEY is required: the scheduler signs each runner a token for its one job, never handing out the service-role key (see docs/containers.md; HD_RUNNER_CREDENTIALS=operator opts out) (neither is set)',
+  );
+}
