@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -157,27 +158,53 @@ describe('hostile keys through TenantStorage over the supabase backend', () => {
   });
 });
 
-describe('an import job of B whose payload points at A through encoded dots', () => {
-  it('fails PATH_OUTSIDE_TENANT and imports none of A’s rows into B', async () => {
-    const job = await t.db.enqueueJob({
-      accountId: ACCOUNT_B,
-      jobType: 'import_assets_jsonl',
-      debug: { bucket: BUCKET, path: `${B}%2e%2e/${secretTail}` },
-    });
+describe('jobs of B whose inputs point at A through encoded dots (the issue-12 reproductions)', () => {
+  /** Runs the job as `hd-runner run` does, over the supabase backend. */
+  async function run(jobId: string) {
     const from = supabase.storage.requests.length;
     await runJob({
       db: t.db,
       storage: new SupabaseStorage({ url: supabase.url, serviceRoleKey: supabase.serviceRoleKey }),
       config: testConfig(t.url, work),
       log: memoryLogger().log,
-      jobId: job.id,
+      jobId,
     });
-    expect(await t.db.getJob(job.id)).toMatchObject({
+    expect(supabase.storage.requests.length, 'no request reached Storage').toBe(from);
+    return t.db.getJob(jobId);
+  }
+
+  it('import_assets_jsonl fails PATH_OUTSIDE_TENANT and imports none of A’s rows into B', async () => {
+    const job = await t.db.enqueueJob({
+      accountId: ACCOUNT_B,
+      jobType: 'import_assets_jsonl',
+      debug: { bucket: BUCKET, path: `${B}%2e%2e/${secretTail}` },
+    });
+    expect(await run(job.id)).toMatchObject({
       status: 'failed',
       error_code: 'PATH_OUTSIDE_TENANT',
     });
-    expect(supabase.storage.requests.length).toBe(from);
     const { rows } = await t.sql.query(`select count(*)::int as n from hd_assets`);
+    expect(rows).toEqual([{ n: 0 }]);
+  });
+
+  it('extract_text with such a hd_document_files.storage_path gives B no chunk of A’s file', async () => {
+    const documentId = randomUUID();
+    await t.sql.query(
+      `insert into hd_document_files (account_id, document_id, bucket, storage_path, mime_type, size_bytes)
+       values ($1, $2, $3, $4, 'text/plain', $5)`,
+      [ACCOUNT_B, documentId, BUCKET, `${B}%2E%2E/${secretTail}`, SECRET_ROWS.length],
+    );
+    const job = await t.db.enqueueJob({
+      accountId: ACCOUNT_B,
+      jobType: 'extract_text',
+      documentId,
+      debug: {},
+    });
+    expect(await run(job.id)).toMatchObject({
+      status: 'failed',
+      error_code: 'PATH_OUTSIDE_TENANT',
+    });
+    const { rows } = await t.sql.query(`select count(*)::int as n from hd_asset_chunks`);
     expect(rows).toEqual([{ n: 0 }]);
   });
 });
