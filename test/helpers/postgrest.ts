@@ -75,6 +75,11 @@ export async function startPostgrest(options: {
   databaseUrl: string;
   /** Supabase's default cap on rows per response. */
   maxRows?: number;
+  /**
+   * Public keys PostgREST also accepts (a JWK each), as a project with asymmetric JWT
+   * signing keys publishes them; the shared secret stays valid beside them.
+   */
+  publicKeys?: readonly Record<string, unknown>[];
 }): Promise<Postgrest> {
   await enableAuthenticator(options.databaseUrl);
   const dbUri = new URL(options.databaseUrl);
@@ -88,7 +93,14 @@ export async function startPostgrest(options: {
       PGRST_DB_URI: dbUri.toString(),
       PGRST_DB_SCHEMAS: 'public',
       PGRST_DB_ANON_ROLE: 'anon',
-      PGRST_JWT_SECRET: jwtSecret,
+      PGRST_JWT_SECRET: options.publicKeys
+        ? JSON.stringify({
+            keys: [
+              { kty: 'oct', k: Buffer.from(jwtSecret).toString('base64url'), alg: 'HS256' },
+              ...options.publicKeys,
+            ],
+          })
+        : jwtSecret,
       PGRST_DB_MAX_ROWS: String(options.maxRows ?? 1000),
       PGRST_DB_POOL: '10',
       PGRST_SERVER_HOST: '127.0.0.1',

@@ -1,0 +1,202 @@
+import { generateKeyPairSync } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { LeasedJob } from '../contract/jobs.ts';
+import { loadConfig } from '../control-plane/config.ts';
+import { SupabaseDb } from '../control-plane/db/supabase.ts';
+import { privateSigningKey, signJobToken } from '../control-plane/job-token.ts';
+import { supabaseUrlSigner } from '../control-plane/storage/signed-urls.ts';
+import { RunnerAccess } from '../scheduler/runner-access.ts';
+import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
+import { startPostgrest, type Postgrest } from './helpers/postgrest.ts';
+import { ACCOUNT_A, ACCOUNT_B, jsonl, tempDir } from './helpers/runtime.ts';
+import { startLocalSupabase, type LocalSupabase } from './helpers/supabase-proxy.ts';
+
+// What a runner under a scheduler holds on the supabase transport: a JWT for its one job
+// and a signed URL per input object. PostgREST is the real server (it verifies the token
+// and sets the claims the SQL checks); Storage is the stand-in, which signs and checks
+// URLs as Supabase Storage does (Supabase Storage cannot run here).
+let t: TestDatabase;
+let supabase: LocalSupabase;
+let operatorEnv: Record<string, string>;
+let work: string;
+const LIMITS = { gpu: false, memoryMb: 512, cpus: 1, timeoutMs: 60_000 };
+
+beforeAll(async () => {
+  t = await createTestDatabase();
+  supabase = await startLocalSupabase(t.url);
+  await supabase.storage.createBucket('hd_uploads_raw');
+  work = await tempDir('hd-test-creds-');
+  operatorEnv = {
+    HD_WORKER_ID: 'creds-test',
+    HD_LOG_LEVEL: 'silent',
+    HD_TRANSPORT: 'supabase',
+    HD_STORAGE: 'supabase',
+    SUPABASE_URL: supabase.url,
+    SUPABASE_SERVICE_ROLE_KEY: supabase.serviceRoleKey,
+    SUPABASE_ANON_KEY: supabase.anonKey,
+  };
+});
+afterAll(async () => {
+  await supabase?.stop();
+  await t?.drop();
+});
+
+function cli(args: string[], env: Record<string, string>) {
+  return execa(process.execPath, ['cli/main.ts', ...args], {
+    env: { PATH: process.env.PATH ?? '', ...env },
+    extendEnv: false,
+    reject: false,
+  });
+}
+
+/** An import job of `account` (its file uploaded by the operator CLI), claimed. */
+async function claimedImport(account: string, name: string): Promise<LeasedJob> {
+  const file = join(work, name);
+  await writeFile(file, jsonl([{ title: name, source_type: 'doc', source_ref: name }]));
+  const enqueued = await cli(['enqueue', '--account', account, '--file', file, '--json'], {
+    ...operatorEnv,
+  });
+  expect(enqueued.stderr).toBe('');
+  const { id } = JSON.parse(enqueued.stdout) as { id: string };
+  const [job] = await t.db.claimJobs({ workerId: 'creds-test', jobId: id, leaseSeconds: 60 });
+  return job as LeasedJob;
+}
+
+function access() {
+  const config = loadConfig({ ...operatorEnv, SUPABASE_JWT_SECRET: supabase.postgrest.jwtSecret });
+  return new RunnerAccess(config, t.db, supabaseUrlSigner(supabase.url, supabase.serviceRoleKey));
+}
+
+describe('a runner with a job-scoped credential (supabase transport and storage)', () => {
+  it('runs its import with a job token and one signed URL, holding no service-role key', async () => {
+    const job = await claimedImport(ACCOUNT_A, 'scoped.jsonl');
+    const a = access();
+    const env = { ...a.baseEnv, ...(await a.envFor(job, LIMITS)), HD_LEASE_TOKEN: job.lease_token };
+    expect(Object.keys(env).filter((k) => /SERVICE_ROLE|JWT_SECRET|RUNNER_/.test(k))).toEqual([]);
+    expect(JSON.stringify(env)).not.toContain(supabase.serviceRoleKey);
+    expect(Object.keys(JSON.parse(env.HD_JOB_STORAGE_URLS!) as object)).toEqual([
+      `hd_uploads_raw/${String(job.debug.path)}`,
+    ]);
+    const run = await cli(['run', '--job-id', job.id], env);
+    expect(run.exitCode, run.stderr).toBe(0);
+    expect(await t.db.getJob(job.id)).toMatchObject({ status: 'completed', account_id: ACCOUNT_A });
+    const { rows } = await t.sql.query(`select account_id from hd_assets where source_ref = $1`, [
+      'scoped.jsonl',
+    ]);
+    expect(rows).toEqual([{ account_id: ACCOUNT_A }]);
+  });
+
+  it("refuses the token on another job, even with that job's lease token", async () => {
+    const mine = await claimedImport(ACCOUNT_B, 'mine.jsonl');
+    const theirs = await claimedImport(ACCOUNT_A, 'theirs.jsonl');
+    const env = await access().envFor(mine, LIMITS);
+    const asRunner = new SupabaseDb({
+      url: supabase.url,
+      serviceRoleKey: supabase.anonKey,
+      accessToken: env.HD_JOB_TOKEN,
+    });
+    await expect(asRunner.adoptLease(mine.id, mine.lease_token, 60)).resolves.toMatchObject({
+      id: mine.id,
+    });
+    await expect(asRunner.heartbeat(theirs.id, theirs.lease_token, 60)).rejects.toThrow(
+      `permission denied: this runner credential is for job ${mine.id}, not job ${theirs.id}`,
+    );
+    await expect(asRunner.completeJob(theirs.id, theirs.lease_token, {})).rejects.toThrow(
+      /permission denied: this runner credential is for job/,
+    );
+    // No claim, no enqueue, no table: role hd_runner has none of these.
+    await expect(
+      asRunner.claimJobs({ workerId: 'x', leaseSeconds: 60, limit: 10 }),
+    ).rejects.toThrow(/permission denied for function hd_claim_jobs/);
+    const read = await asRunner.client.from('hd_assets').select('*');
+    expect(read.error?.message).toMatch(/permission denied for table hd_assets/);
+    expect(await t.db.getJob(theirs.id)).toMatchObject({
+      status: 'running',
+      lease_token: theirs.lease_token,
+    });
+  });
+
+  it('gives a signed URL that opens its one object and no other', async () => {
+    const mine = await claimedImport(ACCOUNT_B, 'url-mine.jsonl');
+    await claimedImport(ACCOUNT_A, 'url-theirs.jsonl');
+    const urls = JSON.parse((await access().envFor(mine, LIMITS)).HD_JOB_STORAGE_URLS!) as Record<
+      string,
+      string
+    >;
+    const [url] = Object.values(urls);
+    expect((await fetch(url!)).status).toBe(200);
+    // The same token on A's object: the server refuses it.
+    const swapped = url!
+      .replace(`accounts/${ACCOUNT_B}`, `accounts/${ACCOUNT_A}`)
+      .replace('url-mine', 'url-theirs');
+    const refused = await fetch(swapped);
+    expect(refused.status).toBe(400);
+    expect(await refused.json()).toMatchObject({ error: 'InvalidJWT' });
+    expect(supabase.storage.requests.at(-1)).toMatchObject({
+      key: expect.stringMatching(new RegExp(`^accounts/${ACCOUNT_A}/`)),
+    });
+  });
+
+  it('refuses a job whose path names another tenant: no URL is signed for it', async () => {
+    const job = await claimedImport(ACCOUNT_B, 'cross.jsonl');
+    const crossing = { ...job, debug: { ...job.debug, path: `accounts/${ACCOUNT_A}/x.jsonl` } };
+    expect((await access().envFor(crossing, LIMITS)).HD_JOB_STORAGE_URLS).toBe('{}');
+  });
+});
+
+describe('runner tokens signed with an imported asymmetric key (ES256)', () => {
+  let postgrest: Postgrest;
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const kid = 'hd-runner-test-key';
+
+  beforeAll(async () => {
+    postgrest = await startPostgrest({
+      databaseUrl: t.url,
+      publicKeys: [{ ...publicKey.export({ format: 'jwk' }), kid, alg: 'ES256', use: 'sig' }],
+    });
+  });
+  afterAll(() => postgrest?.stop());
+
+  it('is accepted by PostgREST for its job; a token of another key is not', async () => {
+    const job = await t.db.enqueueJob({ accountId: ACCOUNT_A, jobType: 'probe', debug: {} });
+    const [leased] = await t.db.claimJobs({ workerId: 'w', jobId: job.id, leaseSeconds: 60 });
+    const now = Math.floor(Date.now() / 1000);
+    const claims = {
+      role: 'hd_runner' as const,
+      job_id: job.id,
+      account_id: ACCOUNT_A,
+      iat: now,
+      exp: now + 60,
+    };
+    const pem = privateKey.export({ format: 'pem', type: 'pkcs8' }).toString();
+    const token = signJobToken(claims, privateSigningKey(pem, kid));
+    // The same key given as a private JWK (what Supabase's dashboard imports) signs alike.
+    const viaJwk = privateSigningKey(JSON.stringify(privateKey.export({ format: 'jwk' })), kid);
+    expect(signJobToken(claims, viaJwk).split('.')[0]).toBe(token.split('.')[0]);
+    const res = await fetch(`${postgrest.url}/rpc/hd_adopt_lease`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({
+        p_job_id: job.id,
+        p_lease_token: leased!.lease_token,
+        p_lease_seconds: 60,
+      }),
+    });
+    expect(res.status, await res.clone().text()).toBe(200);
+    expect(await res.json()).toMatchObject({ id: job.id, status: 'running' });
+    const other = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
+    const forged = signJobToken(
+      claims,
+      privateSigningKey(other.export({ format: 'pem', type: 'pkcs8' }).toString(), kid),
+    );
+    const refused = await fetch(`${postgrest.url}/rpc/hd_adopt_lease`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${forged}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ p_job_id: job.id, p_lease_token: leased!.lease_token }),
+    });
+    expect(refused.status).toBe(401);
+  });
+});
