@@ -48,12 +48,12 @@ async function assetsOf(accountId: string): Promise<AssetRecord[]> {
 }
 
 /** Runs a job the way `hd-runner run --job-id` does, and reads back what it left. */
-async function run(jobId: string, accountId: string) {
+async function run(jobId: string, accountId: string, env: Record<string, string> = {}) {
   const { log, lines } = memoryLogger('debug');
   const result = await runJob({
     db: t.db,
     storage: new FsStorage(root),
-    config: testConfig(t.url, root),
+    config: testConfig(t.url, root, env),
     log,
     jobId,
   });
@@ -70,7 +70,12 @@ async function run(jobId: string, accountId: string) {
 /** Puts `content` (unless undefined) into storage, queues an import of it, runs it. */
 async function importContent(
   content: string | Buffer | undefined,
-  options: { strict?: boolean; debug?: Record<string, unknown>; accountId?: string } = {},
+  options: {
+    strict?: boolean;
+    debug?: Record<string, unknown>;
+    accountId?: string;
+    env?: Record<string, string>;
+  } = {},
 ) {
   const accountId = options.accountId ?? randomUUID();
   const path = keyFor(accountId);
@@ -84,7 +89,7 @@ async function importContent(
       ...(options.strict === undefined ? {} : { strict: options.strict }),
     },
   });
-  return { accountId, path, ...(await run(queued.id, accountId)) };
+  return { accountId, path, ...(await run(queued.id, accountId, options.env)) };
 }
 
 const asset = (n: number, extra: Record<string, unknown> = {}) => ({
@@ -305,6 +310,17 @@ describe('import_assets_jsonl with hostile input', () => {
       invalid: 2,
       invalid_samples: [{ line: 2 }, { line: 4 }],
     });
+    expect(assets).toEqual([]);
+  });
+
+  it('writes nothing in strict mode even when full batches precede the bad line', async () => {
+    const valid = Array.from({ length: 5 }, (_, i) => JSON.stringify(asset(i)));
+    const { job, assets } = await importContent([...valid, '{broken'].join('\n'), {
+      strict: true,
+      env: { HD_IMPORT_BATCH_SIZE: '2' }, // two full batches before line 6
+    });
+    expectFailed(job, 'INVALID_INPUT');
+    expect(job.error).toMatch(/line 6: invalid JSON/);
     expect(assets).toEqual([]);
   });
 
