@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_BUCKET } from '../contract/jobs.ts';
+import { configSchema } from '../control-plane/config.ts';
 import { tenantPrefix } from '../contract/storage-paths.ts';
 import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
 import { FsStorage } from '../control-plane/storage/fs.ts';
@@ -29,6 +30,29 @@ describe('log redaction', () => {
     const line = JSON.parse(lines[0]!);
     expect(line.config.HD_DATABASE_URL).toBe('[redacted]');
     expect(line.config.HD_SLOTS).toBe(config.HD_SLOTS); // the rest stays useful
+  });
+
+  it('blanks every secret setting of a logged config, whichever it is', () => {
+    // Each credential the configuration can hold, by name, with a value of its own.
+    const secretNames = Object.keys(configSchema.shape).filter((name) =>
+      /(API_KEY|SERVICE_ROLE_KEY|SECRET|PRIVATE_KEY|PASSWORD|TOKEN|DATABASE_URL)$/.test(name),
+    );
+    expect(secretNames).toEqual(
+      expect.arrayContaining([
+        'SUPABASE_SERVICE_ROLE_KEY',
+        'HD_LLM_API_KEY',
+        'HD_TRANSCRIBE_API_KEY',
+      ]),
+    );
+    const secrets = secretNames.map((name) => `${SECRET}-${name}`);
+    const config = {
+      ...testConfig('postgres://u@h/d', '/tmp/storage'),
+      ...Object.fromEntries(secretNames.map((name, i) => [name, secrets[i]])),
+    };
+    const { log, lines } = memoryLogger();
+    log.info({ config }, 'starting');
+    log.info(config, 'flat');
+    expectNoSecrets(lines, secrets);
   });
 
   it('blanks lease tokens, top-level and in a logged job', () => {
