@@ -56,6 +56,26 @@ describe('hd-runner run', () => {
     expect((await cli(['--job-id', job.id])).exitCode).toBe(0);
   });
 
+  it('records a plain (non-HdError) failure of a handler as INTERNAL_ERROR, never completed', async () => {
+    const job = await importJob('plain-error.jsonl', [
+      { title: 'T', source_type: 's', source_ref: 'run-plain' },
+    ]);
+    // A disk that fails the way Node's own errors do: a plain Error, no code.
+    const failing = new FsStorage(root);
+    failing.download = () => Promise.reject(new Error('disk on fire'));
+    const result = await runJob({ db: t.db, storage: failing, config, log, jobId: job.id });
+    expect(result.outcome).toBe('retrying'); // INTERNAL_ERROR is retryable
+    const after = await t.db.getJob(job.id);
+    expect(after).toMatchObject({
+      status: 'queued',
+      error_code: 'INTERNAL_ERROR',
+      attempts: 1,
+      lease_token: null,
+    });
+    expect(after?.status).not.toBe('completed');
+    expect(after?.error).toContain('disk on fire');
+  });
+
   it('refuses a job that is not queued, exit 2, naming what to do', async () => {
     const job = await importJob('twice.jsonl', [
       { title: 'T', source_type: 's', source_ref: 'run-twice' },
