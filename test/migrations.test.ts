@@ -94,8 +94,29 @@ describe('row level security', () => {
         `insert into hd_job_logs (account_id, job_id, attempt, seq, level, message) values ($1, $2, 1, 1, 'info', 'x')`,
         [account, job.id],
       );
+      await t.sql.query(SEED_OUTPUTS, [account, job.id]);
     }
   });
+
+  // One row of every output table for an account, as the pipeline stages would leave them.
+  const SEED_OUTPUTS = `
+    with f as (insert into hd_document_files (account_id, document_id, storage_path)
+                 values ($1::uuid, gen_random_uuid(), 'accounts/' || $1::uuid || '/doc.pdf') returning *),
+         c as (insert into hd_asset_chunks (account_id, document_id, file_id, chunk_index, content)
+                 select account_id, document_id, id, 0, 'text' from f returning *),
+         i as (insert into hd_interpretations (account_id, document_id, chunk_id, prompt_version)
+                 select account_id, document_id, id, 'v1' from c returning id),
+         n as (insert into hd_kg_nodes (account_id, node_type, label, normalized_label)
+                 values ($1::uuid, 'entity', 'A', 'a'), ($1::uuid, 'entity', 'B', 'b') returning id, label),
+         e as (insert into hd_kg_edges (account_id, source_node_id, relation, target_node_id)
+                 select $1::uuid, (select id from n where label = 'A'), 'knows',
+                        (select id from n where label = 'B') returning id),
+         s as (insert into hd_syntheses (account_id, node_id, version, content)
+                 select $1::uuid, id, 1, 'about A' from n where label = 'A' returning *),
+         d as (insert into hd_dynamics (account_id, node_id, synthesis_id, change_kind)
+                 select account_id, node_id, id, 'created' from s returning id)
+    insert into hd_job_artifacts (account_id, job_id, kind, bucket, storage_path)
+      values ($1::uuid, $2::uuid, 'probe', 'hd_uploads_raw', 'accounts/' || $1::uuid || '/artifact')`;
   afterAll(() => t.drop());
 
   /** Runs `sql` as a PostgREST request would: a role, and the JWT claims in a setting. */
@@ -120,15 +141,19 @@ describe('row level security', () => {
     );
     expect(tables.length).toBeGreaterThanOrEqual(11);
     for (const { tablename } of tables) {
-      const rows = await as(
-        'authenticated',
-        USER_A,
-        `select distinct account_id from public.${tablename}`,
-      );
+      const query = `select distinct account_id from public.${tablename} order by 1`;
+      // Both accounts have rows here (a new table must be seeded above), and the member
+      // sees exactly their own: an empty answer would prove nothing.
+      const all = await t.sql.query(query);
       expect(
-        rows.every((r) => r.account_id === ACCOUNT_A),
+        all.rows.map((r) => r.account_id),
+        `${tablename} seeded`,
+      ).toEqual([ACCOUNT_A, ACCOUNT_B]);
+      const seen = await as('authenticated', USER_A, query);
+      expect(
+        seen.map((r) => r.account_id),
         tablename,
-      ).toBe(true);
+      ).toEqual([ACCOUNT_A]);
     }
     const jobs = await as('authenticated', USER_A, `select account_id from hd_ingestion_jobs`);
     expect(jobs.map((r) => r.account_id)).toEqual([ACCOUNT_A]);
