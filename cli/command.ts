@@ -1,5 +1,6 @@
 import { ConfigError, loadConfig, type Config } from '../control-plane/config.ts';
 import { createLogger, type Logger } from '../control-plane/logger.ts';
+import { secretsOf } from '../control-plane/redact.ts';
 import { UsageError, type ParsedArgs } from './command-spec.ts';
 
 // Helpers for the code of commands (loaded when a command runs, not for --help).
@@ -44,6 +45,7 @@ export function loggerFor(config: Config, name: string): Logger {
     level: config.HD_LOG_LEVEL,
     name,
     base: { worker_id: config.HD_WORKER_ID },
+    secrets: secretsOf(config),
   });
 }
 

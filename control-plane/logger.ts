@@ -1,4 +1,5 @@
 import { pino, type Logger, type DestinationStream } from 'pino';
+import { Redactor } from './redact.ts';
 
 export type { Logger };
 
@@ -36,11 +37,20 @@ const SECRET_KEYS = [
 export const REDACTED_PATHS = SECRET_KEYS.flatMap((key) => [key, `*.${key}`, `*.*.${key}`]);
 
 export function createLogger(
-  options: { level?: string; name?: string; base?: Record<string, unknown> } = {},
+  options: {
+    level?: string;
+    name?: string;
+    base?: Record<string, unknown>;
+    /** Secret values hidden wherever they appear in a line (an error cause, a URL…). */
+    secrets?: Iterable<string | undefined>;
+  } = {},
   destination?: DestinationStream,
 ): Logger {
+  const redactor = new Redactor(options.secrets ?? []);
   return pino(
     {
+      // By value, after serialisation: key names cannot catch a key echoed in a message.
+      hooks: { streamWrite: (line) => redactor.text(line) },
       level: options.level ?? 'info',
       name: options.name ?? 'hd-runner',
       base: { pid: process.pid, ...options.base },

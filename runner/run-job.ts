@@ -14,6 +14,7 @@ import {
 import type { Config } from '../control-plane/config.ts';
 import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
 import type { Logger } from '../control-plane/logger.ts';
+import { Redactor, secretsOf } from '../control-plane/redact.ts';
 import { TenantStorage, type StorageBackend } from '../control-plane/storage/storage.ts';
 import type { Handler, HandlerContext } from './handler.ts';
 import { loadHandler } from './handlers/load.ts';
@@ -242,11 +243,13 @@ async function recordFailure(
       log.warn('job handed back to the queue');
       return { outcome: 'released', error };
     }
+    // The job row is tenant-readable: secrets by value, stack frames and host paths out.
+    const redactor = new Redactor(secretsOf(options.config));
     const failed = await db.failJob(job.id, job.lease_token, {
       code: error.code,
-      message: error.message,
+      message: redactor.message(error.message),
       retryable: error.retryable,
-      details: { ...error.details, worker_id: options.config.HD_WORKER_ID },
+      details: redactor.forTenant({ ...error.details, worker_id: options.config.HD_WORKER_ID }),
     });
     log.error(
       { code: error.code, retryable: error.retryable, status: failed.status, err: error.cause },

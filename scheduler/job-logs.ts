@@ -2,8 +2,14 @@ import { toHdError, type HdError } from '../contract/errors.ts';
 import type { LeasedJob } from '../contract/jobs.ts';
 import type { ControlPlaneDb, NewJobLogLine } from '../control-plane/db/transport.ts';
 import type { Logger } from '../control-plane/logger.ts';
+import { Redactor } from '../control-plane/redact.ts';
 import { Backoff, isTransient, sleep } from './retry.ts';
-import { LINE_OVERHEAD_CHARS, MAX_LINE_CHARS, parseOutputLine } from './output-line.ts';
+import {
+  LINE_OVERHEAD_CHARS,
+  MAX_LINE_CHARS,
+  parseOutputLine,
+  tenantSafeLine,
+} from './output-line.ts';
 
 export interface JobLogLimits {
   /** Lines per hd_append_job_logs call; a full batch is sent at once. Default 200. */
@@ -47,6 +53,8 @@ export interface JobLogCollectorDeps {
   limits?: Partial<JobLogLimits> | undefined;
   /** Told once everything is sent or given up, with how many lines were lost. */
   onDone?: ((lost: number) => void) | undefined;
+  /** Secrets by value, stack frames and host paths out of every stored line. */
+  redactor?: Redactor | undefined;
 }
 
 /**
@@ -66,6 +74,7 @@ export class JobLogCollector {
   readonly #log: Logger;
   readonly #limits: JobLogLimits;
   readonly #onDone: JobLogCollectorDeps['onDone'];
+  readonly #redactor: Redactor;
   readonly #pending: Pending[] = [];
   /** Numbering continues after the lines already stored for this attempt. */
   readonly #seqBase: Promise<number>;
@@ -88,6 +97,7 @@ export class JobLogCollector {
     this.#log = deps.log;
     this.#limits = { ...DEFAULT_JOB_LOG_LIMITS, ...deps.limits };
     this.#onDone = deps.onDone;
+    this.#redactor = deps.redactor ?? new Redactor([]);
     // An attempt handed back (released) is numbered again by the next claim, and a
     // re-adopted runner keeps its attempt: their lines must not reuse stored seqs.
     const { id, attempts } = deps.job;
@@ -113,7 +123,10 @@ export class JobLogCollector {
     }
     try {
       this.#addDropMarker();
-      this.#add(parseOutputLine(text, ++this.#seq, new Date()), chars);
+      const line = tenantSafeLine(parseOutputLine(text, this.#seq + 1, new Date()), this.#redactor);
+      if (!line) return; // a stack frame: the scheduler's own log has it, tenants do not
+      this.#seq++;
+      this.#add(line, chars);
       if (this.#pending.length >= this.#limits.batchLines) this.#kick();
     } catch (error) {
       this.#warnOnce(error);

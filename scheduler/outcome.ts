@@ -2,6 +2,7 @@ import { EXIT_CODES, HdError, toHdError, type ErrorCode } from '../contract/erro
 import type { LeasedJob } from '../contract/jobs.ts';
 import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
 import type { Logger } from '../control-plane/logger.ts';
+import type { Redactor } from '../control-plane/redact.ts';
 import type { RunnerExit } from './launcher.ts';
 import { Backoff, isTransient, sleep } from './retry.ts';
 
@@ -64,6 +65,8 @@ export interface OutcomeRecorderDeps {
   leaseMs: number;
   /** Told when recording failed for another reason than the lease having moved on. */
   onError: (error: HdError) => void;
+  /** What tenants read of it (the job's error and details): secrets, stacks, host paths out. */
+  redactor?: Redactor | undefined;
   now?: () => number;
 }
 
@@ -96,12 +99,13 @@ export class OutcomeRecorder {
 
   async fail(job: LeasedJob, code: ErrorCode, message: string, details: Record<string, unknown>) {
     const error = new HdError(code, message, { details });
+    const tenant = this.#d.redactor;
     const recorded = await this.#durably(job, () =>
       this.#d.db.failJob(job.id, job.lease_token, {
         code,
-        message,
+        message: tenant ? tenant.message(message) : message,
         retryable: error.retryable,
-        details: { ...details, worker_id: this.#d.workerId },
+        details: { ...(tenant ? tenant.forTenant(details) : details), worker_id: this.#d.workerId },
       }),
     );
     if (recorded) this.#d.log.warn({ job_id: job.id, code }, message);

@@ -1,4 +1,5 @@
 import type { NewJobLogLine } from '../control-plane/db/transport.ts';
+import type { Redactor } from '../control-plane/redact.ts';
 
 /** Longest line kept; a runner printing a huge object must not fill the scheduler's memory. */
 export const MAX_LINE_CHARS = 16_384;
@@ -44,6 +45,16 @@ export function parseOutputLine(line: string, seq: number, receivedAt: Date): Ne
     fields: fields.length > 0 ? Object.fromEntries(fields) : null,
     logged_at: timeOf(record.time) ?? iso(receivedAt),
   };
+}
+
+/**
+ * The line as tenants may read it in hd_job_logs: secrets by value, stack frames and host
+ * paths out; undefined for a line that was nothing but a stack frame.
+ */
+export function tenantSafeLine(line: NewJobLogLine, redactor: Redactor): NewJobLogLine | undefined {
+  const message = redactor.tenantText(line.message);
+  if (message.trim() === '' && line.message.trim() !== '') return undefined;
+  return { ...line, message, fields: line.fields && redactor.forTenant(line.fields) };
 }
 
 // A high surrogate without its low one, or a low one without its high one.

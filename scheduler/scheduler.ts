@@ -4,6 +4,7 @@ import { JOB_TYPES, type Job, type LeasedJob } from '../contract/jobs.ts';
 import type { Config } from '../control-plane/config.ts';
 import type { ControlPlaneDb, WakeReason } from '../control-plane/db/transport.ts';
 import type { Logger } from '../control-plane/logger.ts';
+import type { Redactor } from '../control-plane/redact.ts';
 import type { Resources } from '../runner/handler.ts';
 import { handlerResources } from '../runner/handlers/index.ts';
 import { planClaims, type GpuSlots } from './gpu.ts';
@@ -47,6 +48,8 @@ export interface SchedulerDeps {
   resourcesFor?: (jobType: string) => Resources;
   /** Batching and memory limits of the runner output stored in hd_job_logs. */
   jobLogs?: Partial<JobLogLimits> | undefined;
+  /** Hides secrets, stack frames and host paths in what tenants read (logs, job errors). */
+  redactor?: Redactor | undefined;
   /** The job's own runner environment: credentials scoped to it (scheduler/runner-access.ts). */
   runnerEnv?:
     ((job: LeasedJob, resources: Resources) => Promise<Record<string, string>>) | undefined;
@@ -95,13 +98,19 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
     this.#runnerEnv = deps.runnerEnv;
     this.#dbOutage = new OutageNotice(deps.log);
     this.#launcherOutage = new OutageNotice(deps.log);
-    this.#logs = new JobLogBook({ db: deps.db, log: deps.log, limits: deps.jobLogs });
+    this.#logs = new JobLogBook({
+      db: deps.db,
+      log: deps.log,
+      limits: deps.jobLogs,
+      redactor: deps.redactor,
+    });
     this.#outcomes = new OutcomeRecorder({
       db: deps.db,
       workerId: deps.config.HD_WORKER_ID,
       log: deps.log,
       leaseMs: deps.config.HD_LEASE_SECONDS * 1000,
       onError: (err) => this.#report(err, 'could not record a job outcome'),
+      redactor: deps.redactor,
     });
   }
 

@@ -74,7 +74,11 @@ describe('a runner with a job-scoped credential (supabase transport and storage)
   it('runs its import with a job token and one signed URL, holding no service-role key', async () => {
     const job = await claimedImport(ACCOUNT_A, 'scoped.jsonl');
     const a = access();
-    const env = { ...a.baseEnv, ...(await a.envFor(job, LIMITS)), HD_LEASE_TOKEN: job.lease_token };
+    const env: Record<string, string> = {
+      ...a.baseEnv,
+      ...(await a.envFor(job, LIMITS)),
+      HD_LEASE_TOKEN: job.lease_token,
+    };
     expect(Object.keys(env).filter((k) => /SERVICE_ROLE|JWT_SECRET|RUNNER_/.test(k))).toEqual([]);
     expect(JSON.stringify(env)).not.toContain(supabase.serviceRoleKey);
     expect(Object.keys(JSON.parse(env.HD_JOB_STORAGE_URLS!) as object)).toEqual([

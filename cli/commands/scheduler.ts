@@ -4,6 +4,7 @@ import { ConfigError, redactUrl, type Config } from '../../control-plane/config.
 import type { ControlPlaneDb } from '../../control-plane/db/transport.ts';
 import type { Logger } from '../../control-plane/logger.ts';
 import { openDb } from '../../control-plane/open.ts';
+import { Redactor, secretsOf } from '../../control-plane/redact.ts';
 import { supabaseUrlSigner } from '../../control-plane/storage/signed-urls.ts';
 import { GpuDiscoveryError, GpuSlots, resolveGpuIds } from '../../scheduler/gpu.ts';
 import { DockerLauncher } from '../../scheduler/launchers/docker.ts';
@@ -29,6 +30,11 @@ export function createScheduler(
   onOutput?: (jobId: string, line: string) => void,
   gpus?: GpuSlots,
 ): Scheduler {
+  // What tenants read (hd_job_logs, a job's error) never carries this scheduler's secrets.
+  const redactor = new Redactor(secretsOf(config));
+  // Runner output printed to this log (a crash's raw stderr included) loses secrets too.
+  const output =
+    onOutput && ((jobId: string, line: string) => onOutput(jobId, redactor.text(line)));
   if (config.HD_LAUNCHER === 'docker') {
     const access = runnerAccess(config, db, log);
     warnIfUnreachable(config, log);
@@ -45,7 +51,7 @@ export function createScheduler(
       storageRoot: config.HD_STORAGE === 'fs' ? resolve(config.HD_STORAGE_ROOT) : undefined,
       keepFailed: config.HD_DOCKER_KEEP_FAILED,
       killGraceMs: config.HD_DOCKER_KILL_GRACE_MS,
-      onOutput,
+      onOutput: output,
     });
     const reconciler = new DockerReconciler({
       launcher,
@@ -55,7 +61,7 @@ export function createScheduler(
       resourcesFor: handlerResources,
     });
     const runnerEnv = access.envFor.bind(access);
-    return new Scheduler({ db, launcher, config, log, gpus, reconciler, runnerEnv });
+    return new Scheduler({ db, launcher, config, log, gpus, reconciler, runnerEnv, redactor });
   }
   // A child process runs as this user and could read this process's environment anyway;
   // scoped credentials are used where configured, so both launchers behave alike.
@@ -71,9 +77,12 @@ export function createScheduler(
   );
   const inherited: Record<string, string> = {};
   for (const name of INHERITED_ENV) if (env[name]) inherited[name] = env[name];
-  const launcher = new ProcessLauncher({ env: { ...inherited, ...access.baseEnv }, onOutput });
+  const launcher = new ProcessLauncher({
+    env: { ...inherited, ...access.baseEnv },
+    onOutput: output,
+  });
   const runnerEnv = access.envFor.bind(access);
-  return new Scheduler({ db, launcher, config, log, gpus, runnerEnv });
+  return new Scheduler({ db, launcher, config, log, gpus, runnerEnv, redactor });
 }
 
 function runnerAccess(config: Config, db: ControlPlaneDb, log: Logger): RunnerAccess {

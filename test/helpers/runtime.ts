@@ -24,7 +24,10 @@ export function testConfig(
 }
 
 /** A logger whose lines are kept in memory (to assert on them). */
-export function memoryLogger(level = 'info'): { log: Logger; lines: string[] } {
+export function memoryLogger(
+  level = 'info',
+  secrets: Iterable<string | undefined> = [],
+): { log: Logger; lines: string[] } {
   const lines: string[] = [];
   const sink = new Writable({
     write(chunk, _enc, done) {
@@ -32,7 +35,7 @@ export function memoryLogger(level = 'info'): { log: Logger; lines: string[] } {
       done();
     },
   });
-  return { log: createLogger({ level }, sink), lines };
+  return { log: createLogger({ level, secrets }, sink), lines };
 }
 
 export async function tempDir(prefix = 'hd-test-'): Promise<string> {
