@@ -112,7 +112,7 @@ export async function demoCommand(args: ParsedArgs, env: Env): Promise<number> {
           status: job.status,
           attempts: job.attempts,
           result: job.error_code
-            ? `${job.error_code}: ${truncate(job.error ?? '', 70)}`
+            ? `${job.error_code}: ${truncate(reasonOf(job), 70)}`
             : summarizeStats((job.debug.stats ?? {}) as Record<string, unknown>),
         })),
       ),
@@ -189,6 +189,13 @@ async function tenantAssets(pool: pg.Pool): Promise<string> {
     [TENANTS.acme, TENANTS.globex],
   );
   return formatTable(rows.map((r) => ({ ...r, titles: truncate(r.titles, 90) })));
+}
+
+/** A job's error without its long storage path in front, so the reason fits the column. */
+function reasonOf(job: Job): string {
+  const path = typeof job.debug.path === 'string' ? job.debug.path : undefined;
+  const error = job.error ?? '';
+  return path && error.startsWith(`${path}: `) ? `…: ${error.slice(path.length + 2)}` : error;
 }
 
 function truncate(text: string, max: number): string {
