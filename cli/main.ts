@@ -2,6 +2,7 @@
 import { parseCommandArgs } from './command-spec.ts';
 import { COMMANDS } from './commands/index.ts';
 import { reportError } from './report-error.ts';
+import { Redactor, secretsOf } from '../control-plane/redact.ts';
 import { guardOutput } from './terminal-safe.ts';
 
 function mainHelp(): string {
@@ -27,8 +28,10 @@ export async function main(
   argv: string[],
   env: Record<string, string | undefined>,
 ): Promise<number> {
-  guardOutput(process.stdout);
-  guardOutput(process.stderr);
+  const redactor = new Redactor(secretsOf(env));
+  const redact = (text: string) => redactor.text(text);
+  guardOutput(process.stdout, redact);
+  guardOutput(process.stderr, redact);
   const tooOld = nodeTooOld();
   if (tooOld) {
     console.error(tooOld);

@@ -21,12 +21,18 @@ export function oneLine(text: string): string {
   return text.replace(UNSAFE_IN_LINE, escape);
 }
 
-/** Makes every string written to `stream` pass through escapeControls. */
-export function guardOutput(stream: NodeJS.WriteStream): void {
+/**
+ * Makes every string written to `stream` pass through escapeControls, and `redact` (a
+ * secret of this machine's configuration, echoed into a job row, is not shown either).
+ */
+export function guardOutput(
+  stream: NodeJS.WriteStream,
+  redact: (text: string) => string = (text) => text,
+): void {
   const write = stream.write.bind(stream) as (chunk: unknown, ...rest: unknown[]) => boolean;
   stream.write = ((chunk: unknown, ...rest: unknown[]) =>
     write(
-      typeof chunk === 'string' ? escapeControls(chunk) : chunk,
+      typeof chunk === 'string' ? escapeControls(redact(chunk)) : chunk,
       ...rest,
     )) as typeof stream.write;
 }

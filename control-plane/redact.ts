@@ -21,7 +21,7 @@ const HOST_PATH = /(?<![\w:/.~-])\/(?:[^\s/'"`():,;]+\/)+([^\s/'"`():,;]+)/g;
 const MAX_TENANT_MESSAGE = 1000;
 
 /** Every secret value in the configuration: keys, tokens, URL passwords, signed-URL tokens. */
-export function secretsOf(config: Partial<Config>): string[] {
+export function secretsOf(config: Partial<Config> | Record<string, string | undefined>): string[] {
   const values: string[] = [];
   for (const [name, value] of Object.entries(config)) {
     if (typeof value !== 'string') continue;
@@ -31,13 +31,14 @@ export function secretsOf(config: Partial<Config>): string[] {
       if (url.password) values.push(decodeURIComponent(url.password), url.password);
     }
   }
-  if (config.HD_JOB_STORAGE_URLS) {
+  const storageUrls = config.HD_JOB_STORAGE_URLS;
+  if (typeof storageUrls === 'string') {
     try {
-      for (const url of Object.values(JSON.parse(config.HD_JOB_STORAGE_URLS) as object))
+      for (const url of Object.values(JSON.parse(storageUrls) as object))
         if (typeof url === 'string' && URL.canParse(url))
           values.push(new URL(url).searchParams.get('token') ?? '');
     } catch {
-      values.push(config.HD_JOB_STORAGE_URLS); // not JSON: hide it whole
+      values.push(storageUrls); // not JSON: hide it whole
     }
   }
   return values;

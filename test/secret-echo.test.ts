@@ -104,3 +104,23 @@ it('keeps an API key that the endpoint echoes out of every log and tenant-readab
   expect(places.hd_job_logs).not.toContain(process.cwd());
   expect(places.job_row).not.toContain(process.cwd());
 });
+
+it('jobs show hides a configured secret that a row already holds (written by an older version)', async () => {
+  // A secret no shape rule knows: only the value from this machine's settings hides it.
+  const plain = 'transcribe-key-5f4e3d2c1b0a';
+  const job = await t.db.enqueueJob({
+    accountId: ACCOUNT_B,
+    jobType: 'import_assets_jsonl',
+    debug: { note: `copied from a log: ${plain}` },
+  });
+  const shown = await execa(process.execPath, ['cli/main.ts', 'jobs', 'show', job.id, '--json'], {
+    env: { PATH: process.env.PATH ?? '', HD_DATABASE_URL: t.url, HD_TRANSCRIBE_API_KEY: plain },
+    extendEnv: false,
+    reject: false,
+  });
+  expect(shown.exitCode, shown.stderr).toBe(0);
+  expect(JSON.parse(shown.stdout)).toMatchObject({
+    debug: { note: 'copied from a log: [redacted]' },
+  });
+  expect(shown.stdout).not.toContain(plain);
+});
