@@ -99,6 +99,14 @@ describe('hd-runner doctor', () => {
     expect(result.exitCode).toBe(1);
     expect(result.stdout).toMatch(/^job +FAIL +job \S+ is not in this database \(supabase → /m);
     expect(result.stdout).toContain('doctor: 1 failing check');
+    // The start of an id, as the demo prints them, works too: here and not here.
+    const short = await cli(['--job-id', queuedByApp.id.slice(0, 8)], sbConfig);
+    expect(short.stdout).toMatch(/^job +FAIL +job [0-9a-f]{8} is not in this database/m);
+    const [here] = await worker.db.listJobs({ limit: 1 });
+    const found = await cli(['--job-id', here!.id.slice(0, 8)], sbConfig);
+    expect(found.stdout).toMatch(
+      new RegExp(`^job +ok +job ${here!.id} is here: doctor_probe`, 'm'),
+    );
 
     const cloud = { ...sbConfig, HD_EXPECTED_PROJECT_REF: 'abcdefghijklmnopqrst' };
     const wrongProject = await runDoctor(cloud, {});

@@ -6,7 +6,15 @@ import type { ControlPlaneDb } from '../../control-plane/db/transport.ts';
 import { openDb, openStorage } from '../../control-plane/open.ts';
 import { describeTarget, type ControlPlaneTarget } from '../../control-plane/supabase-target.ts';
 import { formatTable } from '../format.ts';
-import { configFrom, uuidArg, stringOption, type Env, type ParsedArgs } from '../command.ts';
+import {
+  CommandError,
+  configFrom,
+  stringOption,
+  UsageError,
+  type Env,
+  type ParsedArgs,
+} from '../command.ts';
+import { resolveJobId, uuidPrefixRange } from '../job-id.ts';
 import {
   checkDocker,
   checkGpus,
@@ -56,13 +64,18 @@ function isMissingReport(error: unknown): boolean {
   return code === '42883' || /not known to PostgREST/.test((error as Error).message ?? '');
 }
 
-async function checkJob(db: ControlPlaneDb, jobId: string, target: ControlPlaneTarget) {
-  const job = await db.getJob(jobId);
+async function checkJob(db: ControlPlaneDb, typed: string, target: ControlPlaneTarget) {
+  // A start of an id as well: "no job starts with it here" is the same finding.
+  const jobId = await resolveJobId(db, typed, '--job-id').catch((error: unknown) => {
+    if (error instanceof CommandError && error.code === 'NOT_FOUND') return undefined;
+    throw error;
+  });
+  const job = jobId ? await db.getJob(jobId) : undefined;
   if (job) {
     const detail = `job ${jobId} is here: ${job.job_type} ${job.status}, account ${job.account_id}`;
     return { check: 'job', status: 'ok', detail } satisfies CheckResult;
   }
-  const detail = `job ${jobId} is not in this database (${describeWhere(target)}): the app that queued it writes to another control plane; compare its Supabase URL with this worker's`;
+  const detail = `job ${typed} is not in this database (${describeWhere(target)}): the app that queued it writes to another control plane; compare its Supabase URL with this worker's`;
   return { check: 'job', status: 'fail', detail } satisfies CheckResult;
 }
 
@@ -140,8 +153,16 @@ export async function doctorCommand(args: ParsedArgs, env: Env): Promise<number>
   const config = configFrom(env);
   const jobId = stringOption(args, 'job-id');
   const result = await runDoctor(config, env, {
-    jobId: jobId ? uuidArg(jobId, '--job-id') : undefined,
+    jobId: jobId ? jobIdArg(jobId) : undefined,
   });
   console.log(args.values.json ? JSON.stringify(result, null, 2) : formatDoctor(result));
   return result.ok ? 0 : 1;
+}
+
+function jobIdArg(typed: string): string {
+  if (typed.length < 4 || !uuidPrefixRange(typed))
+    throw new UsageError(
+      `doctor: --job-id must be a job id or its start (got ${JSON.stringify(typed)})`,
+    );
+  return typed.toLowerCase();
 }
