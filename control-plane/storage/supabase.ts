@@ -1,13 +1,10 @@
-import { randomUUID } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
-import { rm, stat } from 'node:fs/promises';
-import { basename, join } from 'node:path';
-import { Readable, Transform } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import type { ReadableStream as WebReadableStream } from 'node:stream/web';
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { Readable } from 'node:stream';
 import type { SupabaseClient } from '@supabase/supabase-js';
 import { assertBucketName } from '../../contract/storage-paths.ts';
 import { createServiceClient } from '../supabase-client.ts';
+import { saveDownload } from './signed-urls.ts';
 import { TUS_CHUNK_BYTES, uploadResumable } from './resumable.ts';
 import type { LocalFile, StorageBackend } from './storage.ts';
 import {
@@ -63,24 +60,7 @@ export class SupabaseStorage implements StorageBackend {
       const failure = await readFailure(response, 'download');
       throw await this.#explainDownloadFailure(bucket, key, failure);
     }
-    const target = join(workDir, `${randomUUID()}-${basename(key).replace(/[^\w.-]/g, '_')}`);
-    let size = 0;
-    const count = new Transform({
-      transform(chunk: Buffer, _encoding, done) {
-        size += chunk.length;
-        done(null, chunk);
-      },
-    });
-    try {
-      const body = Readable.fromWeb(response.body as unknown as WebReadableStream<Uint8Array>);
-      await pipeline(body, count, createWriteStream(target, { flags: 'wx' }));
-    } catch (cause) {
-      await rm(target, { force: true });
-      throw mapStorageError('download', bucket, key, {
-        message: `transfer interrupted: ${(cause as Error).message}`,
-      });
-    }
-    return { path: target, size };
+    return saveDownload(response, workDir, bucket, key);
   }
 
   /**
