@@ -1,10 +1,11 @@
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ACCOUNT_A } from './helpers/runtime.ts';
+import { OpenAiTranscriber } from '../runner/extract/transcribe.ts';
+import { ACCOUNT_A, ACCOUNT_B } from './helpers/runtime.ts';
 import { requireTools } from './fixtures/documents.ts';
 import { extractHarness } from './fixtures/extract-harness.ts';
 
@@ -124,5 +125,80 @@ describe('extract_text: audio', () => {
     } finally {
       failWith = undefined;
     }
+  }, 60_000);
+});
+
+/**
+ * The attack from issue 13: a 100-byte "voice note" that is an ID3 header followed by an
+ * HLS playlist naming another tenant's upload by its absolute path. Left to probe the
+ * format itself, ffmpeg followed the playlist and that file was transcribed into the
+ * attacker's chunks.
+ */
+describe('extract_text: audio sandbox', () => {
+  function hlsBehindId3(target: string): Buffer {
+    const playlist = `#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:10.0,\n${target}\n#EXT-X-ENDLIST\n`;
+    return Buffer.concat([Buffer.from('ID3\x04\0\0\0\0\0\0', 'latin1'), Buffer.from(playlist)]);
+  }
+
+  /** Account B's real MP3 upload, where the fs storage keeps it. */
+  async function victimMp3(): Promise<string> {
+    const wav = join(h.work, 'victim.wav');
+    writeFileSync(wav, speech);
+    const mp3 = join(h.work, 'victim.mp3');
+    execFileSync('ffmpeg', ['-nostdin', '-loglevel', 'error', '-y', '-i', wav, mp3]);
+    const doc = await addDocument(ACCOUNT_B, [
+      { name: 'b-secret.mp3', content: readFileSync(mp3) },
+    ]);
+    const { rows } = await h.db.sql.query(
+      `select bucket, storage_path from hd_document_files where document_id = $1`,
+      [doc],
+    );
+    return join(h.root, rows[0].bucket, rows[0].storage_path);
+  }
+
+  it("a playlist behind an ID3 header is refused: nothing of B's file is read or stored", async () => {
+    const target = await victimMp3();
+    const doc = await addDocument(ACCOUNT_A, [
+      { name: 'voice-note.mp3', content: hlsBehindId3(target), mime: 'audio/mpeg' },
+    ]);
+    uploads.length = 0;
+    const outcome = await extract(doc, { env: env() });
+    await expectFailure(
+      outcome,
+      doc,
+      'UNSUPPORTED_FILE',
+      /voice-note\.mp3: the file is a media playlist/,
+    );
+    expect(uploads).toEqual([]);
+  }, 60_000);
+
+  it('ffmpeg reads only the one file, as the sniffed format, even if the sniffing missed a playlist', async () => {
+    const target = await victimMp3();
+    const attack = join(h.work, 'voice-note.mp3');
+    writeFileSync(attack, hlsBehindId3(target));
+    const transcriber = new OpenAiTranscriber({
+      baseURL,
+      apiKey: 'test-key',
+      model: 'whisper-stand-in',
+      segmentSeconds: 1,
+      timeoutMs: 30_000,
+      maxMemoryMb: 1024,
+      workDir: h.work,
+    });
+    uploads.length = 0;
+    const signal = new AbortController().signal;
+    // As MP3 (what the bytes claim) the playlist is no audio: a clear refusal.
+    await expect(
+      transcriber.transcribe(attack, 'audio/mpeg', 'voice-note.mp3', signal),
+    ).rejects.toMatchObject({
+      code: 'INVALID_INPUT',
+      message: expect.stringMatching(/^voice-note\.mp3: the audio could not be decoded as mp3/),
+    });
+    expect(uploads).toEqual([]);
+    // The same transcriber reads B's real MP3 when it is the file it was given.
+    await expect(transcriber.transcribe(target, 'audio/mpeg', 'b.mp3', signal)).resolves.toMatch(
+      /Segment 1/,
+    );
+    expect(uploads.length).toBeGreaterThan(0);
   }, 60_000);
 });

@@ -79,7 +79,7 @@ export async function extractFile(
         );
       }
       const text = normalizeText(
-        await settings.transcriber.transcribe(path, name, settings.signal),
+        await settings.transcriber.transcribe(path, kind.mime, name, settings.signal),
       );
       if (text === '') throw noText('transcription');
       return { kind, text, pages: [], pageCount: null, ocrPages: 0 };

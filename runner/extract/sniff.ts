@@ -42,6 +42,8 @@ export function sniff(head: Buffer, declaredMime: string | null): FileKind {
   if (at(head, 0, 'BM') && head.length > 26 && head.readUInt32LE(14) >= 12)
     return { kind: 'image', mime: 'image/bmp' };
   if (at(head, 0, 'RIFF') && at(head, 8, 'WAVE')) return { kind: 'audio', mime: 'audio/wav' };
+  if (at(head, 0, 'ID3') && isPlaylist(head.subarray(id3Length(head))))
+    return { kind: 'unsupported', what: 'a media playlist behind an ID3 tag, not audio' };
   if (at(head, 0, 'ID3') || (head[0] === 0xff && ((head[1] ?? 0) & 0xe6) === 0xe2))
     return { kind: 'audio', mime: 'audio/mpeg' };
   if (at(head, 0, 'OggS')) return { kind: 'audio', mime: 'audio/ogg' };
@@ -68,6 +70,26 @@ const BINARY_SIGNATURES: [string, string][] = [
   ['\x7fELF', 'an executable'],
   ['MZ', 'a Windows executable'],
 ];
+
+/** Size of an ID3v2 tag: a 10-byte header, a syncsafe length, a footer when flagged. */
+function id3Length(head: Buffer): number {
+  if (head.length < 10) return head.length;
+  const size =
+    ((head[6]! & 0x7f) << 21) |
+    ((head[7]! & 0x7f) << 14) |
+    ((head[8]! & 0x7f) << 7) |
+    (head[9]! & 0x7f);
+  return 10 + size + (head[5]! & 0x10 ? 10 : 0);
+}
+
+/** An HLS/M3U playlist or an ffconcat list: text that makes ffmpeg open other files. */
+function isPlaylist(data: Buffer): boolean {
+  const start = data
+    .subarray(0, 64)
+    .toString('latin1')
+    .replace(/^[\s\0]+/, '');
+  return /^(#EXTM3U|ffconcat version)/i.test(start);
+}
 
 /** No NUL bytes and hardly any other control characters: text in some 8-bit or UTF-8 form. */
 function looksLikeText(head: Buffer): boolean {

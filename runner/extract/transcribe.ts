@@ -7,7 +7,33 @@ import { runTool } from './tools.ts';
 
 /** Speech to text for audio (and the audio of video files). */
 export interface Transcriber {
-  transcribe(path: string, name: string, signal: AbortSignal): Promise<string>;
+  /** `mime` is the type sniffed from the file's bytes (sniff.ts), never the declared one. */
+  transcribe(path: string, mime: string, name: string, signal: AbortSignal): Promise<string>;
+}
+
+/**
+ * The ffmpeg demuxer for each sniffed audio type. ffmpeg is never left to pick the input
+ * format itself: it would follow an HLS playlist or a concat list hidden behind an ID3
+ * header and read files the job has no business with (another tenant's upload).
+ */
+const DEMUXERS: Record<string, string> = {
+  'audio/mpeg': 'mp3',
+  'audio/wav': 'wav',
+  'audio/ogg': 'ogg',
+  'audio/flac': 'flac',
+  'video/mp4': 'mov',
+  'video/webm': 'matroska',
+};
+
+/**
+ * ffmpeg's input arguments for one local file: the demuxer named, only the `file`
+ * protocol allowed (no http, no data: or subfile: tricks, also for anything the demuxer
+ * might open), and the path given as a `file:` URL so that a colon in it is no protocol.
+ */
+export function ffmpegInputArgs(path: string, mime: string): string[] {
+  const demuxer = DEMUXERS[mime];
+  if (!demuxer) throw new Error(`no ffmpeg demuxer for ${mime}`);
+  return ['-protocol_whitelist', 'file', '-f', demuxer, '-i', `file:${path}`];
 }
 
 export interface TranscriberOptions {
@@ -43,13 +69,13 @@ export class OpenAiTranscriber implements Transcriber {
     });
   }
 
-  async transcribe(path: string, name: string, signal: AbortSignal): Promise<string> {
+  async transcribe(path: string, mime: string, name: string, signal: AbortSignal): Promise<string> {
     const { segmentSeconds, timeoutMs, maxMemoryMb } = this.#options;
     const dir = await mkdtemp(join(this.#options.workDir, 'audio-'));
     try {
       // prettier-ignore
       const args = [
-        '-nostdin', '-hide_banner', '-loglevel', 'error', '-i', path,
+        '-nostdin', '-hide_banner', '-loglevel', 'error', ...ffmpegInputArgs(path, mime),
         '-vn', '-ac', '1', '-ar', '16000', '-c:a', 'libmp3lame', '-b:a', '48k',
         '-f', 'segment', '-segment_time', String(segmentSeconds), '-reset_timestamps', '1',
         join(dir, 'segment-%05d.mp3'),
@@ -59,6 +85,16 @@ export class OpenAiTranscriber implements Transcriber {
         maxMemoryMb,
         signal,
         what: `reading the audio of ${name}`,
+      }).catch((error: unknown) => {
+        // ffmpeg's own words stay in the cause, for the runner's log.
+        if (error instanceof HdError && error.code === 'UNSUPPORTED_FILE') {
+          throw new HdError(
+            'INVALID_INPUT',
+            `${name}: the audio could not be decoded as ${DEMUXERS[mime]}; the file may be damaged or not what its first bytes claim`,
+            { cause: error },
+          );
+        }
+        throw error;
       });
       const segments = (await readdir(dir)).filter((f) => f.endsWith('.mp3')).sort();
       if (segments.length === 0) {
