@@ -9,9 +9,10 @@ const UNSAFE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u20
 // eslint-disable-next-line no-control-regex -- as above
 const UNSAFE_IN_LINE = /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g;
 
-const escape = (c: string) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`;
+const SHORT: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' };
+const escape = (c: string) => SHORT[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`;
 
-/** `text` with control characters written as \uXXXX escapes (also valid inside JSON strings). */
+/** `text` with control characters written as JSON writes them (\u001b, \n): valid inside JSON strings too. */
 export function escapeControls(text: string): string {
   return text.replace(UNSAFE, escape);
 }

@@ -94,7 +94,7 @@ describe('hd-runner jobs', () => {
     // A table row stays one line: the newline inside the job type is shown, not obeyed.
     const table = (await jobs('list', '--account', ACCOUNT_B)).stdout.split('\n');
     expect(table).toHaveLength(3);
-    expect(table[2]).toContain('reversed\\u000asecond line');
+    expect(table[2]).toContain('reversed\\nsecond line');
   });
 
   it('says when a list is cut, and names the bad flag value', async () => {

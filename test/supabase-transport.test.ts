@@ -127,7 +127,7 @@ describe('the supabase transport through the CLI', () => {
     );
     const shown = await same(['jobs', 'show', queued.id, '--logs', '--limit', '2']);
     expect(shown.stdout).toMatch(
-      /log \(last 2 lines\)\nattempt +time +level +message\n[- ]+\n1 +2025-01-01T12:00:01\.000Z +info +second\\nline\n1 +2025-01-01T12:00:02\.000Z +warn +third$/,
+      /log \(last 2 lines; older lines exist: --limit N, up to 1000\)\nattempt +time +level +message\n[- ]+\n1 +2025-01-01T12:00:01\.000Z +info +second\\nline\n1 +2025-01-01T12:00:02\.000Z +warn +third$/,
     );
     const json = await same(['jobs', 'show', queued.id, '--logs', '--json']);
     expect(JSON.parse(json.stdout).logs.map((l: { message: string }) => l.message)).toEqual([
@@ -136,9 +136,9 @@ describe('the supabase transport through the CLI', () => {
       'third',
     ]);
     const refused = await same(['jobs', 'requeue', queued.id]);
-    expect(refused.exitCode).toBe(2);
+    expect(refused.exitCode).toBe(1);
     expect(refused.stderr).toContain('cancel it before requeueing');
-    expect((await same(['jobs', 'show', '00000000-0000-4000-8000-000000000000'])).exitCode).toBe(2);
+    expect((await same(['jobs', 'show', '00000000-0000-4000-8000-000000000000'])).exitCode).toBe(1);
   }, 60_000);
 
   it('runs the scheduler over REST: claims by polling, runs the job, stops on SIGTERM', async () => {

@@ -108,7 +108,8 @@ async function actOnJob(
   if (json) console.log(JSON.stringify(logs ? { ...job, logs: logs.lines } : job, null, 2));
   else if (action === 'show') console.log(formatJobDetail(job, logs));
   else console.log(`${job.id} ${job.status}${job.error_code ? ` (${job.error_code})` : ''}`);
-  if (json && logs?.cut) console.error(`jobs show: ${logs.cut}`);
+  if (json && logs?.cut)
+    console.error(`jobs show: the last ${logs.lines.length} log lines; ${logs.cut}`);
   return 0;
 }
 
@@ -116,17 +117,14 @@ function wrongState(action: 'requeue' | 'cancel', job: Job, allowed: readonly st
   const state = `${job.status}${job.error_code ? ` (${job.error_code})` : ''}`;
   return new CommandError(
     'WRONG_STATE',
-    `job ${job.id} is ${state}: only a ${allowed.join(' or ')} job can be ${action === 'cancel' ? 'cancelled' : 'requeued'}; nothing changed`,
+    `job ${job.id} is ${state}: only a ${allowed.join(' or ')} job can be ${action === 'cancel' ? 'cancelled' : 'requeued'}${job.status === 'running' ? ' (cancel it before requeueing)' : ''}; nothing changed`,
   );
 }
 
 async function lastLogLines(db: ControlPlaneDb, jobId: string, limit: number) {
   const found = await db.listJobLogs(jobId, limit + 1); // the newest limit+1, oldest first
   const lines = found.slice(-limit);
-  const cut =
-    found.length > limit
-      ? `the last ${limit} log lines shown; older ones exist (--limit N, up to 1000)`
-      : undefined;
+  const cut = found.length > limit ? `older lines exist: --limit N, up to 1000` : undefined;
   return { lines, cut };
 }
 
@@ -158,6 +156,7 @@ function formatJobDetail(job: Job, logs?: { lines: JobLogLine[]; cut?: string | 
     level: l.level,
     message: l.message,
   }));
-  const title = logs.cut ?? `log (${logs.lines.length} lines)`;
+  const n = logs.lines.length;
+  const title = logs.cut ? `log (last ${n} lines; ${logs.cut})` : `log (${n} lines)`;
   return `${detail}\n\n${title}\n${formatTable(rows)}`;
 }
