@@ -77,6 +77,19 @@ export const JOB_INPUTS: { [K in JobType]: 'payload_object' | 'document_files' |
   synthesize_node: 'none',
 };
 
+/** The chunker would cut an overlap to half the target: refused instead, to say so. */
+function overlapAtMostHalf<
+  T extends z.ZodType<{ chunk_target_chars?: number; chunk_overlap_chars?: number }>,
+>(schema: T) {
+  return schema.refine(
+    (p) =>
+      p.chunk_target_chars === undefined ||
+      p.chunk_overlap_chars === undefined ||
+      p.chunk_overlap_chars <= p.chunk_target_chars / 2,
+    { path: ['chunk_overlap_chars'], message: 'at most half of chunk_target_chars' },
+  );
+}
+
 /** Payload (`debug`) schemas, one per job type. Unknown keys (e.g. stats) pass through. */
 export const PAYLOAD_SCHEMAS = {
   import_assets_jsonl: z.looseObject({
@@ -87,20 +100,22 @@ export const PAYLOAD_SCHEMAS = {
     strict: z.boolean().default(false),
   }),
   /** Files come from hd_document_files of the job's document_id; these only tune it. */
-  extract_text: z.looseObject({
-    /** Tesseract languages, e.g. `deu+eng`; default HD_OCR_LANGUAGES. */
-    ocr_languages: z
-      .string()
-      .regex(/^[A-Za-z_]{3,20}(\+[A-Za-z_]{3,20}){0,7}$/, 'must look like deu+eng')
-      .optional(),
-    /** `auto`: OCR pages and images without a text layer; `off`: never run OCR. */
-    ocr: z.enum(['auto', 'off']).default('auto'),
-    /** Target chunk length in characters; default HD_CHUNK_TARGET_CHARS. */
-    chunk_target_chars: z.number().int().min(100).max(100_000).optional(),
-    /** Characters repeated from the end of one chunk at the start of the next. */
-    chunk_overlap_chars: z.number().int().min(0).max(50_000).optional(),
-    next_stages: nextStagesSchema,
-  }),
+  extract_text: overlapAtMostHalf(
+    z.looseObject({
+      /** Tesseract languages, e.g. `deu+eng`; default HD_OCR_LANGUAGES. */
+      ocr_languages: z
+        .string()
+        .regex(/^[A-Za-z_]{3,20}(\+[A-Za-z_]{3,20}){0,7}$/, 'must look like deu+eng')
+        .optional(),
+      /** `auto`: OCR pages and images without a text layer; `off`: never run OCR. */
+      ocr: z.enum(['auto', 'off']).default('auto'),
+      /** Target chunk length in characters; default HD_CHUNK_TARGET_CHARS. */
+      chunk_target_chars: z.number().int().min(100).max(100_000).optional(),
+      /** Characters repeated from the end of one chunk at the start of the next. */
+      chunk_overlap_chars: z.number().int().min(0).max(50_000).optional(),
+      next_stages: nextStagesSchema,
+    }),
+  ),
   /** Interprets every chunk of the job's document_id not yet interpreted. */
   extract_interpretations: z.looseObject({ next_stages: nextStagesSchema }),
   /** Builds the graph of the job's document_id from its interpretations. */

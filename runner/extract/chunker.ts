@@ -42,29 +42,84 @@ export function chunkText(
   options: ChunkOptions,
   pages: readonly PageStart[] = [],
 ): TextChunk[] {
-  const target = Math.max(1, Math.floor(options.targetChars));
-  const overlap = Math.max(0, Math.min(Math.floor(options.overlapChars), Math.floor(target / 2)));
-  const chunks: TextChunk[] = [];
-  let start = skipSpace(text, 0);
-  while (start < text.length) {
-    const end = text.length - start <= target ? text.length : findBreak(text, start, target);
-    let last = end;
-    while (last > start && SPACE.test(text[last - 1]!)) last -= 1;
-    if (last > start) {
-      chunks.push({
-        content: text.slice(start, last),
-        char_start: start,
-        char_end: last,
-        page_start: pageAt(pages, start),
-        page_end: pageAt(pages, last - 1),
-      });
-    }
-    if (end >= text.length) break;
-    let next = skipSpace(text, overlap > 0 ? overlapStart(text, start, end, overlap) : end);
-    if (next <= start) next = skipSpace(text, end);
-    start = next;
+  const chunker = new Chunker(options, pages);
+  return [...chunker.push(text), ...chunker.end()];
+}
+
+/**
+ * chunkText for text that arrives in pieces (a file read as a stream): holds only the text
+ * from the current chunk's start on, and cuts a chunk only once the text seen reaches past
+ * everything findBreak looks at, so the chunks are exactly chunkText's on the whole text.
+ */
+export class Chunker {
+  readonly #target: number;
+  readonly #overlap: number;
+  readonly #pages: readonly PageStart[];
+  /** Text from offset #base of the whole text on. */
+  #buf = '';
+  #base = 0;
+  /** Where the next chunk starts, in #buf. */
+  #start = 0;
+
+  constructor(options: ChunkOptions, pages: readonly PageStart[] = []) {
+    this.#target = Math.max(1, Math.floor(options.targetChars));
+    this.#overlap = Math.max(
+      0,
+      Math.min(Math.floor(options.overlapChars), Math.floor(this.#target / 2)),
+    );
+    this.#pages = pages;
   }
-  return chunks;
+
+  /** Adds text; returns the chunks that are now certain. */
+  push(piece: string): TextChunk[] {
+    // Drop what no later chunk can reach.
+    if (this.#start > 0) {
+      this.#buf = this.#buf.slice(this.#start);
+      this.#base += this.#start;
+      this.#start = 0;
+    }
+    this.#buf += piece;
+    return this.#cut(false);
+  }
+
+  /** The chunks of the rest, at the end of the text. */
+  end(): TextChunk[] {
+    return this.#cut(true);
+  }
+
+  #cut(final: boolean): TextChunk[] {
+    const text = this.#buf;
+    const target = this.#target;
+    const chunks: TextChunk[] = [];
+    // findBreak looks up to two targets ahead, the sentence pattern one character more.
+    const enough = (start: number) => final || text.length - start > 2 * target + 1;
+    let start = skipSpace(text, this.#start);
+    while (start < text.length && enough(start)) {
+      const end = text.length - start <= target ? text.length : findBreak(text, start, target);
+      let last = end;
+      while (last > start && SPACE.test(text[last - 1]!)) last -= 1;
+      if (last > start) {
+        const at = this.#base;
+        chunks.push({
+          content: text.slice(start, last),
+          char_start: at + start,
+          char_end: at + last,
+          page_start: pageAt(this.#pages, at + start),
+          page_end: pageAt(this.#pages, at + last - 1),
+        });
+      }
+      if (end >= text.length) {
+        start = end;
+        break;
+      }
+      const overlap = this.#overlap;
+      let next = skipSpace(text, overlap > 0 ? overlapStart(text, start, end, overlap) : end);
+      if (next <= start) next = skipSpace(text, end);
+      start = next;
+    }
+    this.#start = start;
+    return chunks;
+  }
 }
 
 /** Where to end a chunk that starts at `start` and may not exceed `target` characters. */

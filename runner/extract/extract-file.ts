@@ -1,16 +1,28 @@
-import { readFile } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { HdError } from '../../contract/errors.ts';
-import type { PageStart } from './chunker.ts';
-import { htmlToText } from './html.ts';
+import {
+  Chunker,
+  chunkText,
+  type ChunkOptions,
+  type PageStart,
+  type TextChunk,
+} from './chunker.ts';
+import { ChunkBudget, checkTypeSize } from './limits.ts';
 import { ocrImage, ocrPdfPage, type OcrOptions } from './ocr.ts';
 import { extractPdfText } from './pdf-text.ts';
 import { assertDeclaredMime, describe, readHead, sniff, type FileKind } from './sniff.ts';
-import { decodeText, joinPages, normalizeText, visibleLength } from './text.ts';
+import { readTextPieces } from './text-stream.ts';
+import { joinPages, normalizeText, visibleLength } from './text.ts';
 import type { Transcriber } from './transcribe.ts';
 
 export interface ExtractSettings {
   /** The file's name, for messages. */
   name: string;
+  /** HD_EXTRACT_MAX_FILE_BYTES; a type may have a lower limit (limits.ts). */
+  maxFileBytes: number;
+  chunking: ChunkOptions;
+  /** Chunks this file may still add to its document. */
+  maxChunks: number;
   maxPages: number;
   parseTimeoutMs: number;
   maxMemoryMb: number;
@@ -30,8 +42,9 @@ export interface ExtractSettings {
 
 export interface FileExtraction {
   kind: FileKind;
-  text: string;
-  pages: PageStart[];
+  chunks: TextChunk[];
+  /** Characters of the extracted text. */
+  characters: number;
   /** PDF pages (1 for an image, null for text and audio). */
   pageCount: number | null;
   ocrPages: number;
@@ -48,6 +61,13 @@ export async function extractFile(
   const { name } = settings;
   const kind = sniff(await readHead(path), declaredMime);
   assertDeclaredMime(name, declaredMime, kind);
+  checkTypeSize(name, kind, (await stat(path)).size, settings.maxFileBytes);
+  const budget = new ChunkBudget(name, settings.maxChunks, settings.chunking.targetChars);
+  /** Chunks of a text that is whole in memory, with the pages it starts. */
+  const chunked = (text: string, pages: PageStart[] = []) => {
+    budget.add(chunkText(text, settings.chunking, pages));
+    return { chunks: budget.chunks, characters: text.length };
+  };
   const noText = (how: string) =>
     new HdError('INVALID_INPUT', `${name}: no text found in ${describe(kind)} (${how})`);
 
@@ -55,10 +75,11 @@ export async function extractFile(
     case 'unsupported':
       throw new HdError('UNSUPPORTED_FILE', `${name}: the file is ${kind.what}`);
     case 'text': {
-      const raw = decodeText(await readFile(path));
-      const text = normalizeText(kind.format === 'html' ? htmlToText(raw) : raw);
-      if (text === '') throw noText('it is blank');
-      return { kind, text, pages: [], pageCount: null, ocrPages: 0 };
+      // Streamed: memory stays flat whatever the file's size, apart from the chunks.
+      await budget.drain(new Chunker(settings.chunking), readTextPieces(path, kind.format));
+      if (budget.characters === 0) throw noText('it is blank');
+      const { chunks, characters } = budget;
+      return { kind, chunks, characters, pageCount: null, ocrPages: 0 };
     }
     case 'image': {
       if (settings.ocr === 'off') {
@@ -69,7 +90,7 @@ export async function extractFile(
       }
       const text = normalizeText(await ocrImage(path, `OCR of ${name}`, ocrOptions(settings)));
       if (visibleLength(text) === 0) throw noText(`OCR, languages ${settings.ocrLanguages}`);
-      return { kind, text, pages: [{ page: 1, start: 0 }], pageCount: 1, ocrPages: 1 };
+      return { kind, ...chunked(text, [{ page: 1, start: 0 }]), pageCount: 1, ocrPages: 1 };
     }
     case 'audio': {
       if (!settings.transcriber) {
@@ -82,10 +103,10 @@ export async function extractFile(
         await settings.transcriber.transcribe(path, kind.mime, name, settings.signal),
       );
       if (text === '') throw noText('transcription');
-      return { kind, text, pages: [], pageCount: null, ocrPages: 0 };
+      return { kind, ...chunked(text), pageCount: null, ocrPages: 0 };
     }
     case 'pdf':
-      return extractPdf(path, kind, settings, noText);
+      return extractPdf(path, kind, settings, noText, chunked);
   }
 }
 
@@ -109,6 +130,7 @@ async function extractPdf(
   kind: FileKind,
   settings: ExtractSettings,
   noText: (how: string) => HdError,
+  chunked: (text: string, pages: PageStart[]) => { chunks: TextChunk[]; characters: number },
 ): Promise<FileExtraction> {
   const { name } = settings;
   const texts: string[] = [];
@@ -164,7 +186,7 @@ async function extractPdf(
     }
     return {
       kind,
-      ...joined,
+      ...chunked(joined.text, joined.pages),
       pageCount: result.total,
       ocrPages,
       parserPeakRssKb: result.peakRssKb,

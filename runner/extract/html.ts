@@ -33,26 +33,36 @@ const CELL = new Set(['td', 'th']);
  */
 export function htmlToText(html: string): string {
   const out: string[] = [];
+  const parser = htmlParser((text) => out.push(text));
+  parser.write(html);
+  parser.end();
+  return out.join('').replace(/[ \t]+\n/g, '\n');
+}
+
+/** A parser that hands the visible text to `emit` as it goes (write, then end). */
+export function htmlParser(emit: (text: string) => void): Parser {
   let pendingBreak: '' | '\n' | '\n\n' = '';
+  let emitted = false;
   let skipDepth = 0;
   let preDepth = 0;
   let inTitle = false;
   let atLineStart = true;
 
   const requestBreak = (br: '\n' | '\n\n') => {
-    if (out.length > 0 && pendingBreak !== '\n\n') pendingBreak = br;
+    if (emitted && pendingBreak !== '\n\n') pendingBreak = br;
   };
-  const emit = (text: string) => {
+  const write = (text: string) => {
     if (pendingBreak) {
-      out.push(pendingBreak);
+      emit(pendingBreak);
       pendingBreak = '';
       atLineStart = true;
     }
-    out.push(text);
+    emit(text);
+    emitted = true;
     atLineStart = text.endsWith('\n');
   };
 
-  const parser = new Parser(
+  return new Parser(
     {
       onopentag(name) {
         if (name === 'title') inTitle = true;
@@ -60,7 +70,7 @@ export function htmlToText(html: string): string {
         if (name === 'pre') preDepth += 1;
         if (PARAGRAPH.has(name)) requestBreak('\n\n');
         else if (LINE.has(name)) requestBreak('\n');
-        else if (CELL.has(name) && !atLineStart && !pendingBreak) emit('\t');
+        else if (CELL.has(name) && !atLineStart && !pendingBreak) write('\t');
       },
       onclosetag(name) {
         if (name === 'title') inTitle = false;
@@ -74,12 +84,9 @@ export function htmlToText(html: string): string {
         const text = preDepth > 0 ? data : data.replace(/\s+/g, ' ');
         if (text === '' || (text === ' ' && (atLineStart || pendingBreak !== ''))) return;
         const lineStart = preDepth === 0 && (atLineStart || pendingBreak !== '');
-        emit(lineStart ? text.replace(/^ /, '') : text);
+        write(lineStart ? text.replace(/^ /, '') : text);
       },
     },
     { decodeEntities: true, lowerCaseTags: true, recognizeSelfClosing: true },
   );
-  parser.write(html);
-  parser.end();
-  return out.join('').replace(/[ \t]+\n/g, '\n');
 }

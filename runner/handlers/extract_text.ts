@@ -5,8 +5,8 @@ import { basename, join } from 'node:path';
 import { HdError } from '../../contract/errors.ts';
 import { assertTenantPath } from '../../contract/storage-paths.ts';
 import type { ChunkRow, DocumentFile } from '../../control-plane/db/transport.ts';
-import { chunkText } from '../extract/chunker.ts';
 import { extractFile, type ExtractSettings } from '../extract/extract-file.ts';
+import { formatBytes, MAX_CHUNKS_PER_DOCUMENT } from '../extract/limits.ts';
 import { OpenAiTranscriber } from '../extract/transcribe.ts';
 import type { Handler, HandlerContext } from '../handler.ts';
 
@@ -77,6 +77,7 @@ export const extractText: Handler<'extract_text'> = {
         const extraction = await extractFile(local.path, file.mime_type, {
           ...settingsOf(ctx, workDir),
           name,
+          maxChunks: MAX_CHUNKS_PER_DOCUMENT - chunks.length,
           onProgress: (fraction) =>
             ctx.progress(((index + fraction) / files.length) * EXTRACT_SHARE),
         });
@@ -84,13 +85,13 @@ export const extractText: Handler<'extract_text'> = {
         stats.file_types[type] = (stats.file_types[type] ?? 0) + 1;
         stats.pages += extraction.pageCount ?? 0;
         stats.ocr_pages += extraction.ocrPages;
-        stats.characters += extraction.text.length;
+        stats.characters += extraction.characters;
         stats.bytes += local.size;
         stats.parser_peak_rss_mb = Math.max(
           stats.parser_peak_rss_mb,
           Math.round((extraction.parserPeakRssKb ?? 0) / 1024),
         );
-        for (const chunk of chunkText(extraction.text, chunkOptions(ctx), extraction.pages)) {
+        for (const chunk of extraction.chunks) {
           chunks.push({
             ...chunk,
             chunk_index: chunks.length,
@@ -152,10 +153,6 @@ function checkSize(file: DocumentFile, size: number, max: number, real: boolean)
   }
 }
 
-function formatBytes(bytes: number): string {
-  return bytes >= 1024 * 1024 ? `${(bytes / 1024 / 1024).toFixed(1)} MiB` : `${bytes} bytes`;
-}
-
 function chunkOptions(ctx: HandlerContext<'extract_text'>) {
   return {
     targetChars: ctx.payload.chunk_target_chars ?? ctx.config.HD_CHUNK_TARGET_CHARS,
@@ -166,9 +163,11 @@ function chunkOptions(ctx: HandlerContext<'extract_text'>) {
 function settingsOf(
   ctx: HandlerContext<'extract_text'>,
   workDir: string,
-): Omit<ExtractSettings, 'name' | 'onProgress'> {
+): Omit<ExtractSettings, 'name' | 'onProgress' | 'maxChunks'> {
   const { config, payload } = ctx;
   return {
+    maxFileBytes: config.HD_EXTRACT_MAX_FILE_BYTES,
+    chunking: chunkOptions(ctx),
     maxPages: config.HD_EXTRACT_MAX_PAGES,
     parseTimeoutMs: config.HD_EXTRACT_PARSE_TIMEOUT_MS,
     maxMemoryMb: config.HD_EXTRACT_MAX_MEMORY_MB,
