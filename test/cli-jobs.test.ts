@@ -88,6 +88,7 @@ describe('hd-runner jobs', () => {
       await jobs('list', '--account', ACCOUNT_B, '--json'),
     ]) {
       expect(result.exitCode).toBe(0);
+      // eslint-disable-next-line no-control-regex -- looking for control characters
       expect(result.stdout).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202e]/);
       expect(result.stdout).toContain('evil\\u001b]0;owned\\u0007\\u009b2J\\u202ereversed');
     }
