@@ -8,11 +8,11 @@ import {
   type TextChunk,
 } from './chunker.ts';
 import { ChunkBudget, checkTypeSize } from './limits.ts';
-import { ocrImage, ocrPdfPage, type OcrOptions } from './ocr.ts';
-import { extractPdfText } from './pdf-text.ts';
+import { ocrImage, type OcrOptions } from './ocr.ts';
+import { extractPdf, type PageLayer } from './pdf.ts';
 import { assertDeclaredMime, describe, readHead, sniff, type FileKind } from './sniff.ts';
 import { readTextPieces } from './text-stream.ts';
-import { joinPages, normalizeText, visibleLength } from './text.ts';
+import { normalizeText, visibleLength } from './text.ts';
 import type { Transcriber } from './transcribe.ts';
 
 export interface ExtractSettings {
@@ -32,6 +32,8 @@ export interface ExtractSettings {
   /** PDF pages with fewer visible characters in their text layer are OCRed. */
   ocrMinChars: number;
   ocrPageTimeoutMs: number;
+  /** Pages OCRed at once: the job's CPUs. */
+  ocrConcurrency: number;
   signal: AbortSignal;
   workDir: string;
   /** Audio and video; undefined where no transcription endpoint is configured. */
@@ -48,6 +50,10 @@ export interface FileExtraction {
   /** PDF pages (1 for an image, null for text and audio). */
   pageCount: number | null;
   ocrPages: number;
+  /** Where each PDF page's text came from. */
+  layers?: PageLayer[];
+  /** PDF pages rendered for OCR (ocrPages of them gave text). */
+  ocrTried?: number;
   /** Peak resident memory of the PDF parser process, in KiB. */
   parserPeakRssKb?: number;
 }
@@ -105,8 +111,19 @@ export async function extractFile(
       if (text === '') throw noText('transcription');
       return { kind, ...chunked(text), pageCount: null, ocrPages: 0 };
     }
-    case 'pdf':
-      return extractPdf(path, kind, settings, noText, chunked);
+    case 'pdf': {
+      const pdf = await extractPdf(path, settings);
+      const ocrPages = pdf.layers.filter((layer) => layer === 'ocr').length;
+      return {
+        kind,
+        ...chunked(pdf.text, pdf.pages),
+        pageCount: pdf.pageCount,
+        ocrPages,
+        layers: pdf.layers,
+        ocrTried: pdf.ocrTried,
+        parserPeakRssKb: pdf.parserPeakRssKb,
+      };
+    }
   }
 }
 
@@ -119,84 +136,4 @@ function ocrOptions(settings: ExtractSettings, signal = settings.signal): OcrOpt
     signal,
     workDir: settings.workDir,
   };
-}
-
-/**
- * The text layer page by page; a page with (almost) no text is rendered and OCRed while
- * the parser goes on with the next pages. Progress counts pages fully done.
- */
-async function extractPdf(
-  path: string,
-  kind: FileKind,
-  settings: ExtractSettings,
-  noText: (how: string) => HdError,
-  chunked: (text: string, pages: PageStart[]) => { chunks: TextChunk[]; characters: number },
-): Promise<FileExtraction> {
-  const { name } = settings;
-  const texts: string[] = [];
-  let done = 0;
-  let ocrPages = 0;
-  // Aborted by the job's signal or by a failed OCR, which also stops the parser.
-  const local = new AbortController();
-  const onAbort = () => local.abort(settings.signal.reason);
-  settings.signal.addEventListener('abort', onAbort, { once: true });
-  let ocrQueue = Promise.resolve();
-  let ocrError: unknown;
-  const pageDone = async (total: number) => {
-    done += 1;
-    await settings.onProgress(total > 0 ? done / total : 1);
-  };
-  try {
-    const result = await extractPdfText(path, {
-      name,
-      maxPages: settings.maxPages,
-      timeoutMs: settings.parseTimeoutMs,
-      maxMemoryMb: settings.maxMemoryMb,
-      signal: local.signal,
-      onPage: async (page, total) => {
-        const text = normalizeText(page.text);
-        texts[page.num - 1] = text;
-        if (settings.ocr === 'auto' && visibleLength(text) < settings.ocrMinChars) {
-          ocrPages += 1;
-          ocrQueue = ocrQueue.then(async () => {
-            if (ocrError !== undefined) return;
-            try {
-              const ocr = normalizeText(
-                await ocrPdfPage(path, page.num, name, ocrOptions(settings, local.signal)),
-              );
-              if (visibleLength(ocr) > visibleLength(text)) texts[page.num - 1] = ocr;
-              await pageDone(total);
-            } catch (error) {
-              ocrError = error;
-              local.abort(error);
-            }
-          });
-        } else await pageDone(total);
-      },
-    });
-    await ocrQueue;
-    if (ocrError !== undefined) throw ocrError;
-    const joined = joinPages(texts.map((text, i) => ({ num: i + 1, text: text ?? '' })));
-    if (joined.text === '') {
-      throw noText(
-        settings.ocr === 'off'
-          ? `${result.total} page(s) without a text layer, and OCR is off for this job`
-          : `${result.total} page(s), text layer and OCR, languages ${settings.ocrLanguages}`,
-      );
-    }
-    return {
-      kind,
-      ...chunked(joined.text, joined.pages),
-      pageCount: result.total,
-      ocrPages,
-      parserPeakRssKb: result.peakRssKb,
-    };
-  } catch (error) {
-    // A failed OCR aborts the parser; report the OCR's error, not the abort.
-    throw ocrError ?? error;
-  } finally {
-    settings.signal.removeEventListener('abort', onAbort);
-    local.abort();
-    await ocrQueue;
-  }
 }

@@ -1,7 +1,7 @@
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HdError } from '../../contract/errors.ts';
-import { runTool } from './tools.ts';
+import { runTool, ToolFailure } from './tools.ts';
 
 export interface OcrOptions {
   /** Tesseract languages, `+`-separated (deu+eng). */
@@ -12,6 +12,21 @@ export interface OcrOptions {
   signal: AbortSignal;
   /** Where rendered pages go (the job's scratch folder). */
   workDir: string;
+}
+
+/**
+ * Most pixels a page is rendered to for OCR: A4 at 300 dpi is 8.7 million; a 36 × 48 inch
+ * plan at 300 dpi would be 156 million (and as much memory in tesseract), so it is
+ * rendered at the resolution that gives this many.
+ */
+export const OCR_MAX_PIXELS = 25_000_000;
+
+/** Resolution for a page of this size in points: the configured one, lower for big pages. */
+export function ocrDpi(widthPt: number, heightPt: number, dpi: number): number {
+  const squareInches = (widthPt / 72) * (heightPt / 72);
+  if (!(squareInches > 0)) return dpi;
+  const capped = Math.floor(Math.sqrt(OCR_MAX_PIXELS / squareInches));
+  return Math.max(10, Math.min(dpi, capped));
 }
 
 /** Text of one image file by Tesseract. */
@@ -25,12 +40,13 @@ export async function ocrImage(
       'tesseract',
       [imagePath, 'stdout', '-l', options.languages],
       { ...options, what },
-      // One thread: the scheduler gives a job one CPU, and results do not vary with load.
+      // One thread each: pages run in parallel, one per CPU of the job.
       { OMP_THREAD_LIMIT: '1' },
     );
     return stdout;
   } catch (error) {
-    const missing = /Failed loading language '([^']+)'/.exec((error as Error).message);
+    const missing =
+      error instanceof ToolFailure && /Failed loading language '([^']+)'/.exec(error.stderr);
     if (missing) {
       throw new HdError(
         'INVALID_INPUT',
@@ -42,35 +58,27 @@ export async function ocrImage(
   }
 }
 
-/** Renders one PDF page to a grey-scale PNG (poppler) and reads it with Tesseract. */
+/**
+ * Renders one PDF page to a grey-scale PNG (poppler) at `options.dpi` and reads it with
+ * Tesseract.
+ */
 export async function ocrPdfPage(
   pdfPath: string,
   page: number,
   name: string,
   options: OcrOptions,
 ): Promise<string> {
-  const what = `OCR of ${name} page ${page}`;
   const base = join(options.workDir, `ocr-page-${page}`);
   const png = `${base}.png`;
   try {
+    // prettier-ignore
     await runTool(
       'pdftoppm',
-      [
-        '-f',
-        String(page),
-        '-l',
-        String(page),
-        '-r',
-        String(options.dpi),
-        '-gray',
-        '-png',
-        '-singlefile',
-        pdfPath,
-        base,
-      ],
-      { ...options, what: `rendering ${name} page ${page}` },
+      ['-f', String(page), '-l', String(page), '-r', String(options.dpi), '-gray', '-png',
+        '-singlefile', pdfPath, base],
+      { ...options, what: `rendering page ${page} of ${name}` },
     );
-    return await ocrImage(png, what, options);
+    return await ocrImage(png, `OCR of page ${page} of ${name}`, options);
   } finally {
     await rm(png, { force: true });
   }

@@ -1,8 +1,9 @@
 /**
  * Child-process entry of the PDF parser (see pdf-text.ts, which starts it with a heap
- * limit, a memory watchdog and a timeout): `node pdf-child.ts FILE MAX_PAGES`.
+ * limit, a memory watchdog and a timeout): `node pdf-child.ts FILE MAX_PAGES [PAGES]`.
  * Writes one JSON message per line to stdout: `pages`, then `page` for each page in
- * order, then `done`; or an `error` with a reason. Nothing else is written to stdout.
+ * order (only those of PAGES, a comma-separated list, where given), then `done`; or an
+ * `error` with a reason. Nothing else is written to stdout.
  */
 import { readFile } from 'node:fs/promises';
 import { PDFParse } from 'pdf-parse';
@@ -27,9 +28,9 @@ function reasonOf(error: unknown): 'password' | 'invalid' | 'other' {
 }
 
 async function main(): Promise<number> {
-  const [file, maxPagesArg] = process.argv.slice(2);
+  const [file, maxPagesArg, pagesArg] = process.argv.slice(2);
   if (!file || !maxPagesArg) {
-    process.stderr.write('usage: pdf-child FILE MAX_PAGES\n');
+    process.stderr.write('usage: pdf-child FILE MAX_PAGES [PAGES]\n');
     return 2;
   }
   const maxPages = Number(maxPagesArg);
@@ -49,8 +50,17 @@ async function main(): Promise<number> {
       });
       return 3;
     }
-    if (total > 0) await send({ type: 'page', num: 1, text: first.pages[0]?.text ?? '' });
-    for (let num = 2; num <= total; num += 1) {
+    const wanted = pagesArg
+      ? pagesArg
+          .split(',')
+          .map(Number)
+          .filter((n) => n >= 1 && n <= total)
+      : Array.from({ length: total }, (_, i) => i + 1);
+    for (const num of wanted) {
+      if (num === 1) {
+        await send({ type: 'page', num: 1, text: first.pages[0]?.text ?? '' });
+        continue;
+      }
       // One page per call keeps memory flat: pdf.js drops the page after each one.
       const result = await parser.getText({ first: num, last: num, pageJoiner: '' });
       await send({ type: 'page', num, text: result.pages[0]?.text ?? '' });

@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { HdError } from '../../contract/errors.ts';
 import type { PdfChildMessage } from './pdf-child.ts';
+import { formatMs } from './tools.ts';
 
 export interface PdfTextOptions {
   /** Shown in messages (the file's name). */
@@ -14,6 +15,8 @@ export interface PdfTextOptions {
   timeoutMs: number;
   maxMemoryMb: number;
   signal: AbortSignal;
+  /** Only these pages (1-based, increasing); default all. */
+  pages?: readonly number[];
   /** Called once the page count is known, then for each page in order. */
   onPages?: (total: number) => void;
   onPage?: (page: { num: number; text: string }, total: number) => void | Promise<void>;
@@ -43,7 +46,13 @@ export async function extractPdfText(
   const { name, maxMemoryMb } = options;
   const child = execa(
     process.execPath,
-    [`--max-old-space-size=${maxMemoryMb}`, CHILD, path, String(options.maxPages)],
+    [
+      `--max-old-space-size=${maxMemoryMb}`,
+      CHILD,
+      path,
+      String(options.maxPages),
+      ...(options.pages ? [options.pages.join(',')] : []),
+    ],
     {
       cancelSignal: options.signal,
       timeout: options.timeoutMs,
@@ -96,14 +105,14 @@ export async function extractPdfText(
   if (overMemory) {
     throw new HdError(
       'OOM_KILLED',
-      `${name}: parsing the PDF needed more than ${maxMemoryMb} MiB of memory (HD_EXTRACT_MAX_MEMORY_MB); the file may be a decompression bomb`,
+      `${name}: reading the PDF needed more than its limit of ${maxMemoryMb} MiB of memory; the file may be a decompression bomb`,
       { retryable: false },
     );
   }
   if (result.timedOut) {
     throw new HdError(
       'PROCESSING_TIMEOUT',
-      `${name}: parsing the PDF took longer than ${options.timeoutMs} ms (HD_EXTRACT_PARSE_TIMEOUT_MS)`,
+      `${name}: reading the PDF took longer than its limit of ${formatMs(options.timeoutMs)}`,
       { retryable: false },
     );
   }
@@ -112,14 +121,20 @@ export async function extractPdfText(
   if (/heap out of memory/i.test(String(result.stderr))) {
     throw new HdError(
       'OOM_KILLED',
-      `${name}: parsing the PDF ran out of its ${maxMemoryMb} MiB heap (HD_EXTRACT_MAX_MEMORY_MB)`,
+      `${name}: reading the PDF needed more than its limit of ${maxMemoryMb} MiB of memory`,
       { retryable: false },
     );
   }
-  if (result.exitCode !== 0 || !done || seen !== total) {
+  const expected = options.pages ? options.pages.filter((n) => n <= total).length : total;
+  if (result.exitCode !== 0 || !done || seen !== expected) {
     throw new HdError(
       'CRASHED',
-      `${name}: the PDF parser stopped after ${seen} of ${total} pages (${result.signal ?? `exit ${result.exitCode}`}): ${String(result.stderr).slice(-500)}`,
+      `${name}: the PDF parser stopped after ${seen} of ${total} pages`,
+      {
+        cause: new Error(
+          `pdf-parse ${result.signal ?? `exit ${result.exitCode}`}: ${String(result.stderr).slice(-1000)}`,
+        ),
+      },
     );
   }
   return { total, peakRssKb: Math.max(peakRssKb, done.max_rss_kb) };
@@ -130,28 +145,36 @@ function childFailure(
   failure: Extract<PdfChildMessage, { type: 'error' }>,
   maxPages: number,
 ): HdError {
+  // pdf.js's own words go to the log (the cause), one sentence to the user.
+  const cause = new Error(`pdf-parse: ${failure.reason}: ${failure.message}`);
   switch (failure.reason) {
     case 'password':
-      return new HdError(
-        'UNSUPPORTED_FILE',
-        `${name}: the PDF is password-protected; upload a copy without a password`,
-      );
-    case 'invalid':
-      return new HdError(
-        'INVALID_INPUT',
-        `${name}: the file is not a readable PDF, it may be truncated or damaged (${failure.message})`,
-      );
+      return passwordProtected(name, cause);
     case 'too_many_pages':
-      return new HdError(
-        'INVALID_INPUT',
-        `${name}: ${failure.message} (HD_EXTRACT_MAX_PAGES=${maxPages}); split the document`,
-      );
+      return new HdError('INVALID_INPUT', `${name}: ${failure.message}; split the document`, {
+        cause,
+        details: { max_pages: maxPages },
+      });
+    case 'invalid':
     case 'other':
-      return new HdError(
-        'INVALID_INPUT',
-        `${name}: the PDF could not be parsed: ${failure.message}`,
-      );
+      return damagedPdf(name, cause);
   }
+}
+
+export function passwordProtected(name: string, cause?: unknown): HdError {
+  return new HdError(
+    'UNSUPPORTED_FILE',
+    `${name}: the PDF is password-protected; upload a copy without a password`,
+    { cause },
+  );
+}
+
+export function damagedPdf(name: string, cause?: unknown): HdError {
+  return new HdError(
+    'INVALID_INPUT',
+    `${name}: the file is not a readable PDF; it may be truncated or damaged`,
+    { cause },
+  );
 }
 
 /** Resident memory of a process in KiB (Linux); 0 where /proc is not there. */

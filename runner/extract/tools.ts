@@ -5,6 +5,8 @@ import { HdError } from '../../contract/errors.ts';
 
 /** The Debian package that brings each external tool, for messages that say what to do. */
 export const TOOL_PACKAGES: Record<string, string> = {
+  pdfinfo: 'poppler-utils',
+  pdfimages: 'poppler-utils',
   pdftoppm: 'poppler-utils',
   pdftotext: 'poppler-utils',
   tesseract: 'tesseract-ocr',
@@ -37,7 +39,22 @@ export interface ToolLimits {
 }
 
 /**
- * Runs an external tool (pdftoppm, tesseract, ffmpeg) with bounds: address space via
+ * A tool that exited with an error. The message is one sentence for the job's user; the
+ * tool's own words (stderr, exit status) are in `stderr` and the cause, for the log.
+ */
+export class ToolFailure extends HdError {
+  readonly stderr: string;
+  constructor(message: string, tool: string, exit: string, stderr: string) {
+    super('UNSUPPORTED_FILE', message, {
+      retryable: false,
+      cause: new Error(`${tool} ${exit}: ${stderr.slice(-1000)}`),
+    });
+    this.stderr = stderr;
+  }
+}
+
+/**
+ * Runs an external tool (poppler, tesseract, ffmpeg) with bounds: address space via
  * prlimit where it exists (these are native programs, for which RLIMIT_AS is a sound
  * limit), a wall-clock timeout, and the job's AbortSignal.
  */
@@ -72,18 +89,26 @@ export async function runTool(
   if (result.timedOut) {
     throw new HdError(
       'PROCESSING_TIMEOUT',
-      `${limits.what} took longer than ${limits.timeoutMs} ms (HD_OCR_PAGE_TIMEOUT_MS)`,
-      { retryable: false },
+      `${limits.what} took longer than its limit of ${formatMs(limits.timeoutMs)}`,
+      { retryable: false, cause: new Error(`${name} ran past ${limits.timeoutMs} ms`) },
     );
   }
   if (result.exitCode !== 0) {
     const stderr = String(result.stderr).trim();
-    const outOfMemory = /bad_alloc|cannot allocate|out of memory/i.test(stderr);
-    throw new HdError(
-      outOfMemory ? 'OOM_KILLED' : 'UNSUPPORTED_FILE',
-      `${limits.what} failed${outOfMemory ? ` within ${limits.maxMemoryMb} MiB (HD_EXTRACT_MAX_MEMORY_MB)` : ''}: ${name} ${result.signal ?? `exit ${result.exitCode}`}: ${stderr.slice(-300)}`,
-      { retryable: false },
-    );
+    const exit = result.signal ?? `exit ${result.exitCode}`;
+    if (/bad_alloc|cannot allocate|out of memory/i.test(stderr)) {
+      throw new HdError(
+        'OOM_KILLED',
+        `${limits.what} needed more than its limit of ${limits.maxMemoryMb} MiB of memory`,
+        { retryable: false, cause: new Error(`${name} ${exit}: ${stderr.slice(-1000)}`) },
+      );
+    }
+    throw new ToolFailure(`${limits.what} failed`, name, exit, stderr);
   }
   return { stdout: String(result.stdout), stderr: String(result.stderr) };
+}
+
+/** 1500 → "1.5 s", 120000 → "120 s", 1 → "1 ms". */
+export function formatMs(ms: number): string {
+  return ms < 1000 ? `${ms} ms` : `${Number((ms / 1000).toFixed(1))} s`;
 }

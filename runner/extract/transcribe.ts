@@ -3,7 +3,7 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import OpenAI, { APIConnectionError, APIError, APIUserAbortError } from 'openai';
 import { HdError } from '../../contract/errors.ts';
-import { runTool } from './tools.ts';
+import { runTool, ToolFailure } from './tools.ts';
 
 /** Speech to text for audio (and the audio of video files). */
 export interface Transcriber {
@@ -87,7 +87,7 @@ export class OpenAiTranscriber implements Transcriber {
         what: `reading the audio of ${name}`,
       }).catch((error: unknown) => {
         // ffmpeg's own words stay in the cause, for the runner's log.
-        if (error instanceof HdError && error.code === 'UNSUPPORTED_FILE') {
+        if (error instanceof ToolFailure) {
           throw new HdError(
             'INVALID_INPUT',
             `${name}: the audio could not be decoded as ${DEMUXERS[mime]}; the file may be damaged or not what its first bytes claim`,

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { HdError } from '../../contract/errors.ts';
 import { assertTenantPath } from '../../contract/storage-paths.ts';
@@ -15,6 +15,14 @@ interface ExtractStats {
   file_types: Record<string, number>;
   pages: number;
   ocr_pages: number;
+  /** PDF pages rendered for OCR; those that gave text are ocr_pages. */
+  ocr_pages_tried: number;
+  /** PDF pages without text (no text layer, nothing to OCR, or OCR found nothing). */
+  blank_pages: number;
+  /** PDF pages that could not be read or rendered, skipped. */
+  pages_failed: number;
+  /** Per PDF file, its pages by where their text came from, as page ranges ("1-3,7"). */
+  page_layers: { file: string; text: string; ocr: string; blank: string; failed: string }[];
   chunks: number;
   characters: number;
   bytes: number;
@@ -38,9 +46,10 @@ const EXTRACT_SHARE = 90;
  * the same chunks.
  */
 export const extractText: Handler<'extract_text'> = {
-  // Memory: the runner, the PDF parser process and one OCR tool at once, the latter two
-  // bounded by HD_EXTRACT_MAX_MEMORY_MB (1 GiB) each.
-  resources: { gpu: false, memoryMb: 3072, cpus: 1, timeoutMs: 60 * 60 * 1000 },
+  // Memory: the runner, the PDF parser process and one OCR tool per CPU at once, the
+  // latter bounded by HD_EXTRACT_MAX_MEMORY_MB (1 GiB) each. Two CPUs: pages are OCRed
+  // in parallel, one tesseract thread each.
+  resources: { gpu: false, memoryMb: 3072, cpus: 2, timeoutMs: 60 * 60 * 1000 },
 
   async run(ctx) {
     const started = performance.now();
@@ -85,6 +94,19 @@ export const extractText: Handler<'extract_text'> = {
         stats.file_types[type] = (stats.file_types[type] ?? 0) + 1;
         stats.pages += extraction.pageCount ?? 0;
         stats.ocr_pages += extraction.ocrPages;
+        stats.ocr_pages_tried += extraction.ocrTried ?? extraction.ocrPages;
+        if (extraction.layers) {
+          const layers = extraction.layers;
+          stats.blank_pages += layers.filter((layer) => layer === 'blank').length;
+          stats.pages_failed += layers.filter((layer) => layer === 'failed').length;
+          stats.page_layers.push({
+            file: name,
+            text: pageRanges(layers, 'text'),
+            ocr: pageRanges(layers, 'ocr'),
+            blank: pageRanges(layers, 'blank'),
+            failed: pageRanges(layers, 'failed'),
+          });
+        }
         stats.characters += extraction.characters;
         stats.bytes += local.size;
         stats.parser_peak_rss_mb = Math.max(
@@ -100,7 +122,13 @@ export const extractText: Handler<'extract_text'> = {
           });
         }
         ctx.log.info(
-          { file: file.storage_path, type, pages: extraction.pageCount, ocr: extraction.ocrPages },
+          {
+            file: file.storage_path,
+            type,
+            pages: extraction.pageCount,
+            ocr: extraction.ocrPages,
+            failed: extraction.layers?.filter((layer) => layer === 'failed').length,
+          },
           'file extracted',
         );
       }
@@ -125,6 +153,10 @@ function newStats(files: number): ExtractStats {
     file_types: {},
     pages: 0,
     ocr_pages: 0,
+    ocr_pages_tried: 0,
+    blank_pages: 0,
+    pages_failed: 0,
+    page_layers: [],
     chunks: 0,
     characters: 0,
     bytes: 0,
@@ -176,6 +208,8 @@ function settingsOf(
     ocrDpi: config.HD_OCR_DPI,
     ocrMinChars: config.HD_OCR_MIN_CHARS,
     ocrPageTimeoutMs: config.HD_OCR_PAGE_TIMEOUT_MS,
+    // The job's CPU share, or fewer where the machine has fewer.
+    ocrConcurrency: Math.max(1, Math.min(extractText.resources.cpus, availableParallelism())),
     signal: ctx.signal,
     workDir,
     transcriber: config.HD_TRANSCRIBE_BASE_URL
@@ -191,4 +225,17 @@ function settingsOf(
         })
       : undefined,
   };
+}
+
+/** The pages of one layer as ranges: [text, text, ocr, text] → "1-2,4" for text. */
+function pageRanges(layers: readonly string[], layer: string): string {
+  const ranges: string[] = [];
+  for (let i = 0; i < layers.length; i += 1) {
+    if (layers[i] !== layer) continue;
+    let end = i;
+    while (layers[end + 1] === layer) end += 1;
+    ranges.push(end === i ? `${i + 1}` : `${i + 1}-${end + 1}`);
+    i = end;
+  }
+  return ranges.join(',');
 }

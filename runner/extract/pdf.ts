@@ -1,0 +1,262 @@
+import { HdError } from '../../contract/errors.ts';
+import type { PageStart } from './chunker.ts';
+import { ocrDpi, ocrPdfPage } from './ocr.ts';
+import { judgePageText } from './page-quality.ts';
+import { damagedPdf, extractPdfText, passwordProtected } from './pdf-text.ts';
+import { PdfPasswordError, pagesWithImages, pdfInfo, pdfToText, type PdfInfo } from './poppler.ts';
+import { joinPages, normalizeText, visibleLength } from './text.ts';
+import { ToolFailure, type ToolLimits } from './tools.ts';
+
+/** Where a page's text came from: its text layer, OCR, nowhere (blank), or it failed. */
+export type PageLayer = 'text' | 'ocr' | 'blank' | 'failed';
+
+export interface PdfSettings {
+  name: string;
+  maxPages: number;
+  parseTimeoutMs: number;
+  maxMemoryMb: number;
+  ocr: 'auto' | 'off';
+  ocrLanguages: string;
+  ocrDpi: number;
+  /** Pages with fewer visible characters that show an image are OCRed. */
+  ocrMinChars: number;
+  ocrPageTimeoutMs: number;
+  /** Pages OCRed at once: the job's CPUs (tesseract runs one thread each). */
+  ocrConcurrency: number;
+  signal: AbortSignal;
+  workDir: string;
+  onProgress(fraction: number): Promise<void>;
+}
+
+export interface PdfText {
+  text: string;
+  pages: PageStart[];
+  pageCount: number;
+  /** One entry per page. */
+  layers: PageLayer[];
+  /** Pages rendered and read by OCR, whatever came of it. */
+  ocrTried: number;
+  /** Peak RSS of the pdf-parse process where it ran, in KiB. */
+  parserPeakRssKb: number;
+}
+
+/**
+ * The text of a PDF, page by page. The text layer comes from poppler (`pdftotext`, one
+ * pass), pdf-parse (pdf.js, in a bounded child process) reads the file when poppler
+ * cannot and gives a second opinion on pages poppler found empty or garbled. A page
+ * whose text fails the quality gate is OCRed; one with (almost) no text is OCRed only if
+ * it shows an image, so blank pages and slide titles cost nothing. OCR runs pages in
+ * parallel, each rendered at a resolution its size allows. A page that cannot be rendered
+ * or read is skipped and counted; the file fails only when no page yields text.
+ */
+export async function extractPdf(path: string, settings: PdfSettings): Promise<PdfText> {
+  const { name } = settings;
+  const limits = (what: string): ToolLimits => ({
+    timeoutMs: settings.parseTimeoutMs,
+    maxMemoryMb: settings.maxMemoryMb,
+    signal: settings.signal,
+    what,
+  });
+  const layer = await readTextLayer(path, settings, limits(`${name}: reading the text`));
+  const { total, raw } = layer;
+  let parserPeakRssKb = layer.parserPeakRssKb;
+  if (total === 0) throw new HdError('INVALID_INPUT', `${name}: the PDF has no pages`);
+
+  let judged = raw.map(judgePageText);
+  const doubtful = pagesWhere(judged, (j) => !j.usable);
+  if (layer.source === 'poppler' && doubtful.length > 0) {
+    // pdf.js decodes some fonts poppler does not, and the other way round.
+    const second = await readWithPdfParse(path, settings, doubtful).catch((error: unknown) => {
+      if (settings.signal.aborted) throw error;
+      return undefined; // poppler's reading stands
+    });
+    if (second) {
+      parserPeakRssKb = Math.max(parserPeakRssKb, second.peakRssKb);
+      for (const [num, text] of second.texts) {
+        const better = judgePageText(text);
+        if (better.usable) {
+          raw[num - 1] = text;
+          judged[num - 1] = better;
+        }
+      }
+      judged = raw.map(judgePageText);
+    }
+  }
+
+  const texts = raw.map((text, i) => (judged[i]!.usable ? normalizeText(text) : ''));
+  const layers: PageLayer[] = texts.map((text) => (text === '' ? 'blank' : 'text'));
+  const garbled = pagesWhere(judged, (j) => !j.usable && j.why === 'garbled');
+  const short = pagesWhere(
+    judged,
+    (j) => j.usable === false || j.visible < settings.ocrMinChars,
+  ).filter((num) => !garbled.includes(num));
+  let toOcr: number[] = [];
+  if (settings.ocr === 'auto') {
+    const withImages = await pagesWithImages(path, short, limits(`${name}: listing the images`))
+      // Unknown: try OCR on the pages without text; those that cannot be rendered count as failed.
+      .catch((error: unknown) => {
+        if (settings.signal.aborted) throw error;
+        return new Set(short.filter((num) => texts[num - 1] === ''));
+      });
+    toOcr = [...garbled, ...short.filter((num) => withImages.has(num))].sort((a, b) => a - b);
+  } else {
+    for (const num of garbled) layers[num - 1] = 'failed';
+  }
+
+  let done = total - toOcr.length;
+  await settings.onProgress(done / total);
+  await forEachLimit(toOcr, settings.ocrConcurrency, settings.signal, async (num) => {
+    const size = layer.info?.sizes.get(num);
+    const dpi = size ? ocrDpi(size.width, size.height, settings.ocrDpi) : settings.ocrDpi;
+    try {
+      const text = normalizeText(
+        await ocrPdfPage(path, num, name, {
+          languages: settings.ocrLanguages,
+          dpi,
+          timeoutMs: settings.ocrPageTimeoutMs,
+          maxMemoryMb: settings.maxMemoryMb,
+          signal: settings.signal,
+          workDir: settings.workDir,
+        }),
+      );
+      if (visibleLength(text) > visibleLength(texts[num - 1]!)) {
+        texts[num - 1] = text;
+        layers[num - 1] = 'ocr';
+      }
+    } catch (error) {
+      if (!pageFailure(error) || settings.signal.aborted) throw error;
+      if (texts[num - 1] === '') layers[num - 1] = 'failed';
+    }
+    done += 1;
+    await settings.onProgress(done / total);
+  });
+
+  const joined = joinPages(texts.map((text, i) => ({ num: i + 1, text })));
+  if (joined.text === '') throw noText(name, total, layers, toOcr.length, settings);
+  return { ...joined, pageCount: total, layers, ocrTried: toOcr.length, parserPeakRssKb };
+}
+
+/** The raw text layer of every page: poppler, or pdf-parse where poppler fails on the file. */
+async function readTextLayer(path: string, settings: PdfSettings, limits: ToolLimits) {
+  const { name, maxPages } = settings;
+  let info: PdfInfo;
+  try {
+    info = await pdfInfo(path, maxPages, limits);
+    assertPageCount(name, info.pages, maxPages);
+    const raw = info.pages > 0 ? await pdfToText(path, info.pages, limits) : [];
+    return { source: 'poppler' as const, info, total: info.pages, raw, parserPeakRssKb: 0 };
+  } catch (error) {
+    if (error instanceof PdfPasswordError) throw passwordProtected(name, error);
+    // Timeouts, memory, too many pages, an abort: final. A refusal: pdf.js may read it.
+    if (!(error instanceof ToolFailure)) throw error;
+    try {
+      const read = await readWithPdfParse(path, settings);
+      const raw = Array.from({ length: read.total }, (_, i) => read.texts.get(i + 1) ?? '');
+      return {
+        source: 'pdf-parse' as const,
+        info: undefined,
+        total: read.total,
+        raw,
+        parserPeakRssKb: read.peakRssKb,
+      };
+    } catch (second) {
+      // Both readers refused: say it once, keep both reasons for the log.
+      if (
+        second instanceof HdError &&
+        second.code === 'INVALID_INPUT' &&
+        /not a readable/.test(second.message)
+      ) {
+        throw damagedPdf(name, new AggregateError([error, second], 'poppler and pdf-parse'));
+      }
+      throw second;
+    }
+  }
+}
+
+async function readWithPdfParse(path: string, settings: PdfSettings, pages?: readonly number[]) {
+  const texts = new Map<number, string>();
+  const result = await extractPdfText(path, {
+    name: settings.name,
+    maxPages: settings.maxPages,
+    timeoutMs: settings.parseTimeoutMs,
+    maxMemoryMb: settings.maxMemoryMb,
+    signal: settings.signal,
+    ...(pages ? { pages } : {}),
+    onPage: (page) => {
+      texts.set(page.num, page.text);
+    },
+  });
+  return { total: result.total, texts, peakRssKb: result.peakRssKb };
+}
+
+function assertPageCount(name: string, pages: number, maxPages: number): void {
+  if (pages > maxPages) {
+    throw new HdError(
+      'INVALID_INPUT',
+      `${name}: the PDF has ${pages} pages, more than the limit of ${maxPages}; split the document`,
+      { details: { pages, max_pages: maxPages } },
+    );
+  }
+}
+
+/** A failure of one page's rendering or OCR, as opposed to one that ends the job. */
+function pageFailure(error: unknown): boolean {
+  return (
+    error instanceof ToolFailure ||
+    (error instanceof HdError && ['PROCESSING_TIMEOUT', 'OOM_KILLED'].includes(error.code))
+  );
+}
+
+function noText(
+  name: string,
+  total: number,
+  layers: readonly PageLayer[],
+  ocrTried: number,
+  settings: PdfSettings,
+): HdError {
+  const failed = layers.filter((l) => l === 'failed').length;
+  const [pages, have] = total === 1 ? ['its one page', 'has'] : [`its ${total} pages`, 'have'];
+  const why =
+    failed === total
+      ? `${pages} could not be read or rendered; the file may be damaged`
+      : settings.ocr === 'off'
+        ? `no text found: ${pages} ${have} no usable text layer, and OCR is off for this job`
+        : ocrTried > 0
+          ? `no text found in ${pages}, neither in the text layer nor by OCR (languages ${settings.ocrLanguages})`
+          : `no text found: ${pages} ${have} neither a text layer nor images`;
+  return new HdError('INVALID_INPUT', `${name}: ${why}`, {
+    details: { pages: total, pages_failed: failed, ocr_pages_tried: ocrTried },
+  });
+}
+
+function pagesWhere<T>(items: readonly T[], test: (item: T) => boolean): number[] {
+  const pages: number[] = [];
+  items.forEach((item, i) => {
+    if (test(item)) pages.push(i + 1);
+  });
+  return pages;
+}
+
+/** Runs `task` for every item, at most `limit` at once; the first error stops the rest. */
+async function forEachLimit<T>(
+  items: readonly T[],
+  limit: number,
+  signal: AbortSignal,
+  task: (item: T) => Promise<void>,
+): Promise<void> {
+  let next = 0;
+  let failure: { error: unknown } | undefined;
+  const worker = async () => {
+    while (failure === undefined && !signal.aborted && next < items.length) {
+      const item = items[next++]!;
+      try {
+        await task(item);
+      } catch (error) {
+        failure ??= { error };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
+  if (failure) throw failure.error;
+  if (signal.aborted) throw signal.reason;
+}

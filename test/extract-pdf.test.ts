@@ -1,0 +1,155 @@
+import { describe, expect, it } from 'vitest';
+import { OCR_MAX_PIXELS, ocrDpi } from '../runner/extract/ocr.ts';
+import { judgePageText } from '../runner/extract/page-quality.ts';
+import { ACCOUNT_A } from './helpers/runtime.ts';
+import { GERMAN, renderGray, textPdf } from './fixtures/documents.ts';
+import { extractHarness } from './fixtures/extract-harness.ts';
+import { makePdf, wrap } from './fixtures/make-pdf.ts';
+
+// Real-world PDF behaviour (issue 13): the text layer from poppler, a quality gate per
+// page, OCR only where a page shows an image or its text is junk, failed pages skipped.
+// PDFs made by the suite, read by the installed poppler, pdf.js and tesseract.
+const h = extractHarness();
+const { addDocument, extract, chunksOf, statsOf, expectFailure } = h;
+
+const textOf = async (doc: string) => (await chunksOf(doc)).map((c) => c.content).join('\n');
+const layersOf = (stats: Record<string, unknown>) =>
+  (stats.page_layers as Record<string, string>[]).map(({ file: _, ...layers }) => layers);
+
+describe('extract_text: PDF text layer and OCR per page', () => {
+  it('reads the values of filled-in form fields (pdf.js alone skips them)', async () => {
+    const pdf = makePdf([
+      { kind: 'form', label: 'Antrag auf Urlaub, Name:', field: 'name', value: 'Erika Mustermann' },
+    ]);
+    const doc = await addDocument(ACCOUNT_A, [{ name: 'antrag.pdf', content: pdf }]);
+    const stats = statsOf(await extract(doc));
+    expect(await textOf(doc)).toMatch(/Antrag auf Urlaub, Name:\s+Erika Mustermann/);
+    expect(stats).toMatchObject({ pages: 1, ocr_pages: 0 });
+  });
+
+  it('a page whose text layer is junk (control characters) is OCRed, the junk never stored', async () => {
+    const pdf = makePdf([
+      { kind: 'text', lines: ['Erste Seite mit echtem Text, lang genug zum Lesen.'] },
+      { kind: 'text', lines: wrap(GERMAN), garbled: true },
+    ]);
+    const doc = await addDocument(ACCOUNT_A, [{ name: 'kaputte-schrift.pdf', content: pdf }]);
+    const stats = statsOf(await extract(doc));
+    expect(stats).toMatchObject({ pages: 2, ocr_pages: 1, pages_failed: 0 });
+    expect(layersOf(stats)).toEqual([{ text: '1', ocr: '2', blank: '', failed: '' }]);
+    const chunks = await chunksOf(doc);
+    const second = chunks
+      .filter((c) => c.page_end === 2)
+      .map((c) => c.content)
+      .join('\n');
+    expect(second).toMatch(/Straßenbahnfahrer fährt über die\s+Brücke/);
+    // eslint-disable-next-line no-control-regex
+    expect(chunks.map((c) => c.content).join('')).not.toMatch(/[\u0000-\u0008\u000e-\u001f]/);
+
+    // OCR off: the junk page counts as failed, the rest is stored.
+    const off = statsOf(await extract(doc, { debug: { ocr: 'off' } }));
+    expect(layersOf(off)).toEqual([{ text: '1', ocr: '', blank: '', failed: '2' }]);
+    expect(await textOf(doc)).not.toMatch(/Straßenbahnfahrer/);
+  }, 60_000);
+
+  it('OCRs only pages without usable text that show an image: blank pages and titles stay as they are', async () => {
+    const scan = renderGray(textPdf([GERMAN]), h.work);
+    const pdf = makePdf([
+      { kind: 'text', lines: wrap(`Einleitung. ${GERMAN}`) },
+      { kind: 'text', lines: [] },
+      { kind: 'text', lines: ['Seite 3'] },
+      scan,
+      { kind: 'text', lines: [] },
+    ]);
+    const doc = await addDocument(ACCOUNT_A, [{ name: 'gemischt.pdf', content: pdf }]);
+    const stats = statsOf(await extract(doc));
+    // Only the scan is rendered: the blank pages and the title are not.
+    expect(stats).toMatchObject({
+      pages: 5,
+      ocr_pages: 1,
+      ocr_pages_tried: 1,
+      blank_pages: 2,
+      pages_failed: 0,
+    });
+    expect(layersOf(stats)).toEqual([{ text: '1,3', ocr: '4', blank: '2,5', failed: '' }]);
+    const chunks = await chunksOf(doc);
+    expect(chunks.find((c) => c.content.includes('Seite 3'))).toBeDefined();
+    expect(chunks.at(-1)).toMatchObject({ page_end: 4 });
+    expect(await textOf(doc)).toMatch(/Grüße aus München/);
+  }, 60_000);
+
+  it('a page that cannot be rendered in its time is skipped and counted; the job fails only when no page yields text', async () => {
+    const scan = renderGray(textPdf([GERMAN]), h.work);
+    const pdf = makePdf([{ kind: 'text', lines: wrap(GERMAN) }, scan, scan]);
+    const doc = await addDocument(ACCOUNT_A, [{ name: 'teils.pdf', content: pdf }]);
+    // 1 ms per page: every render runs out of time.
+    const env = { HD_OCR_PAGE_TIMEOUT_MS: '1' };
+    const stats = statsOf(await extract(doc, { env }));
+    expect(stats).toMatchObject({ pages: 3, ocr_pages: 0, pages_failed: 2 });
+    expect(layersOf(stats)).toEqual([{ text: '1', ocr: '', blank: '', failed: '2-3' }]);
+    expect(await textOf(doc)).toMatch(/^Grüße aus München/);
+
+    const scans = await addDocument(ACCOUNT_A, [
+      { name: 'nur-scans.pdf', content: makePdf([scan, scan]) },
+    ]);
+    await expectFailure(
+      await extract(scans, { env }),
+      scans,
+      'INVALID_INPUT',
+      /^nur-scans\.pdf: its 2 pages could not be read or rendered; the file may be damaged$/,
+    );
+  }, 60_000);
+
+  it('says in one sentence why a PDF gave no text', async () => {
+    const cases: [string, Buffer, RegExp][] = [
+      ['leer.pdf', makePdf([]), /^leer\.pdf: the PDF has no pages$/],
+      [
+        'weiss.pdf',
+        makePdf([
+          { kind: 'text', lines: [] },
+          { kind: 'text', lines: [] },
+        ]),
+        /^weiss\.pdf: no text found: its 2 pages have neither a text layer nor images$/,
+      ],
+      [
+        'rauschen.pdf',
+        makePdf([
+          { kind: 'image', width: 300, height: 300, gray: new Uint8Array(90_000).fill(255) },
+        ]),
+        /^rauschen\.pdf: no text found in its one page, neither in the text layer nor by OCR \(languages deu\+eng\)$/,
+      ],
+    ];
+    for (const [name, content, message] of cases) {
+      const doc = await addDocument(ACCOUNT_A, [{ name, content }]);
+      await expectFailure(await extract(doc), doc, 'INVALID_INPUT', message);
+    }
+  }, 60_000);
+});
+
+describe('page quality gate and OCR resolution', () => {
+  it('judges text layers: real text passes in any script, junk and unmapped glyphs fail', () => {
+    expect(judgePageText(GERMAN)).toMatchObject({ usable: true });
+    expect(judgePageText('مرحبا بالعالم، هذا نص عربي')).toMatchObject({ usable: true });
+    expect(judgePageText('東京は日本の首都です。')).toMatchObject({ usable: true });
+    expect(judgePageText('Summe: 1.234,56 € | 7 %')).toMatchObject({ usable: true });
+    expect(judgePageText('3')).toMatchObject({ usable: true, visible: 1 });
+    expect(judgePageText(' \n\f ')).toMatchObject({ usable: false, why: 'empty' });
+    expect(judgePageText('\u0015\u0003\b\u0001 \u0004\u0018ab')).toMatchObject({
+      usable: false,
+      why: 'garbled',
+    });
+    expect(judgePageText('\ufffd\ufffd\ufffd\ufffd Text \ufffd\ufffd')).toMatchObject({
+      usable: false,
+    });
+    expect(judgePageText('\ue001\ue002\ue003\ue004\ue005\ue006')).toMatchObject({ usable: false });
+    expect(judgePageText('!!!"§$%&/()=?*+#-.,;:_<>')).toMatchObject({ usable: false });
+  });
+
+  it('renders a big page at a lower resolution, never above the pixel cap', () => {
+    expect(ocrDpi(595, 842, 300)).toBe(300);
+    const plan = { width: 36 * 72, height: 48 * 72 };
+    const dpi = ocrDpi(plan.width, plan.height, 300);
+    expect(dpi).toBeLessThan(300);
+    expect(36 * dpi * 48 * dpi).toBeLessThanOrEqual(OCR_MAX_PIXELS);
+    expect(36 * (dpi + 1) * 48 * (dpi + 1)).toBeGreaterThan(OCR_MAX_PIXELS);
+  });
+});
