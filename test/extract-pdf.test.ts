@@ -3,6 +3,7 @@ import { OCR_MAX_PIXELS, ocrDpi } from '../runner/extract/ocr.ts';
 import { judgePageText } from '../runner/extract/page-quality.ts';
 import { ACCOUNT_A } from './helpers/runtime.ts';
 import { GERMAN, renderGray, textPdf } from './fixtures/documents.ts';
+import { attachmentOnlyEncryptedPdf } from './fixtures/encrypted-attachment.ts';
 import { extractHarness } from './fixtures/extract-harness.ts';
 import { makePdf, wrap } from './fixtures/make-pdf.ts';
 
@@ -25,6 +26,15 @@ describe('extract_text: PDF text layer and OCR per page', () => {
     const stats = statsOf(await extract(doc));
     expect(await textOf(doc)).toMatch(/Antrag auf Urlaub, Name:\s+Erika Mustermann/);
     expect(stats).toMatchObject({ pages: 1, ocr_pages: 0 });
+  });
+
+  it('a PDF whose only encrypted part is an attachment is read, not refused as password-protected', async () => {
+    // pdf.js alone refuses this file (PasswordException); qpdf confirms the password.
+    const pdf = attachmentOnlyEncryptedPdf(`Sichtbarer Text. ${GERMAN}`);
+    const doc = await addDocument(ACCOUNT_A, [{ name: 'mit-anhang.pdf', content: pdf }]);
+    expect(statsOf(await extract(doc))).toMatchObject({ pages: 1, ocr_pages: 0 });
+    expect(await textOf(doc)).toMatch(/^Sichtbarer Text\. Grüße aus München/);
+    expect(await textOf(doc)).not.toContain('Geheimer Anhang');
   });
 
   it('a page whose text layer is junk (control characters) is OCRed, the junk never stored', async () => {
