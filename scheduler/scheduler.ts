@@ -195,14 +195,24 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
 
   #onWake(reason: WakeReason) {
     if (reason.kind === 'cancelled') {
-      const running = this.#running.get(reason.jobId);
-      if (running?.runner) {
-        this.#log.info({ job_id: reason.jobId }, 'job cancelled; stopping its runner');
-        running.runner.stop('cancelled');
-      }
+      void this.#stopIfCancelled(reason.jobId);
       return;
     }
     this.#wakeup.signal();
+  }
+
+  /**
+   * A cancel notice is only a hint: any session of the database can send one (a runner's
+   * role hd_runner too, naming another tenant's job), so the job's row decides. Should the
+   * read fail, the runner's own heartbeat still finds the lease gone.
+   */
+  async #stopIfCancelled(jobId: string) {
+    const running = this.#running.get(jobId);
+    if (!running?.runner) return;
+    const job = await this.#db.getJob(jobId).catch(() => undefined);
+    if (!job || (job.status === 'running' && job.lease_token === running.job.lease_token)) return;
+    this.#log.info({ job_id: jobId }, 'job cancelled; stopping its runner');
+    running.runner.stop('cancelled');
   }
 
   /**

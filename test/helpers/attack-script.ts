@@ -1,0 +1,352 @@
+// The attacker: code that took over tenant B's runner (an exploit in a parser, say). It runs
+// INSIDE B's runner container (`node --input-type=module-typescript -e <this file>`), with
+// what that container holds and nothing else: its environment, its mounts, its network, the
+// image's node_modules. Each attempt prints one JSON line {attempt, ok, reason | result};
+// test/attack-container.test.ts judges them. Only `import type` from the checkout (erased).
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import type { AttackPlan, AttemptLine, FunctionCall } from './attack-plan.ts';
+
+const plan = JSON.parse(process.argv[1]!) as AttackPlan;
+const myJobId = process.argv[process.argv.indexOf('--job-id') + 1]!;
+const myToken = process.env.HD_LEASE_TOKEN!;
+const env = process.env;
+const v = plan.victim;
+const ZERO = '00000000-0000-0000-0000-000000000000';
+
+function report(line: AttemptLine) {
+  const result = line.result === undefined ? {} : { result: cut(line.result) };
+  console.log(JSON.stringify({ ...line, ...result }));
+}
+function cut(value: unknown): unknown {
+  const text = JSON.stringify(value) ?? 'null';
+  return text.length > 20_000 ? `${text.slice(0, 20_000)}…` : value;
+}
+async function attempt(name: string, run: () => Promise<unknown>) {
+  try {
+    report({ attempt: name, ok: true, result: await run() });
+  } catch (error) {
+    const e = error as { code?: string; message?: string };
+    report({ attempt: name, ok: false, reason: e.message || e.code || String(error) });
+  }
+}
+/** fs attempts: the errno code is the reason (ENOENT, EROFS …). */
+async function fsAttempt(name: string, run: () => Promise<unknown>) {
+  try {
+    report({ attempt: name, ok: true, result: await run() });
+  } catch (error) {
+    report({
+      attempt: name,
+      ok: false,
+      reason: (error as { code?: string }).code ?? String(error),
+    });
+  }
+}
+
+/** Argument values an attacker would pass: the victim's ids, a token it does not know. */
+function argumentsFor(fn: FunctionCall, jobId: string, token: string | null) {
+  const values: Record<string, unknown> = {};
+  for (const { name, type } of fn.args.filter((a) => a.required)) {
+    if (name === 'p_job_id') values[name] = jobId;
+    else if (name === 'p_job_ids') values[name] = [jobId];
+    else if (name === 'p_lease_token') values[name] = token;
+    else if (name === 'p_lease_tokens') values[name] = [token];
+    else if (name === 'p_node_id') values[name] = v.nodeId;
+    else if (name === 'p_account_id') values[name] = v.account;
+    else if (type === 'uuid') values[name] = v.documentId;
+    else if (type === 'uuid[]') values[name] = [v.documentId];
+    else if (type === 'text') values[name] = 'attack';
+    else if (type === 'text[]') values[name] = ['attack'];
+    else if (['integer', 'bigint', 'numeric', 'smallint'].includes(type)) values[name] = 1;
+    else if (type === 'boolean') values[name] = false;
+    else if (type === 'jsonb' || type === 'json')
+      values[name] = ['p_stats', 'p_debug', 'p_details', 'p_synthesis'].includes(name) ? {} : [];
+    else if (type.startsWith('timestamp')) values[name] = new Date().toISOString();
+    else values[name] = null;
+  }
+  return values;
+}
+
+/** How this runner reaches the database: a pg connection or PostgREST with its job token. */
+interface Db {
+  table(name: string): Promise<unknown>;
+  call(fn: string, args: Record<string, unknown>, types?: Record<string, string>): Promise<unknown>;
+}
+
+async function postgresDb(): Promise<
+  Db & { sql(text: string, params?: unknown[]): Promise<unknown[]> }
+> {
+  const { default: pg } = await import('pg');
+  const client = new pg.Client({
+    connectionString: env.HD_DATABASE_URL,
+    statement_timeout: 30_000,
+  });
+  await client.connect();
+  const sql = async (text: string, params: unknown[] = []) =>
+    (await client.query(text, params)).rows;
+  return {
+    sql,
+    table: (name) => sql(`select * from public.${name} limit 5`),
+    call(fn, args, types = {}) {
+      const names = Object.keys(args);
+      const list = names.map((n, i) => `${n} => $${i + 1}::${types[n] ?? 'text'}`).join(', ');
+      const params = names.map((n) =>
+        args[n] !== null && typeof args[n] === 'object' && !(types[n] ?? '').endsWith('[]')
+          ? JSON.stringify(args[n])
+          : args[n],
+      );
+      // A trigger function in FROM fails before its EXECUTE right is checked.
+      const trigger = plan.functions.find((f) => f.name === fn)?.trigger;
+      return sql(`select ${trigger ? '' : '* from '}public.${fn}(${list})`, params);
+    },
+  };
+}
+
+function restDb(token: string): Db {
+  const headers = {
+    authorization: `Bearer ${token}`,
+    ...(env.SUPABASE_ANON_KEY ? { apikey: env.SUPABASE_ANON_KEY } : {}),
+    'content-type': 'application/json',
+  };
+  const answer = async (response: Response) => {
+    const body = (await response.json().catch(() => null)) as { message?: string } | null;
+    if (!response.ok) throw new Error(`${body?.message ?? ''} (HTTP ${response.status})`);
+    return body;
+  };
+  return {
+    table: async (name) =>
+      answer(await fetch(`${env.SUPABASE_URL}/rest/v1/${name}?select=*&limit=5`, { headers })),
+    call: async (fn, args) =>
+      answer(
+        await fetch(`${env.SUPABASE_URL}/rest/v1/rpc/${fn}`, {
+          method: 'POST',
+          headers,
+          body: JSON.stringify(args),
+        }),
+      ),
+  };
+}
+
+const pgDb = env.HD_TRANSPORT === 'supabase' ? undefined : await postgresDb();
+const db: Db = pgDb ?? restDb(env.HD_JOB_TOKEN!);
+const typesOf = (fn: FunctionCall) => Object.fromEntries(fn.args.map((a) => [a.name, a.type]));
+const callAs = (
+  name: string,
+  jobId: string,
+  token: string | null,
+  extra: Record<string, unknown> = {},
+) => {
+  const fn = plan.functions.find((f) => f.name === name)!;
+  return db.call(name, { ...argumentsFor(fn, jobId, token), ...extra }, typesOf(fn));
+};
+
+// --- Positive control: the credential works for this runner's own job (and names its account).
+let myAccount = '';
+await attempt('adopt my own lease', async () => {
+  const job = [await callAs('hd_adopt_lease', myJobId, myToken)].flat()[0] as {
+    account_id: string;
+  };
+  myAccount = job.account_id;
+  return job;
+});
+
+// --- Every table, every function, with A's ids.
+for (const table of plan.tables) await attempt(`read table ${table}`, () => db.table(table));
+for (const fn of plan.functions) {
+  const args = argumentsFor(fn, v.runningJobId, ZERO);
+  await attempt(`call ${fn.name} on A's running job, zero token`, () =>
+    db.call(fn.name, args, typesOf(fn)),
+  );
+  if (plan.leaseFunctions.includes(fn.name)) {
+    await attempt(`call ${fn.name} on A's running job, my own lease token`, () =>
+      callAs(fn.name, v.runningJobId, myToken),
+    );
+    await attempt(`call ${fn.name} on A's queued job, null token`, () =>
+      callAs(fn.name, v.queuedJobId, null),
+    );
+    await attempt(`call ${fn.name} on A's completed job, zero token`, () =>
+      callAs(fn.name, v.completedJobId, ZERO),
+    );
+  }
+}
+
+// --- Queue: claim a queued job (A's, by id, or any).
+await attempt("claim A's queued job", () =>
+  callAs('hd_claim_jobs', v.queuedJobId, null, {
+    p_worker_id: 'attacker',
+    p_job_id: v.queuedJobId,
+  }),
+);
+
+// --- Outputs "under A" with this runner's own, valid lease: they land in B or are refused.
+const own = (name: string, extra: Record<string, unknown>) => callAs(name, myJobId, myToken, extra);
+await attempt('upsert assets naming account A', () =>
+  own('hd_upsert_assets', {
+    p_rows: [
+      { account_id: v.account, title: 'planted', source_type: 'upload', source_ref: 'attack-1' },
+      {
+        account_id: v.account,
+        id: v.documentId,
+        title: 'planted',
+        source_type: 'upload',
+        source_ref: 'attack-2',
+      },
+    ],
+  }),
+);
+await attempt("replace chunks pointing at A's file", () =>
+  own('hd_replace_document_chunks', {
+    p_chunks: [{ chunk_index: 0, file_id: v.fileId, content: 'planted' }],
+  }),
+);
+await attempt("interpret A's chunk", () =>
+  own('hd_upsert_interpretations', {
+    p_rows: [{ chunk_id: v.chunkId, prompt_version: 'attack', model: 'x', payload: {} }],
+  }),
+);
+await attempt("synthesize A's node", () =>
+  own('hd_record_synthesis', { p_node_id: v.nodeId, p_synthesis: { summary: 'planted' } }),
+);
+await attempt("read A's node context", () => own('hd_get_node_context', { p_node_id: v.nodeId }));
+await attempt("graph edge with A's evidence", () =>
+  own('hd_write_document_graph', {
+    p_nodes: [
+      { node_type: 'person', label: 'Ada', normalized_label: 'ada' },
+      { node_type: 'person', label: 'Bob', normalized_label: 'bob' },
+    ],
+    p_edges: [
+      {
+        source_type: 'person',
+        source_key: 'ada',
+        relation: 'knows',
+        target_type: 'person',
+        target_key: 'bob',
+        evidence: [{ interpretation_id: v.interpretationId, quote: 'planted' }],
+      },
+    ],
+  }),
+);
+await attempt('list my document files', () => own('hd_list_document_files', {}));
+
+// --- The database beyond the hd_ functions (a direct connection only).
+if (pgDb) {
+  const sql = pgDb.sql;
+  await attempt('set role hd_scheduler', () => sql('set role hd_scheduler'));
+  await attempt('set role postgres', () => sql('set role postgres'));
+  await attempt('read a server file', () => sql(`select pg_read_file('/etc/passwd')`));
+  await attempt('create a table in public', () => sql('create table public.hd_attack (x int)'));
+  await attempt('column statistics of hd_ tables', () =>
+    sql(
+      `select tablename, attname, most_common_vals::text from pg_stats where tablename like 'hd\\_%'`,
+    ),
+  );
+  await attempt("other sessions' queries", () =>
+    sql(`select usename, query from pg_stat_activity where usename is distinct from current_user`),
+  );
+  // NOTIFY needs no right at all: what counts is that no scheduler takes it for a cancel.
+  await attempt("forge a cancel notice for A's running job", () =>
+    sql(`select pg_notify('hd_jobs_cancelled', $1)`, [v.runningJobId]),
+  );
+  await attempt('log in as the superuser with a guessed password', async () => {
+    const { default: pg } = await import('pg');
+    const url = new URL(env.HD_DATABASE_URL!);
+    url.username = 'postgres';
+    url.password = 'postgres';
+    const c = new pg.Client({ connectionString: url.toString() });
+    await c.connect();
+    await c.end();
+    return 'connected';
+  });
+}
+
+// --- The Supabase API beyond the job token.
+if (!pgDb) {
+  const [header, payload, signature] = env.HD_JOB_TOKEN!.split('.');
+  const claims = JSON.parse(Buffer.from(payload!, 'base64url').toString('utf8')) as object;
+  const part = (value: object) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const serviceClaims = part({ ...claims, role: 'service_role' });
+  await attempt('read hd_assets with an unsigned service_role token', () =>
+    restDb(`${part({ alg: 'none', typ: 'JWT' })}.${serviceClaims}.`).table('hd_assets'),
+  );
+  await attempt('read hd_assets with my token, role edited to service_role', () =>
+    restDb(`${header}.${serviceClaims}.${signature}`).table('hd_assets'),
+  );
+  await attempt("heartbeat A's job with my token, job_id edited", () =>
+    restDb(`${header}.${part({ ...claims, job_id: v.runningJobId })}.${signature}`).call(
+      'hd_heartbeat',
+      { p_job_id: v.runningJobId, p_lease_token: ZERO },
+    ),
+  );
+}
+
+// --- A's objects.
+const tenantKey = (account: string) => v.key.replace(v.account, account);
+if (env.HD_STORAGE === 'supabase') {
+  const storage = `${env.SUPABASE_URL}/storage/v1`;
+  const auth = { authorization: `Bearer ${env.HD_JOB_TOKEN}` };
+  const storageAnswer = async (response: Response) => {
+    const text = await response.text();
+    if (response.ok) return text.slice(0, 200);
+    const body = JSON.parse(text) as { error?: string; message?: string; statusCode?: string };
+    throw new Error(`${response.status} ${body.statusCode ?? ''} ${body.error}: ${body.message}`);
+  };
+  const urls = JSON.parse(env.HD_JOB_STORAGE_URLS ?? '{}') as Record<string, string>;
+  const mine = Object.values(urls)[0] ?? '';
+  await attempt('download my own input through its signed URL', async () =>
+    storageAnswer(await fetch(mine)),
+  );
+  await attempt("download A's object with the job token", async () =>
+    storageAnswer(await fetch(`${storage}/object/${v.bucket}/${v.key}`, { headers: auth })),
+  );
+  await attempt("list A's folder with the job token", async () =>
+    storageAnswer(
+      await fetch(`${storage}/object/list/${v.bucket}`, {
+        method: 'POST',
+        headers: { ...auth, 'content-type': 'application/json' },
+        body: JSON.stringify({ prefix: `accounts/${v.account}/` }),
+      }),
+    ),
+  );
+  await attempt("sign a URL for A's object with the job token", async () =>
+    storageAnswer(
+      await fetch(`${storage}/object/sign/${v.bucket}`, {
+        method: 'POST',
+        headers: { ...auth, 'content-type': 'application/json' },
+        body: JSON.stringify({ expiresIn: 60, paths: [v.key] }),
+      }),
+    ),
+  );
+  await attempt("my signed URL edited to A's key", async () =>
+    storageAnswer(await fetch(mine.replace(/\/accounts\/[^/]+\//, `/accounts/${v.account}/`))),
+  );
+} else {
+  const root = env.HD_STORAGE_ROOT!;
+  const accounts = `${root}/${v.bucket}/accounts`;
+  await fsAttempt('list the storage root', () => readdir(root));
+  await fsAttempt('list the accounts of the bucket', () => readdir(accounts));
+  await fsAttempt('read my own object', async () =>
+    (await readFile(`${root}/${v.bucket}/${tenantKey(myAccount)}`, 'utf8')).slice(0, 200),
+  );
+  await fsAttempt("read A's object", () => readFile(`${root}/${v.bucket}/${v.key}`, 'utf8'));
+  await fsAttempt("read A's object through my folder and ..", () =>
+    readFile(`${accounts}/${myAccount}/../${v.key.slice('accounts/'.length)}`, 'utf8'),
+  );
+  await fsAttempt('write into my own folder', () =>
+    writeFile(`${accounts}/${myAccount}/planted.txt`, 'planted'),
+  );
+}
+
+// --- Secrets in any process's environment this container can see.
+await fsAttempt('read /proc/*/environ', async () => {
+  const seen: Record<string, string[]> = {};
+  for (const pid of (await readdir('/proc')).filter((p) => /^\d+$/.test(p))) {
+    const text = await readFile(`/proc/${pid}/environ`, 'utf8').catch(() => '');
+    if (text) seen[pid] = text.split('\0').filter(Boolean);
+  }
+  return seen;
+});
+await fsAttempt('open the Docker socket', () => readFile('/var/run/docker.sock'));
+
+// Done; stay alive so that the test can inspect the live container, until it stops us.
+console.log(JSON.stringify({ done: true }));
+process.on('SIGTERM', () => process.exit(0));
+setInterval(() => {}, 60_000);
