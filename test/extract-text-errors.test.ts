@@ -23,6 +23,19 @@ describe('extract_text: bad input fails with a clear code and writes nothing', (
     );
   });
 
+  it('a damaged image is invalid input, said in one sentence', async () => {
+    const png = renderPng(textPdf([GERMAN]), h.work, 'cut-image');
+    const doc = await addDocument(ACCOUNT_A, [
+      { name: 'foto.png', content: png.subarray(0, Math.floor(png.length / 3)) },
+    ]);
+    await expectFailure(
+      await extract(doc),
+      doc,
+      'INVALID_INPUT',
+      /^foto\.png: the image could not be read; it may be truncated or damaged$/,
+    );
+  });
+
   it('truncated and corrupt PDFs', async () => {
     const pdf = textPdf([GERMAN]);
     const truncated = await addDocument(ACCOUNT_A, [
@@ -32,7 +45,7 @@ describe('extract_text: bad input fails with a clear code and writes nothing', (
       await extract(truncated),
       truncated,
       'INVALID_INPUT',
-      /cut\.pdf: the file is not a readable PDF/,
+      /^cut\.pdf: the file is not a readable PDF; it may be truncated or damaged$/,
     );
     const garbage = Buffer.concat([Buffer.from('%PDF-1.7\n'), Buffer.alloc(2000, 0xa7)]);
     const corrupt = await addDocument(ACCOUNT_A, [{ name: 'kaputt.pdf', content: garbage }]);

@@ -12,6 +12,7 @@ import { ocrImage, type OcrOptions } from './ocr.ts';
 import { extractPdf, type PageLayer } from './pdf.ts';
 import { assertDeclaredMime, describe, readHead, sniff, type FileKind } from './sniff.ts';
 import { readTextPieces } from './text-stream.ts';
+import { ToolFailure } from './tools.ts';
 import { normalizeText, visibleLength } from './text.ts';
 import type { Transcriber } from './transcribe.ts';
 
@@ -94,7 +95,18 @@ export async function extractFile(
           `${name}: an image needs OCR, which this job turned off`,
         );
       }
-      const text = normalizeText(await ocrImage(path, `OCR of ${name}`, ocrOptions(settings)));
+      const ocr = await ocrImage(path, `${name}: OCR`, ocrOptions(settings)).catch(
+        (error: unknown) => {
+          // tesseract's (leptonica's) own words stay in the cause, for the log.
+          if (!(error instanceof ToolFailure)) throw error;
+          throw new HdError(
+            'INVALID_INPUT',
+            `${name}: the image could not be read; it may be truncated or damaged`,
+            { cause: error },
+          );
+        },
+      );
+      const text = normalizeText(ocr);
       if (visibleLength(text) === 0) throw noText(`OCR, languages ${settings.ocrLanguages}`);
       return { kind, ...chunked(text, [{ page: 1, start: 0 }]), pageCount: 1, ocrPages: 1 };
     }
