@@ -1,4 +1,3 @@
-import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Env } from './command-spec.ts';
 
@@ -14,12 +13,13 @@ export async function withEmbeddedDefault(
   run: (env: Env) => Promise<number>,
 ): Promise<number> {
   const dir = resolve(env.HD_DEMO_DIR || '.hd-data');
-  const configured = env.HD_DATABASE_URL || env.HD_TRANSPORT === 'supabase';
-  if (configured || !existsSync(join(dir, 'postgres', 'password'))) return run(env);
+  if (env.HD_DATABASE_URL || env.HD_TRANSPORT === 'supabase') return run(env);
+  const { hasEmbeddedData, startEmbeddedPostgres } =
+    await import('../control-plane/embedded-postgres.ts');
+  if (!hasEmbeddedData(join(dir, 'postgres'))) return run(env);
   console.error(
     `hd-runner: no HD_DATABASE_URL; using the demo's embedded PostgreSQL in ${join(dir, 'postgres')}`,
   );
-  const { startEmbeddedPostgres } = await import('../control-plane/embedded-postgres.ts');
   const database = await startEmbeddedPostgres({ dir: join(dir, 'postgres') });
   try {
     return await run({

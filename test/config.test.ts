@@ -20,10 +20,13 @@ function configError(env: Record<string, string>): ConfigError {
   throw new Error(`expected ${JSON.stringify(env)} to be refused`);
 }
 
-/** Runs the CLI as a user would, with nothing inherited but PATH. */
+/**
+ * Runs the CLI as a user would, with nothing inherited but PATH (and a demo folder that
+ * does not exist: a demo run in this checkout must not become the database here).
+ */
 function cli(args: string[], env: Record<string, string> = {}) {
   return execa(process.execPath, [MAIN, ...args], {
-    env: { PATH: process.env.PATH ?? '', ...env },
+    env: { PATH: process.env.PATH ?? '', HD_DEMO_DIR: join(tmpdir(), 'hd-test-no-demo'), ...env },
     extendEnv: false,
     reject: false,
     timeout: 20_000,
