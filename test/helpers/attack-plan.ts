@@ -1,5 +1,33 @@
 import type pg from 'pg';
 
+// The scenario: tenant A's object and tenant B's, at the same key in their own folders.
+export const BUCKET = 'hd_uploads_raw';
+const OBJECT = 'docs/report.txt';
+export const keyOf = (account: string) => `accounts/${account}/${OBJECT}`;
+export const A_OBJECT = 'A: quarterly numbers';
+export const B_OBJECT = 'B: own input';
+// The functions migration 00010 grants to hd_runner (each takes a lease token), written out
+// here on purpose: a function that reaches runners must be added to this list knowingly.
+export const LEASE_FUNCTIONS = [
+  'hd_adopt_lease',
+  'hd_heartbeat',
+  'hd_report_progress',
+  'hd_complete_job',
+  'hd_fail_job',
+  'hd_release_job',
+  'hd_upsert_assets',
+  'hd_list_document_files',
+  'hd_replace_document_chunks',
+  'hd_count_chunks_to_interpret',
+  'hd_list_chunks_to_interpret',
+  'hd_upsert_interpretations',
+  'hd_list_document_interpretations',
+  'hd_write_document_graph',
+  'hd_list_document_nodes',
+  'hd_get_node_context',
+  'hd_record_synthesis',
+];
+
 /**
  * What the attack script (test/helpers/attack-script.ts) is told, on its command line, about
  * the victim tenant A: ids an attacker might learn or guess, never a credential. Its own job

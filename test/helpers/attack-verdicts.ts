@@ -1,0 +1,207 @@
+import type { LeasedJob } from '../../contract/jobs.ts';
+import {
+  B_OBJECT,
+  BUCKET,
+  keyOf,
+  LEASE_FUNCTIONS,
+  type AttackPlan,
+  type AttemptLine,
+} from './attack-plan.ts';
+import { ACCOUNT_B } from './runtime.ts';
+
+/** What an attempt must meet: refused with this reason, or a success that passes a check. */
+export type Expected = { refused: RegExp } | { ok: (result: unknown) => string | undefined };
+
+/**
+ * Every attempt the script made, held against what must happen; returns what did not (one
+ * line each). Pure, so that the planted-mistake tests of test/attack-container.test.ts can
+ * show that it catches them.
+ */
+export function judge(lines: AttemptLine[], expected: Map<string, Expected>): string[] {
+  const wrong: string[] = [];
+  const seen = new Set<string>();
+  for (const line of lines) {
+    seen.add(line.attempt);
+    const want = expected.get(line.attempt);
+    if (!want) wrong.push(`${line.attempt}: not expected (add it to the expectations)`);
+    else if ('refused' in want) {
+      if (line.ok)
+        wrong.push(`${line.attempt}: succeeded: ${JSON.stringify(line.result)?.slice(0, 300)}`);
+      else if (!want.refused.test(line.reason ?? ''))
+        wrong.push(`${line.attempt}: refused for another reason: ${line.reason}`);
+    } else if (!line.ok) wrong.push(`${line.attempt}: refused: ${line.reason}`);
+    else {
+      const problem = want.ok(line.result);
+      if (problem) wrong.push(`${line.attempt}: ${problem}`);
+    }
+  }
+  for (const name of expected.keys()) if (!seen.has(name)) wrong.push(`${name}: not attempted`);
+  return wrong;
+}
+
+const quote = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+const exactly = (text: string) => new RegExp(`^${quote(text)}`);
+
+/** What each attempt must meet; `transport` decides how a stranger's job id is refused. */
+export function expectations(
+  transport: 'postgres' | 'supabase',
+  { plan, job: mine }: { plan: AttackPlan; job: LeasedJob },
+  secrets: string[],
+): Map<string, Expected> {
+  const e = new Map<string, Expected>();
+  const { victim } = plan;
+  const notHeld = (jobId: string) =>
+    transport === 'postgres'
+      ? // Not even the job's state: a stranger with a guessed id learns nothing.
+        new RegExp(`^lease lost: job ${jobId} is not held by this lease$`)
+      : exactly(
+          `permission denied: this runner credential is for job ${mine.id}, not job ${jobId}`,
+        );
+  const ok = (check: (result: unknown) => boolean, what: string) => ({
+    ok: (result: unknown) => (check(result) ? undefined : `${what}, got ${JSON.stringify(result)}`),
+  });
+  const rows = (result: unknown) =>
+    (transport === 'postgres' ? result : [result].flat()) as Record<string, unknown>[];
+
+  e.set(
+    'adopt my own lease',
+    ok((r) => (r as { id?: string }).id === mine.id, 'my job'),
+  );
+  for (const table of plan.tables)
+    e.set(`read table ${table}`, { refused: exactly(`permission denied for table ${table}`) });
+  for (const fn of plan.functions) {
+    const zero = `call ${fn.name} on A's running job, zero token`;
+    if (fn.trigger && transport === 'supabase') {
+      // PostgREST does not offer trigger functions at all.
+      e.set(zero, { refused: exactly(`Could not find the function public.${fn.name} without`) });
+      continue;
+    }
+    if (!LEASE_FUNCTIONS.includes(fn.name)) {
+      e.set(zero, { refused: exactly(`permission denied for function ${fn.name}`) });
+      continue;
+    }
+    e.set(zero, { refused: notHeld(victim.runningJobId) });
+    e.set(`call ${fn.name} on A's running job, my own lease token`, {
+      refused: notHeld(victim.runningJobId),
+    });
+    e.set(`call ${fn.name} on A's queued job, null token`, {
+      refused: notHeld(victim.queuedJobId),
+    });
+    e.set(`call ${fn.name} on A's completed job, zero token`, {
+      refused: notHeld(victim.completedJobId),
+    });
+  }
+  e.set("claim A's queued job", {
+    refused: exactly('permission denied for function hd_claim_jobs'),
+  });
+  e.set(
+    'upsert assets naming account A',
+    ok((r) => rows(r)[0]?.inserted !== undefined, 'counts'),
+  );
+  e.set("replace chunks pointing at A's file", {
+    refused: exactly(`a chunk refers to a file that is not part of document ${mine.document_id}`),
+  });
+  e.set("interpret A's chunk", {
+    refused: exactly(`1 interpretation(s) name a chunk outside the document of job ${mine.id}`),
+  });
+  e.set("synthesize A's node", {
+    refused: exactly(`node ${victim.nodeId} is not a node of the account of job ${mine.id}`),
+  });
+  e.set(
+    "read A's node context",
+    ok((r) => rows(r).every((row) => row === null || row.hd_get_node_context === null), 'null'),
+  );
+  e.set(
+    "graph edge with A's evidence",
+    ok((r) => rows(r)[0]?.edges_inserted === 0 && rows(r)[0]?.edges_updated === 0, 'no edge'),
+  );
+  e.set(
+    'list my document files',
+    ok(
+      (r) => rows(r).length === 1 && rows(r)[0]?.storage_path === keyOf(ACCOUNT_B),
+      `only ${keyOf(ACCOUNT_B)}`,
+    ),
+  );
+  if (transport === 'postgres') {
+    e.set('set role hd_scheduler', {
+      refused: exactly('permission denied to set role "hd_scheduler"'),
+    });
+    e.set('set role postgres', { refused: exactly('permission denied to set role "postgres"') });
+    e.set('read a server file', {
+      refused: exactly('permission denied for function pg_read_file'),
+    });
+    e.set('create a table in public', { refused: exactly('permission denied for schema public') });
+    e.set(
+      'column statistics of hd_ tables',
+      ok((r) => rows(r).length === 0, 'no row'),
+    );
+    e.set(
+      "other sessions' queries",
+      ok(
+        (r) =>
+          rows(r).some((s) => s.query === '<insufficient privilege>') &&
+          rows(r).every((s) => !s.query || s.query === '<insufficient privilege>'),
+        'every query hidden',
+      ),
+    );
+    // Cannot be refused (NOTIFY needs no privilege); the scheduler must not believe it:
+    // "a forged cancel notice …" below.
+    e.set(
+      "forge a cancel notice for A's running job",
+      ok(() => true, 'sent'),
+    );
+    e.set('log in as the superuser with a guessed password', {
+      refused: exactly('password authentication failed for user "postgres"'),
+    });
+    e.set(
+      'list the storage root',
+      ok((r) => JSON.stringify(r) === `["${BUCKET}"]`, BUCKET),
+    );
+    e.set(
+      'list the accounts of the bucket',
+      ok((r) => JSON.stringify(r) === `["${ACCOUNT_B}"]`, 'B alone'),
+    );
+    e.set(
+      'read my own object',
+      ok((r) => r === B_OBJECT, B_OBJECT),
+    );
+    e.set("read A's object", { refused: /^ENOENT$/ });
+    e.set("read A's object through my folder and ..", { refused: /^ENOENT$/ });
+    e.set('write into my own folder', { refused: /^EROFS$/ });
+  } else {
+    // PostgREST checks the signature before it reads a claim.
+    const badSignature = /^JWSError JWSInvalidSignature \(HTTP 401\)$/;
+    e.set('read hd_assets with an unsigned service_role token', {
+      refused: /^JWSError JWSNoSignatures \(HTTP 401\)$/,
+    });
+    e.set('read hd_assets with my token, role edited to service_role', { refused: badSignature });
+    e.set("heartbeat A's job with my token, job_id edited", { refused: badSignature });
+    e.set(
+      'download my own input through its signed URL',
+      ok((r) => r === B_OBJECT, B_OBJECT),
+    );
+    e.set("download A's object with the job token", { refused: /not_found: Object not found$/ });
+    e.set(
+      "list A's folder with the job token",
+      ok((r) => r === '[]', 'nothing'),
+    );
+    e.set(
+      "sign a URL for A's object with the job token",
+      ok((r) => /"signedURL":null/.test(String(r)), 'no URL'),
+    );
+    e.set("my signed URL edited to A's key", { refused: /InvalidJWT: The signature is invalid$/ });
+  }
+  e.set(
+    'read /proc/*/environ',
+    ok((r) => {
+      const all = JSON.stringify(r);
+      return (
+        Object.keys(r as object).join() === '1' &&
+        all.includes(`HD_LEASE_TOKEN=${mine.lease_token}`) && // it did read its own
+        secrets.every((s) => !all.includes(s))
+      );
+    }, 'only its own environment, no secret'),
+  );
+  e.set('open the Docker socket', { refused: /^ENOENT$/ });
+  return e;
+}
