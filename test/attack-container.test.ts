@@ -37,6 +37,8 @@ import { startLocalSupabase, type LocalSupabase } from './helpers/supabase-proxy
 // with a job JWT and signed URLs of the Storage stand-in (Supabase Storage cannot run here).
 
 const d = await requireDocker();
+// A test that starts containers of its own: generous, for a loaded 2-core machine.
+const CONTAINERS_TIMEOUT = 300_000;
 const docker = d.docker!;
 const SCHEDULER_ID = `hd-attack-${randomBytes(4).toString('hex')}`;
 let t: TestDatabase;
@@ -71,7 +73,7 @@ async function seedTenantA(): Promise<AttackPlan['victim']> {
   );
   const completed = await claimed(ACCOUNT_A, documentId, 'victim-scheduler');
   await t.db.completeJob(completed.id, completed.lease_token, {});
-  await one(
+  const assetId = await one(
     `insert into hd_assets (account_id, source_type, source_ref, title) values ($1, 'upload', 'a-1', 'A: secret title')`,
     [ACCOUNT_A],
   );
@@ -141,6 +143,9 @@ async function seedTenantA(): Promise<AttackPlan['victim']> {
     chunkId,
     interpretationId,
     nodeId,
+    assetId,
+    assetSourceType: 'upload',
+    assetSourceRef: 'a-1',
     bucket: BUCKET,
     key: keyOf(ACCOUNT_A),
   };
@@ -305,11 +310,11 @@ describe.skipIf(!d.available)(
       it("leaves A's rows as they were; B's outputs naming A land in B", async () => {
         expect(await rowsOfA()).toEqual(before);
         const { rows } = await t.sql.query(
-          `select account_id, source_ref from hd_assets where source_ref like 'attack-%' order by 2`,
+          `select account_id, source_ref from hd_assets where title = 'planted' order by 2`,
         );
         expect(rows).toEqual([
+          { account_id: ACCOUNT_B, source_ref: 'a-1' },
           { account_id: ACCOUNT_B, source_ref: 'attack-1' },
-          { account_id: ACCOUNT_B, source_ref: 'attack-2' },
         ]);
         // The column statistics hd_runner saw none of exist.
         const { rows: stats } = await t.sql.query(
@@ -334,129 +339,141 @@ describe.skipIf(!d.available)(
         expect(result.info.HostConfig.NetworkMode).toBe('host');
       });
 
-      it("a forged cancel notice for A's running job does not stop A's runner", async () => {
-        // A's jobs run under a real scheduler (docker launcher; their runners only wait), whose
-        // stop requests are recorded.
-        const schedulerId = `${SCHEDULER_ID}-a`;
-        const config = testConfig(t.url, root, {
-          HD_WORKER_ID: schedulerId,
-          HD_DOCKER_NETWORK: 'host',
-          HD_RUNNER_DATABASE_URL: t.runnerUrl,
-          HD_JOB_TYPES: 'text2kg',
-          HD_SLOTS: '2',
-          HD_POLL_INTERVAL_MS: '200',
-        });
-        const victimAccess = new RunnerAccess(config, t.db);
-        const docker_ = new DockerLauncher({
-          db: t.db,
-          docker,
-          schedulerId,
-          image,
-          env: victimAccess.baseEnv,
-          networkMode: 'host',
-          storageRoot: root,
-          killGraceMs: 2000,
-          command: ['node', '-e', 'setInterval(() => {}, 1000)'],
-        });
-        const stops: string[] = [];
-        const launcher: Launcher = {
-          async launch(request) {
-            const runner = await docker_.launch(request);
-            return {
-              id: runner.id,
-              wait: () => runner.wait(),
-              stop(why) {
-                stops.push(`${request.job.id} ${why}`);
-                runner.stop(why);
-              },
-            };
-          },
-        };
-        const scheduler = new Scheduler({
-          db: t.db,
-          launcher,
-          config,
-          log: createLogger({ level: 'silent' }),
-          runnerEnv: (job, resources) => victimAccess.envFor(job, resources),
-        });
-        const enqueue = () =>
-          t.db.enqueueJob({
-            accountId: ACCOUNT_A,
-            jobType: 'text2kg',
-            documentId: victim.documentId,
-            debug: {},
+      it(
+        "a forged cancel notice for A's running job does not stop A's runner",
+        async () => {
+          // A's jobs run under a real scheduler (docker launcher; their runners only wait), whose
+          // stop requests are recorded.
+          const schedulerId = `${SCHEDULER_ID}-a`;
+          const config = testConfig(t.url, root, {
+            HD_WORKER_ID: schedulerId,
+            HD_DOCKER_NETWORK: 'host',
+            HD_RUNNER_DATABASE_URL: t.runnerUrl,
+            HD_JOB_TYPES: 'text2kg',
+            HD_SLOTS: '2',
+            HD_POLL_INTERVAL_MS: '200',
           });
-        const [target, barrier] = [await enqueue(), await enqueue()];
-        const barrierEnded = new Promise((resolve) =>
-          scheduler.on('job:finished', (job) => {
-            if (job.id === barrier.id) resolve(job);
-          }),
-        );
-        await scheduler.start();
-        try {
-          const running = (id: string) =>
-            t.db
-              .getJob(id)
-              .then((job) =>
-                job?.container_id ? docker.getContainer(job.container_id).inspect() : undefined,
-              )
-              .then((info) => info?.State.Running === true);
-          await expect
-            .poll(async () => (await running(target.id)) && (await running(barrier.id)), {
-              timeout: 120_000,
-            })
-            .toBe(true);
-          const forged = await attack(access, {
+          const victimAccess = new RunnerAccess(config, t.db);
+          const docker_ = new DockerLauncher({
+            db: t.db,
+            docker,
+            schedulerId,
+            image,
+            env: victimAccess.baseEnv,
+            networkMode: 'host',
             storageRoot: root,
-            victim: { runningJobId: target.id },
+            killGraceMs: 2000,
+            command: ['node', '-e', 'setInterval(() => {}, 1000)'],
           });
-          expect(judge(forged.lines, expectations('postgres', forged, [superPassword()]))).toEqual(
-            [],
+          const stops: string[] = [];
+          const launcher: Launcher = {
+            async launch(request) {
+              const runner = await docker_.launch(request);
+              return {
+                id: runner.id,
+                wait: () => runner.wait(),
+                stop(why) {
+                  stops.push(`${request.job.id} ${why}`);
+                  runner.stop(why);
+                },
+              };
+            },
+          };
+          const scheduler = new Scheduler({
+            db: t.db,
+            launcher,
+            config,
+            log: createLogger({ level: 'silent' }),
+            runnerEnv: (job, resources) => victimAccess.envFor(job, resources),
+          });
+          const enqueue = () =>
+            t.db.enqueueJob({
+              accountId: ACCOUNT_A,
+              jobType: 'text2kg',
+              documentId: victim.documentId,
+              debug: {},
+            });
+          const [target, barrier] = [await enqueue(), await enqueue()];
+          const barrierEnded = new Promise((resolve) =>
+            scheduler.on('job:finished', (job) => {
+              if (job.id === barrier.id) resolve(job);
+            }),
           );
-          // A real cancel of the other job, sent after the forged notice: the scheduler gets
-          // notices in commit order, so once it stopped that runner it has seen the forged one.
-          await t.db.cancelJob(barrier.id);
-          await barrierEnded;
-          expect(stops).toEqual([`${barrier.id} cancelled`]);
-          expect(await t.db.getJob(target.id)).toMatchObject({ status: 'running' });
-        } finally {
-          await t.db.cancelJob(target.id).catch(() => {});
-          await scheduler.stop(0);
-          await removeContainersOf(docker, [schedulerId]);
-        }
-      });
+          await scheduler.start();
+          try {
+            const running = (id: string) =>
+              t.db
+                .getJob(id)
+                .then((job) =>
+                  job?.container_id ? docker.getContainer(job.container_id).inspect() : undefined,
+                )
+                .then((info) => info?.State.Running === true);
+            await expect
+              .poll(async () => (await running(target.id)) && (await running(barrier.id)), {
+                timeout: 120_000,
+              })
+              .toBe(true);
+            const forged = await attack(access, {
+              storageRoot: root,
+              victim: { runningJobId: target.id },
+            });
+            expect(
+              judge(forged.lines, expectations('postgres', forged, [superPassword()])),
+            ).toEqual([]);
+            // A real cancel of the other job, sent after the forged notice: the scheduler gets
+            // notices in commit order, so once it stopped that runner it has seen the forged one.
+            await t.db.cancelJob(barrier.id);
+            await barrierEnded;
+            expect(stops).toEqual([`${barrier.id} cancelled`]);
+            expect(await t.db.getJob(target.id)).toMatchObject({ status: 'running' });
+          } finally {
+            await t.db.cancelJob(target.id).catch(() => {});
+            await scheduler.stop(0);
+            await removeContainersOf(docker, [schedulerId]);
+          }
+        },
+        CONTAINERS_TIMEOUT,
+      );
 
       // The suite's power: the same attack with one mistake planted must come out red, at the
       // attempt the mistake opens and nowhere else.
-      it('a grant added by mistake is caught', async () => {
-        await t.sql.query('grant select on public.hd_assets to hd_runner');
-        let planted: Attack;
-        try {
-          planted = await attack(access, { storageRoot: root });
-        } finally {
-          await t.sql.query('revoke select on public.hd_assets from hd_runner');
-        }
-        const wrong = judge(planted.lines, expectations('postgres', planted, [superPassword()]));
-        expect(wrong).toEqual([expect.stringMatching(/^read table hd_assets: succeeded: /)]);
-      });
-
-      it('a mount of the whole storage root is caught', async () => {
-        // The launcher as it was before issue 11: every tenant's folder in every container.
-        class WholeRoot extends DockerLauncher {
-          override createOptions(request: LaunchRequest) {
-            const options = super.createOptions(request);
-            options.HostConfig!.Binds = [`${root}:${CONTAINER_STORAGE_ROOT}:ro`];
-            return options;
+      it(
+        'a grant added by mistake is caught',
+        async () => {
+          await t.sql.query('grant select on public.hd_assets to hd_runner');
+          let planted: Attack;
+          try {
+            planted = await attack(access, { storageRoot: root });
+          } finally {
+            await t.sql.query('revoke select on public.hd_assets from hd_runner');
           }
-        }
-        const planted = await attack(access, { storageRoot: root, Launcher: WholeRoot });
-        const wrong = judge(planted.lines, expectations('postgres', planted, [superPassword()]));
-        expect(wrong).toEqual([
-          expect.stringMatching(/^list the accounts of the bucket: B alone, got \[.*"aaaaaaaa/),
-          `read A's object: succeeded: "${A_OBJECT}"`,
-          `read A's object through my folder and ..: succeeded: "${A_OBJECT}"`,
-        ]);
-      });
+          const wrong = judge(planted.lines, expectations('postgres', planted, [superPassword()]));
+          expect(wrong).toEqual([expect.stringMatching(/^read table hd_assets: succeeded: /)]);
+        },
+        CONTAINERS_TIMEOUT,
+      );
+
+      it(
+        'a mount of the whole storage root is caught',
+        async () => {
+          // The launcher as it was before issue 11: every tenant's folder in every container.
+          class WholeRoot extends DockerLauncher {
+            override createOptions(request: LaunchRequest) {
+              const options = super.createOptions(request);
+              options.HostConfig!.Binds = [`${root}:${CONTAINER_STORAGE_ROOT}:ro`];
+              return options;
+            }
+          }
+          const planted = await attack(access, { storageRoot: root, Launcher: WholeRoot });
+          const wrong = judge(planted.lines, expectations('postgres', planted, [superPassword()]));
+          expect(wrong).toEqual([
+            expect.stringMatching(/^list the accounts of the bucket: B alone, got \[.*"aaaaaaaa/),
+            `read A's object: succeeded: "${A_OBJECT}"`,
+            `read A's object through my folder and ..: succeeded: "${A_OBJECT}"`,
+          ]);
+        },
+        CONTAINERS_TIMEOUT,
+      );
     });
 
     describe('supabase transport (real PostgREST, job JWT), supabase storage (stand-in)', () => {
@@ -509,7 +526,7 @@ describe.skipIf(!d.available)(
       it("leaves A's rows as they were; B's outputs naming A land in B", async () => {
         expect(await rowsOfA()).toEqual(before);
         const { rows } = await t.sql.query(
-          `select distinct account_id from hd_assets where source_ref like 'attack-%'`,
+          `select distinct account_id from hd_assets where title = 'planted'`,
         );
         expect(rows).toEqual([{ account_id: ACCOUNT_B }]);
       });
@@ -531,24 +548,28 @@ describe.skipIf(!d.available)(
         expect(result.info.HostConfig.Binds ?? []).toEqual([]);
       });
 
-      it('a policy turned into using (true), with the grant it needs, is caught', async () => {
-        await t.sql.query(
-          `grant select on public.hd_job_logs to hd_runner;
-           create policy hd_attack_planted on public.hd_job_logs for select to hd_runner using (true)`,
-        );
-        let planted: Attack;
-        try {
-          planted = await attack(access);
-        } finally {
+      it(
+        'a policy turned into using (true), with the grant it needs, is caught',
+        async () => {
           await t.sql.query(
-            `drop policy hd_attack_planted on public.hd_job_logs;
-             revoke select on public.hd_job_logs from hd_runner`,
+            `grant select on public.hd_job_logs to hd_runner;
+           create policy hd_attack_planted on public.hd_job_logs for select to hd_runner using (true)`,
           );
-        }
-        expect(judge(planted.lines, expectations('supabase', planted, secrets()))).toEqual([
-          expect.stringMatching(/^read table hd_job_logs: succeeded: .*A: log line/),
-        ]);
-      });
+          let planted: Attack;
+          try {
+            planted = await attack(access);
+          } finally {
+            await t.sql.query(
+              `drop policy hd_attack_planted on public.hd_job_logs;
+             revoke select on public.hd_job_logs from hd_runner`,
+            );
+          }
+          expect(judge(planted.lines, expectations('supabase', planted, secrets()))).toEqual([
+            expect.stringMatching(/^read table hd_job_logs: succeeded: .*A: log line/),
+          ]);
+        },
+        CONTAINERS_TIMEOUT,
+      );
     });
   },
 );

@@ -46,6 +46,10 @@ export interface AttackPlan {
     chunkId: string;
     interpretationId: string;
     nodeId: string;
+    /** A's asset: its id and its key (source_type, source_ref). */
+    assetId: string;
+    assetSourceType: string;
+    assetSourceRef: string;
     /** A's object: bucket and key. */
     bucket: string;
     key: string;

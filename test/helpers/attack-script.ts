@@ -101,17 +101,31 @@ async function postgresDb(): Promise<
   };
 }
 
+/** A row written straight into a table through PostgREST, with the job token. */
+async function restInsert(table: string, row: object) {
+  const response = await fetch(`${env.SUPABASE_URL}/rest/v1/${table}`, {
+    method: 'POST',
+    headers: { ...restHeaders(env.HD_JOB_TOKEN!), prefer: 'return=representation' },
+    body: JSON.stringify(row),
+  });
+  return restAnswer(response);
+}
+
+const restHeaders = (token: string) => ({
+  authorization: `Bearer ${token}`,
+  ...(env.SUPABASE_ANON_KEY ? { apikey: env.SUPABASE_ANON_KEY } : {}),
+  'content-type': 'application/json',
+});
+
+async function restAnswer(response: Response) {
+  const body = (await response.json().catch(() => null)) as { message?: string } | null;
+  if (!response.ok) throw new Error(`${body?.message ?? ''} (HTTP ${response.status})`);
+  return body;
+}
+
 function restDb(token: string): Db {
-  const headers = {
-    authorization: `Bearer ${token}`,
-    ...(env.SUPABASE_ANON_KEY ? { apikey: env.SUPABASE_ANON_KEY } : {}),
-    'content-type': 'application/json',
-  };
-  const answer = async (response: Response) => {
-    const body = (await response.json().catch(() => null)) as { message?: string } | null;
-    if (!response.ok) throw new Error(`${body?.message ?? ''} (HTTP ${response.status})`);
-    return body;
-  };
+  const headers = restHeaders(token);
+  const answer = restAnswer;
   return {
     table: async (name) =>
       answer(await fetch(`${env.SUPABASE_URL}/rest/v1/${name}?select=*&limit=5`, { headers })),
@@ -183,12 +197,13 @@ await attempt('upsert assets naming account A', () =>
   own('hd_upsert_assets', {
     p_rows: [
       { account_id: v.account, title: 'planted', source_type: 'upload', source_ref: 'attack-1' },
+      // A's own asset, by its id and its key: an upsert that trusted either would overwrite it.
       {
         account_id: v.account,
-        id: v.documentId,
+        id: v.assetId,
         title: 'planted',
-        source_type: 'upload',
-        source_ref: 'attack-2',
+        source_type: v.assetSourceType,
+        source_ref: v.assetSourceRef,
       },
     ],
   }),
@@ -226,6 +241,20 @@ await attempt("graph edge with A's evidence", () =>
   }),
 );
 await attempt('list my document files', () => own('hd_list_document_files', {}));
+
+await attempt('insert a row for A into hd_assets', () =>
+  pgDb
+    ? pgDb.sql(
+        `insert into public.hd_assets (account_id, source_type, source_ref, title) values ($1, 'upload', 'attack-3', 'planted')`,
+        [v.account],
+      )
+    : restInsert('hd_assets', {
+        account_id: v.account,
+        source_type: 'upload',
+        source_ref: 'attack-3',
+        title: 'planted',
+      }),
+);
 
 // --- The database beyond the hd_ functions (a direct connection only).
 if (pgDb) {

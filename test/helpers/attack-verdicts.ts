@@ -98,6 +98,9 @@ export function expectations(
     'upsert assets naming account A',
     ok((r) => rows(r)[0]?.inserted !== undefined, 'counts'),
   );
+  e.set('insert a row for A into hd_assets', {
+    refused: exactly('permission denied for table hd_assets'),
+  });
   e.set("replace chunks pointing at A's file", {
     refused: exactly(`a chunk refers to a file that is not part of document ${mine.document_id}`),
   });
