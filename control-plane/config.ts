@@ -121,11 +121,11 @@ export const configSchema = z.object({
     .string()
     .regex(/^[A-Za-z_]{3,20}(\+[A-Za-z_]{3,20}){0,7}$/, 'must look like deu+eng')
     .default('deu+eng'),
-  /** extract_text: resolution PDF pages are rendered at for OCR, in dpi. Default 300. */
+  /** extract_text: resolution PDF pages are rendered at for OCR, in dpi; big pages get less (25 megapixels at most). Default 300. */
   HD_OCR_DPI: z.coerce.number().int().min(72).max(600).default(300),
-  /** extract_text: a PDF page whose text layer has fewer non-blank characters is OCRed. Default 20. */
+  /** extract_text: a PDF page whose text layer has fewer non-blank characters is OCRed if it shows an image. Default 20. */
   HD_OCR_MIN_CHARS: z.coerce.number().int().nonnegative().default(20),
-  /** extract_text: wall-clock limit for rendering + OCR of one page or image, in ms. Default 120000. */
+  /** extract_text: wall-clock limit for rendering, and for OCR, of one page or image, in ms; a PDF page past it is skipped and counted. Default 120000. */
   HD_OCR_PAGE_TIMEOUT_MS: positiveInt.default(120_000),
   /** extract_text: target chunk length, in characters. Default 1500. */
   HD_CHUNK_TARGET_CHARS: z.coerce.number().int().min(100).max(100_000).default(1500),
