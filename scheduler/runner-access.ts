@@ -34,7 +34,6 @@ const MAX_SIGNED_URLS_BYTES = 100_000;
  * With HD_RUNNER_CREDENTIALS=operator runners get the scheduler's own settings instead.
  */
 export class RunnerAccess {
-  readonly #config: Config;
   readonly #db: Pick<ControlPlaneDb, 'listDocumentFiles'>;
   readonly #tokenKey: JobTokenKey | undefined;
   readonly #signUrls: UrlSigner | undefined;
@@ -46,7 +45,6 @@ export class RunnerAccess {
     db: Pick<ControlPlaneDb, 'listDocumentFiles'>,
     signUrls?: UrlSigner | undefined,
   ) {
-    this.#config = config;
     this.#db = db;
     const scoped = config.HD_RUNNER_CREDENTIALS === 'scoped';
     this.baseEnv = Object.fromEntries(

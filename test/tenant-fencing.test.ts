@@ -186,11 +186,9 @@ describe("(a) A's job id with a token that is not its lease", () => {
     expect(JSON.stringify(answer)).not.toMatch(/failed|CANCELLED|cancelled|running|queued/);
   });
 
-  // KNOWN BUG (reported to the lead): a NULL token slips past the first check of
-  // hd__lock_leased_job (`x is distinct from null` is false where x is null), so for a job
-  // without a live lease or without an ended one the refusal names its status and error
-  // code. Flip to `it` when the fix lands.
-  it.fails('tells a caller with a NULL token nothing either', async () => {
+  // A NULL token once slipped past the first check (`x is distinct from null` is false
+  // where x is null) and was told the job's status.
+  it('tells a caller with a NULL token nothing either', async () => {
     const queued = await enqueue(ACCOUNT_A, a.documentId);
     const firstAttempt = await enqueue(ACCOUNT_A, a.documentId);
     await claim(firstAttempt);

@@ -78,7 +78,8 @@ declare
 begin
   perform public.hd__assert_runner_job(p_job_id);
   select * into v_job from public.hd_ingestion_jobs where id = p_job_id for update;
-  if not found
+  -- A NULL token holds nothing (`null is distinct from null` would let it pass).
+  if not found or p_lease_token is null
      or (v_job.lease_token is distinct from p_lease_token
          and v_job.ended_lease_token is distinct from p_lease_token) then
     raise exception 'lease lost: job % is not held by this lease', p_job_id
