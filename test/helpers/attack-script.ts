@@ -326,6 +326,15 @@ if (env.HD_STORAGE === 'supabase') {
   await attempt("download A's object with the job token", async () =>
     storageAnswer(await fetch(`${storage}/object/${v.bucket}/${v.key}`, { headers: auth })),
   );
+  await attempt("upload into A's folder with the job token", async () =>
+    storageAnswer(
+      await fetch(`${storage}/object/${v.bucket}/${v.key}`, {
+        method: 'POST',
+        headers: { ...auth, 'content-type': 'text/plain', 'x-upsert': 'true' },
+        body: 'planted',
+      }),
+    ),
+  );
   await attempt("list A's folder with the job token", async () =>
     storageAnswer(
       await fetch(`${storage}/object/list/${v.bucket}`, {

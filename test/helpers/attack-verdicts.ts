@@ -184,6 +184,9 @@ export function expectations(
       ok((r) => r === B_OBJECT, B_OBJECT),
     );
     e.set("download A's object with the job token", { refused: /not_found: Object not found$/ });
+    e.set("upload into A's folder with the job token", {
+      refused: /Unauthorized: new row violates row-level security policy$/,
+    });
     e.set(
       "list A's folder with the job token",
       ok((r) => r === '[]', 'nothing'),
