@@ -66,6 +66,8 @@ export interface DockerReconcilerDeps {
  */
 export class DockerReconciler implements Reconciler {
   readonly #d: DockerReconcilerDeps;
+  /** The first round runs before anything is claimed: no job of ours can be launching. */
+  #first = true;
 
   constructor(deps: DockerReconcilerDeps) {
     this.#d = deps;
@@ -93,7 +95,14 @@ export class DockerReconciler implements Reconciler {
     }
     const removed = new Set(result.removed.map((r) => r.containerId));
     const live = new Set(containers.map((c) => c.Id).filter((id) => !removed.has(id)));
-    await this.#giveBackOrphans(live, supervised, result);
+    const adopted = new Set(result.adopted.map((a) => a.job.id));
+    const { graceMs = 15_000, now = Date.now } = this.#d;
+    result.gaveBack = await giveBackOrphans(
+      { ...this.#d, graceMs: this.#first ? 0 : graceMs, now },
+      (job) => adopted.has(job.id) || (!!job.container_id && live.has(job.container_id)),
+      supervised,
+    );
+    this.#first = false;
     return result;
   }
 
@@ -112,6 +121,19 @@ export class DockerReconciler implements Reconciler {
     const why = this.#notNeeded(job, c.Id, attempt);
     if (why === undefined && job) {
       if (!ours || supervised(jobId) !== undefined) return;
+      // A scheduler killed between recording the container and starting it: start it now
+      // (the lease is still valid); one that will not start is removed, the job given back.
+      if (c.State === 'created') {
+        const started = await launcher.docker
+          .getContainer(c.Id)
+          .start()
+          .then(
+            () => undefined,
+            (error: Error) => `it could not be started: ${error.message}`,
+          );
+        if (started !== undefined) return this.#remove(c, jobId, attempt, started, result);
+        log.info({ job_id: jobId, container_id: c.Id }, 'started a runner container left created');
+      }
       const info = await launcher.docker.getContainer(c.Id).inspect();
       const leased = job as LeasedJob;
       const gpuIds = (c.Labels[LABELS.gpus] ?? '').split(',').filter(Boolean);
@@ -127,14 +149,24 @@ export class DockerReconciler implements Reconciler {
     if (stopped && (c.Names[0] ?? '').startsWith(`/${KEPT_PREFIX}`)) return; // kept on purpose
     const ageMs = this.#now() - c.Created * 1000;
     if (!ours && stopped && ageMs < (this.#d.graceMs ?? 15_000)) return;
-    await launcher.docker
+    await this.#remove(c, jobId, attempt, why ?? 'unknown', result);
+  }
+
+  async #remove(
+    c: Docker.ContainerInfo,
+    jobId: string,
+    attempt: number,
+    why: string,
+    result: ReconcileResult,
+  ): Promise<void> {
+    await this.#d.launcher.docker
       .getContainer(c.Id)
       .remove({ force: true, v: true })
       .catch((error: { statusCode?: number }) => {
         if (error.statusCode !== 404 && error.statusCode !== 409) throw error;
       });
-    result.removed.push({ containerId: c.Id, jobId, why: why ?? 'unknown' });
-    log.warn(
+    result.removed.push({ containerId: c.Id, jobId, why });
+    this.#d.log.warn(
       { job_id: jobId, container_id: c.Id, attempt, state: c.State, why },
       'removed a runner container its job no longer needs',
     );
@@ -151,35 +183,49 @@ export class DockerReconciler implements Reconciler {
     return undefined;
   }
 
-  async #giveBackOrphans(
-    live: ReadonlySet<string>,
-    supervised: (jobId: string) => number | undefined,
-    result: ReconcileResult,
-  ): Promise<void> {
-    const { db, schedulerId, log } = this.#d;
-    const adopted = new Set(result.adopted.map((a) => a.job.id));
-    const running = await db.listJobs({ status: 'running', limit: 1000 });
-    for (const job of running) {
-      if (job.locked_by !== schedulerId || !job.lease_token || adopted.has(job.id)) continue;
-      if (job.container_id && live.has(job.container_id)) continue;
-      const claimedAt = (job.started_at ?? job.updated_at).getTime();
-      if (this.#now() - claimedAt < (this.#d.graceMs ?? 15_000)) continue; // may be launching
-      if (supervised(job.id) !== undefined) continue;
-      try {
-        await db.releaseJob(job.id, job.lease_token);
-        result.gaveBack.push(job.id);
-        log.warn(
-          { job_id: job.id, container_id: job.container_id },
-          'handed back a job whose runner container is gone',
-        );
-      } catch (error) {
-        const err = toHdError(error);
-        if (err.code !== 'LEASE_LOST' && err.code !== 'CANCELLED') throw err;
-      }
-    }
-  }
-
   #now(): number {
     return (this.#d.now ?? Date.now)();
   }
+}
+
+export interface GiveBackDeps {
+  db: Pick<ControlPlaneDb, 'listJobs' | 'releaseJob'>;
+  schedulerId: string;
+  log: Logger;
+  /** How long after its claim a job may still be launching; 0 before the first claim. */
+  graceMs: number;
+  now: () => number;
+}
+
+/**
+ * Hands back to the queue each running job locked by this scheduler that no runner
+ * serves (`served` says which are): its runner is gone, or the scheduler died between
+ * claim and launch. Without this the lease reaper would do it later, spending an
+ * attempt. Returns the ids handed back.
+ */
+export async function giveBackOrphans(
+  d: GiveBackDeps,
+  served: (job: Job) => boolean,
+  supervised: (jobId: string) => number | undefined,
+): Promise<string[]> {
+  const gaveBack: string[] = [];
+  const running = await d.db.listJobs({ status: 'running', limit: 1000 });
+  for (const job of running) {
+    if (job.locked_by !== d.schedulerId || !job.lease_token || served(job)) continue;
+    const claimedAt = (job.started_at ?? job.updated_at).getTime();
+    if (d.now() - claimedAt < d.graceMs) continue; // may be launching
+    if (supervised(job.id) !== undefined) continue;
+    try {
+      await d.db.releaseJob(job.id, job.lease_token);
+      gaveBack.push(job.id);
+      d.log.warn(
+        { job_id: job.id, runner: job.container_id },
+        'handed back a job whose runner is gone',
+      );
+    } catch (error) {
+      const err = toHdError(error);
+      if (err.code !== 'LEASE_LOST' && err.code !== 'CANCELLED') throw err;
+    }
+  }
+  return gaveBack;
 }

@@ -84,6 +84,9 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
   #reaper: NodeJS.Timeout | undefined;
   #reconcileTimer: NodeJS.Timeout | undefined;
   #reconciling: Promise<void> | undefined;
+  #reconcileDone = false;
+  /** stop() has asked every runner to stop: one launched after that is stopped at once. */
+  #graceOver = false;
   #unlisten: (() => Promise<void>) | undefined;
 
   constructor(deps: SchedulerDeps) {
@@ -182,6 +185,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
         setTimeout(resolve, graceMs, 'timeout').unref(),
       );
       if ((await Promise.race([allDone(), timer])) === 'timeout') {
+        this.#graceOver = true;
         for (const r of this.#running.values()) r.runner?.stop('shutdown');
         await allDone();
       }
@@ -230,6 +234,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
           (job) => this.#logs.sinkFor(job),
         );
         for (const runner of adopted) this.#adopt(runner);
+        this.#reconcileDone = true;
       } catch (error) {
         this.#report(error, 'reconciling runner containers failed');
       } finally {
@@ -248,8 +253,9 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
     while (!this.#stopping) {
       let free = this.#config.HD_SLOTS - this.#running.size;
       const wanted = free;
-      // A job claimed while its runner cannot start would only spend an attempt.
-      if (free > 0 && !(await this.#launcherReady())) {
+      // A job claimed while its runner cannot start would only spend an attempt; one
+      // claimed before the reconcile could take the slot of a runner still to re-adopt.
+      if (free > 0 && !((await this.#launcherReady()) && (await this.#reconciled()))) {
         await this.#wakeup.wait(backoff.next());
         continue;
       }
@@ -331,7 +337,9 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
           onOutput: (line) => logs.push(line),
         });
       }
-      if (this.#stopping && this.#config.HD_SHUTDOWN_GRACE_MS === 0) entry.runner.stop('shutdown');
+      // Launched while stopping, after the grace (or with none): it missed stop()'s call.
+      if (this.#graceOver || (this.#stopping && this.#config.HD_SHUTDOWN_GRACE_MS === 0))
+        entry.runner.stop('shutdown');
       exit = await entry.runner.wait();
       // Before settling: where the scheduler records the outcome, the lease ends with it.
       await logs.finish();
@@ -346,6 +354,13 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
     }
     const final = await this.#db.getJob(job.id).catch(() => undefined);
     this.emit('job:finished', final ?? job, exit);
+  }
+
+  /** Whether the reconciler (if any) has once run to the end; runs it if not. */
+  async #reconciled(): Promise<boolean> {
+    if (!this.#reconciler || this.#reconcileDone) return true;
+    await this.reconcile();
+    return this.#reconcileDone;
   }
 
   /** Whether the launcher can start runners now (the Docker engine answers). */

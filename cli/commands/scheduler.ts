@@ -9,6 +9,7 @@ import { supabaseUrlSigner } from '../../control-plane/storage/signed-urls.ts';
 import { GpuDiscoveryError, GpuSlots, resolveGpuIds } from '../../scheduler/gpu.ts';
 import { DockerLauncher } from '../../scheduler/launchers/docker.ts';
 import { ProcessLauncher } from '../../scheduler/launchers/process.ts';
+import { ProcessReconciler } from '../../scheduler/process-reconcile.ts';
 import { DockerReconciler } from '../../scheduler/reconcile.ts';
 import { RunnerAccess } from '../../scheduler/runner-access.ts';
 import { handlerResources, Scheduler } from '../../scheduler/scheduler.ts';
@@ -80,9 +81,12 @@ export function createScheduler(
   const launcher = new ProcessLauncher({
     env: { ...inherited, ...access.baseEnv },
     onOutput: output,
+    db,
   });
+  // Finds the runners a killed scheduler left (recorded in their job rows) and stops them.
+  const reconciler = new ProcessReconciler({ db, schedulerId: config.HD_WORKER_ID, log });
   const runnerEnv = access.envFor.bind(access);
-  return new Scheduler({ db, launcher, config, log, gpus, runnerEnv, redactor });
+  return new Scheduler({ db, launcher, config, log, gpus, reconciler, runnerEnv, redactor });
 }
 
 function runnerAccess(config: Config, db: ControlPlaneDb, log: Logger): RunnerAccess {
@@ -131,11 +135,10 @@ function warnIfUnreachable(config: Config, log: Logger) {
 }
 
 export async function schedulerCommand(args: ParsedArgs, env: Env): Promise<number> {
-  const launcher = stringOption(args, 'launcher') ?? env.HD_LAUNCHER;
   const config = configFrom(
     env,
-    // A restarted scheduler finds its containers by this id: keep it stable.
-    { HD_WORKER_ID: env.HD_WORKER_ID || (launcher === 'docker' ? hostname() : undefined) },
+    // A restarted scheduler finds its runners by this id: keep it stable.
+    { HD_WORKER_ID: env.HD_WORKER_ID || hostname() },
     {
       HD_SLOTS: { flag: '--slots', value: stringOption(args, 'slots') },
       HD_JOB_TYPES: { flag: '--job-types', value: stringOption(args, 'job-types') },

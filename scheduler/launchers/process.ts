@@ -1,6 +1,10 @@
 import { extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
+import { toHdError } from '../../contract/errors.ts';
+import type { LeasedJob } from '../../contract/jobs.ts';
+import type { ControlPlaneDb } from '../../control-plane/db/transport.ts';
+import { processRunnerId } from '../process-reconcile.ts';
 import type {
   LaunchedRunner,
   LaunchRequest,
@@ -29,6 +33,11 @@ export interface ProcessLauncherOptions {
   onOutput?: (jobId: string, line: string) => void;
   /** Command that starts a runner; default: this Node binary with hd-runner's CLI. */
   command?: readonly string[];
+  /**
+   * Where each runner's process is recorded (the job row's container_id, see
+   * process-reconcile.ts), so that a restarted scheduler finds the runners it left.
+   */
+  db?: Pick<ControlPlaneDb, 'setContainerId'>;
 }
 
 /**
@@ -40,6 +49,16 @@ export class ProcessLauncher implements Launcher {
 
   constructor(options: ProcessLauncherOptions) {
     this.#options = options;
+  }
+
+  /** Records the runner's process in its job row; a lease already ended needs no record. */
+  async #record(job: LeasedJob, pid: number): Promise<void> {
+    const id = this.#options.db && (await processRunnerId(pid));
+    if (!id) return;
+    await this.#options.db!.setContainerId(job.id, job.lease_token, id).catch((error: unknown) => {
+      const { code } = toHdError(error);
+      if (code !== 'LEASE_LOST' && code !== 'CANCELLED') throw error;
+    });
   }
 
   async launch({
@@ -87,6 +106,11 @@ export class ProcessLauncher implements Launcher {
       const result = await child;
       throw new Error(result.shortMessage || 'the runner process could not be spawned');
     }
+    await this.#record(job, child.pid).catch(async (error: unknown) => {
+      child.kill('SIGKILL'); // untracked, it could outlive this scheduler unseen
+      await child;
+      throw error;
+    });
     const exit: Promise<RunnerExit> = child.then((result) => ({
       exitCode: result.exitCode ?? null,
       signal: result.signal ?? null,
