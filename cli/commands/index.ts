@@ -14,11 +14,15 @@ Runs until SIGTERM/SIGINT: claims jobs into N slots (LISTEN/NOTIFY wake-ups, pol
 as fallback), starts one runner per job, records crashes and timeouts, reaps expired
 leases. On SIGTERM it stops claiming, lets running jobs finish for
 HD_SHUTDOWN_GRACE_MS, then hands the rest back to the queue. A second signal exits at once.
+While the database is unreachable it waits (a line every 5 s); while the Docker engine
+does not answer it claims nothing.
 
 With --launcher docker (HD_LAUNCHER=docker) each job runs in its own container of
 HD_DOCKER_IMAGE (HD_DOCKER_GPU_IMAGE for GPU jobs, pinned to a GPU of HD_GPUS); on start
 and every HD_RECONCILE_INTERVAL_MS the scheduler re-adopts or removes the containers
-labelled with its HD_WORKER_ID (default here: the hostname, so a restart finds them).`,
+labelled with its HD_WORKER_ID (default here: the hostname, so a restart finds them).
+With --launcher process a restart stops the runners the killed scheduler left and hands
+their jobs back.`,
     options: {
       slots: { type: 'string' },
       'job-types': { type: 'string' },
