@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
+import { leaseCalls, refusal } from './helpers/lease-calls.ts';
 import { ACCOUNT_A, ACCOUNT_B } from './helpers/runtime.ts';
 import {
   seedTenant,
@@ -32,17 +33,6 @@ async function claim(jobId: string): Promise<string> {
   return job.lease_token;
 }
 
-/** The refusal of a call, as `code message` (or `resolved` when it was not refused). */
-async function refusal(client: pg.Pool | pg.ClientBase, sql: string, params: unknown[]) {
-  try {
-    await client.query(sql, params);
-    return 'resolved';
-  } catch (error) {
-    const e = error as pg.DatabaseError;
-    return `${e.code} ${e.message}`;
-  }
-}
-
 beforeAll(async () => {
   t = await createTestDatabase();
   runner = new pg.Pool({ connectionString: t.runnerUrl, max: 2 });
@@ -69,80 +59,6 @@ afterAll(async () => {
   await t?.drop();
 });
 
-/** Every function hd_runner may call, each with a call that would touch A's rows if let. */
-function leaseCalls(jobId: string, token: string | null): [string, string, unknown[]][] {
-  const stolen = JSON.stringify({ content: 'stolen', sources: [], input_sha256: 'x' });
-  return [
-    ['hd_heartbeat', 'select public.hd_heartbeat($1, $2, 600)', [jobId, token]],
-    ['hd_adopt_lease', 'select * from public.hd_adopt_lease($1, $2, 600)', [jobId, token]],
-    ['hd_report_progress', 'select public.hd_report_progress($1, $2, 99)', [jobId, token]],
-    ['hd_complete_job', 'select * from public.hd_complete_job($1, $2)', [jobId, token]],
-    [
-      'hd_fail_job',
-      `select * from public.hd_fail_job($1, $2, 'CRASHED', 'x', false)`,
-      [jobId, token],
-    ],
-    ['hd_release_job', 'select * from public.hd_release_job($1, $2)', [jobId, token]],
-    [
-      'hd_upsert_assets',
-      'select * from public.hd_upsert_assets($1, $2, $3)',
-      [jobId, token, JSON.stringify([{ title: 'x', source_type: 'upload', source_ref: 'ref-1' }])],
-    ],
-    [
-      'hd_list_document_files',
-      'select * from public.hd_list_document_files($1, $2)',
-      [jobId, token],
-    ],
-    // An empty list would delete every chunk of the job's document.
-    [
-      'hd_replace_document_chunks',
-      `select * from public.hd_replace_document_chunks($1, $2, '[]')`,
-      [jobId, token],
-    ],
-    [
-      'hd_count_chunks_to_interpret',
-      `select * from public.hd_count_chunks_to_interpret($1, $2, 'v1')`,
-      [jobId, token],
-    ],
-    [
-      'hd_list_chunks_to_interpret',
-      `select * from public.hd_list_chunks_to_interpret($1, $2, 'v2')`,
-      [jobId, token],
-    ],
-    [
-      'hd_upsert_interpretations',
-      'select * from public.hd_upsert_interpretations($1, $2, $3)',
-      [jobId, token, JSON.stringify([{ chunk_id: a.chunkId, prompt_version: 'v1' }])],
-    ],
-    [
-      'hd_list_document_interpretations',
-      'select * from public.hd_list_document_interpretations($1, $2)',
-      [jobId, token],
-    ],
-    // An empty graph would remove the document's evidence from every edge.
-    [
-      'hd_write_document_graph',
-      `select * from public.hd_write_document_graph($1, $2, '[]', '[]')`,
-      [jobId, token],
-    ],
-    [
-      'hd_list_document_nodes',
-      'select * from public.hd_list_document_nodes($1, $2)',
-      [jobId, token],
-    ],
-    [
-      'hd_get_node_context',
-      'select public.hd_get_node_context($1, $2, $3)',
-      [jobId, token, a.nodeId],
-    ],
-    [
-      'hd_record_synthesis',
-      'select * from public.hd_record_synthesis($1, $2, $3, $4)',
-      [jobId, token, a.nodeId, stolen],
-    ],
-  ];
-}
-
 describe("(a) A's job id with a token that is not its lease", () => {
   const notHeld = () => `HDL01 lease lost: job ${jobA.id} is not held by this lease`;
   const cases = {
@@ -153,7 +69,7 @@ describe("(a) A's job id with a token that is not its lease", () => {
   for (const [name, token] of Object.entries(cases)) {
     it(`refuses every lease function with ${name}, telling nothing, changing nothing`, async () => {
       const before = await snapshotAccount(t, ACCOUNT_A);
-      const calls = leaseCalls(jobA.id, token());
+      const calls = leaseCalls(jobA.id, token(), a);
       const answers: Record<string, string> = {};
       for (const [fn, sql, params] of calls) answers[fn] = await refusal(runner, sql, params);
       expect(answers).toEqual(Object.fromEntries(calls.map(([fn]) => [fn, notHeld()])));
@@ -459,7 +375,7 @@ describe("a runner's JWT claims (as PostgREST sets them) name its one job", () =
 
   it('checks the claim before the token: every lease function refuses', async () => {
     const claims = { role: 'hd_runner', job_id: jobB.id };
-    const calls = leaseCalls(jobA.id, jobA.token);
+    const calls = leaseCalls(jobA.id, jobA.token, a);
     const answers: Record<string, string> = {};
     for (const [fn, sql, params] of calls) answers[fn] = await withClaims(claims, sql, params);
     const denied = `42501 permission denied: this runner credential is for job ${jobB.id}, not job ${jobA.id}`;
