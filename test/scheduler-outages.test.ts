@@ -1,6 +1,7 @@
 import { on } from 'node:events';
 import { join } from 'node:path';
 import Docker from 'dockerode';
+import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Job } from '../contract/jobs.ts';
 import { configToEnv, type Config } from '../control-plane/config.ts';
@@ -73,6 +74,30 @@ describe('the scheduler while the database is down at start', () => {
     } finally {
       await scheduler.stop(0);
       await db.close();
+      await relay.close();
+    }
+  });
+
+  it('`hd-runner scheduler` says it waits, and SIGTERM ends the wait with exit 0', async () => {
+    const relay = await startDbRelay(t.url);
+    await relay.down();
+    try {
+      const cfg = testConfig(relay.url, root, { HD_LOG_LEVEL: 'info' });
+      const cli = execa(process.execPath, ['cli/main.ts', 'scheduler', '--slots', '1'], {
+        env: { PATH: process.env.PATH ?? '', ...configToEnv(cfg) },
+        extendEnv: false,
+        reject: false,
+      });
+      let stderr = '';
+      cli.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      await expect
+        .poll(() => stderr.includes('the database is not reachable, waiting'), { timeout: 30_000 })
+        .toBe(true);
+      cli.kill('SIGTERM');
+      const result = await cli;
+      expect(result.exitCode).toBe(0);
+      expect(result.stderr).not.toContain(new URL(t.url).password);
+    } finally {
       await relay.close();
     }
   });
