@@ -86,11 +86,21 @@ const SCHEMAS = parseMatrix(`
   public         U    U             U         U            U
 `);
 
-const TENANT_TABLES = Object.keys(TABLES).filter(
-  (name) => name.startsWith('hd_') && name !== 'hd_schema_migrations',
-);
-/** Members read their own account's rows, nothing else, on every tenant table. */
-const POLICIES = TENANT_TABLES.map(
+// The tables members read through RLS: their account's rows only, nothing else.
+const MEMBER_READ_TABLES = [
+  'hd_asset_chunks',
+  'hd_assets',
+  'hd_document_files',
+  'hd_dynamics',
+  'hd_ingestion_jobs',
+  'hd_interpretations',
+  'hd_job_artifacts',
+  'hd_job_logs',
+  'hd_kg_edges',
+  'hd_kg_nodes',
+  'hd_syntheses',
+];
+const POLICIES = MEMBER_READ_TABLES.map(
   (table) =>
     `${table} | hd_members_read | PERMISSIVE | SELECT | {authenticated} | has_role_on_account(account_id) | (no check)`,
 );
@@ -226,13 +236,16 @@ describe('the grant matrix of the migrated database', () => {
 });
 
 // The power of the check above: each mistake of the kind issue 11 guards against is
-// planted in a scratch database (in a transaction, rolled back) and must show up.
+// planted in a scratch database (in a transaction, rolled back) and must show up, as
+// exactly the lines it adds to what the scratch database reports unplanted.
 describe('contractViolations catches a planted mistake', () => {
   let scratch: TestDatabase;
   let client: pg.PoolClient;
+  let baseline: string[];
   beforeAll(async () => {
     scratch = await createTestDatabase();
     client = await scratch.sql.connect();
+    baseline = await contractViolations(client);
   });
   afterAll(async () => {
     client.release();
@@ -243,7 +256,7 @@ describe('contractViolations catches a planted mistake', () => {
     await client.query('begin');
     try {
       await client.query(plant);
-      return await contractViolations(client);
+      return (await contractViolations(client)).filter((line) => !baseline.includes(line));
     } finally {
       await client.query('rollback');
     }
@@ -251,9 +264,7 @@ describe('contractViolations catches a planted mistake', () => {
 
   it('a claim granted to hd_runner', async () => {
     expect(
-      await violationsWith(
-        `grant execute on function public.hd_claim_jobs(text, text[], integer, integer, uuid, timestamptz) to hd_runner`,
-      ),
+      await violationsWith(`grant execute on function public.hd_claim_jobs to hd_runner`),
     ).toEqual(['function hd_claim_jobs: expected . . . X X, got . . X X X']);
   });
 
@@ -308,8 +319,8 @@ describe('contractViolations catches a planted mistake', () => {
   it('a worker function running as its caller, or with a search_path', async () => {
     expect(
       await violationsWith(
-        `alter function public.hd_upsert_assets(uuid, uuid, jsonb, timestamptz) security invoker;
-         alter function public.hd_heartbeat(uuid, uuid, integer, timestamptz) set search_path = public`,
+        `alter function public.hd_upsert_assets security invoker;
+         alter function public.hd_heartbeat set search_path = public`,
       ),
     ).toEqual([
       'function hd_heartbeat: config search_path=public',
