@@ -1,72 +1,184 @@
 /**
- * extract_text benchmark: pages/s of our PDF text extraction (pdf-parse in its bounded
- * child process, then normalising and chunking) against `pdftotext` (poppler, C++) on
- * the same generated PDFs, in the same run, pinned to one core (taskset), with peak RSS.
+ * extract_text benchmark, end to end through the job: `hd-runner run --job-id` in its own
+ * process (claim, download from fs storage, extraction, chunks written to a real embedded
+ * PostgreSQL, completion), as a scheduler starts it.
  *
- *   node bench/extract.ts            # HD_BENCH_PAGES=20,200,1000 HD_BENCH_RUNS=3
+ * 1. Text PDFs (generated, ~2,500 characters a page) against `pdftotext` on the same file;
+ *    runner and pdftotext each pinned to core 0 (taskset). The fixed overhead (process
+ *    start-up, claim, completion) is the job's wall time less the handler's own
+ *    (stats.duration_ms: download, extraction, chunking, the chunks' write).
+ * 2. Scanned PDFs (pages rendered to images, no text layer): OCR pages/s of the job, using
+ *    both cores, against bare `pdftoppm` + `tesseract` on the same pages, as many at once
+ *    as there are cores, one thread each.
+ *
+ *   node bench/extract.ts   # HD_BENCH_PAGES=1,200,1000 HD_BENCH_OCR_PAGES=8 HD_BENCH_RUNS=3
  */
 import { spawn } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { randomUUID } from 'node:crypto';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chunkText } from '../runner/extract/chunker.ts';
-import { extractPdfText } from '../runner/extract/pdf-text.ts';
-import { joinPages, normalizeText } from '../runner/extract/text.ts';
+import { configToEnv, loadConfig, type Config } from '../control-plane/config.ts';
+import { openDb } from '../control-plane/open.ts';
 import { findTool } from '../runner/extract/tools.ts';
-import { textPdf } from '../test/fixtures/documents.ts';
-import { envInt, median, peakRssMb } from './lib.ts';
+import { GERMAN, renderGray, textPdf } from '../test/fixtures/documents.ts';
+import { makePdf } from '../test/fixtures/make-pdf.ts';
+import * as b from './lib.ts';
 
-// Children inherit the CPU affinity: re-run this script on core 0 so that the parser
-// process and pdftotext each get the same single core.
-if (!process.env.HD_BENCH_PINNED && findTool('taskset')) {
-  const child = spawn('taskset', ['-c', '0', process.execPath, ...process.argv.slice(1)], {
-    stdio: 'inherit',
-    env: { ...process.env, HD_BENCH_PINNED: '1' },
-  });
-  child.on('exit', (code) => process.exit(code ?? 1));
-} else {
-  await main();
+const ACCOUNT = 'aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa';
+const BUCKET = 'hd_uploads_raw';
+const CLI = join(import.meta.dirname, '..', 'cli', 'main.ts');
+const REPORT_RSS = join(import.meta.dirname, 'report-rss.ts');
+const PIN = findTool('taskset') ? ['taskset', '-c', '0'] : [];
+
+for (const tool of ['pdftotext', 'pdftoppm', 'tesseract']) {
+  if (!findTool(tool))
+    throw new Error(`${tool} is needed: apt-get install poppler-utils tesseract-ocr`);
+}
+const sizes = (process.env.HD_BENCH_PAGES ?? '1,200,1000').split(',').map(Number);
+const ocrPages = b.envInt('HD_BENCH_OCR_PAGES', 8);
+const runs = b.envInt('HD_BENCH_RUNS', 3);
+
+console.log(`# extract bench — ${b.machineLine()}, ${runs} run(s) each, pinned=${PIN.length > 0}`);
+const database = await b.startBenchDatabase();
+const work = await mkdtemp(join(tmpdir(), 'hd-bench-extract-'));
+const config = loadConfig({
+  HD_DATABASE_URL: database.url,
+  HD_STORAGE_ROOT: join(work, 'storage'),
+  HD_WORK_DIR: work,
+  HD_WORKER_ID: 'bench-extract',
+  HD_LOG_LEVEL: 'silent',
+});
+const db = openDb(config);
+try {
+  for (const pages of sizes) {
+    const pdf = textPdf(Array.from({ length: pages }, (_, i) => pageText(i)));
+    const file = join(work, `text-${pages}.pdf`);
+    await writeFile(file, pdf);
+    const ours: number[] = [];
+    const handler: number[] = [];
+    const anchor: number[] = [];
+    let peak = 0;
+    let chunks = 0;
+    for (let run = 0; run < runs; run += 1) {
+      anchor.push((await timed([...PIN, 'pdftotext', '-enc', 'UTF-8', file, '/dev/null'])).ms);
+      const job = await runJob(config, pdf, `text-${pages}.pdf`, PIN);
+      ours.push(job.ms);
+      // The handler's own time: download, extraction, chunking, the chunks' write.
+      handler.push(job.stats.duration_ms as number);
+      peak = Math.max(peak, job.peakMb);
+      chunks = job.stats.chunks as number;
+    }
+    const anchorRate = (pages * 1000) / b.median(anchor);
+    const rate = (pages * 1000) / b.median(ours);
+    const handlerRate = (pages * 1000) / b.median(handler);
+    const overhead = b.median(ours.map((ms, i) => ms - handler[i]!));
+    console.log(
+      `text ${String(pages).padStart(5)} pages: pdftotext ${b.fmt(anchorRate)} pages/s (${b.fmt(b.median(anchor))} ms)` +
+        ` | job ${b.fmt(rate)} pages/s = ${(rate / anchorRate).toFixed(2)}x (${b.fmt(b.median(ours))} ms)` +
+        ` | handler ${b.fmt(handlerRate)} pages/s = ${(handlerRate / anchorRate).toFixed(2)}x (${b.fmt(b.median(handler))} ms)` +
+        ` | fixed overhead ${b.fmt(overhead)} ms | runner peak RSS ${b.fmt(peak)} MB, ${chunks} chunks`,
+    );
+  }
+
+  // OCR: both cores, as the job gets them in a container (cpus: 2).
+  const scan = renderGray(textPdf([GERMAN.repeat(6)]), work);
+  const scanned = makePdf(Array.from({ length: ocrPages }, () => scan));
+  const scanFile = join(work, 'scan.pdf');
+  await writeFile(scanFile, scanned);
+  const ours: number[] = [];
+  const anchor: number[] = [];
+  let peak = 0;
+  for (let run = 0; run < runs; run += 1) {
+    anchor.push(await bareOcr(scanFile, ocrPages, config.HD_OCR_DPI, config.HD_OCR_LANGUAGES));
+    const job = await runJob(config, scanned, 'scan.pdf', []);
+    if (job.stats.ocr_pages !== ocrPages) throw new Error(`OCR of ${job.stats.ocr_pages} pages`);
+    ours.push(job.ms);
+    peak = Math.max(peak, job.peakMb);
+  }
+  const anchorRate = (ocrPages * 1000) / b.median(anchor);
+  const rate = (ocrPages * 1000) / b.median(ours);
+  console.log(
+    `ocr  ${ocrPages} scanned pages, ${availableParallelism()} cores: bare pdftoppm+tesseract ${anchorRate.toFixed(2)} pages/s | job ${rate.toFixed(2)} pages/s = ${(rate / anchorRate).toFixed(2)}x (runner peak RSS ${b.fmt(peak)} MB)`,
+  );
+} finally {
+  await db.close();
+  await database.stop();
+  await rm(work, { recursive: true, force: true });
 }
 
-async function main() {
-  if (!findTool('pdftotext')) throw new Error('pdftotext is needed: apt-get install poppler-utils');
-  const sizes = (process.env.HD_BENCH_PAGES ?? '20,200,1000').split(',').map(Number);
-  const runs = envInt('HD_BENCH_RUNS', 3);
-  const dir = await mkdtemp(join(tmpdir(), 'hd-bench-extract-'));
-  console.log(`extract bench: ${runs} run(s) each, pinned=${process.env.HD_BENCH_PINNED ?? '0'}`);
+/** One extract_text job for a one-file document, run by `hd-runner run` in its own process. */
+async function runJob(config: Config, pdf: Buffer, name: string, pin: string[]) {
+  const documentId = randomUUID();
+  const key = `accounts/${ACCOUNT}/documents/${documentId}/${name}`;
+  const path = join(config.HD_STORAGE_ROOT!, BUCKET, key);
+  await mkdir(join(path, '..'), { recursive: true });
+  await writeFile(path, pdf);
+  const admin = await b.connect(config.HD_DATABASE_URL!);
   try {
-    for (const pages of sizes) {
-      const file = join(dir, `doc-${pages}.pdf`);
-      await writeFile(file, textPdf(Array.from({ length: pages }, (_, i) => pageText(i))));
-      const ours: number[] = [];
-      const anchor: number[] = [];
-      let childRss = 0;
-      let anchorRss = 0;
-      let chunks = 0;
-      for (let run = 0; run < runs; run += 1) {
-        const a = await timePdftotext(file);
-        anchor.push(a.ms);
-        anchorRss = Math.max(anchorRss, a.peakKb);
-        const o = await timeOurs(file, pages);
-        ours.push(o.ms);
-        childRss = Math.max(childRss, o.peakKb);
-        chunks = o.chunks;
-      }
-      const ourRate = (pages * 1000) / median(ours);
-      const anchorRate = (pages * 1000) / median(anchor);
-      console.log(
-        [
-          `${String(pages).padStart(5)} pages:`,
-          `pdftotext ${anchorRate.toFixed(0)} pages/s (peak RSS ${(anchorRss / 1024).toFixed(0)} MB)`,
-          `| hd-runner ${ourRate.toFixed(0)} pages/s = ${(ourRate / anchorRate).toFixed(2)}x`,
-          `(parser peak RSS ${(childRss / 1024).toFixed(0)} MB, ${chunks} chunks)`,
-        ].join(' '),
-      );
-    }
-    console.log(`runner process peak RSS ${peakRssMb().toFixed(0)} MB`);
+    await admin.query(
+      `insert into hd_document_files (account_id, document_id, bucket, storage_path, mime_type, size_bytes)
+       values ($1, $2, $3, $4, 'application/pdf', $5)`,
+      [ACCOUNT, documentId, BUCKET, key, pdf.length],
+    );
   } finally {
-    await rm(dir, { recursive: true, force: true });
+    await admin.end();
   }
+  const job = await db.enqueueJob({
+    accountId: ACCOUNT,
+    jobType: 'extract_text',
+    documentId,
+    debug: {},
+  });
+  const run = await timed(
+    [...pin, process.execPath, '--import', REPORT_RSS, CLI, 'run', '--job-id', job.id],
+    configToEnv(config),
+  );
+  const done = await db.getJob(job.id);
+  if (done?.status !== 'completed') throw new Error(`job ${done?.status}: ${done?.error}`);
+  const peakKb = Number(/BENCH_MAX_RSS_KB=(\d+)/.exec(run.stderr)?.[1] ?? NaN);
+  return { ms: run.ms, peakMb: peakKb / 1024, stats: done.debug.stats as Record<string, unknown> };
+}
+
+/** Renders and OCRs every page as the job does, `cores` pages at once, one thread each. */
+async function bareOcr(file: string, pages: number, dpi: number, languages: string) {
+  const dir = await mkdtemp(join(work, 'bare-'));
+  const started = performance.now();
+  let next = 1;
+  const worker = async () => {
+    while (next <= pages) {
+      const page = next++;
+      const base = join(dir, `p${page}`);
+      // prettier-ignore
+      await timed(['pdftoppm', '-f', `${page}`, '-l', `${page}`, '-r', `${dpi}`, '-gray', '-png', '-singlefile', file, base]);
+      await timed(['tesseract', `${base}.png`, 'stdout', '-l', languages], {
+        OMP_THREAD_LIMIT: '1',
+      });
+    }
+  };
+  await Promise.all(Array.from({ length: availableParallelism() }, worker));
+  const ms = performance.now() - started;
+  await rm(dir, { recursive: true, force: true });
+  return ms;
+}
+
+/** Runs a command to its end: wall time and stderr; fails on a non-zero exit. */
+function timed(argv: string[], env: Record<string, string> = {}) {
+  const started = performance.now();
+  const child = spawn(argv[0]!, argv.slice(1), {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { PATH: process.env.PATH ?? '', ...env },
+  });
+  let stderr = '';
+  child.stderr.on('data', (part: Buffer) => (stderr += part.toString()));
+  return new Promise<{ ms: number; stderr: string }>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (code) =>
+      code === 0
+        ? resolve({ ms: performance.now() - started, stderr })
+        : reject(new Error(`${argv.join(' ')} exit ${code}: ${stderr.slice(-500)}`)),
+    );
+  });
 }
 
 /** About 2,500 characters of German-English prose per page, different on every page. */
@@ -79,48 +191,4 @@ function pageText(i: number): string {
     'Every figure was checked twice, and the totals agree with the ledger.',
   ];
   return Array.from({ length: 8 }, () => sentences.join(' ')).join(' ');
-}
-
-async function timeOurs(file: string, pages: number) {
-  const started = performance.now();
-  const texts: { num: number; text: string }[] = [];
-  const result = await extractPdfText(file, {
-    name: file,
-    maxPages: pages,
-    timeoutMs: 600_000,
-    maxMemoryMb: 1024,
-    signal: new AbortController().signal,
-    onPage: (page) => {
-      texts.push({ num: page.num, text: normalizeText(page.text) });
-    },
-  });
-  const joined = joinPages(texts);
-  const chunks = chunkText(joined.text, { targetChars: 1500, overlapChars: 200 }, joined.pages);
-  return { ms: performance.now() - started, peakKb: result.peakRssKb, chunks: chunks.length };
-}
-
-/** pdftotext's time and peak RSS (VmHWM sampled from /proc while it runs). */
-async function timePdftotext(file: string): Promise<{ ms: number; peakKb: number }> {
-  const started = performance.now();
-  const child = spawn('pdftotext', ['-enc', 'UTF-8', file, '-'], {
-    stdio: ['ignore', 'ignore', 'inherit'],
-  });
-  let peakKb = 0;
-  const sample = async () => {
-    try {
-      const status = await readFile(`/proc/${child.pid}/status`, 'utf8');
-      peakKb = Math.max(peakKb, Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0));
-    } catch {
-      // exited
-    }
-  };
-  const timer = setInterval(() => void sample(), 5);
-  await new Promise<void>((resolve, reject) => {
-    child.on('error', reject);
-    child.on('exit', (code) =>
-      code === 0 ? resolve() : reject(new Error(`pdftotext exit ${code}`)),
-    );
-  });
-  clearInterval(timer);
-  return { ms: performance.now() - started, peakKb };
 }

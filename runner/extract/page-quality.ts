@@ -12,7 +12,8 @@ export type PageText =
 const CONTROL = /[\u0000-\u0008\u000b\u000e-\u001f\u007f-\u009f]/gu;
 // Replacement character, private use areas: glyphs without a mapping to Unicode.
 const UNMAPPED = /[\ufffd\ue000-\uf8ff\u{f0000}-\u{10ffff}]/gu;
-const LETTER_OR_DIGIT = /[\p{L}\p{N}]/gu;
+// Counted by what is not a letter or digit: few matches on real text, so cheap.
+const NOT_LETTER_OR_DIGIT = /[^\p{L}\p{N}]/gu;
 
 /** Share of the visible characters that may be junk before the page is OCRed. */
 export const MAX_JUNK_SHARE = 0.1;
@@ -21,11 +22,11 @@ export const MIN_LETTER_SHARE = 0.35;
 
 export function judgePageText(raw: string): PageText {
   const visible = raw.replace(/\s+/gu, '');
-  const length = [...visible].length;
+  const length = visible.length;
   if (length === 0) return { usable: false, visible: 0, why: 'empty' };
   const count = (pattern: RegExp) => visible.match(pattern)?.length ?? 0;
   const junk = count(CONTROL) + count(UNMAPPED);
-  const letters = count(LETTER_OR_DIGIT);
+  const letters = length - count(NOT_LETTER_OR_DIGIT);
   // A few characters ("3", "–") are too few to judge by shares.
   const judged = length >= 8;
   if (junk / length > MAX_JUNK_SHARE || (judged && letters / length < MIN_LETTER_SHARE)) {
