@@ -45,6 +45,8 @@ let t: TestDatabase;
 let image: string;
 let script: string;
 let victim: AttackPlan['victim'];
+/** Another running job of A (its own document, no graph yet), for the graph-lock probe. */
+let graphJobOfA: LeasedJob;
 
 beforeAll(async () => {
   if (!d.available) return;
@@ -126,6 +128,7 @@ async function seedTenantA(): Promise<AttackPlan['victim']> {
     [ACCOUNT_A, completed.id, BUCKET, keyOf(ACCOUNT_A)],
   );
   const running = await claimed(ACCOUNT_A, documentId, 'victim-scheduler');
+  graphJobOfA = await claimed(ACCOUNT_A, randomUUID(), 'victim-scheduler');
   const queued = await t.db.enqueueJob({
     accountId: ACCOUNT_A,
     jobType: 'import_assets_jsonl',
@@ -197,6 +200,8 @@ async function attack(
     Launcher?: typeof DockerLauncher;
     /** Other ids of A to aim at (default: the seeded ones). */
     victim?: Partial<AttackPlan['victim']>;
+    /** Runs once the script is done, while its container (and its sessions) still live. */
+    whileRunning?: () => Promise<void>;
   } = {},
 ): Promise<Attack> {
   const job = await tenantBJob();
@@ -244,6 +249,7 @@ async function attack(
         `the attack container exited (${early.exitCode}) before its last attempt:\n${early.outputTail.join('\n')}`,
       );
     const info = await docker.getContainer(runner.id).inspect();
+    await options.whileRunning?.();
     runner.stop('shutdown'); // the script waits for SIGTERM once done
     return { plan, job, lines, info, exit: await exited };
   } finally {
@@ -251,6 +257,37 @@ async function attack(
     await exited;
   }
 }
+
+/**
+ * A's own graph write, done while B's attack container still holds its sessions. It waits
+ * at most 10 s for a lock: that is 10 s only where it is stalled, at once otherwise.
+ */
+async function graphWriteOfA(): Promise<string> {
+  const client = await t.sql.connect();
+  try {
+    await client.query(`set lock_timeout = '10s'`);
+    await client.query(`select * from hd_write_document_graph($1, $2, '[]', '[]')`, [
+      graphJobOfA.id,
+      graphJobOfA.lease_token,
+    ]);
+    return 'written';
+  } catch (error) {
+    return (error as Error).message;
+  } finally {
+    await client.query('reset lock_timeout');
+    client.release();
+  }
+}
+
+// FOUND BY THIS SUITE, reported (the fix is SQL): on the postgres transport a runner can take
+// any advisory lock (pg_advisory_lock is PUBLIC), and the graph writes of an account
+// serialize on pg_advisory_xact_lock(hashtextextended('hd_kg:' || account_id, 0)), a key
+// anyone can compute: B holds A's key and A's text2kg jobs wait until B's container ends.
+// Kept out of the main verdict and asserted by an `it.fails` below, which the fix turns
+// red: then fold it back in.
+const KNOWN_HOLES = ["hold A's graph lock"];
+const withoutKnownHoles = (wrong: string[]) =>
+  wrong.filter((w) => !KNOWN_HOLES.some((hole) => w.startsWith(`${hole}: `)));
 
 /** Every row of tenant A in every hd_ table with an account_id. */
 async function rowsOfA(): Promise<Record<string, unknown[]>> {
@@ -281,6 +318,7 @@ describe.skipIf(!d.available)(
       let access: RunnerAccess;
       let before: Record<string, unknown[]>;
       let result: Attack;
+      let graphWrite: string;
       const superPassword = () => decodeURIComponent(new URL(t.url).password);
 
       beforeAll(async () => {
@@ -295,7 +333,10 @@ describe.skipIf(!d.available)(
         });
         access = new RunnerAccess(config, t.db);
         before = await rowsOfA();
-        result = await attack(access, { storageRoot: root });
+        result = await attack(access, {
+          storageRoot: root,
+          whileRunning: async () => void (graphWrite = await graphWriteOfA()),
+        });
       }, 600_000);
 
       it('refuses every attempt, each for its own reason', async () => {
@@ -303,9 +344,21 @@ describe.skipIf(!d.available)(
           result.plan.tables.length + result.plan.functions.length,
         );
         const wrong = judge(result.lines, expectations('postgres', result, [superPassword()]));
-        expect(wrong).toEqual([]);
+        expect(withoutKnownHoles(wrong)).toEqual([]);
         expect(result.exit.exitCode).toBe(0);
       });
+
+      it.fails(
+        "KNOWN HOLE (reported): B holding A's graph lock does not stall A's graph writes",
+        () => {
+          expect(graphWrite).toBe('written');
+          expect(
+            judge(result.lines, expectations('postgres', result, [superPassword()])).filter(
+              (w) => withoutKnownHoles([w]).length === 0,
+            ),
+          ).toEqual([]);
+        },
+      );
 
       it("leaves A's rows as they were; B's outputs naming A land in B", async () => {
         expect(await rowsOfA()).toEqual(before);
@@ -418,7 +471,9 @@ describe.skipIf(!d.available)(
               victim: { runningJobId: target.id },
             });
             expect(
-              judge(forged.lines, expectations('postgres', forged, [superPassword()])),
+              withoutKnownHoles(
+                judge(forged.lines, expectations('postgres', forged, [superPassword()])),
+              ),
             ).toEqual([]);
             // A real cancel of the other job, sent after the forged notice: the scheduler gets
             // notices in commit order, so once it stopped that runner it has seen the forged one.
@@ -448,7 +503,9 @@ describe.skipIf(!d.available)(
             await t.sql.query('revoke select on public.hd_assets from hd_runner');
           }
           const wrong = judge(planted.lines, expectations('postgres', planted, [superPassword()]));
-          expect(wrong).toEqual([expect.stringMatching(/^read table hd_assets: succeeded: /)]);
+          expect(withoutKnownHoles(wrong)).toEqual([
+            expect.stringMatching(/^read table hd_assets: succeeded: /),
+          ]);
         },
         CONTAINERS_TIMEOUT,
       );
@@ -466,7 +523,7 @@ describe.skipIf(!d.available)(
           }
           const planted = await attack(access, { storageRoot: root, Launcher: WholeRoot });
           const wrong = judge(planted.lines, expectations('postgres', planted, [superPassword()]));
-          expect(wrong).toEqual([
+          expect(withoutKnownHoles(wrong)).toEqual([
             expect.stringMatching(/^list the accounts of the bucket: B alone, got \[.*"aaaaaaaa/),
             `read A's object: succeeded: "${A_OBJECT}"`,
             `read A's object through my folder and ..: succeeded: "${A_OBJECT}"`,

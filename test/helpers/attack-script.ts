@@ -271,6 +271,10 @@ if (pgDb) {
   await attempt("other sessions' queries", () =>
     sql(`select usename, query from pg_stat_activity where usename is distinct from current_user`),
   );
+  // A session lock outlives the call: held until this container's connection ends.
+  await attempt("hold A's graph lock", () =>
+    sql(`select pg_advisory_lock(hashtextextended('hd_kg:' || $1, 0))`, [v.account]),
+  );
   // NOTIFY needs no right at all: what counts is that no scheduler takes it for a cancel.
   await attempt("forge a cancel notice for A's running job", () =>
     sql(`select pg_notify('hd_jobs_cancelled', $1)`, [v.runningJobId]),

@@ -147,6 +147,9 @@ export function expectations(
         'every query hidden',
       ),
     );
+    e.set("hold A's graph lock", {
+      refused: exactly('permission denied for function pg_advisory_lock'),
+    });
     // Cannot be refused (NOTIFY needs no privilege); the scheduler must not believe it:
     // "a forged cancel notice …" below.
     e.set(
