@@ -8,7 +8,8 @@ import type { Logger } from '../control-plane/logger.ts';
  */
 export function isTransient(err: HdError): boolean {
   if (err.code === 'DATABASE_UNAVAILABLE') return true;
-  if (err.code === 'LEASE_LOST' || err.code === 'CANCELLED') return false;
+  // A lost lease, and a refusal that says so (PostgREST: unknown function, refused key).
+  if (!err.retryable) return false;
   const sqlstate = (err.cause as { code?: unknown } | undefined)?.code;
   return !(typeof sqlstate === 'string' && /^[0-9A-Z]{5}$/.test(sqlstate));
 }

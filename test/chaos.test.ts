@@ -16,12 +16,12 @@ import { ACCOUNT_A, ACCOUNT_B, jsonl, putObject, tempDir, testConfig } from './h
  * terminal, each completed exactly once with all its rows and its "job completed" log
  * line, no attempt spent for the platform's fault, no runner left, and every job of a
  * dead runner back in the queue within 30 s. Small here; full size for bench/RESULTS.md:
- * HD_CHAOS_JOBS=200 HD_CHAOS_FAULTS=30 HD_CHAOS_SEED=2 npx vitest run test/chaos.test.ts
+ * HD_CHAOS_JOBS=200 HD_CHAOS_FAULTS=40 HD_CHAOS_ROWS=2000 HD_CHAOS_SEED=2 npx vitest run test/chaos.test.ts
  */
 const JOBS = Number(process.env.HD_CHAOS_JOBS ?? 12);
 const FAULTS = Number(process.env.HD_CHAOS_FAULTS ?? 6);
 const SEED = Number(process.env.HD_CHAOS_SEED ?? 1);
-const ROWS = 3000;
+const ROWS = Number(process.env.HD_CHAOS_ROWS ?? 3000);
 const ACCOUNT_C = 'cccccccc-cccc-4ccc-8ccc-cccccccccccc';
 const WORKER = 'chaos-scheduler';
 const BACK_WITHIN_MS = 30_000;
