@@ -275,6 +275,13 @@ if (pgDb) {
   await attempt("hold A's graph lock", () =>
     sql(`select pg_advisory_lock(hashtextextended('hd_kg:' || $1, 0))`, [v.account]),
   );
+  // Every runner on this transport is role hd_runner (this database only: others are not ours).
+  await attempt("terminate another runner's session", () =>
+    sql(
+      `select pid, pg_terminate_backend(pid) as terminated from pg_stat_activity
+        where usename = current_user and datname = current_database() and pid <> pg_backend_pid()`,
+    ),
+  );
   // NOTIFY needs no right at all: what counts is that no scheduler takes it for a cancel.
   await attempt("forge a cancel notice for A's running job", () =>
     sql(`select pg_notify('hd_jobs_cancelled', $1)`, [v.runningJobId]),

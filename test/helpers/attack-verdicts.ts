@@ -147,6 +147,9 @@ export function expectations(
         'every query hidden',
       ),
     );
+    e.set("terminate another runner's session", {
+      refused: /^permission denied (to terminate process|for function pg_terminate_backend)/,
+    });
     e.set("hold A's graph lock", {
       refused: exactly('permission denied for function pg_advisory_lock'),
     });
