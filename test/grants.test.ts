@@ -24,9 +24,11 @@ const FUNCTIONS = parseMatrix(`
   hd__lock_down_functions             .    .             .         .            .
   hd__lock_leased_job                 .    .             .         .            .
   hd__notify_jobs_queued              .    .             .         .            .
+  hd__queued_groups                   .    .             .         .            .
   hd__remember_ended_lease            .    .             .         .            .
   hd__settle_failed_attempt           .    .             .         .            .
   hd__share_leased_job                .    .             .         .            .
+  hd__take_claim_lock                 .    .             .         .            .
   # take a lease token: a runner's whole reach
   hd_adopt_lease                      .    .             X         X            X
   hd_complete_job                     .    .             X         X            X
@@ -55,7 +57,9 @@ const FUNCTIONS = parseMatrix(`
   hd_reap_expired_leases              .    .             .         X            X
   hd_requeue_job                      .    .             .         X            X
   hd_retry_delay                      .    .             .         X            X
+  hd_set_account_limit                .    .             .         X            X
   hd_set_container_id                 .    .             .         X            X
+  hd_set_job_type_limit               .    .             .         X            X
 `);
 
 // Every table in schema public: s select, i insert, u update, d delete, t truncate
@@ -64,6 +68,7 @@ const FUNCTIONS = parseMatrix(`
 const TABLES = parseMatrix(`
   #                      anon authenticated hd_runner hd_scheduler service_role
   accounts_memberships    -    -             -         -            -
+  hd_account_limits       -    s             -         -            siudt
   hd_asset_chunks         -    s             -         -            siudt
   hd_assets               -    s             -         -            siudt
   hd_document_files       -    s             -         -            siudt
@@ -72,6 +77,7 @@ const TABLES = parseMatrix(`
   hd_interpretations      -    s             -         -            siudt
   hd_job_artifacts        -    s             -         -            siudt
   hd_job_logs             -    s             -         s            siudt
+  hd_job_type_limits      -    -             -         -            siudt
   hd_kg_edges             -    s             -         -            siudt
   hd_kg_nodes             -    s             -         -            siudt
   hd_schema_migrations    -    -             -         -            -
@@ -88,6 +94,7 @@ const SCHEMAS = parseMatrix(`
 
 // The tables members read through RLS: their account's rows only, nothing else.
 const MEMBER_READ_TABLES = [
+  'hd_account_limits',
   'hd_asset_chunks',
   'hd_assets',
   'hd_document_files',

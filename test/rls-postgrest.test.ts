@@ -26,6 +26,7 @@ async function seed(account: string) {
     await t.db.enqueueJob({ accountId: account, jobType: 'rls_probe', debug: { path: 'x' } })
   ).id;
   jobOf[account] = job;
+  await t.sql.query('select public.hd_set_account_limit($1, null, 2)', [account]);
   const doc = crypto.randomUUID();
   const file = await one(
     `insert into hd_document_files (account_id, document_id, storage_path) values ($1, $2, $3) returning id`,
@@ -76,7 +77,7 @@ async function seed(account: string) {
 async function hdTables(): Promise<string[]> {
   const { rows } = await t.sql.query<{ tablename: string }>(
     `select tablename from pg_tables where schemaname = 'public' and tablename like 'hd\\_%'
-        and tablename <> 'hd_schema_migrations' order by 1`,
+        and tablename <> 'hd_schema_migrations' and tablename <> 'hd_job_type_limits' order by 1`,
   );
   return rows.map((r) => r.tablename);
 }
