@@ -11,15 +11,26 @@
  *    both cores, against bare `pdftoppm` + `tesseract` on the same pages, as many at once
  *    as there are cores, one thread each.
  *
+ * 3. With HD_BENCH_CORPUS=DIR, every *.pdf in DIR, real-world files nobody here wrote, read
+ *    by the handler's PDF path (in this process) and by `pdftotext`: the outcome (error code),
+ *    pages and their layers, similarity to pdftotext (character 3-grams, Dice), pages/s
+ *    with and without OCR, peak RSS. The files stay out of the repository; get them with
+ *      git clone --depth 1 https://github.com/py-pdf/sample-files /tmp/corpus-src
+ *      git clone --depth 1 https://github.com/pdfminer/pdfminer.six /tmp/pdfminer
+ *      mkdir -p /tmp/corpus && find /tmp/corpus-src /tmp/pdfminer/samples -name '*.pdf' \
+ *        -size +0 -exec cp {} /tmp/corpus/ \;
+ *
  *   node bench/extract.ts   # HD_BENCH_PAGES=1,200,1000 HD_BENCH_OCR_PAGES=8 HD_BENCH_RUNS=3
+ *   HD_BENCH_CORPUS=/tmp/corpus HD_BENCH_PAGES= HD_BENCH_OCR_PAGES=0 node bench/extract.ts
  */
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { configToEnv, loadConfig, type Config } from '../control-plane/config.ts';
 import { openDb } from '../control-plane/open.ts';
+import { extractPdf } from '../runner/extract/pdf.ts';
 import { findTool } from '../runner/extract/tools.ts';
 import { GERMAN, renderGray, textPdf } from '../test/fixtures/documents.ts';
 import { makePdf } from '../test/fixtures/make-pdf.ts';
@@ -35,8 +46,9 @@ for (const tool of ['pdftotext', 'pdftoppm', 'tesseract']) {
   if (!findTool(tool))
     throw new Error(`${tool} is needed: apt-get install poppler-utils tesseract-ocr`);
 }
-const sizes = (process.env.HD_BENCH_PAGES ?? '1,200,1000').split(',').map(Number);
-const ocrPages = b.envInt('HD_BENCH_OCR_PAGES', 8);
+const sizes = (process.env.HD_BENCH_PAGES ?? '1,200,1000').split(',').filter(Boolean).map(Number);
+const ocrPages = process.env.HD_BENCH_OCR_PAGES === '0' ? 0 : b.envInt('HD_BENCH_OCR_PAGES', 8);
+const corpus = process.env.HD_BENCH_CORPUS;
 const runs = b.envInt('HD_BENCH_RUNS', 3);
 
 console.log(`# extract bench — ${b.machineLine()}, ${runs} run(s) each, pinned=${PIN.length > 0}`);
@@ -81,7 +93,16 @@ try {
     );
   }
 
-  // OCR: both cores, as the job gets them in a container (cpus: 2).
+  if (ocrPages > 0) await ocrBench();
+  if (corpus) await corpusBench(corpus);
+} finally {
+  await db.close();
+  await database.stop();
+  await rm(work, { recursive: true, force: true });
+}
+
+/** OCR: both cores, as the job gets them in a container (cpus: 2). */
+async function ocrBench() {
   const scan = renderGray(textPdf([GERMAN.repeat(6)]), work);
   const scanned = makePdf(Array.from({ length: ocrPages }, () => scan));
   const scanFile = join(work, 'scan.pdf');
@@ -101,10 +122,87 @@ try {
   console.log(
     `ocr  ${ocrPages} scanned pages, ${availableParallelism()} cores: bare pdftoppm+tesseract ${anchorRate.toFixed(2)} pages/s | job ${rate.toFixed(2)} pages/s = ${(rate / anchorRate).toFixed(2)}x (runner peak RSS ${b.fmt(peak)} MB)`,
   );
-} finally {
-  await db.close();
-  await database.stop();
-  await rm(work, { recursive: true, force: true });
+}
+
+/** Real-world PDFs through the handler's PDF path and through pdftotext, file by file. */
+async function corpusBench(dir: string) {
+  const files = (await readdir(dir)).filter((f) => f.toLowerCase().endsWith('.pdf')).sort();
+  const codes: Record<string, number> = {};
+  const totals = {
+    text: { pages: 0, ms: 0 },
+    ocr: { pages: 0, ms: 0 },
+    anchor: { pages: 0, ms: 0 },
+  };
+  const similarities: number[] = [];
+  for (const file of files) {
+    const path = join(dir, file);
+    const anchor = await timed(['pdftotext', '-enc', 'UTF-8', path, join(work, 'anchor.txt')]).then(
+      async (run) => ({ ms: run.ms, text: await readFile(join(work, 'anchor.txt'), 'utf8') }),
+      () => undefined,
+    );
+    const started = performance.now();
+    let line: string;
+    try {
+      const pdf = await extractPdf(path, {
+        name: file,
+        maxPages: config.HD_EXTRACT_MAX_PAGES,
+        parseTimeoutMs: config.HD_EXTRACT_PARSE_TIMEOUT_MS,
+        maxMemoryMb: config.HD_EXTRACT_MAX_MEMORY_MB,
+        ocr: 'auto',
+        ocrLanguages: config.HD_OCR_LANGUAGES,
+        ocrDpi: config.HD_OCR_DPI,
+        ocrMinChars: config.HD_OCR_MIN_CHARS,
+        ocrPageTimeoutMs: config.HD_OCR_PAGE_TIMEOUT_MS,
+        ocrConcurrency: Math.min(2, availableParallelism()),
+        signal: new AbortController().signal,
+        workDir: work,
+        onProgress: async () => {},
+      });
+      const ms = performance.now() - started;
+      const bucket = pdf.ocrTried > 0 ? totals.ocr : totals.text;
+      bucket.pages += pdf.pageCount;
+      bucket.ms += ms;
+      codes.completed = (codes.completed ?? 0) + 1;
+      const similarity = anchor ? dice(pdf.text, anchor.text) : NaN;
+      if (!Number.isNaN(similarity)) similarities.push(similarity);
+      if (anchor) {
+        totals.anchor.pages += pdf.pageCount;
+        totals.anchor.ms += anchor.ms;
+      }
+      const layers = pdf.layers.reduce<Record<string, number>>(
+        (n, layer) => ({ ...n, [layer]: (n[layer] ?? 0) + 1 }),
+        {},
+      );
+      line = `completed ${pdf.pageCount} p ${JSON.stringify(layers)} ${b.fmt(ms)} ms, 3-gram similarity ${similarity.toFixed(2)}`;
+    } catch (error) {
+      const code = (error as { code?: string }).code ?? 'THROWN';
+      codes[code] = (codes[code] ?? 0) + 1;
+      line = `${code}: ${(error as Error).message}`;
+    }
+    console.log(`  ${file.padEnd(40)} ${line} | pdftotext ${anchor ? 'ok' : 'failed'}`);
+  }
+  const rate = (t: { pages: number; ms: number }) => ((t.pages * 1000) / t.ms).toFixed(1);
+  console.log(
+    `corpus ${files.length} files: ${JSON.stringify(codes)}; pages/s without OCR ${rate(totals.text)}, with OCR ${rate(totals.ocr)}, pdftotext ${rate(totals.anchor)};` +
+      ` similarity to pdftotext median ${b.median(similarities).toFixed(2)}, min ${Math.min(...similarities).toFixed(2)};` +
+      ` peak RSS of this process ${b.fmt(b.peakRssMb())} MB`,
+  );
+}
+
+/** Dice coefficient of the character 3-gram sets, white space collapsed. */
+function dice(a: string, b2: string): number {
+  const grams = (text: string) => {
+    const flat = text.replace(/\s+/g, ' ').trim();
+    const set = new Set<string>();
+    for (let i = 0; i + 3 <= flat.length; i += 1) set.add(flat.slice(i, i + 3));
+    return set;
+  };
+  const x = grams(a);
+  const y = grams(b2);
+  if (x.size + y.size === 0) return 1;
+  let shared = 0;
+  for (const gram of x) if (y.has(gram)) shared += 1;
+  return (2 * shared) / (x.size + y.size);
 }
 
 /** One extract_text job for a one-file document, run by `hd-runner run` in its own process. */

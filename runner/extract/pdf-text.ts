@@ -173,8 +173,12 @@ export function damagedPdf(name: string, cause?: unknown): HdError {
   return new HdError(
     'INVALID_INPUT',
     `${name}: the file is not a readable PDF; it may be truncated or damaged`,
-    { cause },
+    { cause, details: { pdf: 'damaged' } },
   );
+}
+
+export function isDamagedPdf(error: unknown): boolean {
+  return error instanceof HdError && error.details?.pdf === 'damaged';
 }
 
 /** Resident memory of a process in KiB (Linux); 0 where /proc is not there. */

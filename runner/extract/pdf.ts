@@ -2,7 +2,7 @@ import { HdError } from '../../contract/errors.ts';
 import type { PageStart } from './chunker.ts';
 import { ocrDpi, ocrPdfPage } from './ocr.ts';
 import { judgePageText } from './page-quality.ts';
-import { damagedPdf, extractPdfText, passwordProtected } from './pdf-text.ts';
+import { damagedPdf, extractPdfText, isDamagedPdf, passwordProtected } from './pdf-text.ts';
 import { PdfPasswordError, pagesWithImages, pdfInfo, pdfToText, type PdfInfo } from './poppler.ts';
 import { joinPages, normalizeText, visibleLength } from './text.ts';
 import { ToolFailure, type ToolLimits } from './tools.ts';
@@ -63,11 +63,13 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
   if (total === 0) throw new HdError('INVALID_INPUT', `${name}: the PDF has no pages`);
 
   let judged = raw.map(judgePageText);
+  let secondOpinionFailed: unknown;
   const doubtful = pagesWhere(judged, (j) => !j.usable);
   if (layer.source === 'poppler' && doubtful.length > 0) {
     // pdf.js decodes some fonts poppler does not, and the other way round.
     const second = await readWithPdfParse(path, settings, doubtful).catch((error: unknown) => {
       if (settings.signal.aborted) throw error;
+      secondOpinionFailed = error;
       return undefined; // poppler's reading stands
     });
     if (second) {
@@ -132,7 +134,11 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
   });
 
   const joined = joinPages(texts.map((text, i) => ({ num: i + 1, text })));
-  if (joined.text === '') throw noText(name, total, layers, toOcr.length, settings);
+  if (joined.text === '') {
+    // poppler found pages but no text on them, and pdf.js could not read the file at all.
+    if (isDamagedPdf(secondOpinionFailed)) throw damagedPdf(name, secondOpinionFailed);
+    throw noText(name, total, layers, toOcr.length, settings);
+  }
   return { ...joined, pageCount: total, layers, ocrTried: toOcr.length, parserPeakRssKb };
 }
 
@@ -161,11 +167,7 @@ async function readTextLayer(path: string, settings: PdfSettings, limits: ToolLi
       };
     } catch (second) {
       // Both readers refused: say it once, keep both reasons for the log.
-      if (
-        second instanceof HdError &&
-        second.code === 'INVALID_INPUT' &&
-        /not a readable/.test(second.message)
-      ) {
+      if (isDamagedPdf(second)) {
         throw damagedPdf(name, new AggregateError([error, second], 'poppler and pdf-parse'));
       }
       throw second;

@@ -34,7 +34,9 @@ export async function pdfInfo(path: string, lastPage: number, limits: ToolLimits
 export async function pdfToText(path: string, pages: number, limits: ToolLimits) {
   const { stdout } = await poppler(
     'pdftotext',
-    ['-enc', 'UTF-8', '-f', '1', '-l', String(pages), path, '-'],
+    // -q: a damaged file can make poppler write megabytes of warnings; pdfinfo ran first
+    // and said what was wrong with it.
+    ['-q', '-enc', 'UTF-8', '-f', '1', '-l', String(pages), path, '-'],
     limits,
   );
   const texts = stdout.split('\f');
@@ -52,7 +54,7 @@ export async function pagesWithImages(path: string, pages: readonly number[], li
   const last = Math.max(...pages);
   const { stdout } = await poppler(
     'pdfimages',
-    ['-list', '-f', String(first), '-l', String(last), path],
+    ['-q', '-list', '-f', String(first), '-l', String(last), path],
     limits,
   );
   const found = new Set<number>();
