@@ -22,6 +22,8 @@ export const configSchema = z.object({
   HD_DATABASE_URL: z.string().url().optional(),
   /** Pool size per process. Default 4. */
   HD_DATABASE_POOL_SIZE: positiveInt.default(4),
+  /** Session connection for LISTEN wake-ups (postgres transport): a direct or session-mode URL when HD_DATABASE_URL is a transaction pooler, or `off` to poll only. Default: HD_DATABASE_URL. */
+  HD_LISTEN_DATABASE_URL: z.union([z.literal('off'), z.string().url()]).optional(),
   /** Supabase project URL, e.g. https://<ref>.supabase.co (supabase transport/storage). No default. */
   SUPABASE_URL: z.string().url().optional(),
   /** Supabase service-role key (supabase transport/storage); a secret, never logged. No default. */
@@ -64,6 +66,8 @@ export const configSchema = z.object({
   HD_WORKER_ID: z.string().min(1).default(`${hostname()}:${process.pid}`),
   /** Jobs run at once by the scheduler. Default 2. */
   HD_SLOTS: positiveInt.default(2),
+  /** Jobs one account may run at once on all hosts together, unless hd_account_limits says otherwise (set it alike on every host). Default: no limit. */
+  HD_ACCOUNT_MAX_RUNNING: positiveInt.optional(),
   /** Comma-separated job types to claim. Default: all (unknown types then fail loudly). */
   HD_JOB_TYPES: csv.optional(),
   /** Lease length in seconds; runners heartbeat at a third of it. Default 60. */

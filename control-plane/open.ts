@@ -39,7 +39,12 @@ export function openDb(
     });
   }
   const connectionString = requireSetting(config, 'HD_DATABASE_URL', 'for the postgres transport');
-  return new PostgresDb({ connectionString, poolSize: config.HD_DATABASE_POOL_SIZE });
+  return new PostgresDb({
+    connectionString,
+    poolSize: config.HD_DATABASE_POOL_SIZE,
+    listenConnectionString:
+      config.HD_LISTEN_DATABASE_URL === 'off' ? null : config.HD_LISTEN_DATABASE_URL,
+  });
 }
 
 /** The configured storage backend. */

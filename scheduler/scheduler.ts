@@ -275,6 +275,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
             jobTypes: plan.jobTypes,
             limit: Math.min(plan.limit, free),
             leaseSeconds: this.#config.HD_LEASE_SECONDS,
+            accountMaxRunning: this.#config.HD_ACCOUNT_MAX_RUNNING,
           });
           for (const job of jobs) this.#supervise(job as LeasedJob);
           free -= jobs.length;

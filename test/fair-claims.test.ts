@@ -108,6 +108,17 @@ it('holds max_running per account: the table, else the default the claimer passe
   expect(tally(await claim(10, { accountMax: 3 }))).toEqual({ [A]: 2, [B]: 3 });
 });
 
+it('takes the default limit from the claimer (HD_ACCOUNT_MAX_RUNNING through the transport)', async () => {
+  await enqueue(A, 5);
+  const jobs = await t.db.claimJobs({
+    workerId: 'w',
+    limit: 5,
+    leaseSeconds: 60,
+    accountMaxRunning: 2,
+  });
+  expect(jobs.map((j) => j.account_id)).toEqual([A, A]);
+});
+
 it('holds a job type limit over all accounts, and claims other types past it', async () => {
   await enqueue(A, 10, { jobType: 'extract_interpretations' });
   await enqueue(B, 10, { jobType: 'extract_interpretations' });

@@ -39,11 +39,25 @@ function toJob(row: Record<string, unknown>): Job {
  */
 export class PostgresDb implements ControlPlaneDb {
   readonly pool: pg.Pool;
-  readonly #connectionString: string;
+  readonly #listenConnectionString: string | null;
   readonly #listeners = new Set<pg.Client>();
 
-  constructor(options: { connectionString: string; poolSize?: number; pool?: pg.Pool }) {
-    this.#connectionString = options.connectionString;
+  /**
+   * `listenConnectionString`: where LISTEN runs, on a session of its own (default: the
+   * pool's database). A transaction pooler (PgBouncer, Supabase's port 6543) hands each
+   * transaction another server session, so a LISTEN there hears nothing: give a direct or
+   * session-mode URL, or null to rely on polling.
+   */
+  constructor(options: {
+    connectionString: string;
+    poolSize?: number;
+    pool?: pg.Pool;
+    listenConnectionString?: string | null;
+  }) {
+    this.#listenConnectionString =
+      options.listenConnectionString === undefined
+        ? options.connectionString
+        : options.listenConnectionString;
     this.pool =
       options.pool ??
       new pg.Pool({
@@ -68,13 +82,17 @@ export class PostgresDb implements ControlPlaneDb {
   }
 
   claimJobs(o: ClaimOptions): Promise<Job[]> {
-    return this.#rows('select * from public.hd_claim_jobs($1, $2, $3, $4, $5)', [
-      o.workerId,
-      o.jobTypes ?? null,
-      o.limit ?? 1,
-      o.leaseSeconds,
-      o.jobId ?? null,
-    ]);
+    return this.#rows(
+      'select * from public.hd_claim_jobs($1, $2, $3, $4, $5, p_account_max_running => $6)',
+      [
+        o.workerId,
+        o.jobTypes ?? null,
+        o.limit ?? 1,
+        o.leaseSeconds,
+        o.jobId ?? null,
+        o.accountMaxRunning ?? null,
+      ],
+    );
   }
 
   async heartbeat(jobId: string, leaseToken: string, leaseSeconds: number): Promise<Date> {
@@ -330,12 +348,14 @@ export class PostgresDb implements ControlPlaneDb {
   }
 
   async listen(onWake: (reason: WakeReason) => void): Promise<() => Promise<void>> {
+    const connectionString = this.#listenConnectionString;
+    if (connectionString === null) return async () => {}; // polling only
     let stopped = false;
     let client: pg.Client | undefined;
     let retry: NodeJS.Timeout | undefined;
     const connect = async () => {
       const c = new pg.Client({
-        connectionString: this.#connectionString,
+        connectionString,
         application_name: 'hd-runner-listen',
       });
       c.on('notification', (msg) => {

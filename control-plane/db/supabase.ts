@@ -115,6 +115,7 @@ export class SupabaseDb extends SupabaseOutputCalls implements ControlPlaneDb {
       p_limit: o.limit ?? 1,
       p_lease_seconds: o.leaseSeconds,
       p_job_id: o.jobId ?? null,
+      p_account_max_running: o.accountMaxRunning ?? null,
     });
   }
 

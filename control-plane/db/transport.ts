@@ -7,6 +7,8 @@ export interface ClaimOptions {
   leaseSeconds: number;
   /** Claim exactly this job (ignores run_after), for `hd-runner run --job-id`. */
   jobId?: string;
+  /** Most jobs running at once for an account without a row in hd_account_limits. */
+  accountMaxRunning?: number | undefined;
 }
 
 export interface Failure {
