@@ -271,15 +271,33 @@ if (pgDb) {
   await attempt("other sessions' queries", () =>
     sql(`select usename, query from pg_stat_activity where usename is distinct from current_user`),
   );
-  // A session lock outlives the call: held until this container's connection ends.
-  await attempt("hold A's graph lock", () =>
-    sql(`select pg_advisory_lock(hashtextextended('hd_kg:' || $1, 0))`, [v.account]),
-  );
+  // Whatever an advisory lock's key is derived from, pg_locks shows it to every session: take
+  // those other sessions hold (A's graph write holds one now), as session locks, kept until
+  // this container's connection ends. The `learned` line tells the test to let A go on.
+  await attempt('take the advisory locks other sessions hold', async () => {
+    const held = (await sql(
+      `select distinct classid::bigint as hi, objid::bigint as lo from pg_locks
+        where locktype = 'advisory' and granted and objsubid = 1 and pid <> pg_backend_pid()
+          and database = (select oid from pg_database where datname = current_database())`,
+    )) as { hi: string; lo: string }[];
+    console.log(JSON.stringify({ learned: held.length }));
+    for (const { hi, lo } of held)
+      await sql('select pg_advisory_lock(($1::bigint << 32) | $2::bigint)', [hi, lo]);
+    return held.length;
+  });
   // Every runner on this transport is role hd_runner (this database only: others are not ours).
   await attempt("terminate another runner's session", () =>
     sql(
       `select pid, pg_terminate_backend(pid) as terminated from pg_stat_activity
         where usename = current_user and datname = current_database() and pid <> pg_backend_pid()`,
+    ),
+  );
+  // Role defaults apply to every later session of the role, of every tenant's runner. Only in
+  // this test's database and harmless here; the test undoes it.
+  await attempt("set a default for every runner's sessions", () =>
+    sql(
+      `do $$ begin execute format('alter role %I in database %I set application_name = %L',
+         current_user, current_database(), 'planted by B'); end $$`,
     ),
   );
   // NOTIFY needs no right at all: what counts is that no scheduler takes it for a cancel.
