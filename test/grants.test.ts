@@ -19,8 +19,11 @@ const FUNCTIONS = parseMatrix(`
   #                                  anon authenticated hd_runner hd_scheduler service_role
   has_role_on_account                 .    X             .         .            X
   # internal helpers: only the functions that use them (running as their owner) call them
+  hd__apply_batch_deltas              .    .             .         .            .
   hd__assert_runner_job               .    .             .         .            .
+  hd__batch_bucket                    .    .             .         .            .
   hd__chunk_sha256                    .    .             .         .            .
+  hd__count_batch_jobs                .    .             .         .            .
   hd__lock_down_functions             .    .             .         .            .
   hd__lock_leased_job                 .    .             .         .            .
   hd__notify_jobs_queued              .    .             .         .            .
@@ -49,12 +52,15 @@ const FUNCTIONS = parseMatrix(`
   hd_write_document_graph             .    .             X         X            X
   # the scheduler's: claim, queue control, logs, batches, reports
   hd_append_job_logs                  .    .             .         X            X
+  hd_cancel_batch                     .    .             .         X            X
   hd_cancel_job                       .    .             .         X            X
   hd_claim_jobs                       .    .             .         X            X
   hd_complete_jobs                    .    .             .         X            X
   hd_doctor_report                    .    .             .         X            X
+  hd_enqueue_batch                    .    .             .         X            X
   hd_enqueue_job                      .    .             .         X            X
   hd_reap_expired_leases              .    .             .         X            X
+  hd_requeue_batch                    .    .             .         X            X
   hd_requeue_job                      .    .             .         X            X
   hd_retry_delay                      .    .             .         X            X
   hd_set_account_limit                .    .             .         X            X
@@ -71,6 +77,7 @@ const TABLES = parseMatrix(`
   hd_account_limits       -    s             -         -            siudt
   hd_asset_chunks         -    s             -         -            siudt
   hd_assets               -    s             -         -            siudt
+  hd_batches              -    s             -         s            siudt
   hd_document_files       -    s             -         -            siudt
   hd_dynamics             -    s             -         -            siudt
   hd_ingestion_jobs       -    s             -         s            siudt
@@ -97,6 +104,7 @@ const MEMBER_READ_TABLES = [
   'hd_account_limits',
   'hd_asset_chunks',
   'hd_assets',
+  'hd_batches',
   'hd_document_files',
   'hd_dynamics',
   'hd_ingestion_jobs',

@@ -96,6 +96,7 @@ describe('row level security', () => {
       );
       await t.sql.query(SEED_OUTPUTS, [account, job.id]);
       await t.sql.query('select public.hd_set_account_limit($1, null, 2)', [account]);
+      await t.sql.query(`insert into hd_batches (account_id, name) values ($1, 'rls')`, [account]);
     }
   });
 

@@ -27,6 +27,10 @@ async function seed(account: string) {
   ).id;
   jobOf[account] = job;
   await t.sql.query('select public.hd_set_account_limit($1, null, 2)', [account]);
+  await one(
+    `select id from hd_enqueue_batch($1, 'rls', '[{"job_type": "rls_batch_probe", "debug": {"path": "x"}}]')`,
+    [account],
+  );
   const doc = crypto.randomUUID();
   const file = await one(
     `insert into hd_document_files (account_id, document_id, storage_path) values ($1, $2, $3) returning id`,

@@ -1,0 +1,314 @@
+-- 00013: batches. A batch is a set of jobs enqueued together (all or none) whose counts
+-- by state and status the database keeps exact itself, so no client ever recounts.
+--
+-- Counts are kept by statement-level triggers on hd_ingestion_jobs, whoever changes a
+-- job (claim, complete, fail, retry, reap, release, requeue, cancel, or a direct write by
+-- the web app): the functions of 00003-00012 stay as they are. Statement-level, so that a
+-- statement touching jobs of several batches (a claim of N jobs, hd_complete_jobs, a
+-- reaper pass) locks their batch rows once each and in id order: row-level triggers would
+-- lock them in row order and two such statements could deadlock. Re-runnable.
+
+create table if not exists public.hd_batches (
+  id uuid primary key default gen_random_uuid(),
+  account_id uuid not null,
+  name text not null check (length(name) between 1 and 200),
+  -- Caller's key: enqueueing the same batch again returns the first one, nothing added.
+  idempotency_key text check (length(idempotency_key) between 1 and 200),
+  -- active while any job is queued or running; then failed (a job failed for good),
+  -- cancelled (none failed, one was cancelled) or completed.
+  status text not null default 'active'
+    check (status in ('active', 'completed', 'failed', 'cancelled')),
+  total integer not null default 0,
+  queued integer not null default 0,
+  running integer not null default 0,
+  completed integer not null default 0,
+  failed integer not null default 0,
+  cancelled integer not null default 0,
+  percent numeric(5, 2) generated always as (
+    case when total = 0 then 0
+         else round(100.0 * (completed + failed + cancelled) / total, 2) end) stored,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  finished_at timestamptz,
+  unique (account_id, idempotency_key),
+  -- The triggers below keep these true; a wrong delta is an error, not a silent drift.
+  check (least(total, queued, running, completed, failed, cancelled) >= 0
+         and queued + running + completed + failed + cancelled = total)
+);
+create index if not exists hd_batches_account_created_idx
+  on public.hd_batches (account_id, created_at desc);
+
+alter table public.hd_ingestion_jobs
+  add column if not exists batch_id uuid references public.hd_batches (id);
+create index if not exists hd_ingestion_jobs_batch_idx
+  on public.hd_ingestion_jobs (batch_id, status) where batch_id is not null;
+
+-- RLS as for jobs: members read their account's batches; the functions write.
+alter table public.hd_batches enable row level security;
+drop policy if exists hd_members_read on public.hd_batches;
+create policy hd_members_read on public.hd_batches for select to authenticated
+  using (public.has_role_on_account(account_id));
+revoke all on public.hd_batches from anon, authenticated, hd_runner;
+grant select on public.hd_batches to authenticated, hd_scheduler;
+grant all on public.hd_batches to service_role;
+
+-- Which count a job is in. A cancelled job is failed with CANCELLED (00003).
+create or replace function public.hd__batch_bucket(p_status text, p_error_code text)
+returns text
+language sql immutable
+as $$
+  select case when p_status = 'failed' and p_error_code = 'CANCELLED' then 'cancelled'
+              else p_status end
+$$;
+
+-- Applies per-row deltas (batch_id, bucket, +1/-1) to the batches they name and settles
+-- each batch's status from its counts.
+create or replace function public.hd__apply_batch_deltas(p_deltas jsonb)
+returns void
+language plpgsql volatile
+as $$
+begin
+  with d as (
+    select (e ->> 'batch_id')::uuid as batch_id, e ->> 'bucket' as bucket,
+           (e ->> 'delta')::integer as delta
+      from jsonb_array_elements(p_deltas) as e
+  ), sums as (
+    select batch_id, sum(delta) as total,
+           sum(delta) filter (where bucket = 'queued') as queued,
+           sum(delta) filter (where bucket = 'running') as running,
+           sum(delta) filter (where bucket = 'completed') as completed,
+           sum(delta) filter (where bucket = 'failed') as failed,
+           sum(delta) filter (where bucket = 'cancelled') as cancelled
+      from d group by batch_id
+  ), locked as (
+    select b.id from public.hd_batches b join sums s on s.batch_id = b.id
+     order by b.id for update of b
+  )
+  update public.hd_batches b
+     set total = b.total + s.total,
+         queued = b.queued + coalesce(s.queued, 0),
+         running = b.running + coalesce(s.running, 0),
+         completed = b.completed + coalesce(s.completed, 0),
+         failed = b.failed + coalesce(s.failed, 0),
+         cancelled = b.cancelled + coalesce(s.cancelled, 0),
+         updated_at = now()
+    from sums s
+   where b.id = s.batch_id and b.id in (select id from locked);
+
+  -- Status from the counts just written (same transaction, rows still locked).
+  update public.hd_batches b
+     set status = case when b.queued + b.running > 0 then 'active'
+                       when b.failed > 0 then 'failed'
+                       when b.cancelled > 0 then 'cancelled'
+                       else 'completed' end,
+         finished_at = case when b.queued + b.running > 0 then null
+                            else coalesce(b.finished_at, now()) end
+   where b.id in (select distinct (e ->> 'batch_id')::uuid from jsonb_array_elements(p_deltas) e)
+     and b.status is distinct from
+         case when b.queued + b.running > 0 then 'active'
+              when b.failed > 0 then 'failed'
+              when b.cancelled > 0 then 'cancelled'
+              else 'completed' end;
+end
+$$;
+
+-- Runs as its owner: the web app (service_role) writes jobs directly, and the helpers
+-- above are callable by no role.
+create or replace function public.hd__count_batch_jobs()
+returns trigger
+language plpgsql security definer set search_path = ''
+as $$
+declare
+  v_deltas jsonb;
+begin
+  if tg_op = 'INSERT' then
+    select jsonb_agg(jsonb_build_object('batch_id', n.batch_id, 'delta', 1,
+             'bucket', public.hd__batch_bucket(n.status, n.error_code)))
+      into v_deltas from new_rows n where n.batch_id is not null;
+  elsif tg_op = 'DELETE' then
+    select jsonb_agg(jsonb_build_object('batch_id', o.batch_id, 'delta', -1,
+             'bucket', public.hd__batch_bucket(o.status, o.error_code)))
+      into v_deltas from old_rows o where o.batch_id is not null;
+  else
+    -- Only rows whose bucket or batch changed; heartbeats and progress add nothing.
+    select jsonb_agg(x.delta) into v_deltas from (
+      select jsonb_build_object('batch_id', o.batch_id, 'delta', -1,
+               'bucket', public.hd__batch_bucket(o.status, o.error_code)) as delta
+        from old_rows o join new_rows n on n.id = o.id
+       where o.batch_id is not null
+         and (o.batch_id is distinct from n.batch_id
+              or public.hd__batch_bucket(o.status, o.error_code)
+                 <> public.hd__batch_bucket(n.status, n.error_code))
+      union all
+      select jsonb_build_object('batch_id', n.batch_id, 'delta', 1,
+               'bucket', public.hd__batch_bucket(n.status, n.error_code))
+        from old_rows o join new_rows n on n.id = o.id
+       where n.batch_id is not null
+         and (o.batch_id is distinct from n.batch_id
+              or public.hd__batch_bucket(o.status, o.error_code)
+                 <> public.hd__batch_bucket(n.status, n.error_code))) x;
+  end if;
+  if v_deltas is not null then
+    perform public.hd__apply_batch_deltas(v_deltas);
+  end if;
+  return null;
+end
+$$;
+
+drop trigger if exists hd_ingestion_jobs_batch_insert on public.hd_ingestion_jobs;
+create trigger hd_ingestion_jobs_batch_insert
+  after insert on public.hd_ingestion_jobs
+  referencing new table as new_rows
+  for each statement execute function public.hd__count_batch_jobs();
+drop trigger if exists hd_ingestion_jobs_batch_update on public.hd_ingestion_jobs;
+create trigger hd_ingestion_jobs_batch_update
+  after update on public.hd_ingestion_jobs
+  referencing old table as old_rows new table as new_rows
+  for each statement execute function public.hd__count_batch_jobs();
+drop trigger if exists hd_ingestion_jobs_batch_delete on public.hd_ingestion_jobs;
+create trigger hd_ingestion_jobs_batch_delete
+  after delete on public.hd_ingestion_jobs
+  referencing old table as old_rows
+  for each statement execute function public.hd__count_batch_jobs();
+
+-- Enqueues a batch: p_jobs is a JSON array of {job_type, debug, document_id, priority,
+-- max_attempts, run_after}, each the arguments of hd_enqueue_job. All or none. With a key
+-- already used by the account, returns that batch and adds nothing (a retried request).
+create or replace function public.hd_enqueue_batch(
+  p_account_id uuid, p_name text, p_jobs jsonb, p_idempotency_key text default null,
+  p_now timestamptz default now())
+returns public.hd_batches
+language plpgsql volatile
+as $$
+declare
+  v_batch public.hd_batches;
+  v_job jsonb;
+  v_index integer := 0;
+begin
+  if p_account_id is null then
+    raise exception 'hd_enqueue_batch: account id is required' using errcode = '22023';
+  end if;
+  if jsonb_typeof(p_jobs) is distinct from 'array' or jsonb_array_length(p_jobs) = 0 then
+    raise exception 'hd_enqueue_batch: jobs must be a non-empty JSON array' using errcode = '22023';
+  end if;
+  if jsonb_array_length(p_jobs) > 10000 then
+    raise exception 'hd_enqueue_batch: % jobs, at most 10000 in one batch',
+      jsonb_array_length(p_jobs) using errcode = '22023';
+  end if;
+  for v_job in select * from jsonb_array_elements(p_jobs) loop
+    if jsonb_typeof(v_job) is distinct from 'object'
+       or jsonb_typeof(v_job -> 'job_type') is distinct from 'string'
+       or length(v_job ->> 'job_type') = 0 then
+      raise exception 'hd_enqueue_batch: job % has no job_type', v_index using errcode = '22023';
+    end if;
+    if jsonb_typeof(coalesce(v_job -> 'debug', '{}'::jsonb)) <> 'object' then
+      raise exception 'hd_enqueue_batch: job %: debug must be a JSON object', v_index
+        using errcode = '22023';
+    end if;
+    v_index := v_index + 1;
+  end loop;
+
+  insert into public.hd_batches (account_id, name, idempotency_key, created_at, updated_at)
+  values (p_account_id, p_name, p_idempotency_key, p_now, p_now)
+  on conflict (account_id, idempotency_key) do nothing
+  returning * into v_batch;
+  if v_batch.id is null then
+    select * into v_batch from public.hd_batches
+     where account_id = p_account_id and idempotency_key = p_idempotency_key;
+    return v_batch;
+  end if;
+
+  -- One statement: the insert trigger counts the batch's jobs once, and wakes schedulers.
+  insert into public.hd_ingestion_jobs
+    (account_id, document_id, job_type, debug, priority, max_attempts, run_after, batch_id)
+  select p_account_id, (j ->> 'document_id')::uuid, j ->> 'job_type',
+         coalesce(j -> 'debug', '{}'::jsonb), coalesce((j ->> 'priority')::integer, 0),
+         greatest(coalesce((j ->> 'max_attempts')::integer, 3), 1),
+         coalesce((j ->> 'run_after')::timestamptz, p_now), v_batch.id
+    from jsonb_array_elements(p_jobs) with ordinality as t(j, n)
+   order by n;
+
+  select * into v_batch from public.hd_batches where id = v_batch.id;
+  return v_batch;
+end
+$$;
+
+-- Cancels every queued or running job of the batch, as hd_cancel_job does one; the
+-- NOTIFY per job lets schedulers stop the running ones at once.
+create or replace function public.hd_cancel_batch(
+  p_batch_id uuid, p_reason text default 'batch cancelled by operator',
+  p_now timestamptz default now())
+returns public.hd_batches
+language plpgsql volatile
+as $$
+declare
+  v_batch public.hd_batches;
+  v_id uuid;
+begin
+  perform 1 from public.hd_batches where id = p_batch_id;
+  if not found then
+    raise exception 'batch % not found', p_batch_id using errcode = 'HDN01';
+  end if;
+  for v_id in
+    with picked as (
+      select id from public.hd_ingestion_jobs
+       where batch_id = p_batch_id and status in ('queued', 'running')
+       order by id for update
+    )
+    update public.hd_ingestion_jobs j
+       set status = 'failed', error_code = 'CANCELLED',
+           error = coalesce(p_reason, 'batch cancelled'),
+           error_details = jsonb_build_object('retryable', false, 'attempt', j.attempts,
+                                              'failed_at', p_now),
+           finished_at = p_now, lease_token = null, lease_expires_at = null, updated_at = p_now
+      from picked where j.id = picked.id
+    returning j.id
+  loop
+    perform pg_notify('hd_jobs_cancelled', v_id::text);
+  end loop;
+  select * into v_batch from public.hd_batches where id = p_batch_id;
+  return v_batch;
+end
+$$;
+
+-- Requeues the batch's failed and cancelled jobs, as hd_requeue_job does one (attempts
+-- restart at 0); completed jobs stay done, queued and running ones are left alone.
+create or replace function public.hd_requeue_batch(
+  p_batch_id uuid, p_now timestamptz default now())
+returns public.hd_batches
+language plpgsql volatile
+as $$
+declare
+  v_batch public.hd_batches;
+  v_type text;
+begin
+  perform 1 from public.hd_batches where id = p_batch_id;
+  if not found then
+    raise exception 'batch % not found', p_batch_id using errcode = 'HDN01';
+  end if;
+  for v_type in
+    with picked as (
+      select id from public.hd_ingestion_jobs
+       where batch_id = p_batch_id and status = 'failed'
+       order by id for update
+    ), requeued as (
+      update public.hd_ingestion_jobs j
+         set status = 'queued', attempts = 0, run_after = p_now, error = null, error_code = null,
+             error_details = null, finished_at = null, started_at = null, progress_percent = 0,
+             progress_step = null, lease_token = null, lease_expires_at = null, locked_by = null,
+             updated_at = p_now
+        from picked where j.id = picked.id
+      returning j.job_type
+    )
+    select distinct job_type from requeued
+  loop
+    perform pg_notify('hd_jobs_queued', v_type);
+  end loop;
+  select * into v_batch from public.hd_batches where id = p_batch_id;
+  return v_batch;
+end
+$$;
+
+select public.hd__lock_down_functions();
+
+notify pgrst, 'reload schema';
