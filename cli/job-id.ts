@@ -22,6 +22,16 @@ export function uuidPrefixRange(prefix: string): [string, string] | undefined {
  * four characters, as the demo's 8-character ids), as git and docker accept.
  */
 export async function resolveJobId(db: ControlPlaneDb, typed: string, what = 'job id') {
+  return resolveIdPrefix(typed, what, 'job', (range) => db.listJobs({ idRange: range, limit: 3 }));
+}
+
+/** resolveJobId for any table: `find` lists up to 3 rows whose id is in the range. */
+export async function resolveIdPrefix(
+  typed: string,
+  what: string,
+  noun: string,
+  find: (range: [string, string]) => Promise<readonly { id: string }[]>,
+) {
   const text = typed.toLowerCase();
   if (UUID.test(text)) return text;
   const range = text.length >= MIN_PREFIX ? uuidPrefixRange(text) : undefined;
@@ -30,15 +40,16 @@ export async function resolveJobId(db: ControlPlaneDb, typed: string, what = 'jo
       `${what} must be a UUID or its first ${MIN_PREFIX}+ characters (got ${JSON.stringify(typed)})`,
     );
   }
-  const matches = await db.listJobs({ idRange: range, limit: 3 });
+  const matches = await find(range);
   if (matches.length === 1) return matches[0]!.id;
-  if (matches.length === 0) throw new CommandError('NOT_FOUND', `no job id starts with ${text}`);
+  if (matches.length === 0)
+    throw new CommandError('NOT_FOUND', `no ${noun} id starts with ${text}`);
   const shown = matches
     .map((j) => j.id)
     .sort()
     .slice(0, 2);
   throw new CommandError(
     'AMBIGUOUS',
-    `${text} is the start of several job ids (${shown.join(', ')}${matches.length > 2 ? ', …' : ''}): give more characters`,
+    `${text} is the start of several ${noun} ids (${shown.join(', ')}${matches.length > 2 ? ', …' : ''}): give more characters`,
   );
 }

@@ -3,7 +3,7 @@ import { stat } from 'node:fs/promises';
 import { PAYLOAD_SCHEMAS } from '../../contract/jobs.ts';
 import { assertTenantPath, tenantPrefix, toStorageName } from '../../contract/storage-paths.ts';
 import type { Config } from '../../control-plane/config.ts';
-import type { ControlPlaneDb } from '../../control-plane/db/transport.ts';
+import type { ControlPlaneDb, EnqueueRequest } from '../../control-plane/db/transport.ts';
 import { openDb, openStorage } from '../../control-plane/open.ts';
 import type { StorageBackend } from '../../control-plane/storage/storage.ts';
 import type { Job } from '../../contract/jobs.ts';
@@ -36,6 +36,18 @@ export async function enqueueImportFile(
   config: Config,
   request: EnqueueFileRequest,
 ): Promise<Job> {
+  return db.enqueueJob({
+    accountId: request.accountId,
+    ...(await uploadImportFile(storage, config, request)),
+  });
+}
+
+/** Uploads the file and returns the import_assets_jsonl job that would read it. */
+export async function uploadImportFile(
+  storage: StorageBackend,
+  config: Config,
+  request: EnqueueFileRequest,
+): Promise<Omit<EnqueueRequest, 'accountId'>> {
   const info = await stat(request.file).catch(() => undefined);
   if (!info?.isFile()) throw new UsageError(`enqueue: ${request.file} is not a readable file`);
   // Storage accepts only a small character set in keys; the name as given stays in debug.
@@ -53,29 +65,35 @@ export async function enqueueImportFile(
     strict: request.strict ?? false,
     original_name: originalName,
   });
-  return db.enqueueJob({
-    accountId: request.accountId,
+  return {
     jobType: 'import_assets_jsonl',
     debug,
     documentId: request.documentId,
     maxAttempts: request.maxAttempts,
     priority: request.priority,
-  });
+  };
 }
 
 export async function enqueueCommand(args: ParsedArgs, env: Env): Promise<number> {
   const accountId = uuidArg(requiredOption(args, 'account', 'enqueue'), '--account');
   const documentId = stringOption(args, 'document-id');
+  const request = {
+    accountId,
+    strict: args.values.strict === true,
+    documentId: documentId ? uuidArg(documentId, '--document-id') : undefined,
+    maxAttempts: intOption(stringOption(args, 'max-attempts'), '--max-attempts'),
+    priority: intOption(stringOption(args, 'priority'), '--priority'),
+  };
+  if (stringOption(args, 'batch') !== undefined)
+    return (await import('./enqueue-batch.ts')).enqueueBatchCommand(args, env, request);
+  if (args.positionals.length > 0)
+    throw new UsageError('enqueue: several files need --batch NAME (one file: --file PATH)');
   const config = configFrom(env);
   const db = openDb(config);
   try {
     const job = await enqueueImportFile(db, openStorage(config), config, {
-      accountId,
+      ...request,
       file: requiredOption(args, 'file', 'enqueue'),
-      strict: args.values.strict === true,
-      documentId: documentId ? uuidArg(documentId, '--document-id') : undefined,
-      maxAttempts: intOption(stringOption(args, 'max-attempts'), '--max-attempts'),
-      priority: intOption(stringOption(args, 'priority'), '--priority'),
     });
     console.log(args.values.json ? JSON.stringify(job) : job.id);
     return 0;
@@ -84,7 +102,7 @@ export async function enqueueCommand(args: ParsedArgs, env: Env): Promise<number
   }
 }
 
-function intOption(value: string | undefined, name: string): number | undefined {
+export function intOption(value: string | undefined, name: string): number | undefined {
   if (value === undefined) return undefined;
   if (!/^-?\d+$/.test(value))
     throw new UsageError(`${name} must be an integer (got ${JSON.stringify(value)})`);

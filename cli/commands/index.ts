@@ -53,14 +53,20 @@ SIGTERM/SIGINT stop the handler and hand the job back.`,
     summary: 'upload a JSONL file to storage and queue an import_assets_jsonl job',
     usage: `hd-runner enqueue --account UUID --file PATH [--strict] [--document-id UUID]
                    [--max-attempts N] [--priority N] [--json]
+hd-runner enqueue --account UUID --batch NAME [--idempotency-key KEY] FILE… [options above]
 
 Uploads PATH to {bucket}/accounts/{account}/assets-jsonl/{timestamp}-{name} and inserts
 the job; prints its id. {name} is the file name in the characters storage keys allow
 (Müller.jsonl → Muller.jsonl); debug.original_name keeps it as given.
---strict fails the job on the first invalid line.`,
+--strict fails the job on the first invalid line.
+--batch: one job per FILE, queued together as batch NAME (all or none); prints the batch
+id (--json: the batch and its job ids). The same --idempotency-key again (same account)
+returns the first batch and queues nothing. Follow it with hd-runner batches show ID.`,
     options: {
       account: { type: 'string' },
       file: { type: 'string' },
+      batch: { type: 'string' },
+      'idempotency-key': { type: 'string' },
       strict: { type: 'boolean' },
       'document-id': { type: 'string' },
       'max-attempts': { type: 'string' },
@@ -97,6 +103,32 @@ Without HD_DATABASE_URL, after hd-runner demo: the demo's embedded PostgreSQL.`,
       json: { type: 'boolean' },
     },
     load: async () => (await import('./jobs.ts')).jobsCommand,
+    embeddedDefault: true,
+  },
+  {
+    name: 'batches',
+    summary: 'list, show, cancel or requeue batches of jobs',
+    usage: `hd-runner batches list [--account UUID] [--status S] [--limit N] [--json]
+                                        newest first, 20 unless --limit (up to 1000);
+                                        S: active, completed, failed, cancelled
+hd-runner batches show ID [--json]      counts, percent and the batch's jobs
+hd-runner batches cancel ID [--reason TEXT] [--json]
+                                        its queued/running jobs → failed (CANCELLED)
+hd-runner batches requeue ID [--json]   its failed and cancelled jobs → queued, attempts 0
+
+A batch is active while a job is queued or running; then failed (a job failed for
+good), cancelled (none failed, some cancelled) or completed. The database keeps its
+counts (total, queued, running, completed, failed, cancelled) exact.
+ID is a batch's UUID or a unique start of it (4+ characters). Nothing to cancel or
+requeue: exit 1, with why.`,
+    options: {
+      account: { type: 'string' },
+      status: { type: 'string' },
+      limit: { type: 'string' },
+      reason: { type: 'string' },
+      json: { type: 'boolean' },
+    },
+    load: async () => (await import('./batches.ts')).batchesCommand,
     embeddedDefault: true,
   },
   {
