@@ -1,11 +1,15 @@
+import { availableParallelism } from 'node:os';
+import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
+import { configToEnv } from '../control-plane/config.ts';
 import { OCR_MAX_PIXELS, ocrDpi } from '../runner/extract/ocr.ts';
 import { judgePageText } from '../runner/extract/page-quality.ts';
-import { ACCOUNT_A } from './helpers/runtime.ts';
+import { ACCOUNT_A, testConfig } from './helpers/runtime.ts';
 import { GERMAN, renderGray, textPdf } from './fixtures/documents.ts';
 import { attachmentOnlyEncryptedPdf } from './fixtures/encrypted-attachment.ts';
 import { extractHarness } from './fixtures/extract-harness.ts';
 import { makePdf, wrap } from './fixtures/make-pdf.ts';
+import { childrenOf } from './fixtures/processes.ts';
 
 // Real-world PDF behaviour (issue 13): the text layer from poppler, a quality gate per
 // page, OCR only where a page shows an image or its text is junk, failed pages skipped.
@@ -86,6 +90,39 @@ describe('extract_text: PDF text layer and OCR per page', () => {
     expect(chunks.at(-1)).toMatchObject({ page_end: 4 });
     expect(await textOf(doc)).toMatch(/Grüße aus München/);
   }, 60_000);
+
+  it("OCRs pages in parallel, up to the job's CPUs (one tesseract thread each)", async () => {
+    const scan = renderGray(textPdf([GERMAN]), h.work);
+    const doc = await addDocument(ACCOUNT_A, [
+      { name: 'stapel.pdf', content: makePdf(Array.from({ length: 6 }, () => scan)) },
+    ]);
+    const job = await h.db.db.enqueueJob({
+      accountId: ACCOUNT_A,
+      jobType: 'extract_text',
+      documentId: doc,
+      debug: {},
+    });
+    const runner = execa(process.execPath, ['cli/main.ts', 'run', '--job-id', job.id], {
+      env: { PATH: process.env.PATH ?? '', ...configToEnv(testConfig(h.db.url, h.root)) },
+      extendEnv: false,
+      reject: false,
+    });
+    // The most OCR tools seen running at once, sampled until the runner exits.
+    let most = 0;
+    let exited = false;
+    void runner.finally(() => (exited = true));
+    while (!exited) {
+      const tools = (await childrenOf(runner.pid!)).filter(
+        (c) => ['pdftoppm', 'tesseract'].includes(c.name) && c.state !== 'Z',
+      );
+      most = Math.max(most, tools.length);
+    }
+    expect((await runner).exitCode).toBe(0);
+    const done = await h.db.db.getJob(job.id);
+    expect(done?.debug.stats).toMatchObject({ ocr_pages: 6, ocr_pages_tried: 6 });
+    // extract_text asks for 2 CPUs; a machine with one gets one page at a time.
+    expect(most).toBe(Math.min(2, availableParallelism()));
+  }, 120_000);
 
   it('a page that cannot be rendered in its time is skipped and counted; the job fails only when no page yields text', async () => {
     const scan = renderGray(textPdf([GERMAN]), h.work);

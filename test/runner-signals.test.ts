@@ -1,4 +1,4 @@
-import { readdir, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
 import { EXIT_CODES } from '../contract/errors.ts';
@@ -6,6 +6,7 @@ import { configToEnv } from '../control-plane/config.ts';
 import { GERMAN, renderGray, textPdf } from './fixtures/documents.ts';
 import { extractHarness } from './fixtures/extract-harness.ts';
 import { makePdf } from './fixtures/make-pdf.ts';
+import { childrenOf } from './fixtures/processes.ts';
 import { ACCOUNT_A, testConfig } from './helpers/runtime.ts';
 
 // Real PostgreSQL, fs storage, a scanned PDF made by the suite, the installed pdftoppm and
@@ -13,19 +14,6 @@ import { ACCOUNT_A, testConfig } from './helpers/runtime.ts';
 const h = extractHarness();
 
 const CHILD_TOOLS = new Set(['pdftoppm', 'tesseract']);
-
-/** Pid and name of each child process of `parent` (from /proc). */
-async function childrenOf(parent: number): Promise<{ pid: number; name: string }[]> {
-  const found: { pid: number; name: string }[] = [];
-  for (const entry of await readdir('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    const stat = await readFile(`/proc/${entry}/stat`, 'utf8').catch(() => '');
-    // pid (comm) state ppid …; comm may hold spaces, so split after its closing paren.
-    const match = /^\d+ \((.*)\) \S+ (\d+)/.exec(stat);
-    if (match && Number(match[2]) === parent) found.push({ pid: Number(entry), name: match[1]! });
-  }
-  return found;
-}
 
 /** Whether a process exists and is not a zombie. */
 const alive = (pid: number) =>
