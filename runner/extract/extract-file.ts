@@ -9,38 +9,22 @@ import {
 } from './chunker.ts';
 import { ChunkBudget, checkTypeSize } from './limits.ts';
 import { ocrImage, type OcrOptions } from './ocr.ts';
-import { extractPdf, type PageLayer } from './pdf.ts';
+import { extractPdf, type PageLayer, type PdfSettings } from './pdf.ts';
 import { assertDeclaredMime, describe, readHead, sniff, type FileKind } from './sniff.ts';
 import { readTextPieces } from './text-stream.ts';
 import { ToolFailure } from './tools.ts';
 import { normalizeText, visibleLength } from './text.ts';
 import type { Transcriber } from './transcribe.ts';
 
-export interface ExtractSettings {
-  /** The file's name, for messages. */
-  name: string;
+/** What a PDF needs (pdf.ts), and what the other types and the chunking need besides. */
+export interface ExtractSettings extends PdfSettings {
   /** HD_EXTRACT_MAX_FILE_BYTES; a type may have a lower limit (limits.ts). */
   maxFileBytes: number;
   chunking: ChunkOptions;
   /** Chunks this file may still add to its document. */
   maxChunks: number;
-  maxPages: number;
-  parseTimeoutMs: number;
-  maxMemoryMb: number;
-  ocr: 'auto' | 'off';
-  ocrLanguages: string;
-  ocrDpi: number;
-  /** PDF pages with fewer visible characters in their text layer are OCRed. */
-  ocrMinChars: number;
-  ocrPageTimeoutMs: number;
-  /** Pages OCRed at once: the job's CPUs. */
-  ocrConcurrency: number;
-  signal: AbortSignal;
-  workDir: string;
   /** Audio and video; undefined where no transcription endpoint is configured. */
   transcriber?: Transcriber | undefined;
-  /** Share of this file done, 0..1. */
-  onProgress(fraction: number): Promise<void>;
 }
 
 export interface FileExtraction {

@@ -11,6 +11,7 @@ import { ToolFailure, type ToolLimits } from './tools.ts';
 export type PageLayer = 'text' | 'ocr' | 'blank' | 'failed';
 
 export interface PdfSettings {
+  /** The file's name, for messages. */
   name: string;
   maxPages: number;
   parseTimeoutMs: number;
@@ -24,7 +25,9 @@ export interface PdfSettings {
   /** Pages OCRed at once: the job's CPUs (tesseract runs one thread each). */
   ocrConcurrency: number;
   signal: AbortSignal;
+  /** Where rendered pages go (the job's scratch folder). */
   workDir: string;
+  /** Share of this file done, 0..1. */
   onProgress(fraction: number): Promise<void>;
 }
 
