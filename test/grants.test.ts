@@ -24,6 +24,7 @@ const FUNCTIONS = parseMatrix(`
   hd__batch_bucket                    .    .             .         .            .
   hd__chunk_sha256                    .    .             .         .            .
   hd__count_batch_jobs                .    .             .         .            .
+  hd__enqueue_job_webhooks            .    .             .         .            .
   hd__lock_down_functions             .    .             .         .            .
   hd__lock_leased_job                 .    .             .         .            .
   hd__notify_jobs_queued              .    .             .         .            .
@@ -31,6 +32,7 @@ const FUNCTIONS = parseMatrix(`
   hd__remember_ended_lease            .    .             .         .            .
   hd__settle_failed_attempt           .    .             .         .            .
   hd__share_leased_job                .    .             .         .            .
+  hd__webhook_payload                 .    .             .         .            .
   hd__take_claim_lock                 .    .             .         .            .
   # take a lease token: a runner's whole reach
   hd_adopt_lease                      .    .             X         X            X
@@ -51,15 +53,19 @@ const FUNCTIONS = parseMatrix(`
   hd_upsert_interpretations           .    .             X         X            X
   hd_write_document_graph             .    .             X         X            X
   # the scheduler's: claim, queue control, logs, batches, reports
+  hd_add_webhook_endpoint             .    .             .         X            X
   hd_append_job_logs                  .    .             .         X            X
   hd_cancel_batch                     .    .             .         X            X
   hd_cancel_job                       .    .             .         X            X
   hd_claim_jobs                       .    .             .         X            X
+  hd_claim_webhook_deliveries         .    .             .         X            X
   hd_complete_jobs                    .    .             .         X            X
   hd_doctor_report                    .    .             .         X            X
   hd_enqueue_batch                    .    .             .         X            X
   hd_enqueue_job                      .    .             .         X            X
   hd_reap_expired_leases              .    .             .         X            X
+  hd_record_webhook_attempt           .    .             .         X            X
+  hd_replay_webhook                   .    .             .         X            X
   hd_requeue_batch                    .    .             .         X            X
   hd_requeue_job                      .    .             .         X            X
   hd_retry_delay                      .    .             .         X            X
@@ -89,6 +95,8 @@ const TABLES = parseMatrix(`
   hd_kg_nodes             -    s             -         -            siudt
   hd_schema_migrations    -    -             -         -            -
   hd_syntheses            -    s             -         -            siudt
+  hd_webhook_endpoints    -    s             -         -            siudt
+  hd_webhook_outbox       -    s             -         s            siudt
 `);
 
 // Schemas: U usage, C create. Extensions (pgcrypto) are nobody's to call directly.
@@ -114,6 +122,8 @@ const MEMBER_READ_TABLES = [
   'hd_kg_edges',
   'hd_kg_nodes',
   'hd_syntheses',
+  'hd_webhook_endpoints',
+  'hd_webhook_outbox',
 ];
 const POLICIES = MEMBER_READ_TABLES.map(
   (table) =>

@@ -97,6 +97,12 @@ describe('row level security', () => {
       await t.sql.query(SEED_OUTPUTS, [account, job.id]);
       await t.sql.query('select public.hd_set_account_limit($1, null, 2)', [account]);
       await t.sql.query(`insert into hd_batches (account_id, name) values ($1, 'rls')`, [account]);
+      await t.sql.query(
+        `with w as (insert into hd_webhook_endpoints (account_id, url) values ($1, 'https://example.com/h') returning id)
+       insert into hd_webhook_outbox (account_id, endpoint_id, event_type, payload)
+       select $1, id, 'job.completed', '{}' from w`,
+        [account],
+      );
     }
   });
 

@@ -31,6 +31,12 @@ async function seed(account: string) {
     `select id from hd_enqueue_batch($1, 'rls', '[{"job_type": "rls_batch_probe", "debug": {"path": "x"}}]')`,
     [account],
   );
+  await t.sql.query(
+    `with w as (insert into hd_webhook_endpoints (account_id, url) values ($1, 'https://example.com/h') returning id)
+       insert into hd_webhook_outbox (account_id, endpoint_id, event_type, payload)
+       select $1, id, 'job.completed', '{}' from w`,
+    [account],
+  );
   const doc = crypto.randomUUID();
   const file = await one(
     `insert into hd_document_files (account_id, document_id, storage_path) values ($1, $2, $3) returning id`,
@@ -132,6 +138,14 @@ describe('row level security through PostgREST', () => {
         expect(data, table).toHaveLength(seeded.get(table)!.get(account)!);
       }
     }
+  });
+
+  it("shows a member their webhook endpoints but not the endpoints' signing secrets", async () => {
+    const member = client(supabase.userKey(USER_A));
+    const urls = await member.from('hd_webhook_endpoints').select('account_id, url');
+    expect(urls).toMatchObject({ error: null, data: [{ account_id: ACCOUNT_A }] });
+    const secret = await member.from('hd_webhook_endpoints').select('secret');
+    expect(secret.error?.code).toBe('42501');
   });
 
   it("hides B's job rows from A even when A asks for them by id", async () => {

@@ -1,4 +1,4 @@
--- 00013: batches. A batch is a set of jobs enqueued together (all or none) whose counts
+-- 00013: batches, and webhooks on the ends of jobs and batches. A batch is a set of jobs enqueued together (all or none) whose counts
 -- by state and status the database keeps exact itself, so no client ever recounts.
 --
 -- Counts are kept by statement-level triggers on hd_ingestion_jobs, whoever changes a
@@ -52,6 +52,73 @@ revoke all on public.hd_batches from anon, authenticated, hd_runner;
 grant select on public.hd_batches to authenticated, hd_scheduler;
 grant all on public.hd_batches to service_role;
 
+-- Webhooks: per-account endpoints, and an outbox that is also the delivery log. Events are
+-- written by triggers in the transaction that changes the job or batch (nothing is lost
+-- when a scheduler dies); schedulers deliver them (scheduler/webhooks.ts), signed per the
+-- Standard Webhooks spec with the endpoint's secret, at least once with a stable id.
+create table if not exists public.hd_webhook_endpoints (
+  id uuid primary key default gen_random_uuid(),
+  account_id uuid not null,
+  url text not null check (url ~ '^https?://'),
+  -- whsec_ + base64 of 24 random bytes, as Standard Webhooks libraries expect.
+  secret text not null default 'whsec_' || encode(extensions.gen_random_bytes(24), 'base64'),
+  events text[] not null default array['job.completed', 'job.failed', 'batch.completed',
+                                       'batch.failed', 'batch.cancelled'],
+  enabled boolean not null default true,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  check (events <@ array['job.completed', 'job.failed', 'batch.completed', 'batch.failed',
+                         'batch.cancelled'])
+);
+create index if not exists hd_webhook_endpoints_account_idx
+  on public.hd_webhook_endpoints (account_id) where enabled;
+
+create table if not exists public.hd_webhook_outbox (
+  id bigint generated always as identity primary key,
+  -- The webhook-id header: the same on every attempt, so receivers drop duplicates.
+  event_id text not null unique default 'msg_' || replace(gen_random_uuid()::text, '-', ''),
+  account_id uuid not null,
+  endpoint_id uuid not null references public.hd_webhook_endpoints (id) on delete cascade,
+  event_type text not null,
+  payload jsonb not null,
+  status text not null default 'pending' check (status in ('pending', 'delivered', 'failed')),
+  attempts integer not null default 0,
+  next_attempt_at timestamptz not null default now(),
+  last_status_code integer,
+  last_error text,
+  last_latency_ms integer,
+  created_at timestamptz not null default now(),
+  delivered_at timestamptz
+);
+create index if not exists hd_webhook_outbox_due_idx
+  on public.hd_webhook_outbox (next_attempt_at) where status = 'pending';
+create index if not exists hd_webhook_outbox_account_idx
+  on public.hd_webhook_outbox (account_id, created_at desc);
+
+-- Members read their endpoints (not the secret: no column grant) and their delivery log.
+alter table public.hd_webhook_endpoints enable row level security;
+alter table public.hd_webhook_outbox enable row level security;
+drop policy if exists hd_members_read on public.hd_webhook_endpoints;
+create policy hd_members_read on public.hd_webhook_endpoints for select to authenticated
+  using (public.has_role_on_account(account_id));
+drop policy if exists hd_members_read on public.hd_webhook_outbox;
+create policy hd_members_read on public.hd_webhook_outbox for select to authenticated
+  using (public.has_role_on_account(account_id));
+revoke all on public.hd_webhook_endpoints, public.hd_webhook_outbox
+  from anon, authenticated, hd_runner, hd_scheduler;
+grant select (id, account_id, url, events, enabled, created_at, updated_at)
+  on public.hd_webhook_endpoints to authenticated;
+grant select on public.hd_webhook_outbox to authenticated, hd_scheduler;
+grant all on public.hd_webhook_endpoints, public.hd_webhook_outbox to service_role;
+
+-- The Standard Webhooks body: {type, timestamp, data}.
+create or replace function public.hd__webhook_payload(p_type text, p_data jsonb)
+returns jsonb
+language sql stable
+as $$
+  select jsonb_build_object('type', p_type, 'timestamp', now(), 'data', p_data)
+$$;
+
 -- Which count a job is in. A cancelled job is failed with CANCELLED (00003).
 create or replace function public.hd__batch_bucket(p_status text, p_error_code text)
 returns text
@@ -95,20 +162,34 @@ begin
     from sums s
    where b.id = s.batch_id and b.id in (select id from locked);
 
-  -- Status from the counts just written (same transaction, rows still locked).
-  update public.hd_batches b
-     set status = case when b.queued + b.running > 0 then 'active'
-                       when b.failed > 0 then 'failed'
-                       when b.cancelled > 0 then 'cancelled'
-                       else 'completed' end,
-         finished_at = case when b.queued + b.running > 0 then null
-                            else coalesce(b.finished_at, now()) end
-   where b.id in (select distinct (e ->> 'batch_id')::uuid from jsonb_array_elements(p_deltas) e)
-     and b.status is distinct from
-         case when b.queued + b.running > 0 then 'active'
-              when b.failed > 0 then 'failed'
-              when b.cancelled > 0 then 'cancelled'
-              else 'completed' end;
+  -- Status from the counts just written (same transaction, rows still locked); a batch
+  -- that ends gets its webhook event in this transaction too.
+  with ended as (
+    update public.hd_batches b
+       set status = case when b.queued + b.running > 0 then 'active'
+                         when b.failed > 0 then 'failed'
+                         when b.cancelled > 0 then 'cancelled'
+                         else 'completed' end,
+           finished_at = case when b.queued + b.running > 0 then null
+                              else coalesce(b.finished_at, now()) end
+     where b.id in (select distinct (e ->> 'batch_id')::uuid from jsonb_array_elements(p_deltas) e)
+       and b.status is distinct from
+           case when b.queued + b.running > 0 then 'active'
+                when b.failed > 0 then 'failed'
+                when b.cancelled > 0 then 'cancelled'
+                else 'completed' end
+    returning b.*
+  )
+  insert into public.hd_webhook_outbox (account_id, endpoint_id, event_type, payload)
+  select e.account_id, w.id, 'batch.' || e.status,
+         public.hd__webhook_payload('batch.' || e.status, jsonb_build_object(
+           'batch_id', e.id, 'account_id', e.account_id, 'name', e.name, 'status', e.status,
+           'percent', e.percent, 'total', e.total, 'completed', e.completed,
+           'failed', e.failed, 'cancelled', e.cancelled, 'finished_at', e.finished_at))
+    from ended e
+    join public.hd_webhook_endpoints w
+      on w.account_id = e.account_id and w.enabled and ('batch.' || e.status) = any (w.events)
+   where e.status <> 'active';
 end
 $$;
 
@@ -307,6 +388,121 @@ begin
   select * into v_batch from public.hd_batches where id = p_batch_id;
   return v_batch;
 end
+$$;
+
+-- A job that ends (completed, or failed for good: a retry is not an end) gets an event for
+-- each endpoint of its account that wants it. Tenant-facing: ids, state, progress, the
+-- error code and message, debug.stats; never lease tokens or other columns of debug.
+create or replace function public.hd__enqueue_job_webhooks()
+returns trigger
+language plpgsql security definer set search_path = ''
+as $$
+begin
+  insert into public.hd_webhook_outbox (account_id, endpoint_id, event_type, payload)
+  select n.account_id, w.id, 'job.' || n.status,
+         public.hd__webhook_payload('job.' || n.status, jsonb_build_object(
+           'job_id', n.id, 'account_id', n.account_id, 'job_type', n.job_type,
+           'status', n.status, 'document_id', n.document_id, 'batch_id', n.batch_id,
+           'attempts', n.attempts, 'progress_percent', n.progress_percent,
+           'progress_step', n.progress_step, 'error_code', n.error_code, 'error', n.error,
+           'stats', coalesce(n.debug -> 'stats', '{}'::jsonb), 'finished_at', n.finished_at))
+    from new_rows n
+    join old_rows o on o.id = n.id
+    join public.hd_webhook_endpoints w
+      on w.account_id = n.account_id and w.enabled and ('job.' || n.status) = any (w.events)
+   where n.status in ('completed', 'failed') and o.status is distinct from n.status
+   order by n.id, w.id;
+  return null;
+end
+$$;
+
+drop trigger if exists hd_ingestion_jobs_webhooks on public.hd_ingestion_jobs;
+create trigger hd_ingestion_jobs_webhooks
+  after update on public.hd_ingestion_jobs
+  referencing old table as old_rows new table as new_rows
+  for each statement execute function public.hd__enqueue_job_webhooks();
+
+-- Hands out up to p_limit due deliveries with their endpoint (URL, secret); each is held
+-- for p_lease_seconds (a scheduler that dies mid-delivery leaves it to be retried).
+create or replace function public.hd_claim_webhook_deliveries(
+  p_limit integer default 10, p_lease_seconds integer default 60, p_now timestamptz default now())
+returns table (id bigint, event_id text, event_type text, payload jsonb, attempts integer,
+               url text, secret text)
+language sql volatile
+as $$
+  with due as (
+    select o.id from public.hd_webhook_outbox o
+     where o.status = 'pending' and o.next_attempt_at <= p_now
+     order by o.next_attempt_at, o.id
+     limit greatest(p_limit, 0)
+     for update skip locked
+  ), held as (
+    update public.hd_webhook_outbox o
+       set attempts = o.attempts + 1,
+           next_attempt_at = p_now + make_interval(secs => p_lease_seconds)
+      from due where o.id = due.id
+    returning o.*
+  )
+  select h.id, h.event_id, h.event_type, h.payload, h.attempts, w.url, w.secret
+    from held h join public.hd_webhook_endpoints w on w.id = h.endpoint_id
+   order by h.id
+$$;
+
+-- Records one delivery attempt: a 2xx delivers; otherwise retried with exponential backoff
+-- (10 s doubling, capped at 6 h, equal jitter), 12 attempts (about 11 hours) before failed.
+create or replace function public.hd_record_webhook_attempt(
+  p_id bigint, p_status_code integer, p_error text, p_latency_ms integer,
+  p_now timestamptz default now())
+returns public.hd_webhook_outbox
+language sql volatile
+as $$
+  update public.hd_webhook_outbox
+     set status = case when p_status_code between 200 and 299 then 'delivered'
+                       when attempts >= 12 then 'failed' else 'pending' end,
+         delivered_at = case when p_status_code between 200 and 299 then p_now end,
+         next_attempt_at = case when p_status_code between 200 and 299 or attempts >= 12
+                                then next_attempt_at
+                                else p_now + make_interval(secs =>
+                                  least(21600, 10 * power(2, least(attempts - 1, 16)))
+                                  * (0.5 + random() * 0.5)) end,
+         last_status_code = p_status_code, last_error = left(p_error, 500),
+         last_latency_ms = p_latency_ms
+   where id = p_id
+  returning *
+$$;
+
+-- Sends a delivery again (delivered or failed): same webhook-id, attempts from 0.
+create or replace function public.hd_replay_webhook(p_id bigint, p_now timestamptz default now())
+returns public.hd_webhook_outbox
+language plpgsql volatile
+as $$
+declare
+  v_row public.hd_webhook_outbox;
+begin
+  update public.hd_webhook_outbox
+     set status = 'pending', attempts = 0, next_attempt_at = p_now, delivered_at = null
+   where id = p_id
+  returning * into v_row;
+  if not found then
+    raise exception 'webhook delivery % not found', p_id using errcode = 'HDN01';
+  end if;
+  return v_row;
+end
+$$;
+
+-- Adds an endpoint for an account (operators, the web app's backend); the secret is
+-- generated unless given, and returned once here.
+create or replace function public.hd_add_webhook_endpoint(
+  p_account_id uuid, p_url text, p_events text[] default null, p_secret text default null)
+returns public.hd_webhook_endpoints
+language sql volatile
+as $$
+  insert into public.hd_webhook_endpoints (account_id, url, events, secret)
+  values (p_account_id, p_url,
+          coalesce(p_events, array['job.completed', 'job.failed', 'batch.completed',
+                                   'batch.failed', 'batch.cancelled']),
+          coalesce(p_secret, 'whsec_' || encode(extensions.gen_random_bytes(24), 'base64')))
+  returning *
 $$;
 
 select public.hd__lock_down_functions();

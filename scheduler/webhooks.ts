@@ -1,0 +1,97 @@
+import type { BlockList } from 'node:net';
+import { Webhook } from 'standardwebhooks';
+import type { DueWebhook, WebhookOutbox } from '../control-plane/db/webhooks.ts';
+import type { Logger } from '../control-plane/logger.ts';
+import { postWebhook } from './webhook-post.ts';
+
+export interface WebhookDeliveryOptions {
+  outbox: WebhookOutbox;
+  /** Ranges an operator allows although private or loopback (HD_WEBHOOK_ALLOW_CIDRS). */
+  allowed: BlockList;
+  /** Per delivery, redirects included, in ms. */
+  timeoutMs: number;
+  /** How often due deliveries are looked for, in ms. */
+  pollMs: number;
+  /** Deliveries in flight at once. */
+  concurrency?: number;
+  logger: Logger;
+  /** The clock of the webhook-timestamp header (tests pass one). */
+  now?: () => Date;
+}
+
+/**
+ * Delivers the webhook outbox (00013): claims due events, signs each per the Standard
+ * Webhooks spec (webhook-id, webhook-timestamp, webhook-signature: HMAC-SHA256 by the
+ * `standardwebhooks` package, which receivers' libraries verify) and records the answer;
+ * the SQL decides retry and backoff. At least once: a scheduler that dies after the POST
+ * and before the record sends the event again, with the same webhook-id.
+ */
+export class WebhookDelivery {
+  readonly #o: WebhookDeliveryOptions;
+  #timer: NodeJS.Timeout | undefined;
+  #running: Promise<unknown> = Promise.resolve();
+
+  constructor(options: WebhookDeliveryOptions) {
+    this.#o = options;
+  }
+
+  start(): void {
+    const tick = () => {
+      this.#running = this.deliverDue()
+        .catch((error: unknown) =>
+          this.#o.logger.warn({ err: error }, 'webhook delivery pass failed'),
+        )
+        .finally(() => {
+          if (this.#timer) this.#timer = setTimeout(tick, this.#o.pollMs);
+        });
+    };
+    this.#timer = setTimeout(tick, 0);
+  }
+
+  async stop(): Promise<void> {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    await this.#running;
+  }
+
+  /** One pass: delivers what is due now; resolves to the number of attempts made. */
+  async deliverDue(): Promise<number> {
+    const limit = this.#o.concurrency ?? 8;
+    // The hold outlasts the delivery's own time limit, so no other scheduler sends it meanwhile.
+    const leaseSeconds = Math.ceil(this.#o.timeoutMs / 1000) + 30;
+    const due = await this.#o.outbox.claim(limit, leaseSeconds);
+    await Promise.all(due.map((event) => this.#deliver(event)));
+    return due.length;
+  }
+
+  async #deliver(event: DueWebhook): Promise<void> {
+    const body = JSON.stringify(event.payload);
+    const timestamp = this.#o.now?.() ?? new Date();
+    const headers = {
+      'content-type': 'application/json',
+      'user-agent': 'hd-runner-webhooks',
+      'webhook-id': event.event_id,
+      'webhook-timestamp': Math.floor(timestamp.getTime() / 1000).toString(),
+      'webhook-signature': new Webhook(event.secret).sign(event.event_id, timestamp, body),
+    };
+    const result = await postWebhook(event.url, headers, body, {
+      allowed: this.#o.allowed,
+      timeoutMs: this.#o.timeoutMs,
+    });
+    await this.#o.outbox.record(event.id, result);
+    const ok = result.statusCode !== undefined && result.statusCode < 300;
+    // The URL's host only: a path or query may carry the tenant's own token.
+    this.#o.logger[ok ? 'debug' : 'warn'](
+      {
+        event_id: event.event_id,
+        event_type: event.event_type,
+        host: new URL(event.url).host,
+        attempt: event.attempts,
+        status_code: result.statusCode,
+        error: result.error,
+        latency_ms: result.latencyMs,
+      },
+      ok ? 'webhook delivered' : 'webhook delivery failed',
+    );
+  }
+}
