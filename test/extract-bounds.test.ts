@@ -3,7 +3,11 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
 import { configToEnv } from '../control-plane/config.ts';
+import { writeFile } from 'node:fs/promises';
 import { Chunker, chunkText } from '../runner/extract/chunker.ts';
+import { htmlToText } from '../runner/extract/html.ts';
+import { readTextPieces } from '../runner/extract/text-stream.ts';
+import { decodeText, normalizeText } from '../runner/extract/text.ts';
 import { extractHarness } from './fixtures/extract-harness.ts';
 import { ACCOUNT_A, testConfig } from './helpers/runtime.ts';
 
@@ -162,4 +166,56 @@ describe('Chunker: text in pieces', () => {
       expect(chunks).toEqual(whole);
     }
   });
+});
+
+describe('readTextPieces: a text file as a stream', () => {
+  // Files of a few MiB, so that pieces (1 MiB) end inside CRLFs, paragraphs and characters.
+  const cases: [string, Buffer, 'plain' | 'html'][] = [
+    [
+      'UTF-8 with CRLF line ends',
+      Buffer.from(`${PARAGRAPH}\r\n${PARAGRAPH}\r\n\r\n`.repeat(14_000)),
+      'plain',
+    ],
+    [
+      'UTF-16LE with a BOM',
+      Buffer.concat([
+        Buffer.from([0xff, 0xfe]),
+        Buffer.from(`${PARAGRAPH}\n\n`.repeat(12_000), 'utf16le'),
+      ]),
+      'plain',
+    ],
+    [
+      'Windows-1252, the first byte that is not UTF-8 past the first MiB',
+      Buffer.concat([
+        Buffer.from('Abc def.\n\n'.repeat(250_000)),
+        Buffer.from('Gr\xfc\xdfe \x80 5\n', 'latin1'),
+      ]),
+      'plain',
+    ],
+    ['one line of 3 MiB without a break', Buffer.from('wort '.repeat(600_000)), 'plain'],
+    [
+      'HTML',
+      Buffer.from(
+        `<html><body>${`<p>${PARAGRAPH}<br>zweite Zeile</p><script>x()</script>\n`.repeat(15_000)}</body></html>`,
+      ),
+      'html',
+    ],
+  ];
+  it.each(cases)(
+    '%s: the pieces joined are the whole text, normalised',
+    async (_, bytes, format) => {
+      const file = join(h.work, 'stream.txt');
+      await writeFile(file, bytes);
+      const pieces: string[] = [];
+      for await (const piece of readTextPieces(file, format)) pieces.push(piece);
+      const raw = decodeText(bytes);
+      const whole = normalizeText(format === 'html' ? htmlToText(raw) : raw);
+      expect(bytes.length).toBeGreaterThan(2 * MiB);
+      expect(pieces.length).toBeGreaterThan(1);
+      // A paragraph longer than a piece is the one place a break is added, between words.
+      const joined = pieces.join('');
+      if (_.startsWith('one line')) expect(joined.replace(/\s+/g, ' ')).toBe(whole);
+      else expect(joined).toBe(whole);
+    },
+  );
 });

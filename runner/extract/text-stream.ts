@@ -11,8 +11,7 @@ const PIECE_BYTES = 1024 * 1024;
  * when the whole file is valid UTF-8, which costs one extra pass, else Windows-1252),
  * HTML through the streaming parser, then normalised paragraph by paragraph. Pieces are
  * whole paragraphs, and joined they are normalizeText of the whole text (a paragraph
- * longer than a piece is the exception: it is broken at a line end, or where the piece
- * ends).
+ * longer than a piece is the exception: it is broken at a line end or between words).
  */
 export async function* readTextPieces(
   path: string,
@@ -81,10 +80,12 @@ class ParagraphCutter {
     const pending = this.#pending;
     const end = pending.endsWith('\r') ? pending.length - 1 : pending.length;
     let cut = lastBlankLine(pending, end);
-    // No paragraph end in a whole piece: cut at a line end, at worst anywhere.
+    // No paragraph end in a whole piece: cut at a line end, else between words, at worst
+    // anywhere (one "word" of a MiB).
     if (cut < 0 && end >= PIECE_BYTES) {
       const line = pending.lastIndexOf('\n', end - 1);
-      cut = line > 0 ? line + 1 : end;
+      const space = line > 0 ? -1 : pending.lastIndexOf(' ', end - 1);
+      cut = line > 0 ? line + 1 : space > 0 ? space + 1 : end;
     }
     if (cut <= 0) return [];
     this.#pending = pending.slice(cut);
