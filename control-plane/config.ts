@@ -167,6 +167,18 @@ export const configSchema = z.object({
   HD_LLM_PRICE_INPUT_PER_MTOK: z.coerce.number().nonnegative().default(0),
   /** LLM stages: price of output tokens for the cost estimate in stats, in USD per million tokens. Default 0 (unknown). */
   HD_LLM_PRICE_OUTPUT_PER_MTOK: z.coerce.number().nonnegative().default(0),
+  /** Webhooks: private, loopback or link-local ranges deliveries may reach anyway, comma-separated CIDRs (`10.1.0.0/16`). Default none. */
+  HD_WEBHOOK_ALLOW_CIDRS: z
+    .string()
+    .regex(
+      /^\s*[\da-fA-F:.]+\/\d{1,3}\s*(,\s*[\da-fA-F:.]+\/\d{1,3}\s*)*$/,
+      'a list of address/prefix',
+    )
+    .optional(),
+  /** Webhooks: time limit of one delivery, redirects included, in ms. Default 10000. */
+  HD_WEBHOOK_TIMEOUT_MS: positiveInt.default(10_000),
+  /** Webhooks: how often the scheduler looks for due deliveries, in ms. Default 2000. */
+  HD_WEBHOOK_POLL_MS: positiveInt.default(2000),
   /** Folder for downloaded inputs and scratch files. Default the OS temp dir. */
   HD_WORK_DIR: z.string().min(1).optional(),
   /** pino level: fatal, error, warn, info, debug, trace, silent. Default info. */

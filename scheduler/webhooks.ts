@@ -1,8 +1,14 @@
 import type { BlockList } from 'node:net';
 import { Webhook } from 'standardwebhooks';
-import type { DueWebhook, WebhookOutbox } from '../control-plane/db/webhooks.ts';
+import type { Config } from '../control-plane/config.ts';
+import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
+import {
+  webhookOutboxOf,
+  type DueWebhook,
+  type WebhookOutbox,
+} from '../control-plane/db/webhooks.ts';
 import type { Logger } from '../control-plane/logger.ts';
-import { postWebhook } from './webhook-post.ts';
+import { parseAllowedRanges, postWebhook } from './webhook-post.ts';
 
 export interface WebhookDeliveryOptions {
   outbox: WebhookOutbox;
@@ -94,4 +100,19 @@ export class WebhookDelivery {
       ok ? 'webhook delivered' : 'webhook delivery failed',
     );
   }
+}
+
+/** The scheduler's delivery, configured by HD_WEBHOOK_* (started and stopped with it). */
+export function webhookDeliveryFor(
+  config: Pick<Config, 'HD_WEBHOOK_ALLOW_CIDRS' | 'HD_WEBHOOK_TIMEOUT_MS' | 'HD_WEBHOOK_POLL_MS'>,
+  db: ControlPlaneDb,
+  logger: Logger,
+): WebhookDelivery {
+  return new WebhookDelivery({
+    outbox: webhookOutboxOf(db),
+    allowed: parseAllowedRanges(config.HD_WEBHOOK_ALLOW_CIDRS),
+    timeoutMs: config.HD_WEBHOOK_TIMEOUT_MS,
+    pollMs: config.HD_WEBHOOK_POLL_MS,
+    logger,
+  });
 }

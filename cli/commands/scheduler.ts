@@ -4,6 +4,7 @@ import { ConfigError, redactUrl, type Config } from '../../control-plane/config.
 import type { ControlPlaneDb } from '../../control-plane/db/transport.ts';
 import type { Logger } from '../../control-plane/logger.ts';
 import { openDb } from '../../control-plane/open.ts';
+import { webhookDeliveryFor } from '../../scheduler/webhooks.ts';
 import { Redactor, secretsOf } from '../../control-plane/redact.ts';
 import { supabaseUrlSigner } from '../../control-plane/storage/signed-urls.ts';
 import { GpuDiscoveryError, GpuSlots, resolveGpuIds } from '../../scheduler/gpu.ts';
@@ -167,11 +168,15 @@ export async function schedulerCommand(args: ParsedArgs, env: Env): Promise<numb
   });
   // start() waits while the database is out of reach; a signal meanwhile ends the wait.
   const started = scheduler.start();
+  // Webhook events of ended jobs and batches (00013's outbox), once the database answers.
+  const webhooks = webhookDeliveryFor(config, db, log);
   try {
     await Promise.race([started, stopAsked]);
+    webhooks.start();
     await stopAsked;
   } finally {
     try {
+      await webhooks.stop();
       await scheduler.stop();
     } finally {
       await db.close();
