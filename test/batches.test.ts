@@ -1,3 +1,4 @@
+import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Job } from '../contract/jobs.ts';
 import { batchesOf, type Batch, type BatchStore } from '../control-plane/db/batches.ts';
@@ -231,5 +232,26 @@ describe('batch counts and status', () => {
     expect(after).toMatchObject({ status: 'active', failed: 0, cancelled: 0, running: 0 });
     expect(after.queued).toBe(24);
     expect(after.completed).toBe(36);
+  });
+});
+
+describe('realtime publication', () => {
+  it('publishes jobs, batches and log lines where supabase_realtime exists', async () => {
+    const published = async () =>
+      (
+        await t.sql.query<{ tablename: string }>(
+          `select tablename from pg_publication_tables
+            where pubname = 'supabase_realtime' order by 1`,
+        )
+      ).rows.map((r) => r.tablename);
+    await t.sql.query('create publication supabase_realtime for table public.hd_job_logs');
+    const migration = await readFile(
+      new URL('../supabase/migrations/00013_batches.sql', import.meta.url),
+      'utf8',
+    );
+    await t.sql.query(migration); // re-runnable: applied again on a database that has it
+    expect(await published()).toEqual(['hd_batches', 'hd_ingestion_jobs', 'hd_job_logs']);
+    await t.sql.query(migration);
+    expect(await published()).toEqual(['hd_batches', 'hd_ingestion_jobs', 'hd_job_logs']);
   });
 });

@@ -505,6 +505,25 @@ as $$
   returning *
 $$;
 
+-- Live progress for web UIs (supabase-js postgres_changes; Realtime applies the RLS above):
+-- jobs, batches and log lines are published where Supabase Realtime's publication exists.
+do $$
+declare
+  t text;
+begin
+  if exists (select 1 from pg_catalog.pg_publication
+              where pubname = 'supabase_realtime' and not puballtables) then
+    foreach t in array array['hd_ingestion_jobs', 'hd_batches', 'hd_job_logs'] loop
+      if not exists (select 1 from pg_catalog.pg_publication_tables
+                      where pubname = 'supabase_realtime' and schemaname = 'public'
+                        and tablename = t) then
+        execute format('alter publication supabase_realtime add table public.%I', t);
+      end if;
+    end loop;
+  end if;
+end
+$$;
+
 select public.hd__lock_down_functions();
 
 notify pgrst, 'reload schema';
