@@ -17,7 +17,11 @@ export type UrlSigner = (
 const SCHEDULER_ONLY =
   /^HD_(DOCKER_|GPU|LAUNCHER$|SLOTS$|JOB_TYPES$|POLL_INTERVAL_MS$|REAP_INTERVAL_MS$|RECONCILE_INTERVAL_MS$|SHUTDOWN_GRACE_MS$|RUNNER_)/;
 // The scheduler's own credentials: a runner with a scoped credential never sees them.
-const SCHEDULER_SECRETS = new Set(['HD_DATABASE_URL', 'SUPABASE_SERVICE_ROLE_KEY']);
+const SCHEDULER_SECRETS = new Set([
+  'HD_DATABASE_URL',
+  'HD_LISTEN_DATABASE_URL',
+  'SUPABASE_SERVICE_ROLE_KEY',
+]);
 // A token outlives the job's time limit by this much (the launcher's kill backstop, clocks).
 const TOKEN_GRACE_SECONDS = 120;
 // Past this the job's signed URLs would not fit in one environment variable (128 KiB).
