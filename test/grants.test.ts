@@ -95,7 +95,7 @@ const TABLES = parseMatrix(`
   hd_kg_nodes             -    s             -         -            siudt
   hd_schema_migrations    -    -             -         -            -
   hd_syntheses            -    s             -         -            siudt
-  hd_webhook_endpoints    -    s             -         -            siudt
+  hd_webhook_endpoints    -    s             -         s            siudt
   hd_webhook_outbox       -    s             -         s            siudt
 `);
 

@@ -132,6 +132,30 @@ requeue: exit 1, with why.`,
     embeddedDefault: true,
   },
   {
+    name: 'webhooks',
+    summary: 'add and list webhook endpoints, read the delivery log, replay a delivery',
+    usage: `hd-runner webhooks add --account UUID --url URL [--events a,b] [--json]
+                                        prints the endpoint id and its signing secret (once)
+hd-runner webhooks list [--account UUID] [--json]
+hd-runner webhooks deliveries [--account UUID] [--status S] [--limit N] [--json]
+                                        newest first; S: pending, delivered, failed
+hd-runner webhooks replay DELIVERY_ID [--json]
+                                        send again (same webhook-id), attempts from 0
+
+Events: job.completed, job.failed, batch.completed, batch.failed, batch.cancelled (default
+all). The scheduler delivers them signed per Standard Webhooks; see README, Webhooks.`,
+    options: {
+      account: { type: 'string' },
+      url: { type: 'string' },
+      events: { type: 'string' },
+      status: { type: 'string' },
+      limit: { type: 'string' },
+      json: { type: 'boolean' },
+    },
+    load: async () => (await import('./webhooks.ts')).webhooksCommand,
+    embeddedDefault: true,
+  },
+  {
     name: 'migrate',
     summary: 'apply the SQL contract (supabase/migrations) to the database',
     usage: `hd-runner migrate [--force]

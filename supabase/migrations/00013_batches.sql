@@ -95,7 +95,8 @@ create index if not exists hd_webhook_outbox_due_idx
 create index if not exists hd_webhook_outbox_account_idx
   on public.hd_webhook_outbox (account_id, created_at desc);
 
--- Members read their endpoints (not the secret: no column grant) and their delivery log.
+-- Members read their endpoints (not the secret: no column grant) and their delivery log;
+-- the scheduler role (operator commands) reads both, secrets neither.
 alter table public.hd_webhook_endpoints enable row level security;
 alter table public.hd_webhook_outbox enable row level security;
 drop policy if exists hd_members_read on public.hd_webhook_endpoints;
@@ -107,7 +108,7 @@ create policy hd_members_read on public.hd_webhook_outbox for select to authenti
 revoke all on public.hd_webhook_endpoints, public.hd_webhook_outbox
   from anon, authenticated, hd_runner, hd_scheduler;
 grant select (id, account_id, url, events, enabled, created_at, updated_at)
-  on public.hd_webhook_endpoints to authenticated;
+  on public.hd_webhook_endpoints to authenticated, hd_scheduler;
 grant select on public.hd_webhook_outbox to authenticated, hd_scheduler;
 grant all on public.hd_webhook_endpoints, public.hd_webhook_outbox to service_role;
 
