@@ -89,6 +89,11 @@ hd-runner jobs requeue ID [--json]      failed/completed → queued, error clear
 hd-runner jobs cancel ID [--reason TEXT] [--json]
                                         queued/running → failed (CANCELLED); a running
                                         runner is stopped by its scheduler
+hd-runner jobs watch ID… | --batch ID | --account UUID [--interval MS] [--json]
+                                        live progress until the jobs end: bars on a
+                                        terminal, a line per change otherwise, --json
+                                        events; exit 0 all completed, 10 any failed
+                                        (--account: its queued and running jobs now)
 
 ID is a job's UUID or a unique start of it (4+ characters, as the demo prints them).
 A job in another state than the action needs is left as it is: exit 1, with why.
@@ -100,6 +105,8 @@ Without HD_DATABASE_URL, after hd-runner demo: the demo's embedded PostgreSQL.`,
       limit: { type: 'string' },
       reason: { type: 'string' },
       logs: { type: 'boolean' },
+      batch: { type: 'string' },
+      interval: { type: 'string' },
       json: { type: 'boolean' },
     },
     load: async () => (await import('./jobs.ts')).jobsCommand,

@@ -15,15 +15,24 @@ import {
   type ParsedArgs,
 } from '../command.ts';
 
-const ACTIONS = ['list', 'show', 'requeue', 'cancel'] as const;
+const ACTIONS = ['list', 'show', 'requeue', 'cancel', 'watch'] as const;
 type Action = (typeof ACTIONS)[number];
 
 export async function jobsCommand(args: ParsedArgs, env: Env): Promise<number> {
   const [action, id] = args.positionals;
   if (!action || !(ACTIONS as readonly string[]).includes(action)) {
     throw new UsageError(
-      'jobs: expected one of list, show, requeue, cancel (see hd-runner jobs --help)',
+      'jobs: expected one of list, show, requeue, cancel, watch (see hd-runner jobs --help)',
     );
+  }
+  if (action === 'watch') {
+    const db = openDb(configFrom(env));
+    try {
+      const { watchJobs } = await import('./jobs-watch.ts');
+      return await watchJobs(db, args, args.positionals.slice(1));
+    } finally {
+      await db.close();
+    }
   }
   if (action !== 'list' && !id) throw new UsageError(`jobs ${action}: a job id is required`);
   if (id && !uuidPrefixRange(id.toLowerCase()))
@@ -32,7 +41,7 @@ export async function jobsCommand(args: ParsedArgs, env: Env): Promise<number> {
   try {
     if (action === 'list') return await listJobs(db, args);
     const jobId = await resolveJobId(db, id!);
-    return await actOnJob(db, action as Exclude<Action, 'list'>, jobId, args);
+    return await actOnJob(db, action as Exclude<Action, 'list' | 'watch'>, jobId, args);
   } finally {
     await db.close();
   }
