@@ -179,6 +179,11 @@ export const configSchema = z.object({
   HD_WEBHOOK_TIMEOUT_MS: positiveInt.default(10_000),
   /** Webhooks: how often the scheduler looks for due deliveries, in ms. Default 2000. */
   HD_WEBHOOK_POLL_MS: positiveInt.default(2000),
+  /** Scheduler: serve /metrics (Prometheus), /healthz and /readyz on this loopback host:port (`127.0.0.1:9464`). Default off. */
+  HD_METRICS_ADDRESS: z
+    .string()
+    .regex(/^(127\.\d{1,3}\.\d{1,3}\.\d{1,3}|localhost|\[::1\]):\d{1,5}$/, 'a loopback host:port')
+    .optional(),
   /** Folder for downloaded inputs and scratch files. Default the OS temp dir. */
   HD_WORK_DIR: z.string().min(1).optional(),
   /** pino level: fatal, error, warn, info, debug, trace, silent. Default info. */

@@ -506,6 +506,32 @@ as $$
   returning *
 $$;
 
+-- What the scheduler's /metrics reports about the shared queue at scrape time: per job
+-- type the queued and running jobs and the age of the oldest runnable one; the webhook
+-- outbox by status. One round trip, on either transport.
+create or replace function public.hd_queue_metrics(p_now timestamptz default now())
+returns jsonb
+language sql stable
+as $$
+  select jsonb_build_object(
+    'job_types', coalesce((
+      select jsonb_agg(jsonb_build_object(
+               'job_type', g.job_type, 'queued', g.queued, 'running', g.running,
+               'oldest_queued_seconds', coalesce(extract(epoch from p_now - g.oldest), 0)))
+        from (select job_type,
+                     count(*) filter (where status = 'queued') as queued,
+                     count(*) filter (where status = 'running') as running,
+                     min(run_after) filter (where status = 'queued' and run_after <= p_now)
+                       as oldest
+                from public.hd_ingestion_jobs where status in ('queued', 'running')
+               group by job_type) g), '[]'::jsonb),
+    'webhooks', (select jsonb_build_object(
+                   'pending', count(*) filter (where status = 'pending'),
+                   'delivered', count(*) filter (where status = 'delivered'),
+                   'failed', count(*) filter (where status = 'failed'))
+                   from public.hd_webhook_outbox))
+$$;
+
 -- Live progress for web UIs (supabase-js postgres_changes; Realtime applies the RLS above):
 -- jobs, batches and log lines are published where Supabase Realtime's publication exists.
 do $$
