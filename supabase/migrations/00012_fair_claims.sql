@@ -2,8 +2,10 @@
 -- globally (every scheduler on every host claims through this one function).
 --
 -- Rule: among accounts with a runnable job, the one with the fewest running jobs relative
--- to its weight (running / weight) goes first; ties go to the account whose next job
--- has the highest priority, then the earliest run_after. Within an account, jobs keep
+-- to its weight (running / weight) goes first; ties go to the account whose latest
+-- running job started first (round robin: without it the account with the oldest backlog
+-- won every tie, measured in bench/fairness.ts as 15% of the slot time for a tenant owed
+-- 25%), then to the one whose next job has the highest priority, then the earliest run_after. Within an account, jobs keep
 -- 00003's order (priority desc, run_after, id). An account that enqueues 10,000 jobs
 -- therefore gets the next slot only while no other account with work runs fewer (by
 -- weight): a small tenant's first job starts at the next slot that frees up, and no
@@ -169,7 +171,7 @@ begin
       left join public.hd_account_limits l on l.account_id = g.account_id
       left join public.hd_job_type_limits t on t.job_type = g.job_type
      cross join lateral (
-       select count(*) as n from public.hd_ingestion_jobs r
+       select count(*) as n, max(r.started_at) as last_started from public.hd_ingestion_jobs r
         where r.status = 'running' and r.account_id = g.account_id) running
      cross join lateral (
        select q.priority, q.run_after, q.id from public.hd_ingestion_jobs q
@@ -181,7 +183,8 @@ begin
        and not (g.job_type = any (v_full_types))
        and (coalesce(l.max_running, p_account_max_running) is null
             or running.n < coalesce(l.max_running, p_account_max_running))
-     order by running.n / coalesce(l.weight, 1), head.priority desc, head.run_after, head.id
+     order by running.n / coalesce(l.weight, 1), running.last_started nulls first,
+              head.priority desc, head.run_after, head.id
      limit 1;
     exit when not found;
 
