@@ -50,6 +50,8 @@ export interface SchedulerDeps {
   jobLogs?: Partial<JobLogLimits> | undefined;
   /** Hides secrets, stack frames and host paths in what tenants read (logs, job errors). */
   redactor?: Redactor | undefined;
+  /** Called once a job's runner has ended: drops what runnerEnv made for it (a job role). */
+  releaseRunner?: ((job: LeasedJob) => Promise<void>) | undefined;
   /** The job's own runner environment: credentials scoped to it (scheduler/runner-access.ts). */
   runnerEnv?:
     ((job: LeasedJob, resources: Resources) => Promise<Record<string, string>>) | undefined;
@@ -69,6 +71,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
   readonly #reconciler: Reconciler | undefined;
   readonly #resourcesFor: (jobType: string) => Resources;
   readonly #runnerEnv: SchedulerDeps['runnerEnv'];
+  readonly #releaseRunner: SchedulerDeps['releaseRunner'];
   readonly #logs: JobLogBook;
   readonly #outcomes: OutcomeRecorder;
   readonly #running = new Map<string, Running>();
@@ -99,6 +102,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
     this.#reconciler = deps.reconciler;
     this.#resourcesFor = deps.resourcesFor ?? handlerResources;
     this.#runnerEnv = deps.runnerEnv;
+    this.#releaseRunner = deps.releaseRunner;
     this.#dbOutage = new OutageNotice(deps.log);
     this.#launcherOutage = new OutageNotice(deps.log);
     this.#logs = new JobLogBook({
@@ -348,11 +352,16 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
     } catch (error) {
       await logs.finish();
       const message = `the runner could not be started: ${toHdError(error).message}`;
-      // The platform's fault (the engine went down after the claim) costs no attempt.
-      if (!entry.runner && !(await this.#launcherReady()))
+      // The platform's fault (the engine or the database went down after the claim)
+      // costs no attempt.
+      const unreachable = toHdError(error).code === 'DATABASE_UNAVAILABLE';
+      if (!entry.runner && (unreachable || !(await this.#launcherReady())))
         await this.#outcomes.release(job, message);
       else await this.#outcomes.fail(job, 'LAUNCH_FAILED', message, {});
     }
+    await this.#releaseRunner?.(job).catch((error: unknown) =>
+      this.#report(error, "could not drop the runner's job role"),
+    );
     const final = await this.#db.getJob(job.id).catch(() => undefined);
     this.emit('job:finished', final ?? job, exit);
   }
