@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { JOB_INPUTS, PAYLOAD_SCHEMAS, isJobType, type LeasedJob } from '../contract/jobs.ts';
 import { assertBucketName, assertTenantPath } from '../contract/storage-paths.ts';
 import { ConfigError, configToEnv, type Config } from '../control-plane/config.ts';
@@ -30,25 +31,26 @@ const MAX_SIGNED_URLS_BYTES = 100_000;
 /**
  * What each runner is given: the configuration it needs, and a credential that reaches
  * its own job and nothing else (docs/containers.md, "Trust boundary"):
- * - postgres transport: HD_RUNNER_DATABASE_URL (role hd_runner: lease-checked functions only);
+ * - postgres transport: a login role made for the job (hd_create_job_role: member of
+ *   hd_runner, lease-checked functions of this job only), or a shared HD_RUNNER_DATABASE_URL;
  * - supabase transport: a JWT signed here per job (role hd_runner, claims job_id and
  *   account_id, expiring with the job's time limit), which PostgREST verifies;
  * - supabase storage: a signed URL per input object of the job, nothing else;
  * - fs storage: the launcher mounts only the job's account folder.
  * With HD_RUNNER_CREDENTIALS=operator runners get the scheduler's own settings instead.
  */
+type AccessDb = Pick<ControlPlaneDb, 'listDocumentFiles' | 'createJobRole' | 'dropJobRoles'>;
+
 export class RunnerAccess {
-  readonly #db: Pick<ControlPlaneDb, 'listDocumentFiles'>;
+  readonly #db: AccessDb;
+  /** The database runners reach with a role of their own job (postgres transport). */
+  readonly #jobRoleUrl: string | undefined;
   readonly #tokenKey: JobTokenKey | undefined;
   readonly #signUrls: UrlSigner | undefined;
   /** Every runner's environment before its job's own part. */
   readonly baseEnv: Record<string, string>;
 
-  constructor(
-    config: Config,
-    db: Pick<ControlPlaneDb, 'listDocumentFiles'>,
-    signUrls?: UrlSigner | undefined,
-  ) {
+  constructor(config: Config, db: AccessDb, signUrls?: UrlSigner | undefined) {
     this.#db = db;
     const scoped = config.HD_RUNNER_CREDENTIALS === 'scoped';
     this.baseEnv = Object.fromEntries(
@@ -61,11 +63,14 @@ export class RunnerAccess {
     );
     if (!scoped) return;
     if (config.HD_TRANSPORT === 'postgres') {
-      if (!config.HD_RUNNER_DATABASE_URL)
+      // A shared hd_runner login where the owner cannot create roles; otherwise a role per job.
+      if (config.HD_RUNNER_DATABASE_URL)
+        this.baseEnv.HD_DATABASE_URL = config.HD_RUNNER_DATABASE_URL;
+      else if (config.HD_DATABASE_URL) this.#jobRoleUrl = config.HD_DATABASE_URL;
+      else
         throw new ConfigError(
-          'invalid configuration: HD_RUNNER_DATABASE_URL is required: runners connect as role hd_runner, never with the scheduler’s HD_DATABASE_URL (see docs/containers.md; HD_RUNNER_CREDENTIALS=operator opts out) (it is not set)',
+          'invalid configuration: HD_DATABASE_URL is required for the postgres transport (it is not set)',
         );
-      this.baseEnv.HD_DATABASE_URL = config.HD_RUNNER_DATABASE_URL;
     } else {
       this.#tokenKey = tokenKey(config);
     }
@@ -91,8 +96,21 @@ export class RunnerAccess {
         },
         this.#tokenKey,
       );
+    if (this.#jobRoleUrl) {
+      const password = randomBytes(24).toString('base64url');
+      const validUntil = new Date((now + lifetime) * 1000);
+      const url = new URL(this.#jobRoleUrl);
+      url.username = await this.#db.createJobRole(job.id, job.lease_token, password, validUntil);
+      url.password = password;
+      env.HD_DATABASE_URL = url.toString();
+    }
     if (this.#signUrls) env.HD_JOB_STORAGE_URLS = await this.#storageGrants(job, lifetime);
     return env;
+  }
+
+  /** After the runner ended: its job role, and any left by runners that died, go. */
+  async release(): Promise<void> {
+    if (this.#jobRoleUrl) await this.#db.dropJobRoles();
   }
 
   /** Signed URLs for the objects the job reads, each checked to lie in the job's account. */

@@ -297,22 +297,15 @@ async function roleDefaults(role: string): Promise<string[]> {
 
 // FOUND BY THIS SUITE, reported (the fixes are SQL). On the postgres transport every runner
 // is the same role, hd_runner, with PostgreSQL's PUBLIC rights:
-// - pg_advisory_lock: the graph writes of an account serialize on an advisory lock, and
-//   pg_locks shows its key to every session (however it is derived, salt or not): B takes
-//   it while A holds it and keeps it, and A's text2kg jobs wait until B's container ends;
-// - pg_terminate_backend: a role may end its own sessions, so B ends A's runner's;
-// - ALTER ROLE: a role may set its own session defaults (and password), so B sets them for
-//   every runner of every tenant. Tried here only IN DATABASE of this test and with a
-//   harmless setting; `alter role hd_runner password …` would lock every runner out.
-// Kept out of the main verdict and asserted by `it.fails` tests below, which a fix turns
-// red: then fold them back in.
-const KNOWN_HOLES = [
-  'take the advisory locks other sessions hold',
-  "terminate another runner's session",
-  "set a default for every runner's sessions",
-];
-const withoutKnownHoles = (wrong: string[]) =>
-  wrong.filter((w) => !KNOWN_HOLES.some((hole) => w.startsWith(`${hole}: `)));
+// Closed since (each was an it.fails test here first): advisory locks (an account's graph
+// writes take turns on a row lock in hd_private, which no client role reaches, since
+// 00010), pg_terminate_backend and ALTER ROLE on the shared role (each job's runner logs in
+// with a role of its own, hd_create_job_role). The shared HD_RUNNER_DATABASE_URL fallback
+// keeps the last two: test/runner-role-sharing.test.ts.
+const withoutKnownHoles = (wrong: string[]) => wrong;
+
+/** What a job's credential is made to outlive (its time limit): any will do here. */
+const RUNNER_LIMITS = { gpu: false, memoryMb: 512, cpus: 1, timeoutMs: 10 * 60_000 };
 
 /** Every row of tenant A in every hd_ table with an account_id. */
 async function rowsOfA(): Promise<Record<string, unknown[]>> {
@@ -353,15 +346,16 @@ describe.skipIf(!d.available)(
         await chmod(root, 0o755); // the runner (uid 1000) reads it
         await putObject(root, BUCKET, keyOf(ACCOUNT_A), A_OBJECT);
         await putObject(root, BUCKET, keyOf(ACCOUNT_B), B_OBJECT);
+        // The default: each job's runner logs in with a role made for its job.
         const config = testConfig(t.url, root, {
           HD_WORKER_ID: SCHEDULER_ID,
           HD_DOCKER_NETWORK: 'host',
-          HD_RUNNER_DATABASE_URL: t.runnerUrl,
         });
         access = new RunnerAccess(config, t.db);
         before = await rowsOfA();
-        // A's runner, connected as role hd_runner as every runner on this transport is.
-        const sessionOfA = new pg.Client(t.runnerUrl);
+        // A's runner, connected with the role of its job.
+        const urlOfA = (await access.envFor(graphJobOfA, RUNNER_LIMITS)).HD_DATABASE_URL!;
+        const sessionOfA = new pg.Client(urlOfA);
         sessionOfA.on('error', () => {}); // a terminated session reports here too
         await sessionOfA.connect();
         // A's graph write in progress (its transaction open): it holds A's graph lock.
@@ -398,18 +392,15 @@ describe.skipIf(!d.available)(
         expect(result.exit.exitCode).toBe(0);
       });
 
-      it.fails(
-        "KNOWN HOLE (reported): B cannot take A's graph lock and stall A's graph writes",
-        () => {
-          expect(graphWrite).toBe('written');
-        },
-      );
+      it("cannot take A's graph lock and stall A's graph writes", () => {
+        expect(graphWrite).toBe('written');
+      });
 
-      it.fails("KNOWN HOLE (reported): B cannot end A's runner's database session", () => {
+      it("cannot end A's runner's database session", () => {
         expect(runnerSessionOfA).toBe('alive');
       });
 
-      it.fails("KNOWN HOLE (reported): B cannot set defaults for other runners' sessions", () => {
+      it("cannot set defaults for other runners' sessions", () => {
         expect(runnerRoleDefaults).toEqual([]);
       });
 

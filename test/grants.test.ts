@@ -25,6 +25,8 @@ const FUNCTIONS = parseMatrix(`
   hd__chunk_sha256                    .    .             .         .            .
   hd__count_batch_jobs                .    .             .         .            .
   hd__enqueue_job_webhooks            .    .             .         .            .
+  hd__job_role_name                   .    .             .         .            .
+  hd__lock                            .    .             .         .            .
   hd__lock_down_functions             .    .             .         .            .
   hd__lock_leased_job                 .    .             .         .            .
   hd__notify_jobs_queued              .    .             .         .            .
@@ -34,6 +36,7 @@ const FUNCTIONS = parseMatrix(`
   hd__share_leased_job                .    .             .         .            .
   hd__webhook_payload                 .    .             .         .            .
   hd__take_claim_lock                 .    .             .         .            .
+  hd__try_lock                        .    .             .         .            .
   # take a lease token: a runner's whole reach
   hd_adopt_lease                      .    .             X         X            X
   hd_complete_job                     .    .             X         X            X
@@ -60,10 +63,11 @@ const FUNCTIONS = parseMatrix(`
   hd_claim_jobs                       .    .             .         X            X
   hd_claim_webhook_deliveries         .    .             .         X            X
   hd_complete_jobs                    .    .             .         X            X
+  hd_create_job_role                  .    .             .         X            X
   hd_doctor_report                    .    .             .         X            X
+  hd_drop_job_roles                   .    .             .         X            X
   hd_enqueue_batch                    .    .             .         X            X
   hd_enqueue_job                      .    .             .         X            X
-  hd_queue_metrics                    .    .             .         X            X
   hd_reap_expired_leases              .    .             .         X            X
   hd_record_webhook_attempt           .    .             .         X            X
   hd_replay_webhook                   .    .             .         X            X
@@ -237,12 +241,13 @@ describe('the grant matrix of the migrated database', () => {
       Object.keys(functions).filter((name) => functions[name]!.split(' ')[role] === 'X');
     expect(callers(CONTRACT_ROLES.indexOf('anon'))).toEqual([]);
     expect(callers(CONTRACT_ROLES.indexOf('authenticated'))).toEqual(['has_role_on_account']);
-    // hd_runner: exactly the functions that take a lease token, all of them.
+    // hd_runner: exactly the functions that take a lease token, all of them, but the
+    // scheduler's own (logs, container id, making the job's login role).
     const { rows } = await t.sql.query<{ name: string }>(
       `select p.proname as name from pg_proc p
         where p.pronamespace = 'public'::regnamespace and p.proname like 'hd\\_%'
           and p.proname not like 'hd\\_\\_%' and p.proargnames[2] = 'p_lease_token'
-          and p.proname not in ('hd_append_job_logs', 'hd_set_container_id')
+          and p.proname not in ('hd_append_job_logs', 'hd_set_container_id', 'hd_create_job_role')
         order by 1`,
     );
     expect(callers(CONTRACT_ROLES.indexOf('hd_runner'))).toEqual(rows.map((r) => r.name));

@@ -2,6 +2,7 @@ import { generateKeyPairSync } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { LeasedJob } from '../contract/jobs.ts';
 import { loadConfig } from '../control-plane/config.ts';
@@ -202,5 +203,65 @@ describe('runner tokens signed with an imported asymmetric key (ES256)', () => {
       body: JSON.stringify({ p_job_id: job.id, p_lease_token: leased!.lease_token }),
     });
     expect(refused.status).toBe(401);
+  });
+});
+
+describe('a runner with a role of its own job (postgres transport)', () => {
+  const pgAccess = () =>
+    new RunnerAccess(loadConfig({ HD_DATABASE_URL: t.url, HD_WORKER_ID: 'creds-test' }), t.db);
+  async function claimed(account: string): Promise<LeasedJob> {
+    const job = await t.db.enqueueJob({ accountId: account, jobType: 'probe', debug: {} });
+    const [leased] = await t.db.claimJobs({ workerId: 'w', jobId: job.id, leaseSeconds: 600 });
+    return leased as LeasedJob;
+  }
+  async function connect(url: string) {
+    const client = new pg.Client(url);
+    await client.connect();
+    clients.push(client);
+    return client;
+  }
+  const clients: pg.Client[] = [];
+  afterAll(() => Promise.all(clients.map((c) => c.end().catch(() => {}))));
+
+  it('reaches its own job only, and cannot end or read another runner’s session', async () => {
+    const access = pgAccess();
+    const [a, b] = [await claimed(ACCOUNT_A), await claimed(ACCOUNT_B)];
+    const urlA = (await access.envFor(a, LIMITS)).HD_DATABASE_URL!;
+    const urlB = (await access.envFor(b, LIMITS)).HD_DATABASE_URL!;
+    expect(new URL(urlB).username).toBe(`hd_job_${b.id.replaceAll('-', '')}`);
+    expect(urlB).not.toContain(new URL(t.url).password);
+    const [runnerA, runnerB] = [await connect(urlA), await connect(urlB)];
+    const adopt = 'select id from public.hd_adopt_lease($1, $2, 600)';
+    expect((await runnerB.query(adopt, [b.id, b.lease_token])).rows).toEqual([{ id: b.id }]);
+    // Even with A's lease token, B's role is refused on A's job.
+    await expect(runnerB.query(adopt, [a.id, a.lease_token])).rejects.toThrow(
+      `permission denied: this runner credential (${new URL(urlB).username}) is not for job ${a.id}`,
+    );
+    const { rows } = await runnerA.query<{ pid: number }>('select pg_backend_pid() as pid');
+    await runnerA.query(`select 'tenant A query' as marker`);
+    await expect(runnerB.query('select pg_terminate_backend($1)', [rows[0]!.pid])).rejects.toThrow(
+      /permission denied to terminate process/,
+    );
+    const seen = await runnerB.query<{ query: string }>(
+      'select query from pg_stat_activity where pid = $1',
+      [rows[0]!.pid],
+    );
+    expect(seen.rows).toEqual([{ query: '<insufficient privilege>' }]);
+    expect((await runnerA.query('select 1 as alive')).rows).toEqual([{ alive: 1 }]);
+  });
+
+  it('drops the role once its job has ended, ending a session that outlived it', async () => {
+    const access = pgAccess();
+    const job = await claimed(ACCOUNT_A);
+    const url = (await access.envFor(job, LIMITS)).HD_DATABASE_URL!;
+    const zombie = await connect(url);
+    zombie.on('error', () => {});
+    await t.db.completeJob(job.id, job.lease_token, {});
+    await access.release();
+    const role = new URL(url).username;
+    const { rows } = await t.sql.query('select 1 from pg_roles where rolname = $1', [role]);
+    expect(rows).toEqual([]);
+    await expect(zombie.query('select 1')).rejects.toThrow(/terminat|Connection/i);
+    await expect(connect(url)).rejects.toThrow(/password authentication failed|does not exist/);
   });
 });

@@ -4,14 +4,15 @@ import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
 import { refusal } from './helpers/lease-calls.ts';
 import { ACCOUNT_A, ACCOUNT_B } from './helpers/runtime.ts';
 
-// On the postgres transport every runner logs in as the same role, hd_runner. What one
-// login can do to another tenant's runner beyond the hd_ functions: PostgreSQL lets a
-// role signal its own backends, take any advisory lock, and LISTEN on any channel.
+// Runners that share one login, role hd_runner: the HD_RUNNER_DATABASE_URL fallback of
+// the postgres transport (the default gives each job a role of its own, see
+// test/runner-credentials.test.ts). What one login can do to another tenant's runner
+// beyond the hd_ functions: PostgreSQL lets a role signal its own backends, read their
+// query text, take any advisory lock, and LISTEN on any channel.
 //
-// KNOWN EXPOSURES (reported to the lead, not fixed yet): each test states the behaviour
-// the issue asks for and is marked `it.fails` while the database still allows the
-// attack; when a fix lands (a role per job, revoked grants, payload-free notices) the
-// test passes, vitest reports it, and it becomes a plain `it`.
+// The graph lock is closed for every mode (a row lock in hd_private since 00010). The rest are
+// KNOWN EXPOSURES of the shared fallback, documented in docs/containers.md and marked
+// `it.fails`: a fix makes vitest report them, and they become plain `it`.
 
 let t: TestDatabase;
 const clients: pg.Client[] = [];
@@ -53,9 +54,10 @@ describe("one runner's login against another tenant's runner", () => {
     expect(rows.map((r) => r.query).join('\n')).not.toContain('tenant A was here');
   });
 
-  it.fails("cannot stall another account's graph writes with its advisory lock", async () => {
+  it("cannot stall another account's graph writes with its advisory lock", async () => {
     const attacker = await runnerLogin();
-    // The key hd_write_document_graph serialises an account's graph writes on (00007).
+    // The key 00007 serialised an account's graph writes on; since 00010 they take turns
+    // on a row lock in a schema no client role reaches.
     await refusal(attacker, `select pg_advisory_lock(hashtextextended('hd_kg:' || $1, 0))`, [
       ACCOUNT_A,
     ]);

@@ -4,7 +4,6 @@ import { ConfigError, redactUrl, type Config } from '../../control-plane/config.
 import type { ControlPlaneDb } from '../../control-plane/db/transport.ts';
 import type { Logger } from '../../control-plane/logger.ts';
 import { openDb } from '../../control-plane/open.ts';
-import { startMetricsServer } from '../../scheduler/metrics.ts';
 import { webhookDeliveryFor } from '../../scheduler/webhooks.ts';
 import { Redactor, secretsOf } from '../../control-plane/redact.ts';
 import { supabaseUrlSigner } from '../../control-plane/storage/signed-urls.ts';
@@ -64,14 +63,25 @@ export function createScheduler(
       resourcesFor: handlerResources,
     });
     const runnerEnv = access.envFor.bind(access);
-    return new Scheduler({ db, launcher, config, log, gpus, reconciler, runnerEnv, redactor });
+    const releaseRunner = () => access.release();
+    return new Scheduler({
+      db,
+      launcher,
+      config,
+      log,
+      gpus,
+      reconciler,
+      runnerEnv,
+      releaseRunner,
+      redactor,
+    });
   }
   // A child process runs as this user and could read this process's environment anyway;
   // scoped credentials are used where configured, so both launchers behave alike.
   const scoped = hasScopedCredentials(config);
   if (!scoped && config.HD_RUNNER_CREDENTIALS === 'scoped')
     log.warn(
-      'process launcher: runners get the scheduler’s own credentials (no HD_RUNNER_DATABASE_URL / SUPABASE_JWT_SECRET); use the docker launcher to isolate tenants (docs/containers.md)',
+      'process launcher: runners get the scheduler’s own credentials (no SUPABASE_JWT_SECRET or HD_RUNNER_JWT_PRIVATE_KEY); use the docker launcher to isolate tenants (docs/containers.md)',
     );
   const access = runnerAccess(
     scoped ? config : { ...config, HD_RUNNER_CREDENTIALS: 'operator' },
@@ -88,7 +98,18 @@ export function createScheduler(
   // Finds the runners a killed scheduler left (recorded in their job rows) and stops them.
   const reconciler = new ProcessReconciler({ db, schedulerId: config.HD_WORKER_ID, log });
   const runnerEnv = access.envFor.bind(access);
-  return new Scheduler({ db, launcher, config, log, gpus, reconciler, runnerEnv, redactor });
+  const releaseRunner = () => access.release();
+  return new Scheduler({
+    db,
+    launcher,
+    config,
+    log,
+    gpus,
+    reconciler,
+    runnerEnv,
+    releaseRunner,
+    redactor,
+  });
 }
 
 function runnerAccess(config: Config, db: ControlPlaneDb, log: Logger): RunnerAccess {
@@ -105,9 +126,11 @@ function runnerAccess(config: Config, db: ControlPlaneDb, log: Logger): RunnerAc
 
 /** Whether runner credentials are configured for the transport in use. */
 function hasScopedCredentials(config: Config): boolean {
-  return config.HD_TRANSPORT === 'postgres'
-    ? Boolean(config.HD_RUNNER_DATABASE_URL)
-    : Boolean(config.SUPABASE_JWT_SECRET || config.HD_RUNNER_JWT_PRIVATE_KEY);
+  // postgres: a role per job (or HD_RUNNER_DATABASE_URL); supabase: a key to sign tokens.
+  return (
+    config.HD_TRANSPORT === 'postgres' ||
+    Boolean(config.SUPABASE_JWT_SECRET || config.HD_RUNNER_JWT_PRIVATE_KEY)
+  );
 }
 
 /** GPU slots from HD_GPUS / `nvidia-smi -L` and HD_GPU_JOBS_PER_GPU. */
@@ -168,9 +191,6 @@ export async function schedulerCommand(args: ParsedArgs, env: Env): Promise<numb
     process.once('SIGINT', onSignal);
   });
   // start() waits while the database is out of reach; a signal meanwhile ends the wait.
-  const metrics = config.HD_METRICS_ADDRESS
-    ? await startMetricsServer(config, db, scheduler)
-    : undefined;
   const started = scheduler.start();
   // Webhook events of ended jobs and batches (00013's outbox), once the database answers.
   const webhooks = webhookDeliveryFor(config, db, log);
@@ -183,7 +203,6 @@ export async function schedulerCommand(args: ParsedArgs, env: Env): Promise<numb
       await webhooks.stop();
       await scheduler.stop();
     } finally {
-      await metrics?.close();
       await db.close();
     }
   }

@@ -104,6 +104,22 @@ export class PostgresDb implements ControlPlaneDb {
     return rows[0].expires as Date;
   }
 
+  async createJobRole(jobId: string, leaseToken: string, password: string, validUntil: Date) {
+    const { rows } = await this.pool.query<{ role: string }>(
+      'select public.hd_create_job_role($1, $2, $3, $4) as role',
+      [jobId, leaseToken, password, validUntil],
+    );
+    return rows[0]!.role;
+  }
+
+  async dropJobRoles(jobId?: string) {
+    const { rows } = await this.pool.query<{ dropped: number }>(
+      'select public.hd_drop_job_roles($1) as dropped',
+      [jobId ?? null],
+    );
+    return rows[0]!.dropped;
+  }
+
   adoptLease(jobId: string, leaseToken: string, leaseSeconds: number) {
     return this.#one('select * from public.hd_adopt_lease($1, $2, $3)', [
       jobId,

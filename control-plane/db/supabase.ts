@@ -128,6 +128,19 @@ export class SupabaseDb extends SupabaseOutputCalls implements ControlPlaneDb {
     return new Date(expires);
   }
 
+  createJobRole(jobId: string, leaseToken: string, password: string, validUntil: Date) {
+    return this.rpc<string>('hd_create_job_role', {
+      p_job_id: jobId,
+      p_lease_token: leaseToken,
+      p_password: password,
+      p_valid_until: validUntil.toISOString(),
+    });
+  }
+
+  dropJobRoles(jobId?: string) {
+    return this.rpc<number>('hd_drop_job_roles', { p_job_id: jobId ?? null });
+  }
+
   adoptLease(jobId: string, leaseToken: string, leaseSeconds: number) {
     return this.#job('hd_adopt_lease', {
       p_job_id: jobId,

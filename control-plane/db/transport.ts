@@ -199,6 +199,18 @@ export type WakeReason = { kind: 'queued'; jobType: string } | { kind: 'cancelle
 export interface ControlPlaneDb {
   claimJobs(options: ClaimOptions): Promise<Job[]>;
   heartbeat(jobId: string, leaseToken: string, leaseSeconds: number): Promise<Date>;
+  /**
+   * hd_create_job_role: a login role for the leased job's runner (postgres transport),
+   * member of hd_runner, valid until `validUntil`; resolves to its name.
+   */
+  createJobRole(
+    jobId: string,
+    leaseToken: string,
+    password: string,
+    validUntil: Date,
+  ): Promise<string>;
+  /** hd_drop_job_roles: drops the roles of jobs no longer running (of `jobId`, or all). */
+  dropJobRoles(jobId?: string): Promise<number>;
   /** hd_adopt_lease: renews a handed-over lease and reads its job (a runner's first call). */
   adoptLease(jobId: string, leaseToken: string, leaseSeconds: number): Promise<Job>;
   reportProgress(jobId: string, leaseToken: string, percent: number, step?: string): Promise<void>;

@@ -47,6 +47,14 @@ $$;
 revoke all on function public.has_role_on_account(uuid, varchar) from public, anon;
 grant execute on function public.has_role_on_account(uuid, varchar) to authenticated, service_role;
 
+-- The login role of one job's runner on the postgres transport (hd_create_job_role).
+create or replace function public.hd__job_role_name(p_job_id uuid)
+returns text
+language sql immutable
+as $$
+  select 'hd_job_' || replace(p_job_id::text, '-', '')
+$$;
+
 -- A runner's JWT names its job (claim job_id); through PostgREST the claims are set by
 -- the server from the verified token, so this holds even against a runner that learned
 -- another job's lease token. A direct connection has no claims: the token fences it.
@@ -60,6 +68,12 @@ begin
   if v_claims ->> 'role' = 'hd_runner' and (v_claims ->> 'job_id') is distinct from p_job_id::text then
     raise exception 'permission denied: this runner credential is for job %, not job %',
       coalesce(v_claims ->> 'job_id', '(none)'), p_job_id
+      using errcode = '42501';
+  end if;
+  -- A job's own login role (postgres transport, hd_create_job_role) is bound the same way.
+  if session_user::text like 'hd\_job\_%' and session_user::text <> public.hd__job_role_name(p_job_id) then
+    raise exception 'permission denied: this runner credential (%) is not for job %',
+      session_user, p_job_id
       using errcode = '42501';
   end if;
 end
@@ -127,7 +141,8 @@ returns timestamptz
 language plpgsql volatile
 as $$
 declare
-  v_expires timestamptz := p_now + make_interval(secs => p_lease_seconds);
+  -- Capped: a runner must not make its lease outlive it (the reaper would never come).
+  v_expires timestamptz := p_now + make_interval(secs => least(p_lease_seconds, 3600));
 begin
   perform public.hd__assert_runner_job(p_job_id);
   update public.hd_ingestion_jobs
@@ -217,6 +232,205 @@ begin
     returning * into v_job;
   end if;
   return v_job;
+end
+$$;
+
+-- Locks that only these functions can take. Advisory locks are open to every session
+-- (pg_advisory_lock is PUBLIC, cannot be revoked on Supabase, and pg_locks shows every held
+-- key), so a runner could hold another tenant's key and stall its writes or the claim;
+-- a row lock in a schema no client role can reach cannot be taken from outside.
+create schema if not exists hd_private;
+revoke all on schema hd_private from public;
+create table if not exists hd_private.locks (scope text primary key);
+
+-- Waits for, then holds until the transaction ends, the lock named p_scope.
+create or replace function public.hd__lock(p_scope text)
+returns void
+language plpgsql volatile
+as $$
+begin
+  insert into hd_private.locks (scope) values (p_scope) on conflict (scope) do nothing;
+  perform 1 from hd_private.locks l where l.scope = p_scope for update;
+end
+$$;
+
+-- Takes the lock named p_scope if it is free; false if another transaction holds it.
+create or replace function public.hd__try_lock(p_scope text)
+returns boolean
+language plpgsql volatile
+as $$
+begin
+  insert into hd_private.locks (scope) values (p_scope) on conflict (scope) do nothing;
+  perform 1 from hd_private.locks l where l.scope = p_scope for update skip locked;
+  return found;
+end
+$$;
+
+-- 00007's graph write: an account's graph writes take turns on hd__lock, not an advisory lock.
+create or replace function public.hd_write_document_graph(
+  p_job_id uuid, p_lease_token uuid, p_nodes jsonb, p_edges jsonb,
+  p_now timestamptz default now())
+returns table (nodes_inserted integer, nodes_existing integer, edges_inserted integer,
+               edges_updated integer, edges_unchanged integer, edges_removed integer)
+language plpgsql volatile
+as $$
+declare
+  v_job public.hd_ingestion_jobs;
+  v_doc jsonb;
+  v_nodes_inserted integer;
+  v_nodes_total integer;
+begin
+  v_job := public.hd__share_leased_job(p_job_id, p_lease_token, p_now);
+  v_doc := to_jsonb(v_job.document_id::text);
+  -- Edges are read, merged and written back: two documents of one account must not
+  -- interleave that (lost update), so graph writes of an account take turns.
+  perform public.hd__lock('hd_kg:' || v_job.account_id::text);
+
+  with input as (
+    select distinct on (n ->> 'node_type', n ->> 'normalized_label')
+           n ->> 'node_type' as node_type, n ->> 'normalized_label' as key, n ->> 'label' as label
+      from jsonb_array_elements(p_nodes) n
+     order by n ->> 'node_type', n ->> 'normalized_label', n ->> 'label'
+  ), ins as (
+    insert into public.hd_kg_nodes
+      (account_id, node_type, label, normalized_label, created_at, updated_at)
+    select v_job.account_id, i.node_type, i.label, i.key, p_now, p_now from input i
+    on conflict (account_id, node_type, normalized_label) do nothing
+    returning 1
+  )
+  select (select count(*) from ins), (select count(*) from input)
+    into v_nodes_inserted, v_nodes_total;
+
+  return query
+  with edge_in as (
+    select s.id as source_id, e ->> 'relation' as relation, t.id as target_id, ev
+      from jsonb_array_elements(p_edges) e
+      join public.hd_kg_nodes s on s.account_id = v_job.account_id
+       and s.node_type = e ->> 'source_type' and s.normalized_label = e ->> 'source_key'
+      join public.hd_kg_nodes t on t.account_id = v_job.account_id
+       and t.node_type = e ->> 'target_type' and t.normalized_label = e ->> 'target_key'
+     cross join lateral jsonb_array_elements(e -> 'evidence') ev
+  ), mine as (
+    -- This document's evidence, checked against its own interpretations.
+    select distinct ei.source_id, ei.relation, ei.target_id,
+           jsonb_build_object('document_id', v_doc, 'chunk_id', i.chunk_id,
+                              'interpretation_id', i.id,
+                              'quote', left(coalesce(ei.ev ->> 'quote', ''), 500)) as item
+      from edge_in ei
+      join public.hd_interpretations i on i.id = (ei.ev ->> 'interpretation_id')::uuid
+       and i.account_id = v_job.account_id and i.document_id = v_job.document_id
+  ), keys as (
+    select m.source_id, m.relation, m.target_id from mine m
+    union
+    select x.source_node_id, x.relation, x.target_node_id from public.hd_kg_edges x
+     where x.account_id = v_job.account_id
+       and x.evidence @> jsonb_build_array(jsonb_build_object('document_id', v_doc))
+  ), others as (
+    -- Evidence of the account's other documents on the same edges, kept as it is.
+    select k.source_id, k.relation, k.target_id, it as item
+      from keys k
+      join public.hd_kg_edges x on x.account_id = v_job.account_id
+       and x.source_node_id = k.source_id and x.relation = k.relation
+       and x.target_node_id = k.target_id
+     cross join lateral jsonb_array_elements(x.evidence) it
+     where it -> 'document_id' is distinct from v_doc
+  ), final as (
+    select k.source_id, k.relation, k.target_id,
+           coalesce(jsonb_agg(u.item order by u.item ->> 'document_id', u.item ->> 'chunk_id',
+                                              u.item ->> 'interpretation_id')
+                      filter (where u.item is not null), '[]'::jsonb) as evidence
+      from keys k
+      left join (select * from mine union all select * from others) u
+        on u.source_id = k.source_id and u.relation = k.relation and u.target_id = k.target_id
+     group by k.source_id, k.relation, k.target_id
+  ), upserted as (
+    insert into public.hd_kg_edges as x
+      (account_id, source_node_id, relation, target_node_id, evidence, created_at, updated_at)
+    select v_job.account_id, f.source_id, f.relation, f.target_id, f.evidence, p_now, p_now
+      from final f where f.evidence <> '[]'::jsonb
+    on conflict (account_id, source_node_id, relation, target_node_id) do update
+       set evidence = excluded.evidence, updated_at = excluded.updated_at
+     where x.evidence is distinct from excluded.evidence
+    returning (xmax = 0) as is_insert
+  ), removed as (
+    delete from public.hd_kg_edges x using final f
+     where x.account_id = v_job.account_id and x.source_node_id = f.source_id
+       and x.relation = f.relation and x.target_node_id = f.target_id
+       and f.evidence = '[]'::jsonb
+    returning 1
+  )
+  select v_nodes_inserted, v_nodes_total - v_nodes_inserted,
+         (select count(*) filter (where u.is_insert) from upserted u)::integer,
+         (select count(*) filter (where not u.is_insert) from upserted u)::integer,
+         ((select count(*) from final f where f.evidence <> '[]'::jsonb)
+           - (select count(*) from upserted))::integer,
+         (select count(*) from removed)::integer;
+end
+$$;
+
+
+-- One login role per running job (postgres transport), made by the scheduler: member of
+-- hd_runner, its password valid until the job's time limit. Runners of different jobs
+-- then cannot end each other's sessions or read each other's queries (PostgreSQL allows
+-- both within one role), and hd__assert_runner_job binds the role to its job. The roles
+-- made are listed, so that only they are ever dropped (roles are per server, not per
+-- database). Creating roles needs the functions' owner to have CREATEROLE (Supabase's
+-- `postgres` has it); where it does not, give runners HD_RUNNER_DATABASE_URL instead.
+create table if not exists hd_private.job_roles (
+  role_name text primary key,
+  job_id uuid not null,
+  created_at timestamptz not null default now());
+
+create or replace function public.hd_create_job_role(
+  p_job_id uuid, p_lease_token uuid, p_password text, p_valid_until timestamptz,
+  p_now timestamptz default now())
+returns text
+language plpgsql volatile
+as $$
+declare
+  v_role text := public.hd__job_role_name(p_job_id);
+begin
+  perform public.hd__lock_leased_job(p_job_id, p_lease_token, p_now);
+  if length(coalesce(p_password, '')) < 24 then
+    raise exception 'a job role password must have at least 24 characters' using errcode = '22023';
+  end if;
+  if exists (select 1 from pg_catalog.pg_roles r where r.rolname = v_role) then
+    execute format('alter role %I login password %L valid until %L', v_role, p_password,
+                   p_valid_until);
+  else
+    execute format('create role %I login inherit connection limit 16 password %L valid until %L in role hd_runner',
+                   v_role, p_password, p_valid_until);
+  end if;
+  insert into hd_private.job_roles (role_name, job_id) values (v_role, p_job_id)
+  on conflict (role_name) do nothing;
+  return v_role;
+end
+$$;
+
+-- Drops the roles this database made for jobs that no longer run (the one of p_job_id,
+-- or all of them), ending their sessions first (a runner that outlived its job).
+create or replace function public.hd_drop_job_roles(p_job_id uuid default null)
+returns integer
+language plpgsql volatile
+as $$
+declare
+  v_role text;
+  v_count integer := 0;
+begin
+  for v_role in
+    select jr.role_name from hd_private.job_roles jr
+     where (p_job_id is null or jr.job_id = p_job_id)
+       and not exists (select 1 from public.hd_ingestion_jobs j
+                        where j.id = jr.job_id and j.status = 'running')
+     for update skip locked
+  loop
+    perform pg_catalog.pg_terminate_backend(a.pid)
+       from pg_catalog.pg_stat_activity a where a.usename = v_role;
+    execute format('drop role if exists %I', v_role);
+    delete from hd_private.job_roles where role_name = v_role;
+    v_count := v_count + 1;
+  end loop;
+  return v_count;
 end
 $$;
 

@@ -285,19 +285,23 @@ if (pgDb) {
       await sql('select pg_advisory_lock(($1::bigint << 32) | $2::bigint)', [hi, lo]);
     return held.length;
   });
-  // Every runner on this transport is role hd_runner (this database only: others are not ours).
-  await attempt("terminate another runner's session", () =>
-    sql(
-      `select pid, pg_terminate_backend(pid) as terminated from pg_stat_activity
-        where usename = current_user and datname = current_database() and pid <> pg_backend_pid()`,
-    ),
-  );
-  // Role defaults apply to every later session of the role, of every tenant's runner. Only in
-  // this test's database and harmless here; the test undoes it.
+  // Other runners' sessions: a job's own role, or the shared hd_runner (this database only).
+  await attempt("terminate another runner's session", async () => {
+    const others = (await sql(
+      `select pid from pg_stat_activity
+        where (usename like 'hd\\_job\\_%' or usename = 'hd_runner')
+          and datname = current_database() and pid <> pg_backend_pid()`,
+    )) as { pid: number }[];
+    if (others.length === 0) throw new Error('no other runner session to terminate');
+    for (const { pid } of others) await sql('select pg_terminate_backend($1)', [pid]);
+    return others.length;
+  });
+  // Defaults of the group role would apply to every later session of every tenant's runner.
+  // Only in this test's database and harmless here; the test undoes it.
   await attempt("set a default for every runner's sessions", () =>
     sql(
-      `do $$ begin execute format('alter role %I in database %I set application_name = %L',
-         current_user, current_database(), 'planted by B'); end $$`,
+      `do $$ begin execute format('alter role hd_runner in database %I set application_name = %L',
+         current_database(), 'planted by B'); end $$`,
     ),
   );
   // NOTIFY needs no right at all: what counts is that no scheduler takes it for a cancel.

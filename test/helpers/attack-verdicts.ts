@@ -52,8 +52,10 @@ export function expectations(
   const { victim } = plan;
   const notHeld = (jobId: string) =>
     transport === 'postgres'
-      ? // Not even the job's state: a stranger with a guessed id learns nothing.
-        new RegExp(`^lease lost: job ${jobId} is not held by this lease$`)
+      ? // The login role of B's job is refused on any other job, before the token is read.
+        new RegExp(
+          `^permission denied: this runner credential \\(hd_job_${mine.id.replaceAll('-', '')}\\) is not for job ${jobId}$`,
+        )
       : exactly(
           `permission denied: this runner credential is for job ${mine.id}, not job ${jobId}`,
         );
@@ -148,7 +150,9 @@ export function expectations(
       ),
     );
     e.set("terminate another runner's session", {
-      refused: /^permission denied (to terminate process|for function pg_terminate_backend)/,
+      // (where no other runner is connected, there is nobody to try it on)
+      refused:
+        /^(permission denied (to terminate process|for function pg_terminate_backend)|no other runner session to terminate)/,
     });
     e.set("set a default for every runner's sessions", {
       refused: /^permission denied to alter role/,
