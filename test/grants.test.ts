@@ -68,6 +68,7 @@ const FUNCTIONS = parseMatrix(`
   hd_drop_job_roles                   .    .             .         X            X
   hd_enqueue_batch                    .    .             .         X            X
   hd_enqueue_job                      .    .             .         X            X
+  hd_queue_metrics                    .    .             .         X            X
   hd_reap_expired_leases              .    .             .         X            X
   hd_record_webhook_attempt           .    .             .         X            X
   hd_replay_webhook                   .    .             .         X            X

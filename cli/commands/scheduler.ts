@@ -4,6 +4,7 @@ import { ConfigError, redactUrl, type Config } from '../../control-plane/config.
 import type { ControlPlaneDb } from '../../control-plane/db/transport.ts';
 import type { Logger } from '../../control-plane/logger.ts';
 import { openDb } from '../../control-plane/open.ts';
+import { startMetricsServer } from '../../scheduler/metrics.ts';
 import { webhookDeliveryFor } from '../../scheduler/webhooks.ts';
 import { Redactor, secretsOf } from '../../control-plane/redact.ts';
 import { supabaseUrlSigner } from '../../control-plane/storage/signed-urls.ts';
@@ -191,6 +192,9 @@ export async function schedulerCommand(args: ParsedArgs, env: Env): Promise<numb
     process.once('SIGINT', onSignal);
   });
   // start() waits while the database is out of reach; a signal meanwhile ends the wait.
+  const metrics = config.HD_METRICS_ADDRESS
+    ? await startMetricsServer(config, db, scheduler)
+    : undefined;
   const started = scheduler.start();
   // Webhook events of ended jobs and batches (00013's outbox), once the database answers.
   const webhooks = webhookDeliveryFor(config, db, log);
@@ -203,6 +207,7 @@ export async function schedulerCommand(args: ParsedArgs, env: Env): Promise<numb
       await webhooks.stop();
       await scheduler.stop();
     } finally {
+      await metrics?.close();
       await db.close();
     }
   }

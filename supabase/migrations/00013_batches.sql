@@ -394,25 +394,23 @@ $$;
 -- A job that ends (completed, or failed for good: a retry is not an end) gets an event for
 -- each endpoint of its account that wants it. Tenant-facing: ids, state, progress, the
 -- error code and message, debug.stats; never lease tokens or other columns of debug.
+-- Row-level with a WHEN: heartbeats and progress reports do not even call it.
 create or replace function public.hd__enqueue_job_webhooks()
 returns trigger
 language plpgsql security definer set search_path = ''
 as $$
 begin
   insert into public.hd_webhook_outbox (account_id, endpoint_id, event_type, payload)
-  select n.account_id, w.id, 'job.' || n.status,
-         public.hd__webhook_payload('job.' || n.status, jsonb_build_object(
-           'job_id', n.id, 'account_id', n.account_id, 'job_type', n.job_type,
-           'status', n.status, 'document_id', n.document_id, 'batch_id', n.batch_id,
-           'attempts', n.attempts, 'progress_percent', n.progress_percent,
-           'progress_step', n.progress_step, 'error_code', n.error_code, 'error', n.error,
-           'stats', coalesce(n.debug -> 'stats', '{}'::jsonb), 'finished_at', n.finished_at))
-    from new_rows n
-    join old_rows o on o.id = n.id
-    join public.hd_webhook_endpoints w
-      on w.account_id = n.account_id and w.enabled and ('job.' || n.status) = any (w.events)
-   where n.status in ('completed', 'failed') and o.status is distinct from n.status
-   order by n.id, w.id;
+  select new.account_id, w.id, 'job.' || new.status,
+         public.hd__webhook_payload('job.' || new.status, jsonb_build_object(
+           'job_id', new.id, 'account_id', new.account_id, 'job_type', new.job_type,
+           'status', new.status, 'document_id', new.document_id, 'batch_id', new.batch_id,
+           'attempts', new.attempts, 'progress_percent', new.progress_percent,
+           'progress_step', new.progress_step, 'error_code', new.error_code, 'error', new.error,
+           'stats', coalesce(new.debug -> 'stats', '{}'::jsonb), 'finished_at', new.finished_at))
+    from public.hd_webhook_endpoints w
+   where w.account_id = new.account_id and w.enabled and ('job.' || new.status) = any (w.events)
+   order by w.id;
   return null;
 end
 $$;
@@ -420,8 +418,9 @@ $$;
 drop trigger if exists hd_ingestion_jobs_webhooks on public.hd_ingestion_jobs;
 create trigger hd_ingestion_jobs_webhooks
   after update on public.hd_ingestion_jobs
-  referencing old table as old_rows new table as new_rows
-  for each statement execute function public.hd__enqueue_job_webhooks();
+  for each row
+  when (new.status in ('completed', 'failed') and old.status is distinct from new.status)
+  execute function public.hd__enqueue_job_webhooks();
 
 -- Hands out up to p_limit due deliveries with their endpoint (URL, secret); each is held
 -- for p_lease_seconds (a scheduler that dies mid-delivery leaves it to be retried).
