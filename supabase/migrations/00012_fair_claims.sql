@@ -14,7 +14,7 @@
 -- Limits: hd_account_limits.max_running (NULL or no row: the scheduler's configured
 -- default, p_account_max_running, NULL = none) and hd_job_type_limits.max_running (all
 -- accounts together, e.g. a GPU type). Two claimers must not both take the last place,
--- so before claiming under a limit the claimer takes a transaction advisory lock on the
+-- so before claiming under a limit the claimer takes a transaction lock (hd__lock) on the
 -- account (or type) and counts again with a fresh snapshot: claims under one limit are
 -- serialized, claims for unlimited accounts are not. Only the first lock of a claim
 -- waits; later ones are tried and skipped when busy, so a waiting claimer holds no lock
@@ -98,10 +98,12 @@ returns boolean
 language plpgsql volatile
 as $$
 begin
+  -- Row locks of 00010's hd__lock, not advisory locks: pg_locks shows an advisory key to
+  -- every session, and a runner holding it would stall the claims of everyone.
   if p_holding then
-    return pg_try_advisory_xact_lock(hashtextextended('hd_claim:' || p_key, 0));
+    return public.hd__try_lock('hd_claim:' || p_key);
   end if;
-  perform pg_advisory_xact_lock(hashtextextended('hd_claim:' || p_key, 0));
+  perform public.hd__lock('hd_claim:' || p_key);
   return true;
 end
 $$;
@@ -132,7 +134,8 @@ declare
   v_claimed integer := 0;
   v_pick record;
   v_count bigint;
-  v_job public.hd_ingestion_jobs;
+  v_take integer;
+  v_got integer;
 begin
   if p_job_id is not null then
     return query
@@ -162,46 +165,64 @@ begin
    where p_job_types is null or g.job_type = any (p_job_types);
 
   while v_claimed < p_limit loop
-    -- The group to serve next: lowest running/weight, then its next job's order.
-    select g.ord, g.account_id, g.job_type,
-           coalesce(l.max_running, p_account_max_running) as account_max,
-           t.max_running as type_max
+    -- The group to serve next: lowest running/weight, then round robin, then its next
+    -- job's order; and the lowest ratio among the other accounts (how far it may go).
+    with c as (
+      select g.ord, g.account_id, g.job_type,
+             coalesce(l.max_running, p_account_max_running) as account_max,
+             t.max_running as type_max, coalesce(l.weight, 1) as weight, running.n,
+             running.n / coalesce(l.weight, 1) as ratio, running.last_started,
+             head.priority, head.run_after, head.id
+        from unnest(v_accounts, v_types) with ordinality as g(account_id, job_type, ord)
+        left join public.hd_account_limits l on l.account_id = g.account_id
+        left join public.hd_job_type_limits t on t.job_type = g.job_type
+       cross join lateral (
+         select count(*) as n, max(r.started_at) as last_started from public.hd_ingestion_jobs r
+          where r.status = 'running' and r.account_id = g.account_id) running
+       cross join lateral (
+         select q.priority, q.run_after, q.id from public.hd_ingestion_jobs q
+          where q.status = 'queued' and q.account_id = g.account_id
+            and q.job_type = g.job_type and q.run_after <= p_now
+          order by q.priority desc, q.run_after, q.id limit 1) head
+       where not (g.ord = any (v_skipped_groups))
+         and not (g.account_id = any (v_full_accounts))
+         and not (g.job_type = any (v_full_types))
+         and (coalesce(l.max_running, p_account_max_running) is null
+              or running.n < coalesce(l.max_running, p_account_max_running))
+    )
+    select c.*, (select min(o.ratio) from c o where o.account_id <> c.account_id) as next_ratio
       into v_pick
-      from unnest(v_accounts, v_types) with ordinality as g(account_id, job_type, ord)
-      left join public.hd_account_limits l on l.account_id = g.account_id
-      left join public.hd_job_type_limits t on t.job_type = g.job_type
-     cross join lateral (
-       select count(*) as n, max(r.started_at) as last_started from public.hd_ingestion_jobs r
-        where r.status = 'running' and r.account_id = g.account_id) running
-     cross join lateral (
-       select q.priority, q.run_after, q.id from public.hd_ingestion_jobs q
-        where q.status = 'queued' and q.account_id = g.account_id
-          and q.job_type = g.job_type and q.run_after <= p_now
-        order by q.priority desc, q.run_after, q.id limit 1) head
-     where not (g.ord = any (v_skipped_groups))
-       and not (g.account_id = any (v_full_accounts))
-       and not (g.job_type = any (v_full_types))
-       and (coalesce(l.max_running, p_account_max_running) is null
-            or running.n < coalesce(l.max_running, p_account_max_running))
-     order by running.n / coalesce(l.weight, 1), running.last_started nulls first,
-              head.priority desc, head.run_after, head.id
+      from c
+     order by c.ratio, c.last_started nulls first, c.priority desc, c.run_after, c.id
      limit 1;
     exit when not found;
 
+    -- How many to take from this group in one statement: until its ratio passes the next
+    -- account's (all that is asked for when no other account waits), within its limits.
+    -- One job per statement made a batch of 100 cost 100 rounds of the query above.
+    v_take := p_limit - v_claimed;
+    if v_pick.next_ratio is not null then
+      v_take := least(v_take, greatest(1,
+        ceil(round((v_pick.next_ratio - v_pick.ratio) * v_pick.weight, 6))::integer));
+    end if;
+
     -- Under a limit: lock, then count again (a new statement sees the claims that the
     -- lock's previous holder committed).
-    if v_pick.account_max is not null and not ('a:' || v_pick.account_id = any (v_locked)) then
-      if not public.hd__take_claim_lock('a:' || v_pick.account_id, cardinality(v_locked) > 0) then
-        v_full_accounts := v_full_accounts || v_pick.account_id;
-        continue;
+    if v_pick.account_max is not null then
+      if not ('a:' || v_pick.account_id = any (v_locked)) then
+        if not public.hd__take_claim_lock('a:' || v_pick.account_id, cardinality(v_locked) > 0) then
+          v_full_accounts := v_full_accounts || v_pick.account_id;
+          continue;
+        end if;
+        v_locked := v_locked || ('a:' || v_pick.account_id);
       end if;
-      v_locked := v_locked || ('a:' || v_pick.account_id);
       select count(*) into v_count from public.hd_ingestion_jobs r
        where r.status = 'running' and r.account_id = v_pick.account_id;
       if v_count >= v_pick.account_max then
         v_full_accounts := v_full_accounts || v_pick.account_id;
         continue;
       end if;
+      v_take := least(v_take, v_pick.account_max - v_count);
     end if;
     if v_pick.type_max is not null then
       if not ('t:' || v_pick.job_type = any (v_locked)) then
@@ -217,28 +238,32 @@ begin
         v_full_types := v_full_types || v_pick.job_type;
         continue;
       end if;
+      v_take := least(v_take, v_pick.type_max - v_count);
     end if;
 
-    update public.hd_ingestion_jobs j
-       set status = 'running', attempts = j.attempts + 1, lease_token = gen_random_uuid(),
-           lease_expires_at = p_now + make_interval(secs => p_lease_seconds),
-           locked_by = p_worker_id, started_at = p_now, finished_at = null,
-           progress_percent = 0, progress_step = 'claimed', container_id = null,
-           updated_at = p_now
-     where j.id = (
-       select q.id from public.hd_ingestion_jobs q
-        where q.status = 'queued' and q.account_id = v_pick.account_id
-          and q.job_type = v_pick.job_type and q.run_after <= p_now
-        order by q.priority desc, q.run_after, q.id limit 1
-        for update skip locked)
-    returning j.* into v_job;
-    if not found then
-      -- Every runnable job of the group is being claimed by someone else right now.
+    return query
+    with claimed as (
+      update public.hd_ingestion_jobs j
+         set status = 'running', attempts = j.attempts + 1, lease_token = gen_random_uuid(),
+             lease_expires_at = p_now + make_interval(secs => p_lease_seconds),
+             locked_by = p_worker_id, started_at = p_now, finished_at = null,
+             progress_percent = 0, progress_step = 'claimed', container_id = null,
+             updated_at = p_now
+       where j.id in (
+         select q.id from public.hd_ingestion_jobs q
+          where q.status = 'queued' and q.account_id = v_pick.account_id
+            and q.job_type = v_pick.job_type and q.run_after <= p_now
+          order by q.priority desc, q.run_after, q.id limit v_take
+          for update skip locked)
+      returning j.*
+    )
+    select * from claimed order by priority desc, run_after, id;
+    get diagnostics v_got = row_count;
+    if v_got < v_take then
+      -- The group's other runnable jobs are being claimed by someone else right now.
       v_skipped_groups := v_skipped_groups || v_pick.ord;
-      continue;
     end if;
-    v_claimed := v_claimed + 1;
-    return next v_job;
+    v_claimed := v_claimed + v_got;
   end loop;
 end
 $$;
