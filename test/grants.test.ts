@@ -20,6 +20,7 @@ const FUNCTIONS = parseMatrix(`
   has_role_on_account                 .    X             .         .            X
   # internal helpers: only the functions that use them (running as their owner) call them
   hd__apply_batch_deltas              .    .             .         .            .
+  hd__assert_batch                    .    .             .         .            .
   hd__assert_runner_job               .    .             .         .            .
   hd__batch_bucket                    .    .             .         .            .
   hd__chunk_sha256                    .    .             .         .            .

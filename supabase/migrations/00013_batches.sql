@@ -315,8 +315,10 @@ begin
 end
 $$;
 
--- Cancels every queued or running job of the batch, as hd_cancel_job does one; the
--- NOTIFY per job lets schedulers stop the running ones at once.
+-- Cancels every queued or running job of the batch, and requeues its failed and cancelled
+-- ones, through hd_cancel_job and hd_requeue_job, job by job: a batch's job changes exactly
+-- as a single one does (NOTIFYs included). Completed jobs stay done. The batch row is not
+-- locked first: the count trigger locks it after each job row, as completions do.
 create or replace function public.hd_cancel_batch(
   p_batch_id uuid, p_reason text default 'batch cancelled by operator',
   p_now timestamptz default now())
@@ -324,70 +326,48 @@ returns public.hd_batches
 language plpgsql volatile
 as $$
 declare
-  v_batch public.hd_batches;
   v_id uuid;
 begin
-  perform 1 from public.hd_batches where id = p_batch_id;
-  if not found then
-    raise exception 'batch % not found', p_batch_id using errcode = 'HDN01';
-  end if;
+  perform public.hd__assert_batch(p_batch_id);
   for v_id in
-    with picked as (
-      select id from public.hd_ingestion_jobs
-       where batch_id = p_batch_id and status in ('queued', 'running')
-       order by id for update
-    )
-    update public.hd_ingestion_jobs j
-       set status = 'failed', error_code = 'CANCELLED',
-           error = coalesce(p_reason, 'batch cancelled'),
-           error_details = jsonb_build_object('retryable', false, 'attempt', j.attempts,
-                                              'failed_at', p_now),
-           finished_at = p_now, lease_token = null, lease_expires_at = null, updated_at = p_now
-      from picked where j.id = picked.id
-    returning j.id
+    select id from public.hd_ingestion_jobs
+     where batch_id = p_batch_id and status in ('queued', 'running')
+     order by id for update
   loop
-    perform pg_notify('hd_jobs_cancelled', v_id::text);
+    perform public.hd_cancel_job(v_id, coalesce(p_reason, 'batch cancelled'), p_now);
   end loop;
-  select * into v_batch from public.hd_batches where id = p_batch_id;
-  return v_batch;
+  return (select b from public.hd_batches b where b.id = p_batch_id);
 end
 $$;
 
--- Requeues the batch's failed and cancelled jobs, as hd_requeue_job does one (attempts
--- restart at 0); completed jobs stay done, queued and running ones are left alone.
 create or replace function public.hd_requeue_batch(
   p_batch_id uuid, p_now timestamptz default now())
 returns public.hd_batches
 language plpgsql volatile
 as $$
 declare
-  v_batch public.hd_batches;
-  v_type text;
+  v_id uuid;
 begin
-  perform 1 from public.hd_batches where id = p_batch_id;
-  if not found then
+  perform public.hd__assert_batch(p_batch_id);
+  for v_id in
+    select id from public.hd_ingestion_jobs
+     where batch_id = p_batch_id and status = 'failed'
+     order by id for update
+  loop
+    perform public.hd_requeue_job(v_id, p_now);
+  end loop;
+  return (select b from public.hd_batches b where b.id = p_batch_id);
+end
+$$;
+
+create or replace function public.hd__assert_batch(p_batch_id uuid)
+returns void
+language plpgsql stable
+as $$
+begin
+  if not exists (select 1 from public.hd_batches where id = p_batch_id) then
     raise exception 'batch % not found', p_batch_id using errcode = 'HDN01';
   end if;
-  for v_type in
-    with picked as (
-      select id from public.hd_ingestion_jobs
-       where batch_id = p_batch_id and status = 'failed'
-       order by id for update
-    ), requeued as (
-      update public.hd_ingestion_jobs j
-         set status = 'queued', attempts = 0, run_after = p_now, error = null, error_code = null,
-             error_details = null, finished_at = null, started_at = null, progress_percent = 0,
-             progress_step = null, lease_token = null, lease_expires_at = null, locked_by = null,
-             updated_at = p_now
-        from picked where j.id = picked.id
-      returning j.job_type
-    )
-    select distinct job_type from requeued
-  loop
-    perform pg_notify('hd_jobs_queued', v_type);
-  end loop;
-  select * into v_batch from public.hd_batches where id = p_batch_id;
-  return v_batch;
 end
 $$;
 
