@@ -8,6 +8,7 @@ import {
 import { openDb } from '../../control-plane/open.ts';
 import { formatTable, jobSummary } from '../format.ts';
 import { resolveIdPrefix, uuidPrefixRange } from '../job-id.ts';
+import { limitOption, printList } from '../list-output.ts';
 import { oneLine } from '../terminal-safe.ts';
 import {
   CommandError,
@@ -51,11 +52,7 @@ async function listBatches(batches: BatchStore, args: ParsedArgs): Promise<numbe
   const status = stringOption(args, 'status');
   if (status && !(BATCH_STATUSES as readonly string[]).includes(status))
     throw new UsageError(`batches list: --status must be one of ${BATCH_STATUSES.join(', ')}`);
-  const limit = Number(stringOption(args, 'limit') ?? 20);
-  if (!Number.isInteger(limit) || limit < 1 || limit > 1000)
-    throw new UsageError(
-      `batches list: --limit must be 1..1000 (got ${JSON.stringify(args.values.limit)})`,
-    );
+  const limit = limitOption(args.values.limit, 20, 'batches list');
   const account = stringOption(args, 'account');
   const found = await batches.listBatches({
     accountId: account ? uuidArg(account, '--account') : undefined,
@@ -67,13 +64,12 @@ async function listBatches(batches: BatchStore, args: ParsedArgs): Promise<numbe
     found.length > limit
       ? `the newest ${limit} batches shown; more match (--limit N, up to 1000, or filter with --status, --account)`
       : undefined;
-  if (args.values.json === true) {
-    console.log(JSON.stringify(shown, null, 2));
-    if (cut) console.error(`batches list: ${cut}`);
-  } else {
-    console.log(shown.length ? formatTable(shown.map(batchSummary)) : 'no batches');
-    if (cut) console.log(`\n${cut}`);
-  }
+  printList('batches list', shown, {
+    json: args.values.json === true,
+    table: (rows) => formatTable(rows.map(batchSummary)),
+    empty: 'no batches',
+    cut,
+  });
   return 0;
 }
 

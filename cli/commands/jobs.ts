@@ -4,6 +4,7 @@ import { openDb } from '../../control-plane/open.ts';
 import type { ControlPlaneDb, JobLogLine } from '../../control-plane/db/transport.ts';
 import { formatTable, jobSummary } from '../format.ts';
 import { resolveJobId, uuidPrefixRange } from '../job-id.ts';
+import { limitOption, printList } from '../list-output.ts';
 import { oneLine } from '../terminal-safe.ts';
 import {
   CommandError,
@@ -66,13 +67,12 @@ async function listJobs(db: ControlPlaneDb, args: ParsedArgs): Promise<number> {
     found.length > limit
       ? `the newest ${limit} jobs shown; more match (--limit N, up to 1000, or filter with --status, --type, --account)`
       : undefined;
-  if (args.values.json === true) {
-    console.log(JSON.stringify(jobs, null, 2));
-    if (cut) console.error(`jobs list: ${cut}`);
-  } else {
-    console.log(jobs.length ? formatTable(jobs.map(jobSummary)) : 'no jobs');
-    if (cut) console.log(`\n${cut}`);
-  }
+  printList('jobs list', jobs, {
+    json: args.values.json === true,
+    table: (rows) => formatTable(rows.map(jobSummary)),
+    empty: 'no jobs',
+    cut,
+  });
   return 0;
 }
 
@@ -135,13 +135,6 @@ async function lastLogLines(db: ControlPlaneDb, jobId: string, limit: number) {
   const lines = found.slice(-limit);
   const cut = found.length > limit ? `older lines exist: --limit N, up to 1000` : undefined;
   return { lines, cut };
-}
-
-function limitOption(value: unknown, fallback: number, command: string): number {
-  const limit = Number(typeof value === 'string' ? value : fallback);
-  if (!Number.isInteger(limit) || limit < 1 || limit > 1000)
-    throw new UsageError(`${command}: --limit must be 1..1000 (got ${JSON.stringify(value)})`);
-  return limit;
 }
 
 function formatJobDetail(job: Job, logs?: { lines: JobLogLine[]; cut?: string | undefined }) {

@@ -2,6 +2,7 @@ import { toHdError } from '../../contract/errors.ts';
 import { webhookOutboxOf, type WebhookOutbox } from '../../control-plane/db/webhooks.ts';
 import { openDb } from '../../control-plane/open.ts';
 import { formatTable } from '../format.ts';
+import { limitOption, printList } from '../list-output.ts';
 import {
   CommandError,
   configFrom,
@@ -46,11 +47,6 @@ function accountOption(args: ParsedArgs): string | undefined {
   return account ? uuidArg(account, '--account') : undefined;
 }
 
-function print(args: ParsedArgs, rows: readonly Record<string, unknown>[], empty: string) {
-  if (args.values.json === true) console.log(JSON.stringify(rows, null, 2));
-  else console.log(rows.length ? formatTable(rows) : empty);
-}
-
 async function add(outbox: WebhookOutbox, args: ParsedArgs): Promise<number> {
   const accountId = uuidArg(requiredOption(args, 'account', 'webhooks add'), '--account');
   const url = requiredOption(args, 'url', 'webhooks add');
@@ -73,10 +69,11 @@ async function add(outbox: WebhookOutbox, args: ParsedArgs): Promise<number> {
 
 async function list(outbox: WebhookOutbox, args: ParsedArgs): Promise<number> {
   const endpoints = await outbox.listEndpoints(accountOption(args));
-  const rows = endpoints.map((e) =>
-    args.values.json === true ? { ...e } : { ...e, events: e.events.join(',') },
-  );
-  print(args, rows, 'no webhook endpoints');
+  printList('webhooks list', endpoints, {
+    json: args.values.json === true,
+    table: (rows) => formatTable(rows.map((e) => ({ ...e, events: e.events.join(',') }))),
+    empty: 'no webhook endpoints',
+  });
   return 0;
 }
 
@@ -84,27 +81,26 @@ async function deliveries(outbox: WebhookOutbox, args: ParsedArgs): Promise<numb
   const status = stringOption(args, 'status');
   if (status && !STATUSES.includes(status))
     throw new UsageError(`webhooks deliveries: --status must be one of ${STATUSES.join(', ')}`);
-  const limit = Number(stringOption(args, 'limit') ?? 20);
-  if (!Number.isInteger(limit) || limit < 1 || limit > 1000)
-    throw new UsageError(`webhooks deliveries: --limit must be 1..1000`);
+  const limit = limitOption(args.values.limit, 20, 'webhooks deliveries');
   const found = await outbox.listDeliveries({ accountId: accountOption(args), status, limit });
-  if (args.values.json === true) console.log(JSON.stringify(found, null, 2));
-  else
-    print(
-      args,
-      found.map((d) => ({
-        id: d.id,
-        event: d.event_type,
-        status: d.status,
-        attempts: d.attempts,
-        code: d.last_status_code,
-        latency_ms: d.last_latency_ms,
-        error: d.last_error,
-        next: d.status === 'pending' ? d.next_attempt_at : null,
-        created: d.created_at,
-      })),
-      'no webhook deliveries',
-    );
+  printList('webhooks deliveries', found, {
+    json: args.values.json === true,
+    table: (rows) =>
+      formatTable(
+        rows.map((d) => ({
+          id: d.id,
+          event: d.event_type,
+          status: d.status,
+          attempts: d.attempts,
+          code: d.last_status_code,
+          latency_ms: d.last_latency_ms,
+          error: d.last_error,
+          next: d.status === 'pending' ? d.next_attempt_at : null,
+          created: d.created_at,
+        })),
+      ),
+    empty: 'no webhook deliveries',
+  });
   return 0;
 }
 
