@@ -1,9 +1,9 @@
 import type pg from 'pg';
 import type { SupabaseClient } from '@supabase/supabase-js';
 import type { Job } from '../../contract/jobs.ts';
-import { PostgresDb } from './postgres.ts';
+import { PostgresDb, toJob as pgJob } from './postgres.ts';
 import { classifyPostgrestError } from './postgrest-errors.ts';
-import { SupabaseDb } from './supabase.ts';
+import { SupabaseDb, toJob as restJob } from './supabase.ts';
 import type { ControlPlaneDb, EnqueueRequest } from './transport.ts';
 
 export const BATCH_STATUSES = ['active', 'completed', 'failed', 'cancelled'] as const;
@@ -137,7 +137,7 @@ export class PostgresBatches implements BatchStore {
         order by created_at, id limit $2`,
       [batchId, limit],
     );
-    return rows.map((r) => ({ ...r, progress_percent: Number(r.progress_percent) }) as Job);
+    return rows.map(pgJob);
   }
 
   cancelBatch(batchId: string, reason?: string) {
@@ -205,14 +205,7 @@ export class SupabaseBatches implements BatchStore {
       .order('id', { ascending: true })
       .limit(limit);
     if (error) throw classifyPostgrestError('hd_ingestion_jobs', error, status);
-    // PostgREST sends timestamps as text: the *_at columns and run_after become Dates.
-    return (data as Record<string, unknown>[]).map((r) => {
-      const job: Record<string, unknown> = { ...r, progress_percent: Number(r.progress_percent) };
-      for (const [key, value] of Object.entries(r))
-        if (typeof value === 'string' && (key.endsWith('_at') || key === 'run_after'))
-          job[key] = new Date(value);
-      return job as unknown as Job;
-    });
+    return (data as Record<string, unknown>[]).map(restJob);
   }
 
   cancelBatch(batchId: string, reason?: string) {

@@ -29,7 +29,7 @@ const CHANNEL_CANCELLED = 'hd_jobs_cancelled';
 const RELISTEN_DELAY_MS = 1000;
 
 /** pg returns numeric as string; the one numeric column we read is a percentage. */
-function toJob(row: Record<string, unknown>): Job {
+export function toJob(row: Record<string, unknown>): Job {
   return { ...(row as unknown as Job), progress_percent: Number(row.progress_percent ?? 0) };
 }
 

@@ -25,7 +25,7 @@ const TIMESTAMPS = [
 ] as const;
 
 /** PostgREST sends timestamptz as ISO text; the postgres transport hands out Dates. */
-function toJob(row: Record<string, unknown>): Job {
+export function toJob(row: Record<string, unknown>): Job {
   const job: Record<string, unknown> = { ...row };
   for (const key of TIMESTAMPS) {
     const value = row[key];
