@@ -38,7 +38,7 @@ export const configSchema = z.object({
   HD_RUNNER_JWT_KID: z.string().min(1).optional(),
   /** What runners are given: `scoped` (a credential for their one job, see docs/containers.md) or `operator` (the scheduler's own; trusted single-tenant setups only). Default scoped. */
   HD_RUNNER_CREDENTIALS: z.enum(['scoped', 'operator']).default('scoped'),
-  /** Connection string runners use with the postgres transport: role hd_runner (or a login role granted it), never the scheduler's (secret). No default. */
+  /** One login all runners share on the postgres transport (role hd_runner or a role granted it), where the scheduler cannot make a role per job (secret). Default: a role per job. */
   HD_RUNNER_DATABASE_URL: z.string().url().optional(),
   /** Set by the scheduler for one runner (supabase transport): its job-scoped JWT (secret). */
   HD_JOB_TOKEN: z.string().min(20).optional(),
