@@ -44,11 +44,14 @@ export class WebhookDelivery {
   start(): void {
     const tick = () => {
       this.#running = this.deliverDue()
-        .catch((error: unknown) =>
-          this.#o.logger.warn({ err: error }, 'webhook delivery pass failed'),
-        )
-        .finally(() => {
-          if (this.#timer) this.#timer = setTimeout(tick, this.#o.pollMs);
+        .catch((error: unknown) => {
+          this.#o.logger.warn({ err: error }, 'webhook delivery pass failed');
+          return 0;
+        })
+        .then((sent) => {
+          // A full pass means more are due: go on at once rather than after the poll.
+          const full = sent >= (this.#o.concurrency ?? 8);
+          if (this.#timer) this.#timer = setTimeout(tick, full ? 0 : this.#o.pollMs);
         });
     };
     this.#timer = setTimeout(tick, 0);

@@ -268,6 +268,24 @@ describe('webhook delivery', () => {
   });
 });
 
+describe('the delivery loop', () => {
+  it('works through a backlog without waiting a poll between full passes', async () => {
+    let all: () => void;
+    const done = new Promise<void>((resolve) => (all = resolve));
+    const hook = await receiver((n) => {
+      if (n === 19) all();
+      return { status: 200 };
+    });
+    await addEndpoint(ACCOUNT_B, hook.url);
+    for (let i = 0; i < 20; i++) await finishJob(ACCOUNT_B, 'complete');
+    const loop = delivery(); // polls once a minute: only full passes go on at once
+    loop.start();
+    await done;
+    await loop.stop();
+    expect(new Set(hook.received.map((r) => r.headers['webhook-id'])).size).toBe(20);
+  });
+});
+
 describe('the address guard', () => {
   it('refuses loopback, private, link-local and metadata addresses unless allowed', async () => {
     const none = parseAllowedRanges(undefined);
