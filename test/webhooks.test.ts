@@ -268,6 +268,24 @@ describe('webhook delivery', () => {
   });
 });
 
+describe('the outbox', () => {
+  it('fails a delivery whose holders died before recording 12 attempts', async () => {
+    const { id } = await addEndpoint(ACCOUNT_A, 'https://hooks.example.com/dies');
+    await finishJob(ACCOUNT_A, 'complete');
+    const [row] = await outboxRows(id);
+    await t.sql.query(
+      'update hd_webhook_outbox set attempts = 12, next_attempt_at = now() where id = $1',
+      [row.id],
+    );
+    expect(await webhookOutboxOf(t.db).claim(10, 60)).toEqual([]);
+    expect((await outboxRows(id))[0]).toMatchObject({
+      status: 'failed',
+      attempts: 12,
+      last_error: 'no answer recorded in 12 attempts',
+    });
+  });
+});
+
 describe('the delivery loop', () => {
   it('works through a backlog without waiting a poll between full passes', async () => {
     let all: () => void;

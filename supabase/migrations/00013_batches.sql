@@ -417,14 +417,20 @@ as $$
      limit greatest(p_limit, 0)
      for update skip locked
   ), held as (
+    -- A delivery whose holders kept dying before recording an answer ends here too.
     update public.hd_webhook_outbox o
-       set attempts = o.attempts + 1,
+       set status = case when o.attempts >= 12 then 'failed' else 'pending' end,
+           last_error = case when o.attempts >= 12
+                             then coalesce(o.last_error, 'no answer recorded in 12 attempts')
+                             else o.last_error end,
+           attempts = least(o.attempts + 1, 12),
            next_attempt_at = p_now + make_interval(secs => p_lease_seconds)
       from due where o.id = due.id
     returning o.*
   )
   select h.id, h.event_id, h.event_type, h.payload, h.attempts, w.url, w.secret
     from held h join public.hd_webhook_endpoints w on w.id = h.endpoint_id
+   where h.status = 'pending'
    order by h.id
 $$;
 
