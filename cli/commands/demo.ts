@@ -4,7 +4,6 @@ import type { Job } from '../../contract/jobs.ts';
 import { configFrom, type Env, type ParsedArgs } from '../command.ts';
 import type { Config } from '../../control-plane/config.ts';
 import { migrate } from '../../control-plane/db/migrate.ts';
-import { enableRunnerLogin } from '../../control-plane/db/runner-role.ts';
 import { PostgresDb } from '../../control-plane/db/postgres.ts';
 import { startEmbeddedPostgres } from '../../control-plane/embedded-postgres.ts';
 import { createLogger } from '../../control-plane/logger.ts';
@@ -53,10 +52,9 @@ export async function demoCommand(args: ParsedArgs, env: Env): Promise<number> {
     console.log(
       `demo: no HD_LLM_BASE_URL: the LLM stages use the STAND-IN MODEL at ${model.url} (${STAND_IN_MODEL})`,
     );
+  // Runners log in with a role made for their job (the production trust boundary).
   const config = configFrom(env, {
     HD_DATABASE_URL: database.connectionString(),
-    // Runners connect as hd_runner: the demo shows the production trust boundary.
-    HD_RUNNER_DATABASE_URL: database.runnerConnectionString(),
     HD_STORAGE_ROOT: join(dir, 'storage'),
     // Runners log at info, so `jobs show ID --logs` has lines; the scheduler's own log,
     // printed here, stays at warn (runUntilAllEnded).
@@ -71,7 +69,6 @@ export async function demoCommand(args: ParsedArgs, env: Env): Promise<number> {
     const client = await db.pool.connect();
     try {
       const { applied } = await migrate(client);
-      await enableRunnerLogin(client, database.runnerPassword);
       console.log(
         `demo: migrations ${applied.length ? `applied: ${applied.join(', ')}` : 'current'}`,
       );
