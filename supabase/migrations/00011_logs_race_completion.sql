@@ -26,9 +26,13 @@ begin
   elsif found and v_job.ended_lease_token = p_lease_token then
     v_attempt := v_job.ended_lease_attempt;
   else
-    -- Raises HDL01 with the job's current state (cancelled, taken over, gone).
-    perform public.hd__lock_leased_job(p_job_id, p_lease_token, p_now);
-    raise exception 'lease lost: job %', p_job_id using errcode = 'HDL01';
+    -- HDL01 with the job's state, as hd__lock_leased_job raises it, but from the row read
+    -- here: upgrading this share lock to FOR UPDATE would deadlock with a concurrent
+    -- refused batch.
+    raise exception 'lease lost: job % is %, lease held by another attempt', p_job_id,
+        coalesce(v_job.status, 'gone')
+      using errcode = 'HDL01',
+            detail = json_build_object('status', v_job.status, 'error_code', v_job.error_code)::text;
   end if;
   insert into public.hd_job_logs (account_id, job_id, attempt, seq, logged_at, level, message, fields)
   select v_job.account_id, v_job.id, v_attempt, (l ->> 'seq')::integer,

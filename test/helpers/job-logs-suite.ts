@@ -99,6 +99,21 @@ export function describeJobLogs(target: () => QueueSuiteTarget) {
       ]);
     });
 
+    it('refuses many batches of an ended lease at once, each with LEASE_LOST', async () => {
+      const { db } = target();
+      const first = await claimed();
+      await db.failJob(first.id, first.token, { code: 'CRASHED', message: 'x', retryable: true });
+      const second = await claim(first.id);
+      await db.completeJob(first.id, second.token, {});
+      // Each refusal reads the row under a share lock; none may wait on another (deadlock).
+      const codes = await Promise.all(
+        Array.from({ length: 8 }, (_, i) =>
+          codeOf(db.appendJobLogs(first.id, first.token, [line(10 + i, 'late')])),
+        ),
+      );
+      expect(codes).toEqual(Array.from({ length: 8 }, () => 'LEASE_LOST'));
+    });
+
     it('lists the last lines of a job, oldest first', async () => {
       const { db } = target();
       const job = await claimed();
