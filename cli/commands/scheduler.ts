@@ -38,6 +38,12 @@ export function createScheduler(
   // Runner output printed to this log (a crash's raw stderr included) loses secrets too.
   const output =
     onOutput && ((jobId: string, line: string) => onOutput(jobId, redactor.text(line)));
+  // What the scheduler needs of RunnerAccess and the redactor, either launcher.
+  const runnersOf = (access: RunnerAccess) => ({
+    runnerEnv: access.envFor.bind(access),
+    releaseRunner: () => access.release(),
+    redactor,
+  });
   if (config.HD_LAUNCHER === 'docker') {
     const access = runnerAccess(config, db, log);
     warnIfUnreachable(config, log);
@@ -63,19 +69,7 @@ export function createScheduler(
       log,
       resourcesFor: handlerResources,
     });
-    const runnerEnv = access.envFor.bind(access);
-    const releaseRunner = () => access.release();
-    return new Scheduler({
-      db,
-      launcher,
-      config,
-      log,
-      gpus,
-      reconciler,
-      runnerEnv,
-      releaseRunner,
-      redactor,
-    });
+    return new Scheduler({ db, launcher, config, log, gpus, reconciler, ...runnersOf(access) });
   }
   // A child process runs as this user and could read this process's environment anyway;
   // scoped credentials are used where configured, so both launchers behave alike.
@@ -98,19 +92,7 @@ export function createScheduler(
   });
   // Finds the runners a killed scheduler left (recorded in their job rows) and stops them.
   const reconciler = new ProcessReconciler({ db, schedulerId: config.HD_WORKER_ID, log });
-  const runnerEnv = access.envFor.bind(access);
-  const releaseRunner = () => access.release();
-  return new Scheduler({
-    db,
-    launcher,
-    config,
-    log,
-    gpus,
-    reconciler,
-    runnerEnv,
-    releaseRunner,
-    redactor,
-  });
+  return new Scheduler({ db, launcher, config, log, gpus, reconciler, ...runnersOf(access) });
 }
 
 function runnerAccess(config: Config, db: ControlPlaneDb, log: Logger): RunnerAccess {
