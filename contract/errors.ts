@@ -104,4 +104,6 @@ export const EXIT_CODES = {
   failedRetryable: 11,
   leaseLost: 12,
   interrupted: 13,
+  /** The database went out of reach mid-job; a scheduler hands the job back, refunded. */
+  databaseLost: 14,
 } as const;

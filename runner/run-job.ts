@@ -25,6 +25,8 @@ export type RunOutcome =
   | { outcome: 'failed' | 'retrying'; job: Job; error: HdError }
   | { outcome: 'lease_lost'; error: HdError }
   | { outcome: 'released'; error: HdError }
+  /** Nothing recorded: the database stayed out of reach (the scheduler hands the job back). */
+  | { outcome: 'database_lost'; error: HdError }
   | { outcome: 'not_runnable'; message: string };
 
 export const OUTCOME_EXIT_CODE: Record<RunOutcome['outcome'], number> = {
@@ -33,6 +35,7 @@ export const OUTCOME_EXIT_CODE: Record<RunOutcome['outcome'], number> = {
   retrying: EXIT_CODES.failedRetryable,
   lease_lost: EXIT_CODES.leaseLost,
   released: EXIT_CODES.interrupted,
+  database_lost: EXIT_CODES.databaseLost,
   not_runnable: EXIT_CODES.usage,
 };
 
@@ -53,6 +56,8 @@ const PROGRESS_MIN_INTERVAL_MS = 1000;
 /** Runs exactly one job: take the lease, heartbeat, run its handler, record the outcome. */
 export async function runJob(options: RunJobOptions): Promise<RunOutcome> {
   const { db, config, jobId } = options;
+  // Taken before the lease is, so lease ends reckoned from it are never late.
+  let leaseRenewedAt = performance.now();
   let job: LeasedJob | { message: string };
   try {
     job = await acquireLease(options);
@@ -73,16 +78,24 @@ export async function runJob(options: RunJobOptions): Promise<RunOutcome> {
   options.interrupt?.addEventListener('abort', onInterrupt, { once: true });
   if (options.interrupt?.aborted) onInterrupt();
 
-  const heartbeat = setInterval(
-    () => {
-      db.heartbeat(jobId, job.lease_token, config.HD_LEASE_SECONDS).catch((error: unknown) => {
+  const leaseMs = config.HD_LEASE_SECONDS * 1000;
+  const heartbeat = setInterval(() => {
+    const sentAt = performance.now();
+    db.heartbeat(jobId, job.lease_token, config.HD_LEASE_SECONDS).then(
+      () => (leaseRenewedAt = sentAt),
+      (error: unknown) => {
         const err = toHdError(error);
         if (err.code === 'LEASE_LOST' || err.code === 'CANCELLED') abort(err);
+        // Stops with a third of the lease left, so the scheduler can still hand it back.
+        else if (
+          err.code === 'DATABASE_UNAVAILABLE' &&
+          sentAt - leaseRenewedAt >= (leaseMs * 2) / 3
+        )
+          abort(new HdError(err.code, `no heartbeat reached the database: ${err.message}`));
         else log.warn({ err }, 'heartbeat failed; retrying until the lease runs out');
-      });
-    },
-    (config.HD_LEASE_SECONDS * 1000) / 3,
-  );
+      },
+    );
+  }, leaseMs / 3);
 
   let timeout: NodeJS.Timeout | undefined;
   const workDir = await mkdtemp(join(config.HD_WORK_DIR ?? tmpdir(), `hd-job-${job.id}-`));
@@ -102,18 +115,27 @@ export async function runJob(options: RunJobOptions): Promise<RunOutcome> {
     const ctx = makeContext(options, job, log, controller.signal, workDir);
     log.info('job started');
     const stats = await raceAbort(handler.run(ctx), controller.signal);
-    const done = await db.completeJob(job.id, job.lease_token, {
-      ...stats,
-      duration_ms: stats.duration_ms ?? Math.round(performance.now() - started),
-      attempt: job.attempts,
-      worker_id: config.HD_WORKER_ID,
-    });
+    let done: Job;
+    try {
+      done = await db.completeJob(job.id, job.lease_token, {
+        ...stats,
+        duration_ms: stats.duration_ms ?? Math.round(performance.now() - started),
+        attempt: job.attempts,
+        worker_id: config.HD_WORKER_ID,
+      });
+    } catch (error) {
+      if (toHdError(error).code === 'DATABASE_UNAVAILABLE') return notRecorded(error, log);
+      throw error;
+    }
     log.info({ stats }, 'job completed');
     return { outcome: 'completed', job: done };
   } catch (thrown) {
     const error = controller.signal.aborted
       ? toHdError(controller.signal.reason)
       : toHdError(thrown);
+    // Only the heartbeat aborts for the database: recording anything would fail too.
+    if (error.code === 'DATABASE_UNAVAILABLE' && controller.signal.aborted)
+      return notRecorded(error, log);
     return await recordFailure(options, job, error, log);
   } finally {
     clearInterval(heartbeat);
@@ -257,9 +279,16 @@ async function recordFailure(
     );
     return { outcome: failed.status === 'queued' ? 'retrying' : 'failed', job: failed, error };
   } catch (recordError) {
-    const err = toHdError(recordError);
-    if (err.code === 'LEASE_LOST' || err.code === 'CANCELLED')
-      return { outcome: 'lease_lost', error: err };
-    throw err;
+    return notRecorded(recordError, log);
   }
+}
+
+/** A call that records the outcome failed: the lease moved on, or the database is out of reach. */
+function notRecorded(error: unknown, log: Logger): RunOutcome {
+  const err = toHdError(error);
+  if (err.code === 'LEASE_LOST' || err.code === 'CANCELLED')
+    return { outcome: 'lease_lost', error: err };
+  if (err.code !== 'DATABASE_UNAVAILABLE') throw err;
+  log.error({ code: err.code }, `lost the database, nothing recorded: ${err.message}`);
+  return { outcome: 'database_lost', error: err };
 }

@@ -19,7 +19,7 @@ const RUNNER_RECORDED_EXITS = new Set<number>([
 export type ExitOutcome =
   /** Nothing: the runner recorded its outcome, or a cancel already failed the job. */
   | { kind: 'recorded' }
-  /** Stopped for a scheduler shutdown: hand the job back to the queue. */
+  /** Stopped for a scheduler shutdown, or the runner lost the database: hand the job back. */
   | { kind: 'release' }
   /** The runner could not record it (crash, kill, timeout): fail the attempt with `code`. */
   | { kind: 'fail'; code: ErrorCode; message: string; details: Record<string, unknown> };
@@ -33,7 +33,9 @@ export function classifyExit(exit: RunnerExit): ExitOutcome {
   if (exit.stoppedFor === 'cancelled') return { kind: 'recorded' };
   if (exit.exitCode !== null && RUNNER_RECORDED_EXITS.has(exit.exitCode))
     return { kind: 'recorded' };
-  if (exit.stoppedFor === 'shutdown') return { kind: 'release' };
+  // The platform's fault, not the job's: no attempt spent (recorded once the database is back).
+  if (exit.stoppedFor === 'shutdown' || exit.exitCode === EXIT_CODES.databaseLost)
+    return { kind: 'release' };
   const details = {
     exit_code: exit.exitCode,
     signal: exit.signal,

@@ -16,7 +16,8 @@ const exit = (overrides: Partial<RunnerExit> = {}): RunnerExit => ({
 
 describe('classifyExit', () => {
   it('leaves alone what the runner recorded itself, whatever else happened', () => {
-    for (const code of Object.values(EXIT_CODES).filter((c) => c !== 1 && c !== 2)) {
+    const notRecorded = new Set<number>([1, 2, EXIT_CODES.databaseLost]);
+    for (const code of Object.values(EXIT_CODES).filter((c) => !notRecorded.has(c))) {
       expect(classifyExit(exit({ exitCode: code })), `exit ${code}`).toEqual({ kind: 'recorded' });
       expect(
         classifyExit(exit({ exitCode: code, stoppedFor: 'shutdown', oomKilled: true })),
@@ -39,6 +40,16 @@ describe('classifyExit', () => {
     ).toEqual({ kind: 'release' });
     expect(classifyExit(exit({ stoppedFor: 'shutdown', oomKilled: true }))).toEqual({
       kind: 'release',
+    });
+  });
+
+  it('hands the job back when the runner lost the database (exit 14), unless it was cancelled', () => {
+    expect(classifyExit(exit({ exitCode: EXIT_CODES.databaseLost }))).toEqual({ kind: 'release' });
+    expect(classifyExit(exit({ exitCode: 14, stoppedFor: 'shutdown' }))).toEqual({
+      kind: 'release',
+    });
+    expect(classifyExit(exit({ exitCode: 14, stoppedFor: 'cancelled' }))).toEqual({
+      kind: 'recorded',
     });
   });
 

@@ -41,6 +41,7 @@ HD_LEASE_TOKEN), runs its handler with heartbeats, records the outcome and exits
   0   completed                10  failed, permanently (error code recorded)
   11  failed, will be retried  12  lease lost or job cancelled (nothing recorded)
   13  interrupted; job handed back to the queue
+  14  lost the database; nothing recorded (a scheduler hands the job back, attempt refunded)
   2   usage or configuration error, or the job is not runnable
   1   unexpected error
 
