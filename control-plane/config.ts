@@ -2,6 +2,7 @@ import { hostname } from 'node:os';
 import { z } from 'zod';
 import { DEFAULT_BUCKET } from '../contract/jobs.ts';
 import { combinationError } from './config-rules.ts';
+import { SECRET_SETTING } from './redact.ts';
 
 const positiveInt = z.coerce.number().int().positive();
 const csv = z.string().transform((s) =>
@@ -234,15 +235,13 @@ export function configToEnv(config: Config): Record<string, string> {
   return env;
 }
 
-const SECRET_NAME = /KEY|SECRET|PASSWORD|TOKEN/i;
-
 // Secrets recognised by their look, whatever variable they were put in by mistake:
 // JWTs (Supabase keys) and Supabase's sb_secret_ keys.
 const SECRET_VALUE = /^eyJ[\w-]+\.[\w-]+\.|^sb_secret_/;
 
 /** Hides the secret part of a value before it is shown anywhere. */
 export function redactValue(name: string, value: string): string {
-  if (SECRET_NAME.test(name) || SECRET_VALUE.test(value)) return '[redacted]';
+  if (SECRET_SETTING.test(name) || SECRET_VALUE.test(value)) return '[redacted]';
   // Any URL, not only in *_URL: a connection string pasted into the wrong variable.
   if (/URL$/.test(name) || /^[a-z][a-z0-9+.-]*:\/\//i.test(value)) return redactUrl(value);
   return value;
@@ -254,7 +253,7 @@ export function redactUrl(value: string): string {
     const url = new URL(value);
     if (url.password) url.password = '***';
     for (const key of [...url.searchParams.keys()]) {
-      if (SECRET_NAME.test(key)) url.searchParams.set(key, '***');
+      if (SECRET_SETTING.test(key)) url.searchParams.set(key, '***');
     }
     return url.toString();
   } catch {

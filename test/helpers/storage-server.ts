@@ -10,6 +10,7 @@ import {
   StorageHttpError,
   storageErrors as E,
 } from './storage-objects.ts';
+import { signJwt } from './postgrest.ts';
 import { createTusHandler } from './storage-tus.ts';
 
 /**
@@ -73,12 +74,6 @@ function verifyJwt(token: string, secret: string): Record<string, unknown> | str
   };
   if (claims.exp !== undefined && claims.exp * 1000 <= Date.now()) return 'jwt expired';
   return claims;
-}
-
-function signJwt(claims: Record<string, unknown>, secret: string): string {
-  const part = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url');
-  const input = `${part({ alg: 'HS256', typ: 'JWT' })}.${part(claims)}`;
-  return `${input}.${createHmac('sha256', secret).update(input).digest('base64url')}`;
 }
 
 const decode = (segment: string, whole: string) => {
@@ -200,7 +195,7 @@ export function createStorageStandIn(options: { root: string; jwtSecret: string 
               signedURL: null,
               error: 'Either the object does not exist or you do not have access to it',
             };
-          const token = signJwt({ url: `${bucket}/${key}`, exp }, options.jwtSecret);
+          const token = signJwt(options.jwtSecret, { url: `${bucket}/${key}`, exp });
           const encoded = [bucket, ...key.split('/')].map(encodeURIComponent).join('/');
           return { path: key, signedURL: `/object/sign/${encoded}?token=${token}`, error: null };
         }),
