@@ -53,13 +53,30 @@ export interface OutputWriter {
   recordSynthesis(nodeId: string, synthesis: SynthesisInput): Promise<SynthesisResult>;
 }
 
+/**
+ * The worker concept's steps, checked by hd_report_progress (00022). The runner reports
+ * `initializing` before the handler starts; `completed` is set when the job completes.
+ * `processing_pages` counts the pages of the file at hand, `processing` other units (files,
+ * chunks, nodes), bare when no total is known.
+ */
+export type ProgressStep =
+  | 'initializing'
+  | 'downloading'
+  | 'processing'
+  | `processing_pages:${number}/${number}`
+  | `processing:${number}/${number}`
+  | 'postprocessing';
+
 export interface HandlerContext<K extends JobType> {
   job: LeasedJob;
   payload: JobPayload<K>;
   storage: TenantStorage;
   outputs: OutputWriter;
-  /** Reports progress (rate-limited); throws LEASE_LOST/CANCELLED when the lease is gone. */
-  progress(percent: number, step?: string): Promise<void>;
+  /**
+   * Reports progress (rate-limited; a new step goes out at once); throws LEASE_LOST/CANCELLED
+   * when the lease is gone. The percent only rises within an attempt: SQL ignores a lower one.
+   */
+  progress(percent: number, step?: ProgressStep): Promise<void>;
   log: Logger;
   /** Aborted on timeout, cancellation, lost lease or shutdown. */
   signal: AbortSignal;

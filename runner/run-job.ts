@@ -113,6 +113,7 @@ export async function runJob(options: RunJobOptions): Promise<RunOutcome> {
       handler.resources.timeoutMs,
     );
     const ctx = makeContext(options, job, log, controller.signal, workDir);
+    await ctx.progress(0, 'initializing');
     log.info('job started');
     const stats = await raceAbort(handler.run(ctx), controller.signal);
     let done: Job;
@@ -200,6 +201,7 @@ function makeContext(
     );
   }
   let lastProgressAt = 0;
+  let lastPhase: string | undefined;
   return {
     job,
     payload: parsed.data,
@@ -225,9 +227,12 @@ function makeContext(
     async progress(percent, step) {
       if (signal.aborted) throw signal.reason;
       const now = performance.now();
-      if (step === undefined && percent < 100 && now - lastProgressAt < PROGRESS_MIN_INTERVAL_MS)
+      // A new phase goes out at once; a counter (processing:i/n) is rate-limited like percent.
+      const phase = step?.split(':')[0] ?? lastPhase;
+      if (phase === lastPhase && percent < 100 && now - lastProgressAt < PROGRESS_MIN_INTERVAL_MS)
         return;
       lastProgressAt = now;
+      lastPhase = phase;
       await db.reportProgress(job.id, job.lease_token, Math.round(percent * 100) / 100, step);
     },
     log,

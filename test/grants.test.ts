@@ -38,6 +38,7 @@ const FUNCTIONS = parseMatrix(`
   hd__webhook_payload                 .    .             .         .            .
   hd__take_claim_lock                 .    .             .         .            .
   hd__try_lock                        .    .             .         .            .
+  hd__valid_progress_step             .    .             .         .            .
   # take a lease token: a runner's whole reach
   hd_adopt_lease                      .    .             X         X            X
   hd_complete_job                     .    .             X         X            X

@@ -27,8 +27,8 @@ export interface PdfSettings {
   signal: AbortSignal;
   /** Where rendered pages go (the job's scratch folder). */
   workDir: string;
-  /** Share of this file done, 0..1. */
-  onProgress(fraction: number): Promise<void>;
+  /** Pages of this file done so far, of its total. */
+  onProgress(done: number, total: number): Promise<void>;
 }
 
 export interface PdfText {
@@ -109,7 +109,7 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
   }
 
   let done = total - toOcr.length;
-  await settings.onProgress(done / total);
+  await settings.onProgress(done, total);
   await forEachLimit(toOcr, settings.ocrConcurrency, settings.signal, async (num) => {
     const size = layer.info?.sizes.get(num);
     const dpi = size ? ocrDpi(size.width, size.height, settings.ocrDpi) : settings.ocrDpi;
@@ -133,7 +133,7 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
       if (texts[num - 1] === '') layers[num - 1] = 'failed';
     }
     done += 1;
-    await settings.onProgress(done / total);
+    await settings.onProgress(done, total);
   });
 
   const joined = joinPages(texts.map((text, i) => ({ num: i + 1, text })));

@@ -49,9 +49,11 @@ export const extractInterpretations: Handler<'extract_interpretations'> = {
       written: { inserted: 0, updated: 0, unchanged: 0 },
     };
     ctx.log.info({ document_id: stats.document_id, total, pending }, 'interpreting chunks');
-    const report = () =>
-      ctx.progress(total === 0 ? 100 : ((stats.already_done + stats.interpreted) / total) * 100);
-    await ctx.progress(total === 0 ? 100 : (stats.already_done / total) * 100, 'interpreting');
+    const report = () => {
+      const done = stats.already_done + stats.interpreted;
+      return ctx.progress(total === 0 ? 100 : (done / total) * 100, `processing:${done}/${total}`);
+    };
+    await report();
 
     // The first failing chunk stops the others (their requests are aborted): what was
     // stored stays, and the retry continues from there.

@@ -60,7 +60,6 @@ export const extractText: Handler<'extract_text'> = {
         'extract_text needs a document: the job has no document_id (hd_ingestion_jobs.document_id)',
       );
     }
-    await ctx.progress(0, 'listing files');
     const files = await ctx.outputs.listDocumentFiles();
     if (files.length === 0) {
       throw new HdError(
@@ -80,15 +79,20 @@ export const extractText: Handler<'extract_text'> = {
     try {
       for (const [index, file] of files.entries()) {
         const name = basename(file.storage_path);
-        await ctx.progress((index / files.length) * EXTRACT_SHARE, `extracting ${name}`);
+        const filesDone = (index / files.length) * EXTRACT_SHARE;
+        await ctx.progress(filesDone, 'downloading');
         const local = await ctx.storage.download(file.bucket, file.storage_path);
         checkSize(file, local.size, config.HD_EXTRACT_MAX_FILE_BYTES, true);
+        await ctx.progress(filesDone, `processing:${index}/${files.length}`);
         const extraction = await extractFile(local.path, file.mime_type, {
           ...settingsOf(ctx, workDir),
           name,
           maxChunks: MAX_CHUNKS_PER_DOCUMENT - chunks.length,
-          onProgress: (fraction) =>
-            ctx.progress(((index + fraction) / files.length) * EXTRACT_SHARE),
+          onProgress: (done, total) =>
+            ctx.progress(
+              ((index + done / total) / files.length) * EXTRACT_SHARE,
+              `processing_pages:${done}/${total}`,
+            ),
         });
         const type = extraction.kind.kind;
         stats.file_types[type] = (stats.file_types[type] ?? 0) + 1;
@@ -136,7 +140,7 @@ export const extractText: Handler<'extract_text'> = {
       await rm(workDir, { recursive: true, force: true });
     }
 
-    await ctx.progress(EXTRACT_SHARE, 'writing chunks');
+    await ctx.progress(EXTRACT_SHARE, 'postprocessing');
     const counts = await ctx.outputs.replaceChunks(chunks);
     stats.chunks = chunks.length;
     stats.chunks_inserted = counts.inserted;

@@ -129,11 +129,12 @@ export const importAssetsJsonl: Handler<'import_assets_jsonl'> = {
   async run(ctx) {
     const started = performance.now();
     const { bucket, path, strict } = ctx.payload;
+    await ctx.progress(0, 'downloading');
     const file = await ctx.storage.download(bucket, path);
     ctx.log.info({ bucket, path, bytes: file.size, strict }, 'importing assets');
 
     if (strict) {
-      await ctx.progress(0, 'validating');
+      await ctx.progress(0, 'processing');
       const check = newStats();
       await scanFile(ctx, file.path, file.size, check, undefined, [0, 50]);
       if (check.invalid > 0) {
@@ -150,7 +151,8 @@ export const importAssetsJsonl: Handler<'import_assets_jsonl'> = {
 
     // Strict mode spends the first half of the progress bar on validation.
     const span: [number, number] = strict ? [50, 100] : [0, 100];
-    await ctx.progress(span[0], 'importing');
+    // No line count is known up front: bare `processing`, the percent follows the bytes read.
+    await ctx.progress(span[0], 'processing');
     const stats = newStats();
     await scanFile(
       ctx,

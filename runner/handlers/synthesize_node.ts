@@ -38,7 +38,7 @@ export const synthesizeNode: Handler<'synthesize_node'> = {
       without_edges: 0,
       change_kinds: {},
     };
-    await ctx.progress(0, `synthesising ${nodeIds.length} node(s)`);
+    await ctx.progress(0, `processing:0/${nodeIds.length}`);
     const stop = new AbortController();
     const signal = AbortSignal.any([ctx.signal, stop.signal]);
     // Windows of a few nodes at a time keep memory flat; the client bounds requests.
@@ -58,7 +58,8 @@ export const synthesizeNode: Handler<'synthesize_node'> = {
         }),
       );
       if (failure) throw ctx.signal.aborted ? ctx.signal.reason : failure.error;
-      await ctx.progress((Math.min(i + window, nodeIds.length) / nodeIds.length) * 100);
+      const done = Math.min(i + window, nodeIds.length);
+      await ctx.progress((done / nodeIds.length) * 100, `processing:${done}/${nodeIds.length}`);
     }
     return {
       ...stats,

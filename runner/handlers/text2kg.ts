@@ -56,7 +56,7 @@ export const text2kg: Handler<'text2kg'> = {
   async run(ctx) {
     const started = performance.now();
     const documentId = requireDocument(ctx.job, 'text2kg');
-    await ctx.progress(0, 'reading interpretations');
+    await ctx.progress(0, 'processing');
     const graph: DocumentGraph = { nodes: [], edges: [] };
     const nodes = new Map<string, DocumentGraph['nodes'][number]>();
     const edges = new Map<string, DocumentGraph['edges'][number]>();
@@ -117,7 +117,7 @@ export const text2kg: Handler<'text2kg'> = {
             edge.evidence.push({ interpretation_id: row.interpretation_id, quote: r.quote });
         }
       }
-      await ctx.progress(0, `read ${stats.interpretations} interpretations`);
+      await ctx.progress(0);
     }
 
     // Only nodes that take part in an edge: a name without a relation says nothing yet.
@@ -128,7 +128,7 @@ export const text2kg: Handler<'text2kg'> = {
     }
     graph.nodes = [...used];
     graph.edges = [...edges.values()];
-    await ctx.progress(50, 'writing graph');
+    await ctx.progress(50, 'postprocessing');
     const written = await ctx.outputs.writeDocumentGraph(graph);
     return {
       ...stats,

@@ -192,6 +192,56 @@ export function describeQueueSuite(name: string, open: () => Promise<QueueSuiteT
       });
     });
 
+    describe('progress', () => {
+      const progressOf = async (jobId: string) => {
+        const job = await t.db.getJob(jobId);
+        return { percent: job?.progress_percent, step: job?.progress_step };
+      };
+
+      it('keeps the percent rising within an attempt and starts over on the next', async () => {
+        const job = await enqueue({ maxAttempts: 2, jobType: 'progress_probe' });
+        const first = await claimOne(job.id);
+        await t.db.reportProgress(job.id, first.lease_token, 0, 'initializing');
+        await t.db.reportProgress(job.id, first.lease_token, 60, 'processing_pages:3/5');
+        // Out of order (pages OCRed in parallel): a lower report is ignored, its step too.
+        await t.db.reportProgress(job.id, first.lease_token, 40, 'processing_pages:2/5');
+        expect(await progressOf(job.id)).toEqual({ percent: 60, step: 'processing_pages:3/5' });
+        await t.db.reportProgress(job.id, first.lease_token, 60, 'postprocessing');
+        await t.db.reportProgress(job.id, first.lease_token, 30);
+        expect(await progressOf(job.id)).toEqual({ percent: 60, step: 'postprocessing' });
+
+        await t.db.failJob(job.id, first.lease_token, {
+          code: 'DOWNLOAD_FAILED',
+          message: 'storage flaked',
+          retryable: true,
+        });
+        const [second] = await at(
+          `select * from hd_claim_jobs('w', array['progress_probe'], 1, 600, $1, now() + interval '10 minutes')`,
+          [job.id],
+        );
+        expect(second.attempts).toBe(2);
+        expect(await progressOf(job.id)).toEqual({ percent: 0, step: 'claimed' });
+        await t.db.reportProgress(job.id, second.lease_token, 10, 'downloading');
+        expect(await progressOf(job.id)).toEqual({ percent: 10, step: 'downloading' });
+      });
+
+      it('refuses a step outside the concept, naming it, and keeps the recorded one', async () => {
+        const job = await claimOne((await enqueue()).id);
+        await t.db.reportProgress(job.id, job.lease_token, 20, 'processing:1/4');
+        for (const step of [
+          'extracting a.pdf',
+          'processing_pages:6/5',
+          'processing:1/',
+          'completed',
+        ]) {
+          const error = await errorOf(t.db.reportProgress(job.id, job.lease_token, 30, step));
+          expect(error.message).toContain(`unknown progress step ${step}`);
+          expect((error.cause as { code?: string }).code).toBe('22023');
+        }
+        expect(await progressOf(job.id)).toEqual({ percent: 20, step: 'processing:1/4' });
+      });
+    });
+
     describe('complete, fail, retry', () => {
       it('merges stats into debug.stats and keeps the payload', async () => {
         const job = await claimOne((await enqueue()).id);
