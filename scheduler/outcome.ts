@@ -61,23 +61,24 @@ export interface OutcomeRecorderDeps {
   workerId: string;
   log: Logger;
   /**
-   * How long a lease lasts without heartbeats (HD_LEASE_SECONDS, in ms): a dead runner's
-   * lease ends at most this long after it exited, and until then recording is retried.
+   * Aborted when recording should stop being retried (the scheduler stops); until then a
+   * call the database could not take is tried again, however long it stays away.
    */
-  leaseMs: number;
+  signal?: AbortSignal | undefined;
   /** Told when recording failed for another reason than the lease having moved on. */
   onError: (error: HdError) => void;
   /** What tenants read of it (the job's error and details): secrets, stacks, host paths out. */
   redactor?: Redactor | undefined;
-  now?: () => number;
 }
 
 /**
  * Records in the queue what a runner could not: a crash, a kill, a timeout, a shutdown,
  * a failed launch. A lease that moved on (cancelled, taken over) leaves nothing to record.
- * While the database is out of reach the call is tried again with backoff until the
- * lease would have ended (after that the reaper settles the job); each job's outcome is
- * recorded once, after the runner's own calls, so the order the runner reported holds.
+ * While the database is out of reach the call is tried again with backoff, also past the
+ * lease's end: the database takes an outcome while the lease is still the job's, and its
+ * reaper leaves a cut-off scheduler's leases alone until it is back (00019). Each job's
+ * outcome is recorded once, after the runner's own calls, so the order the runner
+ * reported holds.
  */
 export class OutcomeRecorder {
   readonly #d: OutcomeRecorderDeps;
@@ -113,10 +114,9 @@ export class OutcomeRecorder {
     if (recorded) this.#d.log.warn({ job_id: job.id, code }, message);
   }
 
-  /** Makes the call until it succeeds, is refused, or the lease would have ended. */
+  /** Makes the call until it succeeds, is refused, or the signal says to give up. */
   async #durably(job: LeasedJob, call: () => Promise<unknown>): Promise<boolean> {
-    const now = this.#d.now ?? Date.now;
-    const deadline = now() + this.#d.leaseMs;
+    const { signal } = this.#d;
     const backoff = new Backoff();
     for (let tries = 1; ; tries++) {
       try {
@@ -126,17 +126,16 @@ export class OutcomeRecorder {
       } catch (error) {
         const err = toHdError(error);
         if (err.code === 'LEASE_LOST' || err.code === 'CANCELLED') return false;
-        const pause = backoff.next();
-        if (!isTransient(err) || now() + pause >= deadline) {
+        if (!isTransient(err) || signal?.aborted) {
           this.#d.onError(err);
           return false;
         }
         if (tries === 1)
           this.#d.log.warn(
-            { job_id: job.id, code: err.code, retry_for_ms: deadline - now() },
-            `could not record a job outcome, trying again until the lease would end: ${err.message}`,
+            { job_id: job.id, code: err.code },
+            `could not record a job outcome, trying again until the database takes it: ${err.message}`,
           );
-        await sleep(pause);
+        await sleep(backoff.next(), signal);
       }
     }
   }

@@ -79,6 +79,8 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
   #stopping = false;
   /** Aborted by stop(): ends the waits for the database at start. */
   readonly #stopped = new AbortController();
+  /** Aborted when stop()'s grace is over: outcomes still unrecorded are given up. */
+  readonly #graceEnded = new AbortController();
   /** Said while the database (at start) or the launcher (claiming paused) is down. */
   readonly #dbOutage: OutageNotice;
   readonly #launcherOutage: OutageNotice;
@@ -115,7 +117,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
       db: deps.db,
       workerId: deps.config.HD_WORKER_ID,
       log: deps.log,
-      leaseMs: deps.config.HD_LEASE_SECONDS * 1000,
+      signal: this.#graceEnded.signal,
       onError: (err) => this.#report(err, 'could not record a job outcome'),
       redactor: deps.redactor,
     });
@@ -190,6 +192,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
       );
       if ((await Promise.race([allDone(), timer])) === 'timeout') {
         this.#graceOver = true;
+        this.#graceEnded.abort();
         for (const r of this.#running.values()) r.runner?.stop('shutdown');
         await allDone();
       }
@@ -406,7 +409,14 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
 
   async #reap(): Promise<void> {
     try {
-      for (const job of await this.#db.reapExpiredLeases()) {
+      // Also this scheduler's report-in: the reaper spares the leases of a scheduler that
+      // was cut off from the database until it is back (00019).
+      const reporter = {
+        workerId: this.#config.HD_WORKER_ID,
+        everySeconds: Math.ceil(this.#config.HD_REAP_INTERVAL_MS / 1000),
+        leaseSeconds: this.#config.HD_LEASE_SECONDS,
+      };
+      for (const job of await this.#db.reapExpiredLeases(reporter)) {
         this.#log.warn(
           { job_id: job.id, status: job.status, locked_by: job.error_details?.worker_id },
           'reaped an expired lease',

@@ -25,13 +25,16 @@ const FUNCTIONS = parseMatrix(`
   hd__batch_bucket                    .    .             .         .            .
   hd__chunk_sha256                    .    .             .         .            .
   hd__count_batch_jobs                .    .             .         .            .
+  hd__cut_off_at                      .    .             .         .            .
   hd__enqueue_job_webhooks            .    .             .         .            .
   hd__job_role_name                   .    .             .         .            .
   hd__lock                            .    .             .         .            .
+  hd__lock_current_lease              .    .             .         .            .
   hd__lock_down_functions             .    .             .         .            .
   hd__lock_leased_job                 .    .             .         .            .
   hd__notify_jobs_queued              .    .             .         .            .
   hd__queued_groups                   .    .             .         .            .
+  hd__reap_not_before                 .    .             .         .            .
   hd__remember_ended_lease            .    .             .         .            .
   hd__settle_failed_attempt           .    .             .         .            .
   hd__share_leased_job                .    .             .         .            .

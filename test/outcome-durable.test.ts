@@ -22,20 +22,20 @@ afterAll(async () => {
   await t.drop();
 });
 
-async function claimedJob(): Promise<LeasedJob> {
+async function claimedJob(leaseSeconds = 60): Promise<LeasedJob> {
   const job = await t.db.enqueueJob({ accountId: ACCOUNT_A, jobType: 'outcome_probe', debug: {} });
-  const [claimed] = await t.db.claimJobs({ workerId: 'w1', leaseSeconds: 60, jobId: job.id });
+  const [claimed] = await t.db.claimJobs({ workerId: 'w1', leaseSeconds, jobId: job.id });
   return claimed as LeasedJob;
 }
 
-function recorder(leaseMs: number) {
+function recorder(signal?: AbortSignal) {
   const { log, lines } = memoryLogger('info');
   const errors: HdError[] = [];
   const outcomes = new OutcomeRecorder({
     db,
     workerId: 'w1',
     log,
-    leaseMs,
+    signal,
     onError: (e) => errors.push(e),
   });
   return { outcomes, lines, errors };
@@ -47,12 +47,12 @@ const exit = { ...crash, oomKilled: false, durationMs: 5, outputTail: [] };
 describe('OutcomeRecorder while the database is down', () => {
   it('records a crash once the database is back, within the lease', async () => {
     const job = await claimedJob();
-    const { outcomes, lines, errors } = recorder(60_000);
+    const { outcomes, lines, errors } = recorder();
     await relay.down();
     try {
       const settling = outcomes.settle(job, exit);
       await expect
-        .poll(() => lines.some((l) => l.includes('trying again until the lease would end')))
+        .poll(() => lines.some((l) => l.includes('trying again until the database takes it')))
         .toBe(true);
       await relay.up();
       await settling;
@@ -67,12 +67,60 @@ describe('OutcomeRecorder while the database is down', () => {
     });
   });
 
-  it('hands a job back the same way, and gives up when the lease would have ended', async () => {
-    const job = await claimedJob();
-    const { outcomes, errors } = recorder(300);
+  it('hands a job back after an outage longer than its lease; another reaper waits (00019)', async () => {
+    // Scheduler w1 reports in (every second, 30 s leases), then loses the database with
+    // a runner that ended: its hand-back waits. The job's lease is 1 s, so it expires
+    // during the outage; scheduler w2, still connected, reaps meanwhile.
+    await t.db.reapExpiredLeases({ workerId: 'w1', everySeconds: 1, leaseSeconds: 30 });
+    const job = await claimedJob(1);
+    const { outcomes, errors } = recorder();
     await relay.down();
     try {
-      await outcomes.settle(job, { ...exit, stoppedFor: 'shutdown' });
+      const settling = outcomes.settle(job, { ...exit, exitCode: 14, signal: null });
+      // w1 has been silent for two report-ins and the lease has ended: a reaper could act.
+      await expect
+        .poll(
+          async () =>
+            (
+              await t.sql.query(
+                `select lease_expires_at < now() - interval '2 seconds' as past from hd_ingestion_jobs where id = $1`,
+                [job.id],
+              )
+            ).rows[0].past,
+          { timeout: 20_000 },
+        )
+        .toBe(true);
+      const reaped = await t.db.reapExpiredLeases({
+        workerId: 'w2',
+        everySeconds: 1,
+        leaseSeconds: 30,
+      });
+      expect(reaped.map((j) => j.id)).not.toContain(job.id);
+      await relay.up();
+      await settling;
+    } finally {
+      await relay.up().catch(() => {});
+    }
+    expect(errors).toEqual([]);
+    // Handed back with its attempt refunded, not LEASE_EXPIRED.
+    expect(await t.db.getJob(job.id)).toMatchObject({
+      status: 'queued',
+      attempts: 0,
+      error_code: null,
+      lease_token: null,
+    });
+  });
+
+  it('gives up when told to (the scheduler stops), and says so', async () => {
+    const job = await claimedJob();
+    const stop = new AbortController();
+    const { outcomes, lines, errors } = recorder(stop.signal);
+    await relay.down();
+    try {
+      const settling = outcomes.settle(job, { ...exit, stoppedFor: 'shutdown' });
+      await expect.poll(() => lines.some((l) => l.includes('trying again'))).toBe(true);
+      stop.abort();
+      await settling;
     } finally {
       await relay.up();
     }

@@ -20,6 +20,7 @@ import type {
   JobLogLine,
   ListJobsFilter,
   NewJobLogLine,
+  SchedulerReport,
   UpsertCounts,
   WakeReason,
 } from './transport.ts';
@@ -179,8 +180,11 @@ export class PostgresDb implements ControlPlaneDb {
     ]);
   }
 
-  reapExpiredLeases() {
-    return this.#rows('select * from public.hd_reap_expired_leases()', []);
+  reapExpiredLeases(reporter?: SchedulerReport) {
+    return this.#rows(
+      'select * from public.hd_reap_expired_leases(p_worker_id => $1, p_every_seconds => $2, p_lease_seconds => $3)',
+      [reporter?.workerId ?? null, reporter?.everySeconds ?? null, reporter?.leaseSeconds ?? null],
+    );
   }
 
   enqueueJob(r: EnqueueRequest) {

@@ -10,6 +10,7 @@ import type {
   Failure,
   JobLogLine,
   ListJobsFilter,
+  SchedulerReport,
   WakeReason,
 } from './transport.ts';
 
@@ -201,8 +202,17 @@ export class SupabaseDb extends SupabaseOutputCalls implements ControlPlaneDb {
     });
   }
 
-  reapExpiredLeases() {
-    return this.#jobs('hd_reap_expired_leases', {});
+  reapExpiredLeases(reporter?: SchedulerReport) {
+    return this.#jobs(
+      'hd_reap_expired_leases',
+      reporter
+        ? {
+            p_worker_id: reporter.workerId,
+            p_every_seconds: reporter.everySeconds,
+            p_lease_seconds: reporter.leaseSeconds,
+          }
+        : {},
+    );
   }
 
   enqueueJob(r: EnqueueRequest) {

@@ -1,5 +1,12 @@
 import type { Job } from '../../contract/jobs.ts';
 
+/** Who calls the reaper: a scheduler's worker id, its reap interval and its lease length. */
+export interface SchedulerReport {
+  workerId: string;
+  everySeconds: number;
+  leaseSeconds: number;
+}
+
 export interface ClaimOptions {
   workerId: string;
   jobTypes?: readonly string[] | undefined;
@@ -223,7 +230,11 @@ export interface ControlPlaneDb {
   failJob(jobId: string, leaseToken: string, failure: Failure): Promise<Job>;
   releaseJob(jobId: string, leaseToken: string): Promise<Job>;
   setContainerId(jobId: string, leaseToken: string, containerId: string): Promise<void>;
-  reapExpiredLeases(): Promise<Job[]>;
+  /**
+   * hd_reap_expired_leases. A scheduler passes `reporter`: the call is also its report-in,
+   * by which the reaper spares the leases of a scheduler cut off from the database (00019).
+   */
+  reapExpiredLeases(reporter?: SchedulerReport): Promise<Job[]>;
   enqueueJob(request: EnqueueRequest): Promise<Job>;
   requeueJob(jobId: string): Promise<Job>;
   cancelJob(jobId: string, reason?: string): Promise<Job>;

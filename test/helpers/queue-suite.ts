@@ -162,20 +162,26 @@ export function describeQueueSuite(name: string, open: () => Promise<QueueSuiteT
         });
       });
 
-      it('refuses a call after the lease ran out even before the reaper ran', async () => {
+      it('keeps an expired lease with its holder until the reaper or a claim takes it (00019)', async () => {
         const job = await claimOne((await enqueue()).id);
+        // Expired, but nobody else has the job: its holder may still renew it.
         await expect(
           at(`select hd_heartbeat($1, $2, 60, now() + interval '61 seconds')`, [
             job.id,
             job.lease_token,
           ]),
-        ).rejects.toMatchObject({ code: 'HDL01' });
+        ).resolves.toHaveLength(1);
+        const reaped = await at(
+          `select id from hd_reap_expired_leases(now() + interval '200 seconds')`,
+          [],
+        );
+        expect(reaped.map((r) => r.id)).toContain(job.id);
         await expect(
-          at(`select hd_heartbeat($1, $2, 60, now() + interval '59 seconds')`, [
+          at(`select hd_heartbeat($1, $2, 60, now() + interval '201 seconds')`, [
             job.id,
             job.lease_token,
           ]),
-        ).resolves.toHaveLength(1);
+        ).rejects.toMatchObject({ code: 'HDL01' });
       });
 
       it('tells a cancelled runner that it was cancelled', async () => {
