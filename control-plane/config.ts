@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
 import { DEFAULT_BUCKET } from '../contract/jobs.ts';
+import { parseFamilyRules } from '../runner/llm/families.ts';
 import { combinationError } from './config-rules.ts';
 import { SECRET_SETTING } from './redact.ts';
 
@@ -160,8 +161,23 @@ export const configSchema = z.object({
   HD_LLM_RETRY_BASE_MS: positiveInt.default(1000),
   /** LLM stages: longest wait before one retry, in ms; a longer Retry-After fails the job (retryable). Default 60000. */
   HD_LLM_RETRY_MAX_MS: positiveInt.default(60_000),
-  /** LLM stages: `json_schema` (structured output) or `json_object` (schema in the prompt, for endpoints without it). Default json_schema. */
-  HD_LLM_RESPONSE_FORMAT: z.enum(['json_schema', 'json_object']).default('json_schema'),
+  /** LLM stages: `json_schema` (structured output), `json_object` (JSON mode, schema in the prompt) or `prompt` (no response_format); a refused one steps down by itself. Default: the model family's (json_schema). */
+  HD_LLM_RESPONSE_FORMAT: z.enum(['json_schema', 'json_object', 'prompt']).optional(),
+  /** LLM stages: JSON array of capability rules tried before the built-in table, e.g. `[{"model":"^my-r1","family":"openai-reasoning"}]` (fields model, base_url: regular expressions; family: openai-reasoning|openai|vllm|ollama|generic; token_limit, temperature, response_format). Default none. */
+  HD_LLM_MODEL_FAMILIES: z
+    .string()
+    .superRefine((text, ctx) => {
+      try {
+        parseFamilyRules(text);
+      } catch (error) {
+        const why =
+          error instanceof z.ZodError
+            ? error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ')
+            : `not JSON (${(error as Error).message})`;
+        ctx.addIssue({ code: 'custom', message: why });
+      }
+    })
+    .optional(),
   /** LLM stages: most tokens the model may generate per request. Default 4096. */
   HD_LLM_MAX_OUTPUT_TOKENS: positiveInt.default(4096),
   /** LLM stages: price of input tokens for the cost estimate in stats, in USD per million tokens. Default 0 (unknown). */

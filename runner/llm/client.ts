@@ -5,8 +5,17 @@ import type { z } from 'zod';
 import { HdError } from '../../contract/errors.ts';
 import type { Config } from '../../control-plane/config.ts';
 import type { Logger } from '../../control-plane/logger.ts';
+import {
+  learnedCapabilities,
+  parseFamilyRules,
+  rememberCapabilities,
+  resolveCapabilities,
+  type Capabilities,
+  type FamilyRule,
+} from './families.ts';
 import { responseJsonSchema } from './json-schema.ts';
 import { repairPrompt, schemaInstruction } from './prompts.ts';
+import { refusedParameter, sentParameters, withoutParameter } from './refusals.ts';
 import { backoffMs, retryAfterMs, Semaphore, sleep } from './retry.ts';
 import { addReported, emptyUsage, UsageMeter, type CallUsage } from './usage.ts';
 
@@ -21,7 +30,10 @@ export interface LlmSettings {
   maxRetries: number;
   retryBaseMs: number;
   retryMaxMs: number;
-  responseFormat: 'json_schema' | 'json_object';
+  /** Forces the structured-output mode; undefined: the model family's. */
+  responseFormat: Capabilities['responseFormat'] | undefined;
+  /** HD_LLM_MODEL_FAMILIES: rules tried before the built-in capability table. */
+  familyRules: FamilyRule[];
   maxOutputTokens: number;
   prices: { inputPerMTok: number; outputPerMTok: number };
 }
@@ -37,6 +49,7 @@ export function llmSettings(config: Config): LlmSettings {
     retryBaseMs: config.HD_LLM_RETRY_BASE_MS,
     retryMaxMs: config.HD_LLM_RETRY_MAX_MS,
     responseFormat: config.HD_LLM_RESPONSE_FORMAT,
+    familyRules: parseFamilyRules(config.HD_LLM_MODEL_FAMILIES),
     maxOutputTokens: config.HD_LLM_MAX_OUTPUT_TOKENS,
     prices: {
       inputPerMTok: config.HD_LLM_PRICE_INPUT_PER_MTOK,
@@ -89,23 +102,36 @@ export class LlmClient {
     return this.settings.model;
   }
 
+  /** What the next request sends: what the endpoint refused so far, else the family table. */
+  capabilities(): Capabilities {
+    const { baseURL, model, familyRules, responseFormat } = this.settings;
+    const learned = learnedCapabilities(baseURL, model);
+    if (learned) return learned.capabilities;
+    const guessed = resolveCapabilities(model, baseURL, familyRules);
+    return responseFormat ? { ...guessed, responseFormat } : guessed;
+  }
+
   async structured<T>(request: StructuredRequest<T>): Promise<StructuredResult<T>> {
     const signal = request.signal ? AbortSignal.any([this.#signal, request.signal]) : this.#signal;
     const jsonSchema = responseJsonSchema(request.schema);
-    const system =
-      this.settings.responseFormat === 'json_object'
-        ? `${request.system}\n${schemaInstruction(jsonSchema)}`
-        : request.system;
-    const messages: ChatCompletionMessageParam[] = [
-      { role: 'system', content: system },
-      { role: 'user', content: request.user },
-    ];
+    // Without json_schema the schema goes into the prompt; the answer is validated either way.
+    const system = (capabilities: Capabilities) =>
+      capabilities.responseFormat === 'json_schema'
+        ? request.system
+        : `${request.system}\n${schemaInstruction(jsonSchema)}`;
+    const conversation: ChatCompletionMessageParam[] = [{ role: 'user', content: request.user }];
     const usage = emptyUsage();
     let ok = false;
     try {
       for (let pass = 0; ; pass++) {
         const completion = await this.#limit.run(() =>
-          this.#complete(request.task, messages, jsonSchema, usage, signal),
+          this.#complete(
+            request.task,
+            (capabilities) => [{ role: 'system', content: system(capabilities) }, ...conversation],
+            jsonSchema,
+            usage,
+            signal,
+          ),
         );
         const answer = readAnswer(completion, request.schema);
         if (answer.ok) {
@@ -121,7 +147,7 @@ export class LlmClient {
         }
         this.#log.warn({ task: request.task, problem: answer.problem }, 'repairing model answer');
         usage.repaired = true;
-        messages.push(
+        conversation.push(
           { role: 'assistant', content: answer.raw },
           { role: 'user', content: repairPrompt(answer.problem) },
         );
@@ -152,36 +178,29 @@ export class LlmClient {
       maxRetries: 0,
       timeout: this.settings.timeoutMs,
       logLevel: 'off',
+      fetch: keepErrorBodies,
     });
     return this.#openai;
   }
 
   async #complete(
     task: string,
-    messages: ChatCompletionMessageParam[],
+    messages: (capabilities: Capabilities) => ChatCompletionMessageParam[],
     jsonSchema: Record<string, unknown>,
     usage: CallUsage,
     signal: AbortSignal,
   ): Promise<ChatCompletion> {
     const client = await this.#client();
-    for (let attempt = 0; ; attempt++) {
+    let capabilities = this.capabilities();
+    for (let attempt = 0; ;) {
       if (signal.aborted) throw signal.reason;
       usage.requests += 1;
       try {
         const completion = await client.chat.completions.create(
           {
             model: this.model,
-            messages,
-            temperature: 0,
-            // max_tokens, not max_completion_tokens: vLLM and Ollama read this one.
-            max_tokens: this.settings.maxOutputTokens,
-            response_format:
-              this.settings.responseFormat === 'json_schema'
-                ? {
-                    type: 'json_schema',
-                    json_schema: { name: task, schema: jsonSchema, strict: true },
-                  }
-                : { type: 'json_object' },
+            messages: messages(capabilities),
+            ...requestParameters(capabilities, this.settings.maxOutputTokens, task, jsonSchema),
           },
           { signal, timeout: this.settings.timeoutMs, maxRetries: 0 },
         );
@@ -189,6 +208,13 @@ export class LlmClient {
         return completion;
       } catch (error) {
         if (signal.aborted) throw signal.reason;
+        // A parameter the endpoint does not take: asked again without it, at once, and
+        // never sent to this model again (not a retry: nothing was wrong but the request).
+        const adapted = this.#adaptToRefusal(error, capabilities, task);
+        if (adapted) {
+          capabilities = adapted;
+          continue;
+        }
         const failure = this.#classify(error);
         const waitMs = failure.retryable ? (failure.retryAfterMs ?? this.#backoff(attempt)) : 0;
         if (!failure.retryable || attempt >= this.settings.maxRetries) {
@@ -210,9 +236,40 @@ export class LlmClient {
           { task, status: failure.status, attempt: attempt + 1, wait_ms: waitMs },
           `model request failed, retrying: ${failure.message}`,
         );
+        attempt += 1;
         await sleep(waitMs, signal);
       }
     }
+  }
+
+  /** When `error` refused a parameter: what to ask again with (also remembered). */
+  #adaptToRefusal(
+    error: unknown,
+    capabilities: Capabilities,
+    task: string,
+  ): Capabilities | undefined {
+    const sdk = this.#sdk;
+    if (!sdk || !(error instanceof sdk.APIError) || !error.headers) return undefined;
+    const parameter = refusedParameter(
+      error.status,
+      ERROR_BODIES.get(error.headers),
+      sentParameters(capabilities),
+    );
+    if (!parameter) return undefined;
+    const { baseURL, model } = this.settings;
+    const learned = learnedCapabilities(baseURL, model);
+    // Requests in flight together are refused together: build on what another one learned.
+    const base = learned?.capabilities ?? capabilities;
+    if (!sentParameters(base).includes(parameter)) return base;
+    const refused = new Set(learned?.refused).add(parameter);
+    const next = withoutParameter(base, parameter, refused);
+    if (!next) return undefined;
+    rememberCapabilities(baseURL, model, { capabilities: next, refused });
+    this.#log.warn(
+      { task, model, refused: parameter, family: capabilities.family, now: next },
+      `the model endpoint refused ${parameter} (HTTP ${error.status}); asking again without it, and from now on for this model`,
+    );
+    return next;
   }
 
   #backoff(attempt: number): number {
@@ -234,6 +291,9 @@ export class LlmClient {
     }
     if (sdk && error instanceof sdk.APIError && typeof error.status === 'number') {
       const status = error.status;
+      // An answer without OpenAI's `error` object (older vLLM) is told by its own body.
+      const body = error.error === undefined && error.headers && ERROR_BODIES.get(error.headers);
+      const said = body ? `${status} ${this.#scrub(body.slice(0, 500))}` : text;
       const retryable = status === 408 || status === 409 || status === 429 || status >= 500;
       const why =
         status === 401 || status === 403
@@ -245,7 +305,7 @@ export class LlmClient {
         retryable,
         status,
         retryAfterMs: retryAfterMs(error.headers),
-        message: `${why} (HTTP ${status}): ${text}`,
+        message: `${why} (HTTP ${status}): ${said}`,
       };
     }
     return { retryable: true, status: undefined, message: `model request failed: ${text}` };
@@ -255,6 +315,41 @@ export class LlmClient {
     const key = this.settings.apiKey;
     return key && key.length >= 4 ? text.split(key).join('[redacted]') : text;
   }
+}
+
+/** The optional part of a chat-completions request, as `capabilities` allow. */
+export function requestParameters(
+  capabilities: Capabilities,
+  maxOutputTokens: number,
+  task: string,
+  jsonSchema: Record<string, unknown>,
+) {
+  return {
+    ...(capabilities.temperature ? { temperature: 0 } : {}),
+    ...(capabilities.tokenLimit === 'none' ? {} : { [capabilities.tokenLimit]: maxOutputTokens }),
+    ...(capabilities.responseFormat === 'json_schema'
+      ? {
+          response_format: {
+            type: 'json_schema' as const,
+            json_schema: { name: task, schema: jsonSchema, strict: true },
+          },
+        }
+      : capabilities.responseFormat === 'json_object'
+        ? { response_format: { type: 'json_object' as const } }
+        : {}),
+  };
+}
+
+// The body of each error answer, by its Headers object (the SDK keeps that object on the
+// APIError it throws, but drops a body without an `error` key, as older vLLM sends).
+const ERROR_BODIES = new WeakMap<Headers, string>();
+
+async function keepErrorBodies(url: string | URL | Request, init?: RequestInit) {
+  const response = await fetch(url, init);
+  if (response.status >= 400 && response.status < 500) {
+    ERROR_BODIES.set(response.headers, (await response.clone().text()).slice(0, 8192));
+  }
+  return response;
 }
 
 type Answer<T> = { ok: true; value: T } | { ok: false; problem: string; raw: string };

@@ -123,7 +123,7 @@ export function repairPrompt(problem: string): string {
   );
 }
 
-/** For endpoints without structured output (HD_LLM_RESPONSE_FORMAT=json_object). */
+/** For endpoints without structured output (json_object or no response_format). */
 export function schemaInstruction(jsonSchema: Record<string, unknown>): string {
   return `The JSON object must match this JSON schema:\n${JSON.stringify(jsonSchema)}`;
 }

@@ -14,6 +14,10 @@ import {
  * deterministic stand-in model, and a test scripts what a real endpoint does on a bad
  * day: 429 with Retry-After, 500s, malformed JSON, slow or hanging responses. It records
  * every request (body, Authorization header, whether the client aborted it).
+ *
+ * With `family`, it first checks a request the way that server family is DOCUMENTED to
+ * (see FAMILY_RULES below): what it refuses with 400 and in which words, and what it
+ * silently ignores. Without, it takes every request (what tests before families expect).
  */
 
 export interface RecordedRequest {
@@ -22,6 +26,9 @@ export interface RecordedRequest {
     model?: string;
     messages?: { role?: string; content?: unknown }[];
     response_format?: { type?: string; json_schema?: { name?: string; schema?: unknown } };
+    temperature?: number;
+    max_tokens?: number;
+    max_completion_tokens?: number;
   };
   authorization: string | undefined;
   /** All message contents, joined: what the model was shown. */
@@ -56,7 +63,88 @@ export interface OpenAiStandIn {
   close(): Promise<void>;
 }
 
-export async function startOpenAiStandIn(): Promise<OpenAiStandIn> {
+export type StandInFamily = keyof typeof FAMILY_RULES;
+
+type Refusal = { status: number; body: unknown } | undefined;
+type Body = RecordedRequest['body'];
+
+const openAiRefusal = (param: string, message: string, code = 'unsupported_parameter') => ({
+  status: 400,
+  body: { error: { message, type: 'invalid_request_error', param, code } },
+});
+
+/**
+ * What each family refuses, as its documentation and its servers' answers say.
+ * - openai-reasoning: OpenAI's reasoning guide and API reference (o1/o3/o4-mini/gpt-5):
+ *   `max_tokens` "is not compatible with o-series models" (400 unsupported_parameter, "Use
+ *   'max_completion_tokens' instead"); only the default temperature (400 unsupported_value).
+ * - vllm: vLLM's OpenAI-compatible server (docs, v0.6+): takes max_tokens,
+ *   max_completion_tokens, temperature and response_format json_schema (guided decoding)
+ *   and json_object; fields it does not know are ignored with a warning, not refused.
+ * - vllm-legacy: vLLM before json_schema support (vllm-project/vllm#7654, v0.5.x): its
+ *   pydantic request model allows response_format type 'text' or 'json_object' only and
+ *   answers a literal_error in its own shape `{"object": "error", "message", …}` (no
+ *   OpenAI `error` key).
+ * - ollama: Ollama's OpenAI compatibility page: supported request fields include
+ *   max_tokens, temperature and response_format (JSON mode; json_schema since 0.5.0);
+ *   max_completion_tokens is not among them and, like any unknown field, is dropped
+ *   silently by its JSON decoder.
+ * - no-response-format: no particular product: a strict server that refuses
+ *   response_format altogether, in OpenAI's error shape; it guards the last step down
+ *   (schema in the prompt, answer validated).
+ */
+const FAMILY_RULES = {
+  'openai-reasoning': (body: Body): Refusal => {
+    if (body.max_tokens !== undefined)
+      return openAiRefusal(
+        'max_tokens',
+        "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
+      );
+    if (body.temperature !== undefined && body.temperature !== 1)
+      return openAiRefusal(
+        'temperature',
+        `Unsupported value: 'temperature' does not support ${body.temperature} with this model. Only the default (1) value is supported.`,
+        'unsupported_value',
+      );
+    return undefined;
+  },
+  vllm: (): Refusal => undefined,
+  'vllm-legacy': (body: Body): Refusal => {
+    const type = body.response_format?.type;
+    if (type === undefined || type === 'text' || type === 'json_object') return undefined;
+    return {
+      status: 400,
+      body: {
+        object: 'error',
+        message: `[{'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), 'msg': "Input should be 'text' or 'json_object'", 'input': '${type}', 'ctx': {'expected': "'text' or 'json_object'"}}]`,
+        type: 'BadRequestError',
+        param: null,
+        code: 400,
+      },
+    };
+  },
+  // Takes what the client sends; a max_completion_tokens would be dropped unread, which
+  // the tests catch by looking at the request.
+  ollama: (): Refusal => undefined,
+  'no-response-format': (body: Body): Refusal =>
+    body.response_format === undefined
+      ? undefined
+      : {
+          status: 400,
+          body: {
+            error: {
+              message: 'response_format is not supported by this server',
+              type: 'invalid_request_error',
+              param: 'response_format',
+              code: null,
+            },
+          },
+        },
+} satisfies Record<string, (body: Body) => Refusal>;
+
+export async function startOpenAiStandIn(
+  options: { family?: StandInFamily } = {},
+): Promise<OpenAiStandIn> {
   const requests: RecordedRequest[] = [];
   const queue: Reply[] = [];
   const hanging = new Map<RecordedRequest, () => void>();
@@ -103,7 +191,10 @@ export async function startOpenAiStandIn(): Promise<OpenAiStandIn> {
         if (!res.writableFinished) request.aborted = true;
         hanging.delete(request);
       });
-      const reply = queue.shift() ?? responder?.(request) ?? { kind: 'answer' };
+      const refusal = options.family ? FAMILY_RULES[options.family](body) : undefined;
+      const reply: Reply = refusal
+        ? { kind: 'status', status: refusal.status, body: refusal.body }
+        : (queue.shift() ?? responder?.(request) ?? { kind: 'answer' });
       if (reply.kind === 'hang') {
         hanging.set(request, () => answer(res, request, { kind: 'answer' }));
       } else if (reply.kind === 'answer' && reply.delayMs) {
