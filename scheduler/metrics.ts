@@ -6,7 +6,10 @@ import type { Config } from '../control-plane/config.ts';
 import { PostgresDb } from '../control-plane/db/postgres.ts';
 import { SupabaseDb } from '../control-plane/db/supabase.ts';
 import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
-import type { SchedulerEvents } from './scheduler.ts';
+import type { GpuSlots } from './gpu.ts';
+import { registerCapacityMetrics } from './metrics-capacity.ts';
+import type { Scheduler, SchedulerEvents } from './scheduler.ts';
+import type { WebhookDelivery } from './webhooks.ts';
 
 /** hd_queue_metrics (00013): the shared queue at scrape time. */
 interface QueueReport {
@@ -114,6 +117,8 @@ export class SchedulerMetrics {
       if (wait !== undefined)
         this.#waitSeconds.observe({ job_type: job.job_type }, Math.max(0, wait));
     });
+    // A re-adopted runner is running here too, and its end is counted below.
+    scheduler.on('job:adopted', (job: Job) => this.#running.inc({ job_type: job.job_type }));
     scheduler.on('job:finished', (job: Job) => {
       this.#running.dec({ job_type: job.job_type });
       this.#finished.inc({
@@ -141,13 +146,21 @@ export function queueReportOf(db: ControlPlaneDb): () => Promise<QueueReport> {
  * per scrape; ready while the database answers (and the Docker engine, for that launcher).
  */
 export async function startMetricsServer(
-  config: Pick<Config, 'HD_METRICS_ADDRESS' | 'HD_LAUNCHER'>,
+  config: Pick<Config, 'HD_METRICS_ADDRESS' | 'HD_LAUNCHER' | 'HD_SLOTS'>,
   db: ControlPlaneDb,
-  scheduler: EventEmitter<SchedulerEvents>,
+  scheduler: Scheduler,
+  parts: { gpus?: GpuSlots | undefined; webhooks?: WebhookDelivery | undefined } = {},
 ) {
   const report = queueReportOf(db);
   const metrics = new SchedulerMetrics(report);
   metrics.attach(scheduler);
+  const capacity = {
+    slots: config.HD_SLOTS,
+    busy: () => scheduler.runningJobIds.length,
+    gpus: parts.gpus,
+    launcher: config.HD_LAUNCHER,
+  };
+  registerCapacityMetrics(metrics.registry, capacity, scheduler, parts.webhooks);
   return serveMetrics(metrics, config.HD_METRICS_ADDRESS!, async () => {
     await report().catch((error: unknown) => {
       throw new Error(`database: ${(error as Error).message}`);

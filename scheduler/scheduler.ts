@@ -22,6 +22,8 @@ export interface SchedulerEvents {
   /** A runner a previous scheduler started, taken over after a restart. */
   'job:adopted': [job: Job];
   'job:finished': [job: Job, exit: RunnerExit | undefined];
+  /** A runner started for a claimed job; `seconds`: how long the launcher took (create + start). */
+  'runner:launched': [job: Job, seconds: number];
   'job:reaped': [job: Job];
   error: [error: HdError];
 }
@@ -337,13 +339,16 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
           if (gpu === undefined) throw new Error('no free GPU slot for a GPU job');
           entry.gpuIds = [gpu];
         }
+        const env = await this.#runnerEnv?.(job, resources);
+        const launchedFrom = performance.now();
         entry.runner = await this.#launcher.launch({
           job,
           resources,
           gpuIds: entry.gpuIds,
-          env: await this.#runnerEnv?.(job, resources),
+          env,
           onOutput: (line) => logs.push(line),
         });
+        this.emit('runner:launched', job, (performance.now() - launchedFrom) / 1000);
       }
       // Launched while stopping, after the grace (or with none): it missed stop()'s call.
       if (this.#graceOver || (this.#stopping && this.#config.HD_SHUTDOWN_GRACE_MS === 0))

@@ -77,6 +77,8 @@ export async function publicAddress(hostname: string, allowed: BlockList) {
 export interface PostResult {
   statusCode?: number;
   error?: string;
+  /** Why no answer came: the guard refused the address, the time ran out, the network failed. */
+  failure?: 'refused' | 'timeout' | 'network';
   latencyMs: number;
 }
 
@@ -110,7 +112,12 @@ export async function postWebhook(
     const message = deadline.aborted
       ? `no answer within ${options.timeoutMs} ms`
       : (error as Error).message;
-    return { error: message, latencyMs: Math.round(performance.now() - started) };
+    const failure = deadline.aborted
+      ? 'timeout'
+      : error instanceof WebhookRefused
+        ? 'refused'
+        : 'network';
+    return { error: message, failure, latencyMs: Math.round(performance.now() - started) };
   }
 }
 

@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events';
 import type { BlockList } from 'node:net';
 import { Webhook } from 'standardwebhooks';
 import type { Config } from '../control-plane/config.ts';
@@ -8,7 +9,20 @@ import {
   type WebhookOutbox,
 } from '../control-plane/db/webhooks.ts';
 import type { Logger } from '../control-plane/logger.ts';
-import { parseAllowedRanges, postWebhook } from './webhook-post.ts';
+import { parseAllowedRanges, postWebhook, type PostResult } from './webhook-post.ts';
+
+/** How one delivery attempt ended: a 2xx, another answer, or none (and why). */
+export type WebhookOutcome = 'delivered' | 'http_error' | 'refused' | 'timeout' | 'network';
+
+export function outcomeOf(result: PostResult): WebhookOutcome {
+  if (result.statusCode === undefined) return result.failure ?? 'network';
+  return result.statusCode >= 200 && result.statusCode < 300 ? 'delivered' : 'http_error';
+}
+
+export interface WebhookDeliveryEvents {
+  /** One POST (redirects included) answered or given up, and recorded. */
+  attempt: [outcome: WebhookOutcome, event: DueWebhook];
+}
 
 export interface WebhookDeliveryOptions {
   outbox: WebhookOutbox;
@@ -32,12 +46,13 @@ export interface WebhookDeliveryOptions {
  * the SQL decides retry and backoff. At least once: a scheduler that dies after the POST
  * and before the record sends the event again, with the same webhook-id.
  */
-export class WebhookDelivery {
+export class WebhookDelivery extends EventEmitter<WebhookDeliveryEvents> {
   readonly #o: WebhookDeliveryOptions;
   #timer: NodeJS.Timeout | undefined;
   #running: Promise<unknown> = Promise.resolve();
 
   constructor(options: WebhookDeliveryOptions) {
+    super();
     this.#o = options;
   }
 
@@ -88,7 +103,9 @@ export class WebhookDelivery {
       timeoutMs: this.#o.timeoutMs,
     });
     await this.#o.outbox.record(event.id, result);
-    const ok = result.statusCode !== undefined && result.statusCode < 300;
+    const outcome = outcomeOf(result);
+    this.emit('attempt', outcome, event);
+    const ok = outcome === 'delivered';
     // The URL's host only: a path or query may carry the tenant's own token.
     this.#o.logger[ok ? 'debug' : 'warn'](
       {

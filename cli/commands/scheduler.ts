@@ -173,13 +173,13 @@ export async function schedulerCommand(args: ParsedArgs, env: Env): Promise<numb
     process.once('SIGTERM', onSignal);
     process.once('SIGINT', onSignal);
   });
-  // start() waits while the database is out of reach; a signal meanwhile ends the wait.
-  const metrics = config.HD_METRICS_ADDRESS
-    ? await startMetricsServer(config, db, scheduler)
-    : undefined;
-  const started = scheduler.start();
   // Webhook events of ended jobs and batches (00013's outbox), once the database answers.
   const webhooks = webhookDeliveryFor(config, db, log);
+  // start() waits while the database is out of reach; a signal meanwhile ends the wait.
+  const metrics = config.HD_METRICS_ADDRESS
+    ? await startMetricsServer(config, db, scheduler, { gpus, webhooks })
+    : undefined;
+  const started = scheduler.start();
   try {
     await Promise.race([started, stopAsked]);
     webhooks.start();
