@@ -72,8 +72,8 @@ export const configSchema = z.object({
   HD_ACCOUNT_MAX_RUNNING: positiveInt.optional(),
   /** Comma-separated job types to claim. Default: all (unknown types then fail loudly). */
   HD_JOB_TYPES: csv.optional(),
-  /** Lease length in seconds; runners heartbeat at a third of it. Default 60. */
-  HD_LEASE_SECONDS: positiveInt.default(60),
+  /** Lease length in seconds (at most 3600: the database refuses a lease ending later); runners heartbeat at a third of it. Default 60. */
+  HD_LEASE_SECONDS: positiveInt.max(3600).default(60),
   /** Polling interval in ms when no NOTIFY arrives (and for run_after backoffs). Default 2000. */
   HD_POLL_INTERVAL_MS: positiveInt.default(2000),
   /** How often the scheduler reaps expired leases, in ms. Default 15000. */

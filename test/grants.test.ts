@@ -35,6 +35,7 @@ const FUNCTIONS = parseMatrix(`
   hd__notify_jobs_queued              .    .             .         .            .
   hd__queued_groups                   .    .             .         .            .
   hd__reap_not_before                 .    .             .         .            .
+  hd__refuse_distant_lease            .    .             .         .            .
   hd__remember_ended_lease            .    .             .         .            .
   hd__settle_failed_attempt           .    .             .         .            .
   hd__share_leased_job                .    .             .         .            .

@@ -309,6 +309,31 @@ describe('what hd_runner may not do at all', () => {
   });
 });
 
+describe("B's own lease and a clock of its choosing (every lease function takes p_now)", () => {
+  it('cannot stretch its lease past an hour from now, whatever p_now it passes', async () => {
+    const lease = async () =>
+      (
+        await t.sql.query<{ until: Date }>(
+          'select lease_expires_at as until from hd_ingestion_jobs where id = $1',
+          [jobB.id],
+        )
+      ).rows[0]!.until;
+    const before = await lease();
+    expect(
+      await refusal(runner, `select hd_heartbeat($1, $2, 3600, '2100-01-01'::timestamptz)`, [
+        jobB.id,
+        jobB.token,
+      ]),
+    ).toMatch(/^22023 a lease cannot end more than an hour from now/);
+    expect(await lease()).toEqual(before);
+    // Its own clock, within the hour, is still its business (the tests move clocks this way).
+    await runner.query(`select hd_heartbeat($1, $2, 60, now() + interval '1 minute')`, [
+      jobB.id,
+      jobB.token,
+    ]);
+  });
+});
+
 describe('hd_complete_jobs (the scheduler’s batch) with a token of another job', () => {
   it("completes the job whose token matches and leaves A's job running", async () => {
     const batchB = await enqueue(ACCOUNT_B, null);
