@@ -27,6 +27,11 @@ export const ERROR_CODES = {
   CANCELLED: { retryable: false, summary: 'the job was cancelled' },
   WORKER_SHUTDOWN: { retryable: true, summary: 'the worker shut down during the job' },
   LLM_FAILED: { retryable: true, summary: 'the language model call failed' },
+  // Queued again for the start of the next UTC day, when the budget resets (00015's trigger).
+  LLM_BUDGET_EXCEEDED: {
+    retryable: true,
+    summary: "the account's language-model budget for the day is spent; retried after it resets",
+  },
   DATABASE_UNAVAILABLE: { retryable: true, summary: 'the database could not be reached' },
   INTERNAL_ERROR: { retryable: true, summary: 'an unexpected error in hd-runner' },
 } as const satisfies Record<string, { retryable: boolean; summary: string }>;

@@ -13,6 +13,47 @@ const csv = z.string().transform((s) =>
     .filter(Boolean),
 );
 
+const limitValue = z.number().int().positive();
+/** Limits of one model across all runners (scheduler/llm-gateway/limiter.ts). */
+export const llmLimitsSchema = z.record(
+  z.string().min(1),
+  z.strictObject({
+    concurrency: limitValue.optional(),
+    requests_per_minute: limitValue.optional(),
+    tokens_per_minute: limitValue.optional(),
+  }),
+);
+/** USD per million tokens of one model. */
+export const llmPricesSchema = z.record(
+  z.string().min(1),
+  z.strictObject({
+    input: z.number().nonnegative(),
+    cached_input: z.number().nonnegative().optional(),
+    output: z.number().nonnegative(),
+  }),
+);
+
+/** A setting holding JSON, checked with `schema`; the error says where it is wrong. */
+function jsonSetting<T extends z.ZodType>(schema: T) {
+  return z.string().transform((text, ctx): z.infer<T> => {
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch (error) {
+      ctx.addIssue({ code: 'custom', message: `not JSON (${(error as Error).message})` });
+      return z.NEVER;
+    }
+    const parsed = schema.safeParse(value);
+    if (parsed.success) return parsed.data;
+    const issue = parsed.error.issues[0]!;
+    ctx.addIssue({
+      code: 'custom',
+      message: `${issue.path.join('.') || '(root)'}: ${issue.message}`,
+    });
+    return z.NEVER;
+  });
+}
+
 /**
  * All configuration, from the environment (CLI flags are merged in by the entry).
  * Parsed once at start-up; nothing else reads process.env.
@@ -184,6 +225,19 @@ export const configSchema = z.object({
   HD_LLM_PRICE_INPUT_PER_MTOK: z.coerce.number().nonnegative().default(0),
   /** LLM stages: price of output tokens for the cost estimate in stats, in USD per million tokens. Default 0 (unknown). */
   HD_LLM_PRICE_OUTPUT_PER_MTOK: z.coerce.number().nonnegative().default(0),
+  /** LLM gateway: the scheduler serves the LLM and transcription endpoints to its runners and keeps the API keys (docs/containers.md): `on` or `off` (runners get the endpoint and key themselves). Default on. */
+  HD_LLM_GATEWAY: z.enum(['on', 'off']).default('on'),
+  /** LLM gateway: host:port it listens on (port 0: any free one). Default the Docker network's gateway address (bridge) or 127.0.0.1 (host network, process launcher), port 0. */
+  HD_LLM_GATEWAY_ADDRESS: z
+    .string()
+    .regex(/^(\d{1,3}(\.\d{1,3}){3}|localhost|\[[\da-fA-F:]+\]):\d{1,5}$/, 'an address:port')
+    .optional(),
+  /** LLM gateway: limits of all runners together per model (`*`: any other), JSON: `{"gpt-4o-mini":{"concurrency":8,"requests_per_minute":500,"tokens_per_minute":200000}}`. Default none. */
+  HD_LLM_LIMITS: jsonSetting(llmLimitsSchema).optional(),
+  /** LLM gateway: prices per model in USD per million tokens, JSON: `{"gpt-4o-mini":{"input":0.15,"cached_input":0.075,"output":0.6}}`. Default HD_LLM_PRICE_* for HD_LLM_MODEL. */
+  HD_LLM_PRICES: jsonSetting(llmPricesSchema).optional(),
+  /** LLM gateway: tokens one account may use per UTC day where hd_llm_budgets sets none. Default: no limit. */
+  HD_LLM_DAILY_TOKEN_BUDGET: z.coerce.number().int().nonnegative().optional(),
   /** Webhooks: private, loopback or link-local ranges deliveries may reach anyway, comma-separated CIDRs (`10.1.0.0/16`). Default none. */
   HD_WEBHOOK_ALLOW_CIDRS: z
     .string()
@@ -246,7 +300,11 @@ export function configToEnv(config: Config): Record<string, string> {
   const env: Record<string, string> = {};
   for (const [key, value] of Object.entries(config)) {
     if (value === undefined) continue;
-    env[key] = Array.isArray(value) ? value.join(',') : String(value);
+    env[key] = Array.isArray(value)
+      ? value.join(',')
+      : typeof value === 'object'
+        ? JSON.stringify(value) // a JSON setting (HD_LLM_LIMITS), as it was given
+        : String(value);
   }
   return env;
 }

@@ -10,6 +10,7 @@ import type { GpuSlots } from './gpu.ts';
 import { registerCapacityMetrics } from './metrics-capacity.ts';
 import type { Scheduler, SchedulerEvents } from './scheduler.ts';
 import type { WebhookDelivery } from './webhooks.ts';
+import type { LlmGatewayEvents } from './llm-gateway/server.ts';
 
 /** hd_queue_metrics (00013): the shared queue at scrape time. */
 interface QueueReport {
@@ -31,6 +32,7 @@ export class SchedulerMetrics {
   readonly #runSeconds: client.Histogram<'job_type'>;
   readonly #waitSeconds: client.Histogram<'job_type'>;
   readonly #running: client.Gauge<'job_type'>;
+  readonly #llmTokens: client.Counter<'model' | 'kind'>;
 
   constructor(queueReport: () => Promise<QueueReport>) {
     const registers = [this.registry];
@@ -65,6 +67,12 @@ export class SchedulerMetrics {
       name: 'hd_scheduler_jobs_running',
       help: 'Jobs running in this scheduler now',
       labelNames: ['job_type'],
+      registers,
+    });
+    this.#llmTokens = new client.Counter({
+      name: 'hd_llm_tokens_total',
+      help: 'Tokens providers reported for requests through this scheduler’s LLM gateway, by model and kind (prompt, completion, cached)',
+      labelNames: ['model', 'kind'],
       registers,
     });
     // Gauges of the shared queue, filled from one database call per scrape.
@@ -105,6 +113,15 @@ export class SchedulerMetrics {
         for (const status of ['pending', 'delivered', 'failed'] as const)
           this.set({ status }, Number(w[status]));
       },
+    });
+  }
+
+  /** Counts the tokens of the LLM gateway's requests. */
+  attachGateway(gateway: EventEmitter<LlmGatewayEvents>): void {
+    gateway.on('usage', (model, usage) => {
+      this.#llmTokens.inc({ model, kind: 'prompt' }, usage.prompt);
+      this.#llmTokens.inc({ model, kind: 'completion' }, usage.completion);
+      this.#llmTokens.inc({ model, kind: 'cached' }, usage.cached);
     });
   }
 
@@ -149,7 +166,11 @@ export async function startMetricsServer(
   config: Pick<Config, 'HD_METRICS_ADDRESS' | 'HD_LAUNCHER' | 'HD_SLOTS'>,
   db: ControlPlaneDb,
   scheduler: Scheduler,
-  parts: { gpus?: GpuSlots | undefined; webhooks?: WebhookDelivery | undefined } = {},
+  parts: {
+    gpus?: GpuSlots | undefined;
+    webhooks?: WebhookDelivery | undefined;
+    gateway?: EventEmitter<LlmGatewayEvents> | undefined;
+  } = {},
 ) {
   const report = queueReportOf(db);
   const metrics = new SchedulerMetrics(report);
@@ -161,6 +182,7 @@ export async function startMetricsServer(
     launcher: config.HD_LAUNCHER,
   };
   registerCapacityMetrics(metrics.registry, capacity, scheduler, parts.webhooks);
+  if (parts.gateway) metrics.attachGateway(parts.gateway);
   return serveMetrics(metrics, config.HD_METRICS_ADDRESS!, async () => {
     await report().catch((error: unknown) => {
       throw new Error(`database: ${(error as Error).message}`);

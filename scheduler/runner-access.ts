@@ -6,6 +6,8 @@ import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
 import { privateSigningKey, signJobToken, type JobTokenKey } from '../control-plane/job-token.ts';
 import { signedUrlKey } from '../control-plane/storage/signed-urls.ts';
 import type { Resources } from '../runner/handler.ts';
+import { llmSettings } from '../runner/llm/client.ts';
+import type { LlmGateway } from './llm-gateway/server.ts';
 
 /** Makes signed download URLs (Supabase Storage `createSignedUrls`); absent objects are left out. */
 export type UrlSigner = (
@@ -16,7 +18,9 @@ export type UrlSigner = (
 
 // Settings only the scheduler reads: they stay out of runners.
 const SCHEDULER_ONLY =
-  /^HD_(DOCKER_|GPU|LAUNCHER$|SLOTS$|JOB_TYPES$|POLL_INTERVAL_MS$|REAP_INTERVAL_MS$|RECONCILE_INTERVAL_MS$|SHUTDOWN_GRACE_MS$|RUNNER_)/;
+  /^HD_(DOCKER_|GPU|LAUNCHER$|SLOTS$|JOB_TYPES$|POLL_INTERVAL_MS$|REAP_INTERVAL_MS$|RECONCILE_INTERVAL_MS$|SHUTDOWN_GRACE_MS$|RUNNER_|LLM_GATEWAY|LLM_LIMITS$|LLM_PRICES$|LLM_DAILY_TOKEN_BUDGET$)/;
+// The provider keys the LLM gateway holds for runners (scheduler/llm-gateway/).
+const GATEWAY_KEYS = ['HD_LLM_API_KEY', 'HD_TRANSCRIBE_API_KEY'];
 // The scheduler's own credentials: a runner with a scoped credential never sees them.
 const SCHEDULER_SECRETS = new Set([
   'HD_DATABASE_URL',
@@ -38,7 +42,10 @@ const MAX_SIGNED_URLS_BYTES = 100_000;
  * - supabase storage: a signed URL per input object of the job, nothing else;
  * - fs storage: the launcher mounts only the job's account folder.
  * With HD_RUNNER_CREDENTIALS=operator runners get the scheduler's own settings instead.
+ * With the LLM gateway, runners reach the model endpoints through it with a credential of
+ * their job's lease, never the provider's key (in either mode).
  */
+type GatewayAccess = Pick<LlmGateway, 'url' | 'issue' | 'dropEnded'>;
 type AccessDb = Pick<ControlPlaneDb, 'listDocumentFiles' | 'createJobRole' | 'dropJobRoles'>;
 
 export class RunnerAccess {
@@ -47,10 +54,18 @@ export class RunnerAccess {
   readonly #jobRoleUrl: string | undefined;
   readonly #tokenKey: JobTokenKey | undefined;
   readonly #signUrls: UrlSigner | undefined;
+  readonly #gateway: GatewayAccess | undefined;
+  /** Which model endpoints go through the gateway: the credential replaces their keys. */
+  readonly #gatewayKeys: string[] = [];
   /** Every runner's environment before its job's own part. */
   readonly baseEnv: Record<string, string>;
 
-  constructor(config: Config, db: AccessDb, signUrls?: UrlSigner | undefined) {
+  constructor(
+    config: Config,
+    db: AccessDb,
+    signUrls?: UrlSigner | undefined,
+    gateway?: GatewayAccess | undefined,
+  ) {
     this.#db = db;
     const scoped = config.HD_RUNNER_CREDENTIALS === 'scoped';
     this.baseEnv = Object.fromEntries(
@@ -58,9 +73,21 @@ export class RunnerAccess {
         ([key]) =>
           !SCHEDULER_ONLY.test(key) &&
           key !== 'SUPABASE_JWT_SECRET' &&
-          !(scoped && SCHEDULER_SECRETS.has(key)),
+          !(scoped && SCHEDULER_SECRETS.has(key)) &&
+          !(gateway && GATEWAY_KEYS.includes(key)),
       ),
     );
+    if (gateway) {
+      this.#gateway = gateway;
+      if (llmSettings(config).baseURL) {
+        this.baseEnv.HD_LLM_BASE_URL = gateway.url;
+        this.#gatewayKeys.push('HD_LLM_API_KEY');
+      }
+      if (config.HD_TRANSCRIBE_BASE_URL) {
+        this.baseEnv.HD_TRANSCRIBE_BASE_URL = gateway.url;
+        this.#gatewayKeys.push('HD_TRANSCRIBE_API_KEY');
+      }
+    }
     if (!scoped) return;
     if (config.HD_TRANSPORT === 'postgres') {
       // A shared hd_runner login where the owner cannot create roles; otherwise a role per job.
@@ -105,12 +132,17 @@ export class RunnerAccess {
       env.HD_DATABASE_URL = url.toString();
     }
     if (this.#signUrls) env.HD_JOB_STORAGE_URLS = await this.#storageGrants(job, lifetime);
+    if (this.#gateway && this.#gatewayKeys.length > 0) {
+      const credential = await this.#gateway.issue(job, new Date((now + lifetime) * 1000));
+      for (const key of this.#gatewayKeys) env[key] = credential;
+    }
     return env;
   }
 
-  /** After the runner ended: its job role, and any left by runners that died, go. */
+  /** After the runner ended: its job role and gateway credential, and any left by runners that died, go. */
   async release(): Promise<void> {
     if (this.#jobRoleUrl) await this.#db.dropJobRoles();
+    await this.#gateway?.dropEnded();
   }
 
   /** Signed URLs for the objects the job reads, each checked to lie in the job's account. */

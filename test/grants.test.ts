@@ -37,6 +37,7 @@ const FUNCTIONS = parseMatrix(`
   hd__reap_not_before                 .    .             .         .            .
   hd__refuse_distant_lease            .    .             .         .            .
   hd__remember_ended_lease            .    .             .         .            .
+  hd__retry_after_budget_reset        .    .             .         .            .
   hd__settle_failed_attempt           .    .             .         .            .
   hd__share_leased_job                .    .             .         .            .
   hd__webhook_payload                 .    .             .         .            .
@@ -72,8 +73,12 @@ const FUNCTIONS = parseMatrix(`
   hd_create_job_role                  .    .             .         X            X
   hd_doctor_report                    .    .             .         X            X
   hd_drop_job_roles                   .    .             .         X            X
+  hd_drop_llm_credentials             .    .             .         X            X
   hd_enqueue_batch                    .    .             .         X            X
   hd_enqueue_job                      .    .             .         X            X
+  hd_grant_llm_credential             .    .             .         X            X
+  hd_llm_admit                        .    .             .         X            X
+  hd_llm_record                       .    .             .         X            X
   hd_queue_metrics                    .    .             .         X            X
   hd_reap_expired_leases              .    .             .         X            X
   hd_record_webhook_attempt           .    .             .         X            X
@@ -84,6 +89,7 @@ const FUNCTIONS = parseMatrix(`
   hd_set_account_limit                .    .             .         X            X
   hd_set_container_id                 .    .             .         X            X
   hd_set_job_type_limit               .    .             .         X            X
+  hd_set_llm_budget                   .    .             .         X            X
 `);
 
 // Every table in schema public: s select, i insert, u update, d delete, t truncate
@@ -105,6 +111,8 @@ const TABLES = parseMatrix(`
   hd_job_type_limits      -    -             -         -            siudt
   hd_kg_edges             -    s             -         -            siudt
   hd_kg_nodes             -    s             -         -            siudt
+  hd_llm_budgets          -    s             -         -            siudt
+  hd_llm_usage            -    s             -         -            siudt
   hd_schema_migrations    -    -             -         -            -
   hd_syntheses            -    s             -         -            siudt
   hd_webhook_endpoints    -    s             -         s            siudt
@@ -133,6 +141,8 @@ const MEMBER_READ_TABLES = [
   'hd_job_logs',
   'hd_kg_edges',
   'hd_kg_nodes',
+  'hd_llm_budgets',
+  'hd_llm_usage',
   'hd_syntheses',
   'hd_webhook_endpoints',
   'hd_webhook_outbox',
@@ -249,12 +259,13 @@ describe('the grant matrix of the migrated database', () => {
     expect(callers(CONTRACT_ROLES.indexOf('anon'))).toEqual([]);
     expect(callers(CONTRACT_ROLES.indexOf('authenticated'))).toEqual(['has_role_on_account']);
     // hd_runner: exactly the functions that take a lease token, all of them, but the
-    // scheduler's own (logs, container id, making the job's login role).
+    // scheduler's own (logs, container id, making the job's login role and gateway credential).
     const { rows } = await t.sql.query<{ name: string }>(
       `select p.proname as name from pg_proc p
         where p.pronamespace = 'public'::regnamespace and p.proname like 'hd\\_%'
           and p.proname not like 'hd\\_\\_%' and p.proargnames[2] = 'p_lease_token'
-          and p.proname not in ('hd_append_job_logs', 'hd_set_container_id', 'hd_create_job_role')
+          and p.proname not in ('hd_append_job_logs', 'hd_set_container_id', 'hd_create_job_role',
+                                'hd_grant_llm_credential')
         order by 1`,
     );
     expect(callers(CONTRACT_ROLES.indexOf('hd_runner'))).toEqual(rows.map((r) => r.name));

@@ -96,6 +96,11 @@ describe('row level security', () => {
       );
       await t.sql.query(SEED_OUTPUTS, [account, job.id]);
       await t.sql.query('select public.hd_set_account_limit($1, null, 2)', [account]);
+      await t.sql.query('select public.hd_set_llm_budget($1, 1000)', [account]);
+      await t.sql.query(
+        `insert into hd_llm_usage (account_id, day, job_id, model, prompt_tokens) values ($1, current_date, $2, 'm', 1)`,
+        [account, job.id],
+      );
       await t.sql.query(`insert into hd_batches (account_id, name) values ($1, 'rls')`, [account]);
       await t.sql.query(
         `with w as (insert into hd_webhook_endpoints (account_id, url) values ($1, 'https://example.com/h') returning id)

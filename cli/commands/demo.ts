@@ -18,6 +18,7 @@ import {
 } from '../demo-pipeline.ts';
 import { formatTable, summarizeStats } from '../format.ts';
 import { enqueueImportFile } from './enqueue.ts';
+import { startLlmGateway } from '../../scheduler/llm-gateway/start.ts';
 import { createScheduler } from './scheduler.ts';
 
 const TENANTS = {
@@ -145,7 +146,9 @@ async function runUntilAllEnded(
   tracked: () => Promise<Job[]>,
 ): Promise<Job[]> {
   const log = createLogger({ level: env.HD_LOG_LEVEL ?? 'warn', name: 'scheduler' });
-  const scheduler = createScheduler(config, db, log, env);
+  // Model requests go through the scheduler's gateway, as in production.
+  const gateway = await startLlmGateway(config, db, log);
+  const scheduler = createScheduler(config, db, log, env, undefined, undefined, gateway);
   // A completion queues the next stage in the same transaction, so "nothing open" is final.
   const settled = async () => {
     const jobs = await tracked();
@@ -175,6 +178,7 @@ async function runUntilAllEnded(
     return await done;
   } finally {
     await scheduler.stop(0);
+    await gateway?.close();
   }
 }
 

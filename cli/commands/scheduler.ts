@@ -13,6 +13,8 @@ import { DockerLauncher } from '../../scheduler/launchers/docker.ts';
 import { ProcessLauncher } from '../../scheduler/launchers/process.ts';
 import { ProcessReconciler } from '../../scheduler/process-reconcile.ts';
 import { DockerReconciler } from '../../scheduler/reconcile.ts';
+import { startLlmGateway } from '../../scheduler/llm-gateway/start.ts';
+import type { LlmGateway } from '../../scheduler/llm-gateway/server.ts';
 import { RunnerAccess } from '../../scheduler/runner-access.ts';
 import { handlerResources, Scheduler } from '../../scheduler/scheduler.ts';
 import { configFrom, loggerFor, stringOption, type Env, type ParsedArgs } from '../command.ts';
@@ -23,7 +25,8 @@ const INHERITED_ENV = ['PATH', 'HOME', 'TMPDIR', 'LANG', 'TZ', 'NODE_EXTRA_CA_CE
 /**
  * A scheduler wired to the configured launcher (HD_LAUNCHER); runner output goes to
  * `onOutput`. `gpus` are the GPU slots (see resolveGpuSlots); none by default. Runners get
- * credentials scoped to their job (RunnerAccess); a misconfiguration throws ConfigError.
+ * credentials scoped to their job (RunnerAccess), and reach the model endpoints through
+ * `gateway` when given (startLlmGateway); a misconfiguration throws ConfigError.
  */
 export function createScheduler(
   config: Config,
@@ -32,6 +35,7 @@ export function createScheduler(
   env: Record<string, string | undefined>,
   onOutput?: (jobId: string, line: string) => void,
   gpus?: GpuSlots,
+  gateway?: LlmGateway,
 ): Scheduler {
   // What tenants read (hd_job_logs, a job's error) never carries this scheduler's secrets.
   const redactor = new Redactor(secretsOf(config));
@@ -45,7 +49,7 @@ export function createScheduler(
     redactor,
   });
   if (config.HD_LAUNCHER === 'docker') {
-    const access = runnerAccess(config, db, log);
+    const access = runnerAccess(config, db, log, gateway);
     warnIfUnreachable(config, log);
     const launcher = new DockerLauncher({
       db,
@@ -82,6 +86,7 @@ export function createScheduler(
     scoped ? config : { ...config, HD_RUNNER_CREDENTIALS: 'operator' },
     db,
     log,
+    gateway,
   );
   const inherited: Record<string, string> = {};
   for (const name of INHERITED_ENV) if (env[name]) inherited[name] = env[name];
@@ -95,7 +100,12 @@ export function createScheduler(
   return new Scheduler({ db, launcher, config, log, gpus, reconciler, ...runnersOf(access) });
 }
 
-function runnerAccess(config: Config, db: ControlPlaneDb, log: Logger): RunnerAccess {
+function runnerAccess(
+  config: Config,
+  db: ControlPlaneDb,
+  log: Logger,
+  gateway: LlmGateway | undefined,
+): RunnerAccess {
   if (config.HD_RUNNER_CREDENTIALS === 'operator' && config.HD_LAUNCHER === 'docker')
     log.warn(
       'HD_RUNNER_CREDENTIALS=operator: every runner container holds the scheduler’s credentials (all tenants); for trusted single-tenant setups only',
@@ -104,7 +114,7 @@ function runnerAccess(config: Config, db: ControlPlaneDb, log: Logger): RunnerAc
     config.HD_STORAGE === 'supabase' && config.SUPABASE_URL && config.SUPABASE_SERVICE_ROLE_KEY
       ? supabaseUrlSigner(config.SUPABASE_URL, config.SUPABASE_SERVICE_ROLE_KEY)
       : undefined;
-  return new RunnerAccess(config, db, signer);
+  return new RunnerAccess(config, db, signer, gateway);
 }
 
 /** Whether runner credentials are configured for the transport in use. */
@@ -156,6 +166,8 @@ export async function schedulerCommand(args: ParsedArgs, env: Env): Promise<numb
   const log = loggerFor(config, 'scheduler');
   const gpus = await resolveGpuSlots(config, env, log);
   const db = openDb(config);
+  // Holds the provider keys; runners get its URL and a credential of their lease.
+  const gateway = await startLlmGateway(config, db, log);
   const scheduler = createScheduler(
     config,
     db,
@@ -163,6 +175,7 @@ export async function schedulerCommand(args: ParsedArgs, env: Env): Promise<numb
     env,
     (_jobId, line) => process.stderr.write(`${line}\n`),
     gpus,
+    gateway,
   );
   const stopAsked = new Promise<void>((resolve) => {
     const onSignal = (signal: NodeJS.Signals) => {
@@ -177,7 +190,7 @@ export async function schedulerCommand(args: ParsedArgs, env: Env): Promise<numb
   const webhooks = webhookDeliveryFor(config, db, log);
   // start() waits while the database is out of reach; a signal meanwhile ends the wait.
   const metrics = config.HD_METRICS_ADDRESS
-    ? await startMetricsServer(config, db, scheduler, { gpus, webhooks })
+    ? await startMetricsServer(config, db, scheduler, { gpus, webhooks, gateway })
     : undefined;
   const started = scheduler.start();
   try {
@@ -189,6 +202,7 @@ export async function schedulerCommand(args: ParsedArgs, env: Env): Promise<numb
       await webhooks.stop();
       await scheduler.stop();
     } finally {
+      await gateway?.close();
       await metrics?.close();
       await db.close();
     }

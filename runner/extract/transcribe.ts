@@ -3,6 +3,7 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import OpenAI, { APIConnectionError, APIError, APIUserAbortError } from 'openai';
 import { HdError } from '../../contract/errors.ts';
+import { budgetRefusal } from '../llm/budget-refusal.ts';
 import { runTool, ToolFailure } from './tools.ts';
 
 /** Speech to text for audio (and the audio of video files). */
@@ -119,6 +120,8 @@ export class OpenAiTranscriber implements Transcriber {
       return result.text;
     } catch (error) {
       if (signal.aborted || error instanceof APIUserAbortError) throw signal.reason ?? error;
+      const refused = budgetRefusal(error);
+      if (refused) throw refused;
       const status = error instanceof APIError ? error.status : undefined;
       // A 4xx other than timeout/rate limit will not change on retry (bad audio, bad model).
       const permanent =

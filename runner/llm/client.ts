@@ -13,6 +13,7 @@ import {
   type Capabilities,
   type FamilyRule,
 } from './families.ts';
+import { budgetRefusal } from './budget-refusal.ts';
 import { responseJsonSchema } from './json-schema.ts';
 import { repairPrompt, schemaInstruction } from './prompts.ts';
 import { refusedParameter, sentParameters, withoutParameter } from './refusals.ts';
@@ -208,6 +209,8 @@ export class LlmClient {
         return completion;
       } catch (error) {
         if (signal.aborted) throw signal.reason;
+        const refused = budgetRefusal(error);
+        if (refused) throw refused;
         // A parameter the endpoint does not take: asked again without it, at once, and
         // never sent to this model again (not a retry: nothing was wrong but the request).
         const adapted = this.#adaptToRefusal(error, capabilities, task);

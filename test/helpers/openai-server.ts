@@ -1,4 +1,4 @@
-import { createServer, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import {
   readJsonBody,
@@ -13,7 +13,9 @@ import {
  * (OpenAI, vLLM, Ollama), which tests cannot reach: by default it answers like the
  * deterministic stand-in model, and a test scripts what a real endpoint does on a bad
  * day: 429 with Retry-After, 500s, malformed JSON, slow or hanging responses. It records
- * every request (body, Authorization header, whether the client aborted it).
+ * every request (body, Authorization header, when it arrived, whether the client aborted
+ * it) and the most requests it had in flight at once. POST /v1/audio/transcriptions
+ * (multipart) answers `{ text }` and records the raw body.
  *
  * With `family`, it first checks a request the way that server family is DOCUMENTED to
  * (see FAMILY_RULES below): what it refuses with 400 and in which words, and what it
@@ -31,6 +33,10 @@ export interface RecordedRequest {
     max_completion_tokens?: number;
   };
   authorization: string | undefined;
+  /** Date.now() when the request arrived. */
+  receivedAt: number;
+  /** The raw body of an audio transcription (multipart/form-data); undefined for chat. */
+  audio?: { contentType: string | undefined; raw: Buffer } | undefined;
   /** All message contents, joined: what the model was shown. */
   text: string;
   aborted: boolean;
@@ -57,6 +63,8 @@ export interface OpenAiStandIn {
   /** Answers every hanging request normally. */
   releaseHanging(): void;
   inFlight(): number;
+  /** The most requests in flight at once since the start (or reset). */
+  maxInFlight(): number;
   /** Requests the client closed before an answer came. */
   abortedCount(): number;
   reset(): void;
@@ -149,8 +157,11 @@ export async function startOpenAiStandIn(
   const queue: Reply[] = [];
   const hanging = new Map<RecordedRequest, () => void>();
   let responder: Responder | undefined;
+  let peak = 0;
+  const inFlight = () => requests.filter((r) => !r.answered && !r.aborted).length;
 
   const answer = (res: ServerResponse, request: RecordedRequest, reply: Reply) => {
+    if (res.destroyed) return;
     if (reply.kind === 'status') {
       res.writeHead(reply.status, { 'content-type': 'application/json', ...reply.headers });
       res.end(
@@ -167,26 +178,34 @@ export async function startOpenAiStandIn(
         request.index,
       );
       if (reply.kind === 'answer' && reply.usage === false) delete completion.usage;
-      sendJson(res, 200, completion);
+      sendJson(res, 200, request.audio ? { text: 'stand-in transcript' } : completion);
     }
     request.answered = true;
   };
 
   const server = createServer((req, res) => {
-    if (req.method !== 'POST' || !req.url?.endsWith('/chat/completions')) {
+    const audio = req.url?.endsWith('/audio/transcriptions');
+    if (req.method !== 'POST' || !(req.url?.endsWith('/chat/completions') || audio)) {
       sendJson(res, 404, { error: { message: 'not found' } });
       return;
     }
-    void readJsonBody(req).then((body) => {
+    const receivedAt = Date.now();
+    const read = audio
+      ? readRaw(req).then((raw) => ({ raw, body: {} as RecordedRequest['body'] }))
+      : readJsonBody(req).then((body) => ({ raw: undefined as Buffer | undefined, body }));
+    void read.then(({ raw, body }) => {
       const request: RecordedRequest = {
         index: requests.length,
         body,
         authorization: req.headers.authorization,
+        receivedAt,
+        audio: raw && { contentType: req.headers['content-type'], raw },
         text: (body.messages ?? []).map((m) => String(m.content ?? '')).join('\n'),
         aborted: false,
         answered: false,
       };
       requests.push(request);
+      peak = Math.max(peak, inFlight());
       res.on('close', () => {
         if (!res.writableFinished) request.aborted = true;
         hanging.delete(request);
@@ -217,12 +236,14 @@ export async function startOpenAiStandIn(
       for (const release of [...hanging.values()]) release();
       hanging.clear();
     },
-    inFlight: () => requests.filter((r) => !r.answered && !r.aborted).length,
+    inFlight,
+    maxInFlight: () => peak,
     abortedCount: () => requests.filter((r) => r.aborted).length,
     reset() {
       requests.length = 0;
       queue.length = 0;
       responder = undefined;
+      peak = 0;
     },
     close: () =>
       new Promise<void>((resolve, reject) => {
@@ -230,6 +251,12 @@ export async function startOpenAiStandIn(
         server.close((error) => (error ? reject(error) : resolve()));
       }),
   };
+}
+
+async function readRaw(req: IncomingMessage): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const part of req) parts.push(part as Buffer);
+  return Buffer.concat(parts);
 }
 
 /** Polls `predicate` every 10 ms until it holds; fails after `timeoutMs` saying what. */

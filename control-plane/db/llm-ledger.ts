@@ -1,0 +1,108 @@
+import { PostgresDb } from './postgres.ts';
+import { SupabaseDb } from './supabase.ts';
+import type { ControlPlaneDb } from './transport.ts';
+
+/** hd_llm_admit's answer (00015). */
+export type Admission =
+  | { verdict: 'refused' }
+  | { verdict: 'admitted'; job_id: string; account_id: string; day: string }
+  | {
+      verdict: 'budget';
+      job_id: string;
+      account_id: string;
+      day: string;
+      used_tokens: number;
+      budget_tokens: number | null;
+      used_cost_usd: number;
+      budget_cost_usd: number | null;
+    };
+
+/** What one request used, as the provider reported it, and what its admission reserved. */
+export interface LlmUsageRecord {
+  accountId: string;
+  day: string;
+  jobId: string;
+  model: string;
+  reservedTokens: number;
+  reservedCostUsd: number;
+  promptTokens: number;
+  completionTokens: number;
+  cachedTokens: number;
+  costUsd: number;
+}
+
+/** The gateway's SQL (00015) on either transport: credentials, admissions, usage. */
+export interface LlmLedger {
+  grantCredential(
+    jobId: string,
+    leaseToken: string,
+    tokenSha256: string,
+    validUntil: Date,
+  ): Promise<void>;
+  dropCredentials(): Promise<number>;
+  admit(
+    tokenSha256: string,
+    model: string,
+    tokens: number,
+    costUsd: number,
+    defaultDailyTokens: number | undefined,
+  ): Promise<Admission>;
+  record(usage: LlmUsageRecord): Promise<void>;
+}
+
+type Call = (fn: string, args: Record<string, unknown>) => Promise<unknown>;
+
+export function llmLedgerOf(db: ControlPlaneDb): LlmLedger {
+  if (db instanceof PostgresDb) {
+    // Named arguments, as PostgREST passes them: one argument list for both transports.
+    return ledger(async (fn, args) => {
+      const names = Object.keys(args);
+      const list = names.map((name, i) => `${name} => $${i + 1}`).join(', ');
+      const { rows } = await db.pool.query(`select public.${fn}(${list}) as r`, [
+        ...Object.values(args),
+      ]);
+      return rows[0]?.r;
+    });
+  }
+  if (db instanceof SupabaseDb) return ledger((fn, args) => db.rpc(fn, args));
+  throw new Error('llm gateway: unknown database transport');
+}
+
+function ledger(call: Call): LlmLedger {
+  return {
+    async grantCredential(jobId, leaseToken, tokenSha256, validUntil) {
+      await call('hd_grant_llm_credential', {
+        p_job_id: jobId,
+        p_lease_token: leaseToken,
+        p_token_sha256: tokenSha256,
+        p_valid_until: validUntil.toISOString(),
+      });
+    },
+    async dropCredentials() {
+      return Number(await call('hd_drop_llm_credentials', {}));
+    },
+    async admit(tokenSha256, model, tokens, costUsd, defaultDailyTokens) {
+      return (await call('hd_llm_admit', {
+        p_token_sha256: tokenSha256,
+        p_model: model,
+        p_tokens: tokens,
+        p_cost: costUsd,
+        p_default_daily_tokens: defaultDailyTokens ?? null,
+      })) as Admission;
+    },
+    async record(u) {
+      await call('hd_llm_record', {
+        p_account_id: u.accountId,
+        p_day: u.day,
+        p_job_id: u.jobId,
+        p_model: u.model,
+        p_reserved_tokens: u.reservedTokens,
+        p_reserved_cost: u.reservedCostUsd,
+        p_prompt_tokens: u.promptTokens,
+        p_completion_tokens: u.completionTokens,
+        p_cached_tokens: u.cachedTokens,
+        p_cost: u.costUsd,
+      });
+    },
+  };
+}

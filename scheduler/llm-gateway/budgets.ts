@@ -1,0 +1,75 @@
+import { createHash, randomBytes } from 'node:crypto';
+import type { Config } from '../../control-plane/config.ts';
+
+/** USD per million tokens. */
+export interface Price {
+  input: number;
+  cached_input?: number | undefined;
+  output: number;
+}
+
+/** Tokens one request used, as the provider reported them. */
+export interface TokenUsage {
+  prompt: number;
+  completion: number;
+  /** Part of `prompt` served from the provider's prompt cache. */
+  cached: number;
+}
+
+/** The price table: HD_LLM_PRICES, else HD_LLM_PRICE_* for HD_LLM_MODEL; unknown models cost 0. */
+export function priceTable(config: Config): Record<string, Price> {
+  return (
+    config.HD_LLM_PRICES ?? {
+      [config.HD_LLM_MODEL]: {
+        input: config.HD_LLM_PRICE_INPUT_PER_MTOK,
+        output: config.HD_LLM_PRICE_OUTPUT_PER_MTOK,
+      },
+    }
+  );
+}
+
+export function costUsd(price: Price | undefined, usage: TokenUsage): number {
+  if (!price) return 0;
+  const cached = Math.min(usage.cached, usage.prompt);
+  return (
+    ((usage.prompt - cached) * price.input +
+      cached * (price.cached_input ?? price.input) +
+      usage.completion * price.output) /
+    1e6
+  );
+}
+
+/**
+ * The most tokens a chat request can use, reserved against the budget and the
+ * tokens-per-minute limit before it is sent: its prompt estimated at 4 bytes of JSON per
+ * token (tokenizers differ; the provider's count replaces this when the answer comes),
+ * plus the output limit it asks for (`defaultOutput` where it names none).
+ */
+export function chatTokenCeiling(body: Record<string, unknown>, defaultOutput: number): number {
+  const prompt = Math.ceil(Buffer.byteLength(JSON.stringify(body.messages ?? [])) / 4);
+  const limit = body.max_completion_tokens ?? body.max_tokens;
+  return prompt + (typeof limit === 'number' && limit > 0 ? Math.ceil(limit) : defaultOutput);
+}
+
+/** The usage block of a chat completion or a transcription (OpenAI's two shapes). */
+export function reportedUsage(body: unknown): TokenUsage | undefined {
+  const usage = (body as { usage?: Record<string, unknown> } | undefined)?.usage;
+  if (!usage || typeof usage !== 'object') return undefined;
+  const num = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) ? v : 0);
+  const details = (usage.prompt_tokens_details ?? usage.input_token_details) as
+    Record<string, unknown> | undefined;
+  return {
+    prompt: num(usage.prompt_tokens ?? usage.input_tokens),
+    completion: num(usage.completion_tokens ?? usage.output_tokens),
+    cached: num(details?.cached_tokens),
+  };
+}
+
+/** A runner's gateway credential: random, recognisable in a leak, stored only hashed. */
+export function newCredential(): string {
+  return `hdgw_${randomBytes(32).toString('base64url')}`;
+}
+
+export function credentialHash(token: string): string {
+  return createHash('sha256').update(token).digest('hex');
+}

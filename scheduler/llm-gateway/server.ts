@@ -1,0 +1,342 @@
+import { EventEmitter } from 'node:events';
+import http from 'node:http';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import type { LeasedJob } from '../../contract/jobs.ts';
+import type { Admission, LlmLedger } from '../../control-plane/db/llm-ledger.ts';
+import type { Logger } from '../../control-plane/logger.ts';
+import { retryAfterMs } from '../../runner/llm/retry.ts';
+import {
+  chatTokenCeiling,
+  costUsd,
+  credentialHash,
+  newCredential,
+  reportedUsage,
+  type Price,
+  type TokenUsage,
+} from './budgets.ts';
+import { LlmLimiter } from './limiter.ts';
+
+/** An endpoint the gateway forwards to, with the key that stays in the scheduler. */
+export interface Upstream {
+  /** OpenAI-compatible base URL (…/v1). */
+  baseURL: string;
+  apiKey: string | undefined;
+}
+
+export interface LlmGatewayOptions {
+  ledger: LlmLedger;
+  log: Logger;
+  /** Where chat completions go (HD_LLM_BASE_URL + HD_LLM_API_KEY). */
+  chat: Upstream | undefined;
+  /** Where audio transcriptions go (HD_TRANSCRIBE_BASE_URL + its key). */
+  transcribe: Upstream | undefined;
+  transcribeModel: string;
+  limiter: LlmLimiter;
+  prices: Record<string, Price>;
+  /** Output tokens reserved for a request that names no limit (HD_LLM_MAX_OUTPUT_TOKENS). */
+  defaultOutputTokens: number;
+  /** Budget of accounts without a row in hd_llm_budgets (HD_LLM_DAILY_TOKEN_BUDGET). */
+  defaultDailyTokens: number | undefined;
+  /** Longest one forwarded request may take (HD_LLM_TIMEOUT_MS). */
+  timeoutMs: number;
+}
+
+export interface LlmGatewayEvents {
+  /** Tokens a provider reported for one request through the gateway. */
+  usage: [model: string, usage: TokenUsage];
+}
+
+const MAX_BODY_BYTES = { chat: 16 << 20, audio: 32 << 20 } as const; // OpenAI's audio limit: 25 MB
+// Response headers a client may act on (rate-limit hints, request ids); the rest stay here.
+const PASSED_HEADERS = /^(content-type|retry-after|retry-after-ms|x-ratelimit-.*|x-request-id)$/i;
+const agents = {
+  http: new http.Agent({ keepAlive: true, maxSockets: Infinity }),
+  https: new https.Agent({ keepAlive: true, maxSockets: Infinity }),
+};
+
+/**
+ * The scheduler's OpenAI-compatible gateway (POST /v1/chat/completions, structured output
+ * included, and POST /v1/audio/transcriptions): runners send their job's credential
+ * instead of the provider's key. Each request is admitted in SQL (credential bound to the
+ * job's current lease, the account's daily budget: hd_llm_admit), waits for its place
+ * under the limits of its provider + model (limiter.ts), goes to the provider with the
+ * scheduler's key, and comes back as the provider sent it (status, body, Retry-After), so
+ * the runner's client adapts as it would talking to the provider itself. Bodies are
+ * forwarded byte for byte.
+ */
+export class LlmGateway extends EventEmitter<LlmGatewayEvents> {
+  readonly #o: LlmGatewayOptions;
+  readonly #server: http.Server;
+  #url: string | undefined;
+
+  constructor(options: LlmGatewayOptions) {
+    super();
+    this.#o = options;
+    this.#server = http.createServer((req, res) => {
+      this.#handle(req, res).catch((error: unknown) => {
+        this.#o.log.error({ err: error }, 'llm gateway: request failed');
+        if (!res.headersSent) reply(res, 500, 'server_error', 'the gateway failed');
+        else res.destroy();
+      });
+    });
+    this.#server.keepAliveTimeout = 65_000;
+  }
+
+  /** Base URL runners use (…/v1); set once listening. */
+  get url(): string {
+    if (!this.#url) throw new Error('llm gateway: not listening');
+    return this.#url;
+  }
+
+  async listen(host: string, port: number): Promise<void> {
+    await new Promise<void>((resolve, reject) => {
+      this.#server.once('error', reject);
+      this.#server.listen(port, host, () => resolve());
+    });
+    const address = this.#server.address() as AddressInfo;
+    const shown = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+    this.#url = `http://${shown}:${address.port}/v1`;
+  }
+
+  async close(): Promise<void> {
+    await new Promise<void>((resolve) => {
+      this.#server.closeAllConnections();
+      this.#server.close(() => resolve());
+    });
+  }
+
+  /** A new credential for the job's runner, accepted while this lease is the job's. */
+  async issue(job: LeasedJob, validUntil: Date): Promise<string> {
+    const token = newCredential();
+    await this.#o.ledger.grantCredential(
+      job.id,
+      job.lease_token,
+      credentialHash(token),
+      validUntil,
+    );
+    return token;
+  }
+
+  /** Forgets the credentials of leases that ended. */
+  async dropEnded(): Promise<void> {
+    await this.#o.ledger.dropCredentials();
+  }
+
+  async #handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const path = (req.url ?? '').split('?')[0];
+    const kind =
+      path === '/v1/chat/completions' ? 'chat' : path === '/v1/audio/transcriptions' ? 'audio' : '';
+    if (req.method !== 'POST' || !kind)
+      return reply(res, 404, 'invalid_request_error', `no route ${req.method} ${path}`);
+    const upstream = kind === 'chat' ? this.#o.chat : this.#o.transcribe;
+    if (!upstream)
+      return reply(res, 404, 'invalid_request_error', `no ${kind} endpoint is configured`);
+    const token = /^Bearer (\S+)$/.exec(req.headers.authorization ?? '')?.[1];
+    if (!token) return reply(res, 401, 'invalid_request_error', 'no credential', 'invalid_api_key');
+    const body = await readBody(req, MAX_BODY_BYTES[kind]);
+    if (!body) return reply(res, 413, 'invalid_request_error', 'request body too large');
+
+    let model = this.#o.transcribeModel;
+    let ceiling = 0; // a transcription's tokens are not known before it is made
+    if (kind === 'chat') {
+      const json = parseJson(body);
+      if (typeof json?.model !== 'string' || !json.model)
+        return reply(res, 400, 'invalid_request_error', 'the request names no model');
+      model = json.model;
+      ceiling = chatTokenCeiling(json, this.#o.defaultOutputTokens);
+    } else {
+      model = multipartField(body, 'model') ?? model;
+    }
+    const price = this.#o.prices[model];
+    const reservedCost = costUsd(price, { prompt: ceiling, completion: 0, cached: 0 });
+    const admission = await this.#o.ledger.admit(
+      credentialHash(token),
+      model,
+      ceiling,
+      reservedCost,
+      this.#o.defaultDailyTokens,
+    );
+    if (admission.verdict === 'refused')
+      return reply(
+        res,
+        401,
+        'invalid_request_error',
+        'the credential is not valid: its job ended or its lease is no longer current',
+        'invalid_api_key',
+      );
+    if (admission.verdict === 'budget') return reply(res, 402, ...budgetRefusal(admission));
+
+    const gone = new AbortController();
+    res.on('close', () => gone.abort(new Error('the runner closed the request')));
+    let answer: Answer | undefined;
+    let usage: TokenUsage | undefined;
+    let permit;
+    try {
+      permit = await this.#o.limiter.acquire(
+        upstream.baseURL,
+        model,
+        admission.account_id,
+        ceiling,
+        gone.signal,
+      );
+      answer = await forward(upstream, kind, req, body, this.#o.timeoutMs, gone.signal);
+      if (answer.status === 429) {
+        const waitMs = retryAfterMs(new Headers(passedHeaders(answer.headers)));
+        if (waitMs !== undefined) this.#o.limiter.pause(upstream.baseURL, model, waitMs);
+      }
+      if (answer.status < 300) usage = reportedUsage(parseJson(answer.body));
+    } catch (error) {
+      if (!gone.signal.aborted)
+        reply(
+          res,
+          502,
+          'server_error',
+          `the model endpoint could not be reached: ${message(error)}`,
+        );
+    } finally {
+      const used = usage ?? { prompt: 0, completion: 0, cached: 0 };
+      permit?.release(used.prompt + used.completion);
+      if (usage) this.emit('usage', model, usage);
+      // Recorded before the runner hears the answer: its next request must find this
+      // reservation swapped for the real usage, or it could be refused for tokens not used.
+      await this.#o.ledger
+        .record({
+          accountId: admission.account_id,
+          day: admission.day,
+          jobId: admission.job_id,
+          model,
+          reservedTokens: ceiling,
+          reservedCostUsd: reservedCost,
+          promptTokens: used.prompt,
+          completionTokens: used.completion,
+          cachedTokens: used.cached,
+          costUsd: costUsd(price, used),
+        })
+        .catch((error: unknown) =>
+          this.#o.log.error({ err: error, job_id: admission.job_id }, 'llm usage not recorded'),
+        );
+    }
+    if (answer && !gone.signal.aborted)
+      res.writeHead(answer.status, passedHeaders(answer.headers)).end(answer.body);
+  }
+}
+
+function budgetRefusal(a: Extract<Admission, { verdict: 'budget' }>) {
+  const spent = [
+    a.budget_tokens !== null ? `${a.used_tokens} of ${a.budget_tokens} tokens` : '',
+    a.budget_cost_usd !== null ? `${a.used_cost_usd} of ${a.budget_cost_usd} USD` : '',
+  ]
+    .filter(Boolean)
+    .join(', ');
+  return [
+    'budget_exceeded',
+    `the account's language-model budget for ${a.day} (UTC) would be exceeded (${spent} used or reserved); retried after it resets`,
+    'LLM_BUDGET_EXCEEDED',
+  ] as const;
+}
+
+/** An error as OpenAI words it: `{ error: { message, type, code } }`. */
+function reply(
+  res: http.ServerResponse,
+  status: number,
+  type: string,
+  text: string,
+  code: string | null = null,
+): void {
+  res
+    .writeHead(status, { 'content-type': 'application/json' })
+    .end(JSON.stringify({ error: { message: text, type, param: null, code } }));
+}
+
+async function readBody(req: http.IncomingMessage, limit: number): Promise<Buffer | undefined> {
+  const parts: Buffer[] = [];
+  let size = 0;
+  for await (const part of req) {
+    size += (part as Buffer).length;
+    if (size > limit) return undefined;
+    parts.push(part as Buffer);
+  }
+  return Buffer.concat(parts);
+}
+
+function parseJson(body: Buffer): Record<string, unknown> | undefined {
+  try {
+    const value: unknown = JSON.parse(body.toString('utf8'));
+    return value && typeof value === 'object' ? (value as Record<string, unknown>) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A text field of a multipart/form-data body (the transcription's `model`). */
+function multipartField(body: Buffer, name: string): string | undefined {
+  const head = body.subarray(0, 64 * 1024).toString('latin1');
+  return new RegExp(`name="${name}"\\r\\n(?:[^\\r\\n]+\\r\\n)*\\r\\n([^\\r\\n]{1,200})\\r\\n`).exec(
+    head,
+  )?.[1];
+}
+
+interface Answer {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+}
+
+/** Sends the runner's body to the provider with the scheduler's key; reads the whole answer. */
+function forward(
+  upstream: Upstream,
+  kind: 'chat' | 'audio',
+  req: http.IncomingMessage,
+  body: Buffer,
+  timeoutMs: number,
+  signal: AbortSignal,
+): Promise<Answer> {
+  const url = new URL(
+    `${upstream.baseURL.replace(/\/$/, '')}/${kind === 'chat' ? 'chat/completions' : 'audio/transcriptions'}`,
+  );
+  const secure = url.protocol === 'https:';
+  return new Promise((resolve, reject) => {
+    const outgoing = (secure ? https : http).request(
+      url,
+      {
+        method: 'POST',
+        agent: secure ? agents.https : agents.http,
+        headers: {
+          'content-type': req.headers['content-type'] ?? 'application/json',
+          'content-length': body.length,
+          accept: 'application/json',
+          ...(upstream.apiKey && { authorization: `Bearer ${upstream.apiKey}` }),
+        },
+        timeout: timeoutMs,
+        signal,
+      },
+      (incoming) => {
+        const parts: Buffer[] = [];
+        incoming.on('data', (part: Buffer) => parts.push(part));
+        incoming.on('error', reject);
+        incoming.on('end', () =>
+          resolve({
+            status: incoming.statusCode ?? 502,
+            headers: incoming.headers,
+            body: Buffer.concat(parts),
+          }),
+        );
+      },
+    );
+    outgoing.on('timeout', () => outgoing.destroy(new Error(`no answer within ${timeoutMs} ms`)));
+    outgoing.on('error', reject);
+    outgoing.end(body);
+  });
+}
+
+function passedHeaders(headers: http.IncomingHttpHeaders): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, value] of Object.entries(headers))
+    if (PASSED_HEADERS.test(name) && typeof value === 'string') out[name] = value;
+  return out;
+}
+
+function message(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

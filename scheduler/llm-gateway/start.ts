@@ -1,0 +1,75 @@
+import Docker from 'dockerode';
+import { ConfigError, type Config } from '../../control-plane/config.ts';
+import { llmLedgerOf } from '../../control-plane/db/llm-ledger.ts';
+import type { ControlPlaneDb } from '../../control-plane/db/transport.ts';
+import type { Logger } from '../../control-plane/logger.ts';
+import { llmSettings } from '../../runner/llm/client.ts';
+import { priceTable } from './budgets.ts';
+import { LlmLimiter } from './limiter.ts';
+import { LlmGateway } from './server.ts';
+
+/**
+ * The scheduler's LLM gateway, listening where its runners reach it; undefined when
+ * HD_LLM_GATEWAY=off or no LLM or transcription endpoint is configured (runners then get
+ * the endpoint settings themselves, as `hd-runner run` by hand does).
+ */
+export async function startLlmGateway(
+  config: Config,
+  db: ControlPlaneDb,
+  log: Logger,
+): Promise<LlmGateway | undefined> {
+  const chatBase = llmSettings(config).baseURL;
+  if (config.HD_LLM_GATEWAY === 'off' || (!chatBase && !config.HD_TRANSCRIBE_BASE_URL))
+    return undefined;
+  const gateway = new LlmGateway({
+    ledger: llmLedgerOf(db),
+    log,
+    chat: chatBase ? { baseURL: chatBase, apiKey: config.HD_LLM_API_KEY } : undefined,
+    transcribe: config.HD_TRANSCRIBE_BASE_URL
+      ? {
+          baseURL: config.HD_TRANSCRIBE_BASE_URL,
+          apiKey: config.HD_TRANSCRIBE_API_KEY ?? config.HD_LLM_API_KEY,
+        }
+      : undefined,
+    transcribeModel: config.HD_TRANSCRIBE_MODEL,
+    limiter: new LlmLimiter(config.HD_LLM_LIMITS),
+    prices: priceTable(config),
+    defaultOutputTokens: config.HD_LLM_MAX_OUTPUT_TOKENS,
+    defaultDailyTokens: config.HD_LLM_DAILY_TOKEN_BUDGET,
+    timeoutMs: config.HD_LLM_TIMEOUT_MS,
+  });
+  const { host, port } = await listenAddress(config);
+  await gateway.listen(host, port);
+  log.info({ url: gateway.url, limits: config.HD_LLM_LIMITS ?? {} }, 'llm gateway listening');
+  return gateway;
+}
+
+/**
+ * HD_LLM_GATEWAY_ADDRESS, else where runners reach this host: loopback for the process
+ * launcher and host networking, the network's gateway address (docker0's, 172.17.0.1 on
+ * the default bridge) for containers on a bridge network; any free port.
+ */
+async function listenAddress(config: Config): Promise<{ host: string; port: number }> {
+  const given = config.HD_LLM_GATEWAY_ADDRESS;
+  if (given) {
+    const at = given.lastIndexOf(':');
+    return { host: given.slice(0, at).replace(/^\[|\]$/g, ''), port: Number(given.slice(at + 1)) };
+  }
+  if (config.HD_LAUNCHER !== 'docker' || config.HD_DOCKER_NETWORK === 'host')
+    return { host: '127.0.0.1', port: 0 };
+  const network = await new Docker()
+    .getNetwork(config.HD_DOCKER_NETWORK)
+    .inspect()
+    .catch((error: unknown) => {
+      throw new ConfigError(
+        `invalid configuration: HD_LLM_GATEWAY_ADDRESS: not set, and the address of Docker network ${config.HD_DOCKER_NETWORK} could not be read (${(error as Error).message}); set it, or HD_LLM_GATEWAY=off`,
+      );
+    });
+  const ipam = (network as { IPAM?: { Config?: { Gateway?: string }[] } }).IPAM;
+  const host = ipam?.Config?.map((c) => c.Gateway).find((g) => g && !g.includes(':'));
+  if (!host)
+    throw new ConfigError(
+      `invalid configuration: HD_LLM_GATEWAY_ADDRESS: not set, and Docker network ${config.HD_DOCKER_NETWORK} shows no IPv4 gateway address; set it, or HD_LLM_GATEWAY=off`,
+    );
+  return { host, port: 0 };
+}

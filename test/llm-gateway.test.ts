@@ -1,0 +1,289 @@
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { HdError } from '../contract/errors.ts';
+import type { LeasedJob } from '../contract/jobs.ts';
+import { createLogger } from '../control-plane/logger.ts';
+import { LlmClient, llmSettings } from '../runner/llm/client.ts';
+import { LlmLimiter } from '../scheduler/llm-gateway/limiter.ts';
+import type { LlmGateway } from '../scheduler/llm-gateway/server.ts';
+import { startLlmGateway } from '../scheduler/llm-gateway/start.ts';
+import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
+import { startOpenAiStandIn, type OpenAiStandIn } from './helpers/openai-server.ts';
+import { ACCOUNT_A, ACCOUNT_B, tempDir, testConfig } from './helpers/runtime.ts';
+import { z } from 'zod';
+
+// The scheduler's LLM gateway against real PostgreSQL (credentials, budgets: 00015) and the
+// stand-in OpenAI server (test/helpers/openai-server.ts), which STANDS IN FOR THE PROVIDER
+// (OpenAI cannot be reached here). Requests are sent as a runner sends them: HTTP with its
+// credential as the bearer token. The containers' side: test/llm-gateway-containers.test.ts.
+
+const silent = createLogger({ level: 'silent' });
+const PROVIDER_KEY = 'sk-provider-key-held-by-the-scheduler';
+let t: TestDatabase;
+let server: OpenAiStandIn;
+const gateways: LlmGateway[] = [];
+
+beforeAll(async () => {
+  [t, server] = await Promise.all([createTestDatabase(), startOpenAiStandIn()]);
+});
+afterAll(async () => {
+  await Promise.all(gateways.map((g) => g.close()));
+  await server?.close();
+  await t?.drop();
+});
+beforeEach(() => server.reset());
+
+async function gateway(env: Record<string, string> = {}): Promise<LlmGateway> {
+  const config = testConfig(t.url, await tempDir(), {
+    HD_LLM_BASE_URL: server.url,
+    HD_LLM_API_KEY: PROVIDER_KEY,
+    HD_LLM_MODEL: 'stand-in',
+    HD_TRANSCRIBE_BASE_URL: server.url,
+    ...env,
+  });
+  const g = (await startLlmGateway(config, t.db, silent))!;
+  gateways.push(g);
+  return g;
+}
+
+/** A running job of `account` with the lease a scheduler's claim gives it. */
+async function leasedJob(account = ACCOUNT_A): Promise<LeasedJob> {
+  const queued = await t.db.enqueueJob({
+    accountId: account,
+    jobType: 'extract_interpretations',
+    debug: {},
+  });
+  const [job] = await t.db.claimJobs({ workerId: 'gw-test', leaseSeconds: 60, jobId: queued.id });
+  return job as LeasedJob;
+}
+
+const inAnHour = () => new Date(Date.now() + 3600_000);
+
+function chat(g: LlmGateway, credential: string, body: Record<string, unknown>) {
+  return fetch(`${g.url}/chat/completions`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${credential}`, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+}
+
+const question = (text = 'hello', extra: Record<string, unknown> = {}) => ({
+  model: 'stand-in',
+  messages: [{ role: 'user', content: text }],
+  max_tokens: 50,
+  ...extra,
+});
+
+describe('llm gateway', () => {
+  it("forwards a chat request byte for byte with the scheduler's key, and the answer back", async () => {
+    const g = await gateway();
+    const job = await leasedJob();
+    const credential = await g.issue(job, inAnHour());
+    const body = question('ünïcode ✓', {
+      response_format: {
+        type: 'json_schema',
+        json_schema: { name: 'x', schema: {}, strict: true },
+      },
+    });
+    const res = await chat(g, credential, body);
+    expect(res.status).toBe(200);
+    const answer = (await res.json()) as { usage: { prompt_tokens: number } };
+    expect(server.requests).toHaveLength(1);
+    const seen = server.requests[0]!;
+    expect(seen.authorization).toBe(`Bearer ${PROVIDER_KEY}`);
+    expect(seen.body).toEqual(body);
+    expect(answer.usage.prompt_tokens).toBeGreaterThan(0);
+    // Counted for the job and its account, on the day of the request.
+    expect(await usageOf(job.id)).toMatchObject({
+      requests: 1,
+      prompt_tokens: answer.usage.prompt_tokens,
+      reserved_tokens: 0,
+    });
+  });
+
+  it('refuses a credential once its lease has ended, and one never issued, before the provider', async () => {
+    const g = await gateway();
+    const job = await leasedJob();
+    const credential = await g.issue(job, inAnHour());
+    expect((await chat(g, credential, question())).status).toBe(200);
+    await t.db.completeJob(job.id, job.lease_token, {});
+    const after = await chat(g, credential, question());
+    expect(after.status).toBe(401);
+    expect(((await after.json()) as { error: { code: string } }).error.code).toBe(
+      'invalid_api_key',
+    );
+    expect((await chat(g, 'hdgw_made-up', question())).status).toBe(401);
+    expect((await chat(g, PROVIDER_KEY, question())).status).toBe(401);
+    expect(server.requests).toHaveLength(1);
+  });
+
+  it("passes the provider's refusal through unchanged (a 400 for an unsupported parameter)", async () => {
+    const g = await gateway();
+    const credential = await g.issue(await leasedJob(), inAnHour());
+    const refusal = {
+      error: {
+        message:
+          "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
+        type: 'invalid_request_error',
+        param: 'max_tokens',
+        code: 'unsupported_parameter',
+      },
+    };
+    server.enqueue({ kind: 'status', status: 400, body: refusal });
+    const res = await chat(g, credential, question());
+    expect(res.status).toBe(400);
+    expect(await res.json()).toEqual(refusal);
+  });
+
+  it('forwards an audio transcription (multipart) as sent', async () => {
+    const g = await gateway();
+    const credential = await g.issue(await leasedJob(), inAnHour());
+    const form = new FormData();
+    form.append('model', 'whisper-1');
+    form.append('file', new Blob([Buffer.from('ID3 not really audio')]), 'a.mp3');
+    const res = await fetch(`${g.url}/audio/transcriptions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${credential}` },
+      body: form,
+    });
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ text: 'stand-in transcript' });
+    const seen = server.requests[0]!;
+    expect(seen.authorization).toBe(`Bearer ${PROVIDER_KEY}`);
+    expect(seen.audio?.contentType).toMatch(/^multipart\/form-data; boundary=/);
+    expect(seen.audio?.raw.toString('latin1')).toContain('ID3 not really audio');
+  });
+
+  it('stops an account at its daily token budget before the provider; the runner fails LLM_BUDGET_EXCEEDED', async () => {
+    const g = await gateway();
+    await t.sql.query('select public.hd_set_llm_budget($1, 300)', [ACCOUNT_B]);
+    const job = await leasedJob(ACCOUNT_B);
+    const credential = await g.issue(job, inAnHour());
+    // Each request reserves its prompt estimate + max_tokens 50: some fit, then none.
+    const statuses: number[] = [];
+    for (let i = 0; i < 12; i++) statuses.push((await chat(g, credential, question())).status);
+    const sent = statuses.filter((s) => s === 200).length;
+    expect(sent).toBeGreaterThan(0);
+    expect(statuses.slice(sent).every((s) => s === 402)).toBe(true);
+    expect(server.requests).toHaveLength(sent);
+    const used = await usageOf(job.id);
+    expect(Number(used.prompt_tokens) + Number(used.completion_tokens)).toBeLessThanOrEqual(300);
+    expect(used.refused).toBe(12 - sent);
+
+    // The runner's own client, through the gateway, names the code.
+    const client = new LlmClient(
+      {
+        ...llmSettings(testConfig(t.url, '/x')),
+        baseURL: g.url,
+        apiKey: credential,
+        model: 'stand-in',
+        maxOutputTokens: 50,
+      },
+      { log: silent, signal: new AbortController().signal },
+    );
+    const refused = await client
+      .structured({ task: 't', schema: z.object({ a: z.string() }), system: 's', user: 'u' })
+      .catch((e: unknown) => e);
+    expect(refused).toBeInstanceOf(HdError);
+    expect((refused as HdError).code).toBe('LLM_BUDGET_EXCEEDED');
+    expect(server.requests).toHaveLength(sent);
+
+    // Failing with that code queues the job again for the next UTC day, when the budget resets.
+    const failed = await t.db.failJob(job.id, job.lease_token, {
+      code: 'LLM_BUDGET_EXCEEDED',
+      message: (refused as HdError).message,
+      retryable: true,
+    });
+    expect(failed.status).toBe('queued');
+    const midnight = new Date();
+    midnight.setUTCHours(24, 0, 0, 0);
+    expect(new Date(failed.run_after!).getTime()).toBe(midnight.getTime());
+  });
+
+  it('holds all runners to the concurrency limit of a model together', async () => {
+    const g = await gateway({ HD_LLM_LIMITS: '{"stand-in":{"concurrency":2}}' });
+    const credentials = await Promise.all(
+      [1, 2, 3, 4].map(async () => g.issue(await leasedJob(), inAnHour())),
+    );
+    server.respond(() => ({ kind: 'answer', delayMs: 50 }));
+    const res = await Promise.all(
+      Array.from({ length: 12 }, (_, i) => chat(g, credentials[i % 4]!, question())),
+    );
+    expect(res.map((r) => r.status)).toEqual(Array(12).fill(200));
+    expect(server.maxInFlight()).toBe(2);
+  });
+
+  it('pauses every runner of the model after a 429 with Retry-After', async () => {
+    const g = await gateway();
+    const credentials = await Promise.all(
+      [1, 2, 3].map(async () => g.issue(await leasedJob(), inAnHour())),
+    );
+    server.enqueue({ kind: 'status', status: 429, headers: { 'retry-after': '1' } });
+    const first = await chat(g, credentials[0]!, question());
+    expect(first.status).toBe(429);
+    expect(first.headers.get('retry-after')).toBe('1');
+    const limitedAt = server.requests[0]!.receivedAt;
+    await Promise.all(credentials.map((c) => chat(g, c, question())));
+    const later = server.requests.slice(1).map((r) => r.receivedAt - limitedAt);
+    expect(later).toHaveLength(3);
+    for (const gap of later) expect(gap).toBeGreaterThanOrEqual(990);
+  });
+
+  it('takes accounts in turns when the limit is the bottleneck', async () => {
+    const g = await gateway({ HD_LLM_LIMITS: '{"*":{"concurrency":1}}' });
+    const [a, b] = await Promise.all([
+      g.issue(await leasedJob(ACCOUNT_A), inAnHour()),
+      g.issue(await leasedJob(ACCOUNT_B), inAnHour()),
+    ]);
+    server.respond(() => ({ kind: 'answer', delayMs: 100 }));
+    const busy = Array.from({ length: 8 }, (_, i) => chat(g, a!, question(`a${i}`)));
+    await waitFor(() => server.requests.length >= 1);
+    const small = [chat(g, b!, question('b0')), chat(g, b!, question('b1'))];
+    await Promise.all([...busy, ...small]);
+    const order = server.requests.map((r) => r.text[0]).join('');
+    // B's two requests go between A's, one each turn (aabab…), not after all eight of A's.
+    expect(order.lastIndexOf('b'), order).toBeLessThan(5);
+  });
+});
+
+describe('llm limiter', () => {
+  it('keeps requests and tokens per minute over a sliding minute', async () => {
+    let now = 0;
+    const limiter = new LlmLimiter(
+      { m: { requests_per_minute: 2, tokens_per_minute: 1000 } },
+      () => now,
+    );
+    const never = new AbortController().signal;
+    const granted: string[] = [];
+    const take = (name: string, tokens: number) =>
+      limiter.acquire('p', 'm', ACCOUNT_A, tokens, never).then((p) => {
+        granted.push(name);
+        return p;
+      });
+    const one = await take('one', 100);
+    one.release(100);
+    const pending = take('two', 950); // 100 + 950 > 1000 tokens in the minute
+    await Promise.resolve();
+    expect(granted).toEqual(['one']);
+    now = 60_001;
+    limiter.pause('p', 'm', 0); // looks at the lane again, as its timer would a minute on
+    (await pending).release(900);
+    expect(granted).toEqual(['one', 'two']);
+  });
+});
+
+async function usageOf(jobId: string) {
+  const { rows } = await t.sql.query(
+    `select requests, refused, prompt_tokens::int, completion_tokens::int, reserved_tokens::int
+       from hd_llm_usage where job_id = $1`,
+    [jobId],
+  );
+  return rows[0] as Record<string, number>;
+}
+
+async function waitFor(predicate: () => boolean) {
+  const deadline = Date.now() + 10_000;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
