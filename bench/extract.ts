@@ -50,6 +50,9 @@ const sizes = (process.env.HD_BENCH_PAGES ?? '1,200,1000').split(',').filter(Boo
 const ocrPages = process.env.HD_BENCH_OCR_PAGES === '0' ? 0 : b.envInt('HD_BENCH_OCR_PAGES', 8);
 const corpus = process.env.HD_BENCH_CORPUS;
 const runs = b.envInt('HD_BENCH_RUNS', 3);
+// HD_BENCH_CPU_PROF=DIR: each runner writes a V8 CPU profile there (open in Chrome DevTools).
+const cpuProf = process.env.HD_BENCH_CPU_PROF;
+const profArgs = cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${cpuProf}`] : [];
 
 console.log(`# extract bench — ${b.machineLine()}, ${runs} run(s) each, pinned=${PIN.length > 0}`);
 const database = await b.startBenchDatabase();
@@ -147,6 +150,7 @@ async function corpusBench(dir: string) {
         name: file,
         maxPages: config.HD_EXTRACT_MAX_PAGES,
         parseTimeoutMs: config.HD_EXTRACT_PARSE_TIMEOUT_MS,
+        textPageTimeoutMs: config.HD_EXTRACT_PAGE_TIMEOUT_MS,
         maxMemoryMb: config.HD_EXTRACT_MAX_MEMORY_MB,
         ocr: 'auto',
         ocrLanguages: config.HD_OCR_LANGUAGES,
@@ -229,7 +233,7 @@ async function runJob(config: Config, pdf: Buffer, name: string, pin: string[]) 
     debug: {},
   });
   const run = await timed(
-    [...pin, process.execPath, '--import', REPORT_RSS, CLI, 'run', '--job-id', job.id],
+    [...pin, process.execPath, ...profArgs, '--import', REPORT_RSS, CLI, 'run', '--job-id', job.id],
     configToEnv(config),
   );
   const done = await db.getJob(job.id);

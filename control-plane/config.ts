@@ -161,6 +161,8 @@ export const configSchema = z.object({
   HD_EXTRACT_MAX_PAGES: positiveInt.default(5000),
   /** extract_text: wall-clock limit for parsing one file (PDF text layer, HTML, text), in ms. Default 600000. */
   HD_EXTRACT_PARSE_TIMEOUT_MS: positiveInt.default(600_000),
+  /** extract_text: wall-clock limit for the text layer of one PDF page (pdftotext), in ms; a page past it is skipped and counted. Default 30000. */
+  HD_EXTRACT_PAGE_TIMEOUT_MS: positiveInt.default(30_000),
   /** extract_text: most resident memory of the PDF parser process (and of each OCR tool), in MiB. Default 1024. */
   HD_EXTRACT_MAX_MEMORY_MB: z.coerce.number().int().min(64).default(1024),
   /** extract_text: Tesseract languages for OCR, `+`-separated. Default deu+eng. */

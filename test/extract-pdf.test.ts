@@ -8,7 +8,7 @@ import { ACCOUNT_A, testConfig } from './helpers/runtime.ts';
 import { GERMAN, renderGray, textPdf } from './fixtures/documents.ts';
 import { attachmentOnlyEncryptedPdf } from './fixtures/encrypted-attachment.ts';
 import { extractHarness } from './fixtures/extract-harness.ts';
-import { makePdf, wrap } from './fixtures/make-pdf.ts';
+import { makePdf, nestedFormsPage, wrap } from './fixtures/make-pdf.ts';
 import { childrenOf } from './fixtures/processes.ts';
 
 // Real-world PDF behaviour (issue 13): the text layer from poppler, a quality gate per
@@ -145,6 +145,37 @@ describe('extract_text: PDF text layer and OCR per page', () => {
       /^nur-scans\.pdf: its 2 pages could not be read or rendered; the file may be damaged$/,
     );
   }, 60_000);
+
+  it('a page whose text layer hangs poppler is skipped and counted; the rest is read, in one job', async () => {
+    // A real hang, not a simulated one: page 2 draws nested forms 10^9 times, which
+    // pdftotext (and pdf.js, pdftoppm, pdfimages) would work on for hours.
+    const pdf = makePdf([
+      { kind: 'text', lines: wrap(GERMAN) },
+      nestedFormsPage(9),
+      { kind: 'text', lines: ['Dritte Seite.'] },
+      { kind: 'text', lines: wrap(`Vierte Seite. ${GERMAN}`) },
+    ]);
+    const doc = await addDocument(ACCOUNT_A, [{ name: 'haengt.pdf', content: pdf }]);
+    // Seconds: a whole page of text comes out of pdftotext in milliseconds, even on a
+    // loaded machine; the hanging page costs one limit in the pass, one read alone.
+    const env = { HD_EXTRACT_PAGE_TIMEOUT_MS: '3000' };
+    const stats = statsOf(await extract(doc, { env }));
+    expect(stats).toMatchObject({ pages: 4, pages_failed: 1, ocr_pages: 0 });
+    expect(layersOf(stats)).toEqual([{ text: '1,3-4', ocr: '', blank: '', failed: '2' }]);
+    const text = await textOf(doc);
+    expect(text).toMatch(/^Grüße aus München/);
+    expect(text).toMatch(/Dritte Seite\.\s+Vierte Seite\. Grüße aus München/);
+
+    const only = await addDocument(ACCOUNT_A, [
+      { name: 'nur-haengt.pdf', content: makePdf([nestedFormsPage(9)]) },
+    ]);
+    await expectFailure(
+      await extract(only, { env }),
+      only,
+      'INVALID_INPUT',
+      /^nur-haengt\.pdf: its one page could not be read or rendered; the file may be damaged$/,
+    );
+  }, 120_000);
 
   it('says in one sentence why a PDF gave no text', async () => {
     const cases: [string, Buffer, RegExp][] = [

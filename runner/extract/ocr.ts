@@ -41,7 +41,7 @@ export async function ocrImage(
       [imagePath, 'stdout', '-l', options.languages],
       { ...options, what },
       // One thread each: pages run in parallel, one per CPU of the job.
-      { OMP_THREAD_LIMIT: '1' },
+      { env: { OMP_THREAD_LIMIT: '1' } },
     );
     return stdout;
   } catch (error) {

@@ -5,6 +5,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { HdError } from '../../contract/errors.ts';
+import { damagedPdf, passwordProtected } from './pdf-errors.ts';
 import type { PdfChildMessage } from './pdf-child.ts';
 import { formatMs } from './tools.ts';
 
@@ -159,26 +160,6 @@ function childFailure(
     case 'other':
       return damagedPdf(name, cause);
   }
-}
-
-export function passwordProtected(name: string, cause?: unknown): HdError {
-  return new HdError(
-    'UNSUPPORTED_FILE',
-    `${name}: the PDF is password-protected; upload a copy without a password`,
-    { cause },
-  );
-}
-
-export function damagedPdf(name: string, cause?: unknown): HdError {
-  return new HdError(
-    'INVALID_INPUT',
-    `${name}: the file is not a readable PDF; it may be truncated or damaged`,
-    { cause, details: { pdf: 'damaged' } },
-  );
-}
-
-export function isDamagedPdf(error: unknown): boolean {
-  return error instanceof HdError && error.details?.pdf === 'damaged';
 }
 
 /** Resident memory of a process in KiB (Linux); 0 where /proc is not there. */

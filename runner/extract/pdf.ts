@@ -2,7 +2,7 @@ import { HdError } from '../../contract/errors.ts';
 import type { PageStart } from './chunker.ts';
 import { ocrDpi, ocrPdfPage } from './ocr.ts';
 import { judgePageText } from './page-quality.ts';
-import { damagedPdf, extractPdfText, isDamagedPdf, passwordProtected } from './pdf-text.ts';
+import { damagedPdf, isDamagedPdf, passwordProtected } from './pdf-errors.ts';
 import { PdfPasswordError, pagesWithImages, pdfInfo, pdfToText, type PdfInfo } from './poppler.ts';
 import { joinPages, normalizeText, visibleLength } from './text.ts';
 import { ToolFailure, type ToolLimits } from './tools.ts';
@@ -15,6 +15,8 @@ export interface PdfSettings {
   name: string;
   maxPages: number;
   parseTimeoutMs: number;
+  /** A page whose text layer takes longer is skipped and counted as failed. */
+  textPageTimeoutMs: number;
   maxMemoryMb: number;
   ocr: 'auto' | 'off';
   ocrLanguages: string;
@@ -64,10 +66,12 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
   const { total, raw } = layer;
   let parserPeakRssKb = layer.parserPeakRssKb;
   if (total === 0) throw new HdError('INVALID_INPUT', `${name}: the PDF has no pages`);
+  // Pages poppler hung on: pdf.js, rendering and OCR would hang on them as well.
+  const hung = new Set(layer.failed);
 
   let judged = raw.map(judgePageText);
   let secondOpinionFailed: unknown;
-  const doubtful = pagesWhere(judged, (j) => !j.usable);
+  const doubtful = pagesWhere(judged, (j) => !j.usable).filter((num) => !hung.has(num));
   if (layer.source === 'poppler' && doubtful.length > 0) {
     // pdf.js decodes some fonts poppler does not, and the other way round.
     const second = await readWithPdfParse(path, settings, doubtful).catch((error: unknown) => {
@@ -89,15 +93,22 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
   }
 
   const texts = raw.map((text, i) => (judged[i]!.usable ? normalizeText(text) : ''));
-  const layers: PageLayer[] = texts.map((text) => (text === '' ? 'blank' : 'text'));
+  const layers: PageLayer[] = texts.map((text, i) =>
+    hung.has(i + 1) ? 'failed' : text === '' ? 'blank' : 'text',
+  );
   const garbled = pagesWhere(judged, (j) => !j.usable && j.why === 'garbled');
   const short = pagesWhere(
     judged,
     (j) => j.usable === false || j.visible < settings.ocrMinChars,
-  ).filter((num) => !garbled.includes(num));
+  ).filter((num) => !garbled.includes(num) && !hung.has(num));
   let toOcr: number[] = [];
   if (settings.ocr === 'auto') {
-    const withImages = await pagesWithImages(path, short, limits(`${name}: listing the images`))
+    const withImages = await pagesWithImages(
+      path,
+      short,
+      limits(`${name}: listing the images`),
+      hung,
+    )
       // Unknown: try OCR on the pages without text; those that cannot be rendered count as failed.
       .catch((error: unknown) => {
         if (settings.signal.aborted) throw error;
@@ -152,8 +163,11 @@ async function readTextLayer(path: string, settings: PdfSettings, limits: ToolLi
   try {
     info = await pdfInfo(path, maxPages, limits);
     assertPageCount(name, info.pages, maxPages);
-    const raw = info.pages > 0 ? await pdfToText(path, info.pages, limits) : [];
-    return { source: 'poppler' as const, info, total: info.pages, raw, parserPeakRssKb: 0 };
+    const { texts: raw, failed } =
+      info.pages > 0
+        ? await pdfToText(path, info.pages, limits, settings.textPageTimeoutMs)
+        : { texts: [], failed: [] };
+    return { source: 'poppler' as const, info, total: info.pages, raw, failed, parserPeakRssKb: 0 };
   } catch (error) {
     if (error instanceof PdfPasswordError) throw passwordProtected(name, error);
     // Timeouts, memory, too many pages, an abort: final. A refusal: pdf.js may read it.
@@ -166,6 +180,7 @@ async function readTextLayer(path: string, settings: PdfSettings, limits: ToolLi
         info: undefined,
         total: read.total,
         raw,
+        failed: [],
         parserPeakRssKb: read.peakRssKb,
       };
     } catch (second) {
@@ -179,6 +194,8 @@ async function readTextLayer(path: string, settings: PdfSettings, limits: ToolLi
 }
 
 async function readWithPdfParse(path: string, settings: PdfSettings, pages?: readonly number[]) {
+  // Loaded only when poppler is not enough: most files never need it.
+  const { extractPdfText } = await import('./pdf-text.ts');
   const texts = new Map<number, string>();
   const result = await extractPdfText(path, {
     name: settings.name,

@@ -1,4 +1,13 @@
-import { runTool, ToolFailure, type ToolLimits } from './tools.ts';
+import { StringDecoder } from 'node:string_decoder';
+import { HdError } from '../../contract/errors.ts';
+import {
+  findTool,
+  formatMs,
+  runTool,
+  ToolFailure,
+  type ToolLimits,
+  type ToolRun,
+} from './tools.ts';
 
 /** What pdfinfo says about a PDF: its page count and the size of each page, in points. */
 export interface PdfInfo {
@@ -25,50 +34,168 @@ export async function pdfInfo(path: string, lastPage: number, limits: ToolLimits
   return { pages, sizes } satisfies PdfInfo;
 }
 
+/** The text of each page, and the pages skipped because poppler ran past the page limit. */
+export interface TextLayer {
+  texts: string[];
+  /** 1-based, increasing. */
+  failed: number[];
+}
+
 /**
- * The text layer of pages 1..pages in one pass (`pdftotext`, UTF-8, reading order as
- * poppler finds it, right-to-left scripts in logical order): one string per page, split
- * on the form feed poppler ends every page with. Form fields are read from their
- * appearance, so filled-in values are part of the text.
+ * The text layer of pages 1..pages (`pdftotext`, UTF-8, reading order as poppler finds
+ * it, right-to-left scripts in logical order), in one pass split on the form feed poppler
+ * ends every page with. Form fields are read from their appearance, so filled-in values
+ * are part of the text.
+ *
+ * A page that makes poppler hang (nested forms drawn 10^9 times, say) is skipped: when no
+ * page has come out for `pageTimeoutMs`, the pass is stopped, the page it was on is read
+ * alone under that limit and counted as failed if it runs past it, and a new pass goes on
+ * after it. pdftotext writes in 4 KiB blocks, so the first stall may not name the page
+ * exactly; from then on its output is unbuffered, and a stall does. `limits.timeoutMs`
+ * bounds all passes together.
  */
-export async function pdfToText(path: string, pages: number, limits: ToolLimits) {
-  const { stdout } = await poppler(
-    'pdftotext',
-    // -q: a damaged file can make poppler write megabytes of warnings; pdfinfo ran first
-    // and said what was wrong with it.
-    ['-q', '-enc', 'UTF-8', '-f', '1', '-l', String(pages), path, '-'],
-    limits,
+export async function pdfToText(
+  path: string,
+  pages: number,
+  limits: ToolLimits,
+  pageTimeoutMs: number,
+): Promise<TextLayer> {
+  const deadline = performance.now() + limits.timeoutMs;
+  const texts = Array.from({ length: pages }, () => '');
+  const failed: number[] = [];
+  const pass = (first: number, last: number, exact: boolean) => {
+    const left = deadline - performance.now();
+    if (left <= 0) throw textTimeout(limits);
+    return textPass(path, first, last, { ...limits, timeoutMs: left }, pageTimeoutMs, exact);
+  };
+  let next = 1;
+  let exact = false;
+  try {
+    while (next <= pages) {
+      const read = await pass(next, pages, exact);
+      read.texts.forEach((text, i) => (texts[next - 1 + i] = text));
+      next += read.texts.length;
+      if (!read.stalled) break;
+      // `next` is the page the pass was on or, its output buffered, one it had not reached.
+      let hung = true;
+      if (!exact) {
+        const alone = await pass(next, next, true);
+        hung = alone.stalled;
+        if (!hung) texts[next - 1] = alone.texts[0] ?? '';
+        exact = findTool('stdbuf') !== undefined;
+      }
+      if (hung) failed.push(next);
+      next += 1;
+    }
+  } catch (error) {
+    // A pass is given what is left of the limit; the message names the whole limit.
+    if (error instanceof HdError && error.code === 'PROCESSING_TIMEOUT') throw textTimeout(limits);
+    throw error;
+  }
+  return { texts, failed };
+}
+
+function textTimeout(limits: ToolLimits): HdError {
+  return new HdError(
+    'PROCESSING_TIMEOUT',
+    `${limits.what} took longer than its limit of ${formatMs(limits.timeoutMs)}`,
+    { retryable: false },
   );
-  const texts = stdout.split('\f');
+}
+
+/** One pdftotext run over pages first..last; stops when no page comes out for the page limit. */
+async function textPass(
+  path: string,
+  first: number,
+  last: number,
+  limits: ToolLimits,
+  pageTimeoutMs: number,
+  exact: boolean,
+): Promise<{ texts: string[]; stalled: boolean }> {
+  const stall = new AbortController();
+  const timer = setTimeout(() => stall.abort(), pageTimeoutMs);
+  const decoder = new StringDecoder('utf8');
+  const texts: string[] = [];
+  let page: string[] = [];
+  const onStdout = (chunk: Buffer) => {
+    const piece = decoder.write(chunk);
+    let from = 0;
+    for (let at = piece.indexOf('\f'); at !== -1; at = piece.indexOf('\f', from)) {
+      page.push(piece.slice(from, at));
+      texts.push(page.join(''));
+      page = [];
+      from = at + 1;
+    }
+    if (from < piece.length) page.push(piece.slice(from));
+    if (from > 0) timer.refresh();
+  };
+  // -q: a damaged file can make poppler write megabytes of warnings; pdfinfo ran first
+  // and said what was wrong with it.
+  const args = ['-q', '-enc', 'UTF-8', '-f', String(first), '-l', String(last), path, '-'];
+  try {
+    const signal = AbortSignal.any([limits.signal, stall.signal]);
+    await poppler('pdftotext', args, { ...limits, signal }, { onStdout, unbuffered: exact });
+  } catch (error) {
+    if (limits.signal.aborted || !stall.signal.aborted) throw error;
+    return { texts, stalled: true };
+  } finally {
+    clearTimeout(timer);
+  }
   // After the last page's form feed comes nothing; a missing page stays empty.
-  return Array.from({ length: pages }, (_, i) => texts[i] ?? '');
+  return {
+    texts: Array.from({ length: last - first + 1 }, (_, i) => texts[i] ?? ''),
+    stalled: false,
+  };
 }
 
 /** Smallest image that can carry text worth OCR, in pixels per side (logos, rules are less). */
 const MIN_IMAGE_SIDE = 64;
 
-/** The pages among `pages` that show at least one image big enough to hold text. */
-export async function pagesWithImages(path: string, pages: readonly number[], limits: ToolLimits) {
-  if (pages.length === 0) return new Set<number>();
-  const first = Math.min(...pages);
-  const last = Math.max(...pages);
-  const { stdout } = await poppler(
-    'pdfimages',
-    ['-q', '-list', '-f', String(first), '-l', String(last), path],
-    limits,
-  );
+/**
+ * The pages among `pages` that show at least one image big enough to hold text. One
+ * `pdfimages -list` over their span, split around the `skip` pages (those poppler hung on).
+ */
+export async function pagesWithImages(
+  path: string,
+  pages: readonly number[],
+  limits: ToolLimits,
+  skip: ReadonlySet<number> = new Set(),
+) {
   const found = new Set<number>();
-  // page num type width height …, after two header lines.
-  for (const line of stdout.split('\n').slice(2)) {
-    const [page, , , width, height] = line.trim().split(/\s+/).map(Number);
-    if (page && width! >= MIN_IMAGE_SIDE && height! >= MIN_IMAGE_SIDE) found.add(page);
+  for (const [first, last] of spansAround(
+    [...pages].sort((a, b) => a - b),
+    skip,
+  )) {
+    const { stdout } = await poppler(
+      'pdfimages',
+      ['-q', '-list', '-f', String(first), '-l', String(last), path],
+      limits,
+    );
+    // page num type width height …, after two header lines.
+    for (const line of stdout.split('\n').slice(2)) {
+      const [page, , , width, height] = line.trim().split(/\s+/).map(Number);
+      if (page && width! >= MIN_IMAGE_SIDE && height! >= MIN_IMAGE_SIDE) found.add(page);
+    }
   }
   return new Set(pages.filter((p) => found.has(p)));
 }
 
-async function poppler(tool: string, args: string[], limits: ToolLimits) {
+/** [first, last] spans covering the sorted `pages`, none of which holds a page of `skip`. */
+function spansAround(pages: readonly number[], skip: ReadonlySet<number>): [number, number][] {
+  const spans: [number, number][] = [];
+  for (const page of pages) {
+    const span = spans.at(-1);
+    let clear = span !== undefined;
+    for (let p = (span?.[1] ?? page) + 1; clear && p < page; p += 1) clear = !skip.has(p);
+    if (span && clear) span[1] = page;
+    else spans.push([page, page]);
+  }
+  return spans;
+}
+
+async function poppler(tool: string, args: string[], limits: ToolLimits, options?: ToolRun) {
   try {
-    return await runTool(tool, args, limits);
+    return await runTool(tool, args, limits, options);
   } catch (error) {
     if (error instanceof ToolFailure && /Incorrect password/i.test(error.stderr)) {
       throw new PdfPasswordError(error.stderr, { cause: error });

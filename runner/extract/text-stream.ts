@@ -1,5 +1,4 @@
 import { createReadStream } from 'node:fs';
-import { htmlParser } from './html.ts';
 import { normalizeText } from './text.ts';
 
 /** Bytes read at a time; also about the most text held before it is normalised. */
@@ -21,7 +20,9 @@ export async function* readTextPieces(
   const decoder = new TextDecoder(encoding.label);
   const paragraphs = new ParagraphCutter();
   const html: string[] = [];
-  const parser = format === 'html' ? htmlParser((text) => html.push(text)) : null;
+  // htmlparser2 is loaded only for HTML: a PDF job's runner starts without it.
+  const parser =
+    format === 'html' ? (await import('./html.ts')).htmlParser((text) => html.push(text)) : null;
   const take = (decoded: string): string[] => {
     if (!parser) return paragraphs.push(decoded);
     parser.write(decoded);

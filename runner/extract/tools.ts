@@ -1,6 +1,6 @@
+import { spawn } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
-import { execa } from 'execa';
 import { HdError } from '../../contract/errors.ts';
 
 /** The Debian package that brings each external tool, for messages that say what to do. */
@@ -13,6 +13,7 @@ export const TOOL_PACKAGES: Record<string, string> = {
   ffmpeg: 'ffmpeg',
   ffprobe: 'ffmpeg',
   prlimit: 'util-linux',
+  stdbuf: 'coreutils',
 };
 
 /** The absolute path of a program on PATH, or undefined. */
@@ -53,6 +54,23 @@ export class ToolFailure extends HdError {
   }
 }
 
+export interface ToolRun {
+  env?: Record<string, string>;
+  /** Output passed on as it comes (then `stdout` comes back empty). */
+  onStdout?: (chunk: Buffer) => void;
+  /**
+   * The tool writes its output unbuffered (`stdbuf -o0`, where coreutils has it), so that
+   * what it has done shows at once rather than in 4 KiB blocks.
+   */
+  unbuffered?: boolean;
+}
+
+/** Most output kept or passed on from one run; past it the tool is stopped and fails. */
+const MAX_STDOUT_BYTES = 64 * 1024 * 1024;
+const MAX_STDERR_CHARS = 64 * 1024;
+/** Time a tool gets to end after SIGTERM before SIGKILL. */
+const KILL_GRACE_MS = 1000;
+
 /**
  * Runs an external tool (poppler, tesseract, ffmpeg) with bounds: address space via
  * prlimit where it exists (these are native programs, for which RLIMIT_AS is a sound
@@ -62,7 +80,7 @@ export async function runTool(
   name: string,
   args: readonly string[],
   limits: ToolLimits,
-  env: Record<string, string> = {},
+  options: ToolRun = {},
 ): Promise<{ stdout: string; stderr: string }> {
   const tool = findTool(name);
   if (!tool) {
@@ -71,20 +89,12 @@ export async function runTool(
       `${name} is not installed on this runner (apt-get install ${TOOL_PACKAGES[name] ?? name}), needed for ${limits.what}`,
     );
   }
+  if (limits.signal.aborted) throw limits.signal.reason;
+  const stdbuf = options.unbuffered ? findTool('stdbuf') : undefined;
+  const command = stdbuf ? [stdbuf, '-o0', tool, ...args] : [tool, ...args];
   const prlimit = findTool('prlimit');
-  const [file, argv] = prlimit
-    ? [prlimit, [`--as=${limits.maxMemoryMb * 1024 * 1024}`, '--', tool, ...args]]
-    : [tool, [...args]];
-  const result = await execa(file, argv, {
-    cancelSignal: limits.signal,
-    timeout: limits.timeoutMs,
-    forceKillAfterDelay: 1000,
-    extendEnv: false,
-    env: { PATH: process.env.PATH ?? '', ...env },
-    stdin: 'ignore',
-    maxBuffer: 64 * 1024 * 1024,
-    reject: false,
-  });
+  if (prlimit) command.unshift(prlimit, `--as=${limits.maxMemoryMb * 1024 * 1024}`, '--');
+  const result = await spawnBounded(command, limits, options);
   if (limits.signal.aborted) throw limits.signal.reason;
   if (result.timedOut) {
     throw new HdError(
@@ -93,9 +103,17 @@ export async function runTool(
       { retryable: false, cause: new Error(`${name} ran past ${limits.timeoutMs} ms`) },
     );
   }
+  const stderr = result.stderr.trim();
+  const exit = result.signal ?? `exit ${result.exitCode}`;
+  if (result.overflow) {
+    throw new ToolFailure(
+      `${limits.what} failed`,
+      name,
+      exit,
+      `more than ${MAX_STDOUT_BYTES} bytes of output`,
+    );
+  }
   if (result.exitCode !== 0) {
-    const stderr = String(result.stderr).trim();
-    const exit = result.signal ?? `exit ${result.exitCode}`;
     if (/bad_alloc|cannot allocate|out of memory/i.test(stderr)) {
       throw new HdError(
         'OOM_KILLED',
@@ -105,7 +123,77 @@ export async function runTool(
     }
     throw new ToolFailure(`${limits.what} failed`, name, exit, stderr);
   }
-  return { stdout: String(result.stdout), stderr: String(result.stderr) };
+  return { stdout: result.stdout, stderr: result.stderr };
+}
+
+interface BoundedRun {
+  stdout: string;
+  stderr: string;
+  exitCode: number | null;
+  signal: NodeJS.Signals | null;
+  timedOut: boolean;
+  overflow: boolean;
+}
+
+/**
+ * One run of a program to its end: stopped (SIGTERM, then SIGKILL) at its timeout, when
+ * the signal aborts, or past the output limit. node:child_process rather than execa,
+ * which alone took ~55 ms of CPU to load in every runner that reads a PDF (issue 13).
+ */
+function spawnBounded(
+  [file, ...argv]: string[],
+  limits: ToolLimits,
+  { env = {}, onStdout }: ToolRun,
+): Promise<BoundedRun> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(file!, argv, {
+      env: { PATH: process.env.PATH ?? '', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const stdout: Buffer[] = [];
+    let bytes = 0;
+    let stderr = '';
+    let timedOut = false;
+    let overflow = false;
+    let killer: NodeJS.Timeout | undefined;
+    const stop = () => {
+      if (killer) return;
+      child.kill('SIGTERM');
+      killer = setTimeout(() => child.kill('SIGKILL'), KILL_GRACE_MS);
+    };
+    const timer = setTimeout(() => {
+      timedOut = true;
+      stop();
+    }, limits.timeoutMs);
+    limits.signal.addEventListener('abort', stop, { once: true });
+    const settle = () => {
+      clearTimeout(timer);
+      clearTimeout(killer);
+      limits.signal.removeEventListener('abort', stop);
+    };
+    child.stdout.on('data', (chunk: Buffer) => {
+      bytes += chunk.length;
+      if (overflow) return;
+      if (bytes > MAX_STDOUT_BYTES) {
+        overflow = true;
+        stop();
+      } else if (onStdout) onStdout(chunk);
+      else stdout.push(chunk);
+    });
+    child.stderr.setEncoding('utf8');
+    child.stderr.on('data', (text: string) => {
+      stderr = (stderr + text).slice(-MAX_STDERR_CHARS);
+    });
+    child.once('error', (error) => {
+      settle();
+      reject(error);
+    });
+    child.once('close', (exitCode, signal) => {
+      settle();
+      const out = Buffer.concat(stdout).toString('utf8');
+      resolve({ stdout: out, stderr, exitCode, signal, timedOut, overflow });
+    });
+  });
 }
 
 /** 1500 → "1.5 s", 120000 → "120 s", 1 → "1 ms". */

@@ -1,7 +1,7 @@
 import { createReadStream } from 'node:fs';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import OpenAI, { APIConnectionError, APIError, APIUserAbortError } from 'openai';
+import type OpenAI from 'openai';
 import { HdError } from '../../contract/errors.ts';
 import { budgetRefusal } from '../llm/budget-refusal.ts';
 import { runTool, ToolFailure } from './tools.ts';
@@ -58,16 +58,24 @@ export interface TranscriberOptions {
  */
 export class OpenAiTranscriber implements Transcriber {
   readonly #options: TranscriberOptions;
-  readonly #client: OpenAI;
+  #sdk: Promise<{ client: OpenAI; sdk: typeof import('openai') }> | undefined;
 
   constructor(options: TranscriberOptions) {
     this.#options = options;
-    this.#client = new OpenAI({
-      baseURL: options.baseURL,
-      apiKey: options.apiKey,
-      timeout: options.timeoutMs,
-      maxRetries: 2,
-    });
+  }
+
+  /** The SDK is loaded with the first audio file: a runner reading PDFs never loads it. */
+  #client() {
+    this.#sdk ??= import('openai').then((sdk) => ({
+      sdk,
+      client: new sdk.default({
+        baseURL: this.#options.baseURL,
+        apiKey: this.#options.apiKey,
+        timeout: this.#options.timeoutMs,
+        maxRetries: 2,
+      }),
+    }));
+    return this.#sdk;
   }
 
   async transcribe(path: string, mime: string, name: string, signal: AbortSignal): Promise<string> {
@@ -112,8 +120,10 @@ export class OpenAiTranscriber implements Transcriber {
   }
 
   async #request(file: string, name: string, signal: AbortSignal): Promise<string> {
+    const { client, sdk } = await this.#client();
+    const { APIConnectionError, APIError, APIUserAbortError } = sdk;
     try {
-      const result = await this.#client.audio.transcriptions.create(
+      const result = await client.audio.transcriptions.create(
         { file: createReadStream(file), model: this.#options.model },
         { signal },
       );

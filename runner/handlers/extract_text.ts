@@ -206,6 +206,7 @@ function settingsOf(
     chunking: chunkOptions(ctx),
     maxPages: config.HD_EXTRACT_MAX_PAGES,
     parseTimeoutMs: config.HD_EXTRACT_PARSE_TIMEOUT_MS,
+    textPageTimeoutMs: config.HD_EXTRACT_PAGE_TIMEOUT_MS,
     maxMemoryMb: config.HD_EXTRACT_MAX_MEMORY_MB,
     ocr: payload.ocr,
     ocrLanguages: payload.ocr_languages ?? config.HD_OCR_LANGUAGES,
