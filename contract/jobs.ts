@@ -77,6 +77,41 @@ export const JOB_INPUTS: { [K in JobType]: 'payload_object' | 'document_files' |
   synthesize_node: 'none',
 };
 
+/**
+ * Inputs by URL: a job may name `url` instead of a storage `path`. The scheduler fetches it
+ * (scheduler/url-input.ts: public addresses only, size and time limits) and stores it under
+ * the account's prefix first, recording where in `url_input` (hd_record_url_input,
+ * migration 00018); the runner then reads that stored object like any other.
+ */
+export const inputUrlSchema = z
+  .string()
+  .max(2048, 'url is longer than 2048 characters')
+  .refine((u) => URL.canParse(u) && /^https?:$/.test(new URL(u).protocol), 'url must be http(s)')
+  .refine(
+    (u) => !URL.canParse(u) || (!new URL(u).username && !new URL(u).password),
+    'url must not carry a user name or password (the job row is readable by the account)',
+  );
+
+/** Where the scheduler stored a URL input, and what it found (debug.url_input). */
+export const storedUrlInputSchema = z.looseObject({
+  bucket: z.string().min(1),
+  path: z.string().min(1),
+  bytes: z.number().int().nonnegative(),
+  sha256: z.string(),
+  content_type: z.string(),
+});
+
+/** The stored object a payload names: its own path, or where its URL input was stored. */
+export function payloadObject(payload: {
+  bucket: string;
+  path?: string | undefined;
+  url_input?: { bucket: string; path: string } | undefined;
+}): { bucket: string; key: string } | undefined {
+  if (payload.path !== undefined) return { bucket: payload.bucket, key: payload.path };
+  if (payload.url_input) return { bucket: payload.url_input.bucket, key: payload.url_input.path };
+  return undefined;
+}
+
 /** The chunker would cut an overlap to half the target: refused instead, to say so. */
 function overlapAtMostHalf<
   T extends z.ZodType<{ chunk_target_chars?: number; chunk_overlap_chars?: number }>,
@@ -92,13 +127,21 @@ function overlapAtMostHalf<
 
 /** Payload (`debug`) schemas, one per job type. Unknown keys (e.g. stats) pass through. */
 export const PAYLOAD_SCHEMAS = {
-  import_assets_jsonl: z.looseObject({
-    bucket: z.string().min(1).default(DEFAULT_BUCKET),
-    path: z.string().min(1, 'path is required'),
-    format: z.literal('jsonl').default('jsonl'),
-    /** Fail the whole job (writing nothing) on the first invalid line. */
-    strict: z.boolean().default(false),
-  }),
+  import_assets_jsonl: z
+    .looseObject({
+      bucket: z.string().min(1).default(DEFAULT_BUCKET),
+      /** The JSONL object under the account's prefix; or `url` instead. */
+      path: z.string().min(1, 'path must not be empty').optional(),
+      url: inputUrlSchema.optional(),
+      url_input: storedUrlInputSchema.optional(),
+      format: z.literal('jsonl').default('jsonl'),
+      /** Fail the whole job (writing nothing) on the first invalid line. */
+      strict: z.boolean().default(false),
+    })
+    .refine((p) => (p.path === undefined) !== (p.url === undefined), {
+      path: ['path'],
+      message: 'path is required (or url instead; not both)',
+    }),
   /** Files come from hd_document_files of the job's document_id; these only tune it. */
   extract_text: overlapAtMostHalf(
     z.looseObject({

@@ -2,6 +2,7 @@ import { hostname } from 'node:os';
 import { z } from 'zod';
 import { DEFAULT_BUCKET } from '../contract/jobs.ts';
 import { parseFamilyRules } from '../runner/llm/families.ts';
+import { parseRanges } from '../scheduler/public-http.ts';
 import { combinationError } from './config-rules.ts';
 import { SECRET_SETTING } from './redact.ts';
 
@@ -12,6 +13,17 @@ const csv = z.string().transform((s) =>
     .map((x) => x.trim())
     .filter(Boolean),
 );
+/** Comma-separated CIDRs (`10.1.0.0/16,fd00::/8`), each checked as the guard will read it. */
+const addressRanges = z.string().superRefine((text, ctx) => {
+  try {
+    parseRanges(text);
+  } catch (error) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `a list of address/prefix: ${(error as Error).message}`,
+    });
+  }
+});
 
 const limitValue = z.number().int().positive();
 /** Limits of one model across all runners (scheduler/llm-gateway/limiter.ts). */
@@ -241,17 +253,19 @@ export const configSchema = z.object({
   /** LLM gateway: tokens one account may use per UTC day where hd_llm_budgets sets none. Default: no limit. */
   HD_LLM_DAILY_TOKEN_BUDGET: z.coerce.number().int().nonnegative().optional(),
   /** Webhooks: private, loopback or link-local ranges deliveries may reach anyway, comma-separated CIDRs (`10.1.0.0/16`). Default none. */
-  HD_WEBHOOK_ALLOW_CIDRS: z
-    .string()
-    .regex(
-      /^\s*[\da-fA-F:.]+\/\d{1,3}\s*(,\s*[\da-fA-F:.]+\/\d{1,3}\s*)*$/,
-      'a list of address/prefix',
-    )
-    .optional(),
+  HD_WEBHOOK_ALLOW_CIDRS: addressRanges.optional(),
   /** Webhooks: time limit of one delivery, redirects included, in ms. Default 10000. */
   HD_WEBHOOK_TIMEOUT_MS: positiveInt.default(10_000),
   /** Webhooks: how often the scheduler looks for due deliveries, in ms. Default 2000. */
   HD_WEBHOOK_POLL_MS: positiveInt.default(2000),
+  /** Inputs by URL: private, loopback or link-local ranges a job's URL may reach anyway, comma-separated CIDRs (`10.1.0.0/16`). Default none. */
+  HD_URL_INPUT_ALLOW_CIDRS: addressRanges.optional(),
+  /** Inputs by URL: largest download, in bytes. Default 104857600 (100 MiB). */
+  HD_URL_INPUT_MAX_BYTES: positiveInt.default(100 * 1024 * 1024),
+  /** Inputs by URL: time limit of one download, redirects and the body included, in ms. Default 120000. */
+  HD_URL_INPUT_TIMEOUT_MS: positiveInt.default(120_000),
+  /** Inputs by URL: redirects followed at most. Default 5. */
+  HD_URL_INPUT_MAX_REDIRECTS: z.coerce.number().int().min(0).max(20).default(5),
   /** Scheduler: serve /metrics (Prometheus), /healthz and /readyz on this loopback host:port (`127.0.0.1:9464`). Default off. */
   HD_METRICS_ADDRESS: z
     .string()

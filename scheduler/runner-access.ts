@@ -1,5 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import { JOB_INPUTS, PAYLOAD_SCHEMAS, isJobType, type LeasedJob } from '../contract/jobs.ts';
+import {
+  JOB_INPUTS,
+  PAYLOAD_SCHEMAS,
+  isJobType,
+  payloadObject,
+  type LeasedJob,
+} from '../contract/jobs.ts';
 import { assertBucketName, assertTenantPath } from '../contract/storage-paths.ts';
 import { ConfigError, configToEnv, type Config } from '../control-plane/config.ts';
 import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
@@ -18,7 +24,7 @@ export type UrlSigner = (
 
 // Settings only the scheduler reads: they stay out of runners.
 const SCHEDULER_ONLY =
-  /^HD_(DOCKER_|GPU|LAUNCHER$|SLOTS$|JOB_TYPES$|POLL_INTERVAL_MS$|REAP_INTERVAL_MS$|RECONCILE_INTERVAL_MS$|SHUTDOWN_GRACE_MS$|RUNNER_|LLM_GATEWAY|LLM_LIMITS$|LLM_PRICES$|LLM_DAILY_TOKEN_BUDGET$)/;
+  /^HD_(DOCKER_|GPU|LAUNCHER$|SLOTS$|JOB_TYPES$|POLL_INTERVAL_MS$|REAP_INTERVAL_MS$|RECONCILE_INTERVAL_MS$|SHUTDOWN_GRACE_MS$|RUNNER_|LLM_GATEWAY|LLM_LIMITS$|LLM_PRICES$|LLM_DAILY_TOKEN_BUDGET$|URL_INPUT_)/;
 // The provider keys the LLM gateway holds for runners (scheduler/llm-gateway/).
 const GATEWAY_KEYS = ['HD_LLM_API_KEY', 'HD_TRANSCRIBE_API_KEY'];
 // The scheduler's own credentials: a runner with a scoped credential never sees them.
@@ -174,7 +180,8 @@ export class RunnerAccess {
     switch (JOB_INPUTS[job.job_type]) {
       case 'payload_object': {
         const payload = PAYLOAD_SCHEMAS.import_assets_jsonl.safeParse(job.debug ?? {});
-        return payload.success ? [{ bucket: payload.data.bucket, key: payload.data.path }] : [];
+        const object = payload.success ? payloadObject(payload.data) : undefined;
+        return object ? [object] : [];
       }
       case 'document_files':
         return (await this.#db.listDocumentFiles(job.id, job.lease_token)).map((f) => ({

@@ -1,5 +1,5 @@
 import { EventEmitter } from 'node:events';
-import { toHdError, type HdError } from '../contract/errors.ts';
+import { HdError, toHdError } from '../contract/errors.ts';
 import { JOB_TYPES, type Job, type LeasedJob } from '../contract/jobs.ts';
 import type { Config } from '../control-plane/config.ts';
 import type { ControlPlaneDb, WakeReason } from '../control-plane/db/transport.ts';
@@ -35,6 +35,8 @@ interface Running {
   /** The runner's output, on its way into hd_job_logs. */
   logs: JobLogCollector;
   done: Promise<void>;
+  /** Ends the staging of the job's input (stageInput) at a shutdown past the grace. */
+  staging?: AbortController;
 }
 
 export interface SchedulerDeps {
@@ -57,6 +59,11 @@ export interface SchedulerDeps {
   /** The job's own runner environment: credentials scoped to it (scheduler/runner-access.ts). */
   runnerEnv?:
     ((job: LeasedJob, resources: Resources) => Promise<Record<string, string>>) | undefined;
+  /**
+   * Readies the job's input before its runner starts, within its slot (an input by URL
+   * fetched and stored: scheduler/url-input.ts); resolves to the job as recorded after.
+   */
+  stageInput?: ((job: LeasedJob, signal: AbortSignal) => Promise<LeasedJob>) | undefined;
 }
 
 /**
@@ -74,6 +81,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
   readonly #resourcesFor: (jobType: string) => Resources;
   readonly #runnerEnv: SchedulerDeps['runnerEnv'];
   readonly #releaseRunner: SchedulerDeps['releaseRunner'];
+  readonly #stageInput: SchedulerDeps['stageInput'];
   readonly #logs: JobLogBook;
   readonly #outcomes: OutcomeRecorder;
   readonly #running = new Map<string, Running>();
@@ -107,6 +115,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
     this.#resourcesFor = deps.resourcesFor ?? handlerResources;
     this.#runnerEnv = deps.runnerEnv;
     this.#releaseRunner = deps.releaseRunner;
+    this.#stageInput = deps.stageInput;
     this.#dbOutage = new OutageNotice(deps.log);
     this.#launcherOutage = new OutageNotice(deps.log);
     this.#logs = new JobLogBook({
@@ -195,7 +204,10 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
       if ((await Promise.race([allDone(), timer])) === 'timeout') {
         this.#graceOver = true;
         this.#graceEnded.abort();
-        for (const r of this.#running.values()) r.runner?.stop('shutdown');
+        for (const r of this.#running.values()) {
+          r.runner?.stop('shutdown');
+          r.staging?.abort(new HdError('WORKER_SHUTDOWN', 'the scheduler is stopping'));
+        }
         await allDone();
       }
     }
@@ -329,7 +341,14 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
   }
 
   async #runToEnd(entry: Running): Promise<void> {
-    const { job, logs } = entry;
+    const { logs } = entry;
+    if (!entry.runner && this.#stageInput && !(await this.#staged(entry))) {
+      await logs.finish();
+      const final = await this.#db.getJob(entry.job.id).catch(() => undefined);
+      this.emit('job:finished', final ?? entry.job, undefined);
+      return;
+    }
+    const job = entry.job;
     const resources = this.#resourcesFor(job.job_type);
     let exit: RunnerExit | undefined;
     try {
@@ -372,6 +391,28 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
     );
     const final = await this.#db.getJob(job.id).catch(() => undefined);
     this.emit('job:finished', final ?? job, exit);
+  }
+
+  /**
+   * Stages the job's input; false when that ended the attempt, with its outcome recorded:
+   * the failure's own code (a URL refused, not found, too large), or the job handed back
+   * for a shutdown or a database out of reach; nothing where the lease moved on.
+   */
+  async #staged(entry: Running): Promise<boolean> {
+    entry.staging = new AbortController();
+    try {
+      entry.job = await this.#stageInput!(entry.job, entry.staging.signal);
+      return true;
+    } catch (error) {
+      const err = toHdError(error);
+      if (err.code === 'WORKER_SHUTDOWN' || err.code === 'DATABASE_UNAVAILABLE')
+        await this.#outcomes.release(entry.job, `its input was not staged: ${err.message}`);
+      else if (err.code !== 'LEASE_LOST' && err.code !== 'CANCELLED')
+        await this.#outcomes.fail(entry.job, err.code, err.message, err.details ?? {});
+      return false;
+    } finally {
+      entry.staging = undefined;
+    }
   }
 
   /** Whether the reconciler (if any) has once run to the end; runs it if not. */

@@ -1,5 +1,4 @@
 import { EventEmitter } from 'node:events';
-import type { BlockList } from 'node:net';
 import { Webhook } from 'standardwebhooks';
 import type { Config } from '../control-plane/config.ts';
 import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
@@ -9,7 +8,8 @@ import {
   type WebhookOutbox,
 } from '../control-plane/db/webhooks.ts';
 import type { Logger } from '../control-plane/logger.ts';
-import { parseAllowedRanges, postWebhook, type PostResult } from './webhook-post.ts';
+import type { AddressGuard } from './public-http.ts';
+import { postWebhook, webhookGuard, type PostResult } from './webhook-post.ts';
 
 /** How one delivery attempt ended: a 2xx, another answer, or none (and why). */
 export type WebhookOutcome = 'delivered' | 'http_error' | 'refused' | 'timeout' | 'network';
@@ -26,8 +26,8 @@ export interface WebhookDeliveryEvents {
 
 export interface WebhookDeliveryOptions {
   outbox: WebhookOutbox;
-  /** Ranges an operator allows although private or loopback (HD_WEBHOOK_ALLOW_CIDRS). */
-  allowed: BlockList;
+  /** Which addresses deliveries may reach (public ones, and HD_WEBHOOK_ALLOW_CIDRS). */
+  guard: AddressGuard;
   /** Per delivery, redirects included, in ms. */
   timeoutMs: number;
   /** How often due deliveries are looked for, in ms. */
@@ -99,7 +99,7 @@ export class WebhookDelivery extends EventEmitter<WebhookDeliveryEvents> {
       'webhook-signature': new Webhook(event.secret).sign(event.event_id, timestamp, body),
     };
     const result = await postWebhook(event.url, headers, body, {
-      allowed: this.#o.allowed,
+      guard: this.#o.guard,
       timeoutMs: this.#o.timeoutMs,
     });
     await this.#o.outbox.record(event.id, result);
@@ -130,7 +130,7 @@ export function webhookDeliveryFor(
 ): WebhookDelivery {
   return new WebhookDelivery({
     outbox: webhookOutboxOf(db),
-    allowed: parseAllowedRanges(config.HD_WEBHOOK_ALLOW_CIDRS),
+    guard: webhookGuard(config.HD_WEBHOOK_ALLOW_CIDRS),
     timeoutMs: config.HD_WEBHOOK_TIMEOUT_MS,
     pollMs: config.HD_WEBHOOK_POLL_MS,
     logger,

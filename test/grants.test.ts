@@ -81,6 +81,7 @@ const FUNCTIONS = parseMatrix(`
   hd_llm_record                       .    .             .         X            X
   hd_queue_metrics                    .    .             .         X            X
   hd_reap_expired_leases              .    .             .         X            X
+  hd_record_url_input                 .    .             .         X            X
   hd_record_webhook_attempt           .    .             .         X            X
   hd_replay_webhook                   .    .             .         X            X
   hd_requeue_batch                    .    .             .         X            X
@@ -259,13 +260,14 @@ describe('the grant matrix of the migrated database', () => {
     expect(callers(CONTRACT_ROLES.indexOf('anon'))).toEqual([]);
     expect(callers(CONTRACT_ROLES.indexOf('authenticated'))).toEqual(['has_role_on_account']);
     // hd_runner: exactly the functions that take a lease token, all of them, but the
-    // scheduler's own (logs, container id, making the job's login role and gateway credential).
+    // scheduler's own (logs, container id, making the job's login role and gateway credential,
+    // a URL input's record).
     const { rows } = await t.sql.query<{ name: string }>(
       `select p.proname as name from pg_proc p
         where p.pronamespace = 'public'::regnamespace and p.proname like 'hd\\_%'
           and p.proname not like 'hd\\_\\_%' and p.proargnames[2] = 'p_lease_token'
           and p.proname not in ('hd_append_job_logs', 'hd_set_container_id', 'hd_create_job_role',
-                                'hd_grant_llm_credential')
+                                'hd_grant_llm_credential', 'hd_record_url_input')
         order by 1`,
     );
     expect(callers(CONTRACT_ROLES.indexOf('hd_runner'))).toEqual(rows.map((r) => r.name));

@@ -74,6 +74,31 @@ export async function uploadImportFile(
   };
 }
 
+/**
+ * The import_assets_jsonl job of an input by URL: nothing is fetched here; the scheduler
+ * fetches and stores it before the runner starts (scheduler/url-input.ts).
+ */
+export function importByUrl(
+  config: Config,
+  request: Omit<EnqueueFileRequest, 'file' | 'accountId'> & { url: string },
+): Omit<EnqueueRequest, 'accountId'> {
+  const debug = PAYLOAD_SCHEMAS.import_assets_jsonl.safeParse({
+    bucket: config.HD_BUCKET,
+    url: request.url,
+    format: 'jsonl',
+    strict: request.strict ?? false,
+  });
+  if (!debug.success)
+    throw new UsageError(`enqueue: --url: ${debug.error.issues[0]?.message ?? 'not a URL'}`);
+  return {
+    jobType: 'import_assets_jsonl',
+    debug: debug.data,
+    documentId: request.documentId,
+    maxAttempts: request.maxAttempts,
+    priority: request.priority,
+  };
+}
+
 export async function enqueueCommand(args: ParsedArgs, env: Env): Promise<number> {
   const accountId = uuidArg(requiredOption(args, 'account', 'enqueue'), '--account');
   const documentId = stringOption(args, 'document-id');
@@ -88,13 +113,22 @@ export async function enqueueCommand(args: ParsedArgs, env: Env): Promise<number
     return (await import('./enqueue-batch.ts')).enqueueBatchCommand(args, env, request);
   if (args.positionals.length > 0)
     throw new UsageError('enqueue: several files need --batch NAME (one file: --file PATH)');
+  const url = stringOption(args, 'url');
+  if (url !== undefined && stringOption(args, 'file') !== undefined)
+    throw new UsageError('enqueue: --file or --url, not both');
   const config = configFrom(env);
   const db = openDb(config);
   try {
-    const job = await enqueueImportFile(db, openStorage(config), config, {
-      ...request,
-      file: requiredOption(args, 'file', 'enqueue'),
-    });
+    const job =
+      url === undefined
+        ? await enqueueImportFile(db, openStorage(config), config, {
+            ...request,
+            file: requiredOption(args, 'file', 'enqueue'),
+          })
+        : await db.enqueueJob({
+            accountId,
+            ...importByUrl(config, { ...request, url }),
+          });
     console.log(args.values.json ? JSON.stringify(job) : job.id);
     return 0;
   } finally {

@@ -51,9 +51,10 @@ SIGTERM/SIGINT stop the handler and hand the job back.`,
   },
   {
     name: 'enqueue',
-    summary: 'upload a JSONL file to storage and queue an import_assets_jsonl job',
+    summary: 'upload a JSONL file to storage (or name a URL) and queue an import_assets_jsonl job',
     usage: `hd-runner enqueue --account UUID --file PATH [--strict] [--document-id UUID]
                    [--max-attempts N] [--priority N] [--json]
+hd-runner enqueue --account UUID --url URL [options above]
 hd-runner enqueue --account UUID --batch NAME [--idempotency-key KEY] FILE… [options above]
 
 Uploads PATH to {bucket}/accounts/{account}/assets-jsonl/{timestamp}-{name} and inserts
@@ -62,10 +63,16 @@ the job; prints its id. {name} is the file name in the characters storage keys a
 --strict fails the job on the first invalid line.
 --batch: one job per FILE, queued together as batch NAME (all or none); prints the batch
 id (--json: the batch and its job ids). The same --idempotency-key again (same account)
-returns the first batch and queues nothing. Follow it with hd-runner batches show ID.`,
+returns the first batch and queues nothing. Follow it with hd-runner batches show ID.
+--url: the job names an http(s) URL instead; the scheduler fetches it before the runner
+starts (public addresses only unless HD_URL_INPUT_ALLOW_CIDRS allows a range; at most
+HD_URL_INPUT_MAX_BYTES, within HD_URL_INPUT_TIMEOUT_MS, HD_URL_INPUT_MAX_REDIRECTS
+redirects), checks it is text, and stores it at
+{bucket}/accounts/{account}/url-inputs/{job}/{name} (debug.url_input) for every attempt.`,
     options: {
       account: { type: 'string' },
       file: { type: 'string' },
+      url: { type: 'string' },
       batch: { type: 'string' },
       'idempotency-key': { type: 'string' },
       strict: { type: 'boolean' },

@@ -3,7 +3,7 @@ import { resolve } from 'node:path';
 import { ConfigError, redactUrl, type Config } from '../../control-plane/config.ts';
 import type { ControlPlaneDb } from '../../control-plane/db/transport.ts';
 import type { Logger } from '../../control-plane/logger.ts';
-import { openDb } from '../../control-plane/open.ts';
+import { openDb, openStorage } from '../../control-plane/open.ts';
 import { startMetricsServer } from '../../scheduler/metrics.ts';
 import { webhookDeliveryFor } from '../../scheduler/webhooks.ts';
 import { Redactor, secretsOf } from '../../control-plane/redact.ts';
@@ -17,6 +17,7 @@ import { startLlmGateway } from '../../scheduler/llm-gateway/start.ts';
 import type { LlmGateway } from '../../scheduler/llm-gateway/server.ts';
 import { RunnerAccess } from '../../scheduler/runner-access.ts';
 import { handlerResources, Scheduler } from '../../scheduler/scheduler.ts';
+import { urlInputStagerFor } from '../../scheduler/url-input.ts';
 import { configFrom, loggerFor, stringOption, type Env, type ParsedArgs } from '../command.ts';
 
 // Runners inherit only these from the scheduler's own environment, plus hd-runner's config.
@@ -42,10 +43,13 @@ export function createScheduler(
   // Runner output printed to this log (a crash's raw stderr included) loses secrets too.
   const output =
     onOutput && ((jobId: string, line: string) => onOutput(jobId, redactor.text(line)));
-  // What the scheduler needs of RunnerAccess and the redactor, either launcher.
+  // Inputs by URL are fetched and stored here, before the runner starts (docs/containers.md).
+  const stager = urlInputStagerFor(config, db, openStorage(config), log);
+  // What the scheduler needs of RunnerAccess, the redactor and the stager, either launcher.
   const runnersOf = (access: RunnerAccess) => ({
     runnerEnv: access.envFor.bind(access),
     releaseRunner: () => access.release(),
+    stageInput: stager.stage.bind(stager),
     redactor,
   });
   if (config.HD_LAUNCHER === 'docker') {

@@ -23,6 +23,7 @@ import type {
   SchedulerReport,
   UpsertCounts,
   WakeReason,
+  StoredUrlInput,
 } from './transport.ts';
 
 const CHANNEL_QUEUED = 'hd_jobs_queued';
@@ -170,6 +171,14 @@ export class PostgresDb implements ControlPlaneDb {
 
   releaseJob(jobId: string, leaseToken: string) {
     return this.#one('select * from public.hd_release_job($1, $2)', [jobId, leaseToken]);
+  }
+
+  recordUrlInput(jobId: string, leaseToken: string, info: StoredUrlInput) {
+    return this.#one('select * from public.hd_record_url_input($1, $2, $3)', [
+      jobId,
+      leaseToken,
+      info,
+    ]);
   }
 
   async setContainerId(jobId: string, leaseToken: string, containerId: string) {

@@ -11,6 +11,7 @@ import type {
   JobLogLine,
   ListJobsFilter,
   SchedulerReport,
+  StoredUrlInput,
   WakeReason,
 } from './transport.ts';
 
@@ -192,6 +193,14 @@ export class SupabaseDb extends SupabaseOutputCalls implements ControlPlaneDb {
 
   releaseJob(jobId: string, leaseToken: string) {
     return this.#job('hd_release_job', { p_job_id: jobId, p_lease_token: leaseToken });
+  }
+
+  recordUrlInput(jobId: string, leaseToken: string, info: StoredUrlInput) {
+    return this.#job('hd_record_url_input', {
+      p_job_id: jobId,
+      p_lease_token: leaseToken,
+      p_info: info,
+    });
   }
 
   async setContainerId(jobId: string, leaseToken: string, containerId: string) {

@@ -203,6 +203,18 @@ export type WakeReason = { kind: 'queued'; jobType: string } | { kind: 'cancelle
  * Lease-checked calls throw an error with SQLSTATE HDL01 when the lease is gone
  * (toHdError turns it into LEASE_LOST or CANCELLED).
  */
+/** What the scheduler records of a URL input it fetched and stored (debug.url_input). */
+export interface StoredUrlInput {
+  bucket: string;
+  path: string;
+  bytes: number;
+  sha256: string;
+  content_type: string;
+  declared_content_type: string | null;
+  fetched_from: string;
+  redirects: number;
+}
+
 export interface ControlPlaneDb {
   claimJobs(options: ClaimOptions): Promise<Job[]>;
   heartbeat(jobId: string, leaseToken: string, leaseSeconds: number): Promise<Date>;
@@ -229,6 +241,11 @@ export interface ControlPlaneDb {
   ): Promise<{ jobId: string; completed: boolean }[]>;
   failJob(jobId: string, leaseToken: string, failure: Failure): Promise<Job>;
   releaseJob(jobId: string, leaseToken: string): Promise<Job>;
+  /**
+   * hd_record_url_input (scheduler only): where the leased job's URL input was stored
+   * (`info.bucket`, `info.path` under the job's url-inputs prefix) goes into debug.url_input.
+   */
+  recordUrlInput(jobId: string, leaseToken: string, info: StoredUrlInput): Promise<Job>;
   setContainerId(jobId: string, leaseToken: string, containerId: string): Promise<void>;
   /**
    * hd_reap_expired_leases. A scheduler passes `reporter`: the call is also its report-in,

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { z } from 'zod';
 import { HdError } from '../../contract/errors.ts';
+import { payloadObject } from '../../contract/jobs.ts';
 import type { AssetRow } from '../../control-plane/db/transport.ts';
 import type { Handler, HandlerContext } from '../handler.ts';
 import { LineSplitter, type Line } from '../line-splitter.ts';
@@ -128,7 +129,14 @@ export const importAssetsJsonl: Handler<'import_assets_jsonl'> = {
 
   async run(ctx) {
     const started = performance.now();
-    const { bucket, path, strict } = ctx.payload;
+    const { strict } = ctx.payload;
+    const input = payloadObject(ctx.payload);
+    if (!input)
+      throw new HdError(
+        'INVALID_INPUT',
+        `the URL input ${ctx.payload.url} has not been fetched: a scheduler fetches it before it starts the runner`,
+      );
+    const { bucket, key: path } = input;
     await ctx.progress(0, 'downloading');
     const file = await ctx.storage.download(bucket, path);
     ctx.log.info({ bucket, path, bytes: file.size, strict }, 'importing assets');
