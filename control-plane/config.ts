@@ -252,6 +252,8 @@ export const configSchema = z.object({
   HD_LLM_PRICES: jsonSetting(llmPricesSchema).optional(),
   /** LLM gateway: tokens one account may use per UTC day where hd_llm_budgets sets none. Default: no limit. */
   HD_LLM_DAILY_TOKEN_BUDGET: z.coerce.number().int().nonnegative().optional(),
+  /** text2kg: evidence items one edge keeps, the strongest (the rest are counted in evidence_dropped). Default 20. */
+  HD_KG_MAX_EVIDENCE_PER_EDGE: z.coerce.number().int().min(1).max(1000).default(20),
   /** Webhooks: private, loopback or link-local ranges deliveries may reach anyway, comma-separated CIDRs (`10.1.0.0/16`). Default none. */
   HD_WEBHOOK_ALLOW_CIDRS: addressRanges.optional(),
   /** Webhooks: time limit of one delivery, redirects included, in ms. Default 10000. */

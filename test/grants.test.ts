@@ -26,7 +26,10 @@ const FUNCTIONS = parseMatrix(`
   hd__chunk_sha256                    .    .             .         .            .
   hd__count_batch_jobs                .    .             .         .            .
   hd__cut_off_at                      .    .             .         .            .
+  hd__delete_orphan_nodes             .    .             .         .            .
   hd__enqueue_job_webhooks            .    .             .         .            .
+  hd__forget_deleted_graph_sources    .    .             .         .            .
+  hd__forget_graph_evidence           .    .             .         .            .
   hd__job_role_name                   .    .             .         .            .
   hd__lock                            .    .             .         .            .
   hd__lock_current_lease              .    .             .         .            .

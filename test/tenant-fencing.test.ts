@@ -184,7 +184,8 @@ describe("(b) B's valid lease with A's rows and ids", () => {
       [jobB.id, jobB.token, JSON.stringify(nodes), JSON.stringify(edges)],
     );
     // B's own Ada and Bob exist already; the edge has no evidence of B's, so none is made,
-    // and B's seeded edge loses this document's evidence (the graph is replaced): removed.
+    // and B's seeded edge loses this document's evidence (the graph is replaced): removed,
+    // and B's Ada and Bob with it, left without an edge (00016).
     expect(rows).toEqual([
       {
         nodes_inserted: 0,
@@ -193,6 +194,8 @@ describe("(b) B's valid lease with A's rows and ids", () => {
         edges_updated: 0,
         edges_unchanged: 0,
         edges_removed: 1,
+        nodes_removed: 2,
+        evidence_dropped: 0,
       },
     ]);
     const { rows: cited } = await t.sql.query(

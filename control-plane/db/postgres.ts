@@ -341,8 +341,14 @@ export class PostgresDb implements ControlPlaneDb {
 
   async writeDocumentGraph(jobId: string, leaseToken: string, graph: DocumentGraph) {
     const [counts] = await this.#call<GraphWriteCounts>(
-      'select * from public.hd_write_document_graph($1, $2, $3::jsonb, $4::jsonb)',
-      [jobId, leaseToken, JSON.stringify(graph.nodes), JSON.stringify(graph.edges)],
+      'select * from public.hd_write_document_graph($1, $2, $3::jsonb, $4::jsonb, p_max_evidence => $5)',
+      [
+        jobId,
+        leaseToken,
+        JSON.stringify(graph.nodes),
+        JSON.stringify(graph.edges),
+        graph.max_evidence_per_edge ?? null,
+      ],
     );
     return counts!;
   }

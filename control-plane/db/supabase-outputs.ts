@@ -116,6 +116,7 @@ export abstract class SupabaseOutputCalls {
       p_lease_token: leaseToken,
       p_nodes: graph.nodes,
       p_edges: graph.edges,
+      ...(graph.max_evidence_per_edge ? { p_max_evidence: graph.max_evidence_per_edge } : {}),
     });
   }
 

@@ -113,8 +113,11 @@ export interface DocumentGraph {
     relation: string;
     target_type: string;
     target_key: string;
-    evidence: { interpretation_id: string; quote: string }[];
+    /** score: 0..1, how directly the quote supports the edge; the strongest are kept. */
+    evidence: { interpretation_id: string; quote: string; score?: number }[];
   }[];
+  /** Evidence items an edge keeps (the strongest); the SQL's default 20 when absent. */
+  max_evidence_per_edge?: number;
 }
 
 export interface GraphWriteCounts {
@@ -124,6 +127,10 @@ export interface GraphWriteCounts {
   edges_updated: number;
   edges_unchanged: number;
   edges_removed: number;
+  /** Nodes left without an edge by this write, deleted. */
+  nodes_removed: number;
+  /** Evidence items of this document not stored (weaker than the kept ones). */
+  evidence_dropped: number;
 }
 
 /** What hd_get_node_context returns: a node, its strongest edges, its latest synthesis. */

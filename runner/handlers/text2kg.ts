@@ -45,10 +45,29 @@ function displayLabel(label: string): string {
 }
 
 /**
+ * How directly a quote supports an edge, 0..1: half for each end it names (by normalised
+ * label). A quote that names both is the model's evidence in the passage's own words; one
+ * that names neither is the model's reading. Edges keep their strongest evidence only.
+ */
+export function quoteScore(
+  quote: string,
+  source: { normalized_label: string },
+  target: { normalized_label: string },
+): number {
+  const text = normalizeLabel(quote);
+  return (
+    (text.includes(source.normalized_label) ? 0.5 : 0) +
+    (text.includes(target.normalized_label) ? 0.5 : 0)
+  );
+}
+
+/**
  * text2kg: turns the relations of the job's document's interpretations into graph nodes
  * (one per normalised label and type within the account) and edges (with evidence
  * pointing at the interpretation and chunk), written in one transaction. No model call:
- * re-runs and overlapping documents converge to the same rows.
+ * re-runs and overlapping documents converge to the same rows. The SQL keeps the strongest
+ * HD_KG_MAX_EVIDENCE_PER_EDGE items per edge, replaces this document's earlier evidence and
+ * deletes edges and nodes left without any (migration 00016).
  */
 export const text2kg: Handler<'text2kg'> = {
   resources: { gpu: false, memoryMb: 1024, cpus: 1, timeoutMs: 60 * 60 * 1000 },
@@ -113,8 +132,11 @@ export const text2kg: Handler<'text2kg'> = {
             };
             edges.set(key, edge);
           }
-          if (!edge.evidence.some((e) => e.interpretation_id === row.interpretation_id))
-            edge.evidence.push({ interpretation_id: row.interpretation_id, quote: r.quote });
+          const score = quoteScore(r.quote, source, target);
+          const seen = edge.evidence.find((e) => e.interpretation_id === row.interpretation_id);
+          if (!seen)
+            edge.evidence.push({ interpretation_id: row.interpretation_id, quote: r.quote, score });
+          else if (score > (seen.score ?? 0)) Object.assign(seen, { quote: r.quote, score });
         }
       }
       await ctx.progress(0);
@@ -128,6 +150,7 @@ export const text2kg: Handler<'text2kg'> = {
     }
     graph.nodes = [...used];
     graph.edges = [...edges.values()];
+    graph.max_evidence_per_edge = ctx.config.HD_KG_MAX_EVIDENCE_PER_EDGE;
     await ctx.progress(50, 'postprocessing');
     const written = await ctx.outputs.writeDocumentGraph(graph);
     return {
