@@ -218,6 +218,8 @@ export const configSchema = z.object({
   HD_LLM_RETRY_MAX_MS: positiveInt.default(60_000),
   /** LLM stages: `json_schema` (structured output), `json_object` (JSON mode, schema in the prompt) or `prompt` (no response_format); a refused one steps down by itself. Default: the model family's (json_schema). */
   HD_LLM_RESPONSE_FORMAT: z.enum(['json_schema', 'json_object', 'prompt']).optional(),
+  /** Set by the scheduler for runners behind its LLM gateway: the provider's base URL (no credentials), read by the model-family table only, never called. Default HD_LLM_BASE_URL. */
+  HD_LLM_PROVIDER_URL: z.string().url().optional(),
   /** LLM stages: JSON array of capability rules tried before the built-in table, e.g. `[{"model":"^my-r1","family":"openai-reasoning"}]` (fields model, base_url: regular expressions; family: openai-reasoning|openai|vllm|ollama|generic; token_limit, temperature, response_format). Default none. */
   HD_LLM_MODEL_FAMILIES: z
     .string()

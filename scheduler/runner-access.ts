@@ -13,6 +13,7 @@ import { privateSigningKey, signJobToken, type JobTokenKey } from '../control-pl
 import { signedUrlKey } from '../control-plane/storage/signed-urls.ts';
 import type { Resources } from '../runner/handler.ts';
 import { llmSettings } from '../runner/llm/client.ts';
+import { providerHint } from '../runner/llm/families.ts';
 import type { LlmGateway } from './llm-gateway/server.ts';
 
 /** Makes signed download URLs (Supabase Storage `createSignedUrls`); absent objects are left out. */
@@ -85,8 +86,12 @@ export class RunnerAccess {
     );
     if (gateway) {
       this.#gateway = gateway;
-      if (llmSettings(config).baseURL) {
+      const provider = llmSettings(config).baseURL;
+      if (provider) {
         this.baseEnv.HD_LLM_BASE_URL = gateway.url;
+        // The model-family table reads the provider's URL (runner/llm/families.ts).
+        const hint = providerHint(provider);
+        if (hint) this.baseEnv.HD_LLM_PROVIDER_URL = hint;
         this.#gatewayKeys.push('HD_LLM_API_KEY');
       }
       if (config.HD_TRANSCRIBE_BASE_URL) {

@@ -1,4 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest';
+import type { LeasedJob } from '../contract/jobs.ts';
 import { HdError } from '../contract/errors.ts';
 import { ConfigError, loadConfig } from '../control-plane/config.ts';
 import { createLogger } from '../control-plane/logger.ts';
@@ -6,12 +7,15 @@ import { LlmClient, llmSettings } from '../runner/llm/client.ts';
 import { resolveCapabilities } from '../runner/llm/families.ts';
 import { INTERPRETATION_PROMPT } from '../runner/llm/prompts.ts';
 import { refusedParameter } from '../runner/llm/refusals.ts';
+import { startLlmGateway } from '../scheduler/llm-gateway/start.ts';
+import { RunnerAccess } from '../scheduler/runner-access.ts';
+import { createTestDatabase } from './helpers/database.ts';
 import {
   startOpenAiStandIn,
   type OpenAiStandIn,
   type StandInFamily,
 } from './helpers/openai-server.ts';
-import { memoryLogger } from './helpers/runtime.ts';
+import { ACCOUNT_A, memoryLogger, tempDir, testConfig } from './helpers/runtime.ts';
 
 // OpenAI, vLLM and Ollama cannot run here: local stand-in servers speak their wire format
 // and refuse what each family's documentation says it refuses (FAMILY_RULES in
@@ -270,5 +274,62 @@ describe('model families', () => {
     expect(() => loadConfig({ HD_LLM_MODEL_FAMILIES: '{nope' })).toThrow(
       /HD_LLM_MODEL_FAMILIES: not JSON/,
     );
+  });
+
+  it("works through the scheduler's LLM gateway: refusals pass through, the provider's URL reaches the table", async () => {
+    const provider = await standIn('openai-reasoning');
+    const t = await createTestDatabase();
+    try {
+      const config = testConfig(t.url, await tempDir(), {
+        HD_LLM_BASE_URL: provider.url,
+        HD_LLM_API_KEY: 'sk-provider-key',
+        HD_LLM_MODEL: 'gw-reasoner',
+        // A rule on the provider's URL: only the hint tells the runner it is behind it.
+        HD_LLM_MODEL_FAMILIES: JSON.stringify([
+          { base_url: `^${provider.url.replace(/[.]/g, '\\.')}`, family: 'openai' },
+        ]),
+      });
+      const gateway = (await startLlmGateway(config, t.db, silent))!;
+      try {
+        const queued = await t.db.enqueueJob({
+          accountId: ACCOUNT_A,
+          jobType: 'extract_interpretations',
+          debug: {},
+        });
+        const [job] = await t.db.claimJobs({
+          workerId: 'families',
+          leaseSeconds: 60,
+          jobId: queued.id,
+        });
+        const credential = await gateway.issue(job as LeasedJob, new Date(Date.now() + 3600_000));
+        // The runner's environment as the scheduler makes it, with its job's credential.
+        const env = new RunnerAccess(config, t.db, undefined, gateway).baseEnv;
+        expect(env.HD_LLM_BASE_URL).toBe(gateway.url);
+        expect(env.HD_LLM_PROVIDER_URL).toBe(provider.url);
+        const runner = () =>
+          new LlmClient(llmSettings(loadConfig({ ...env, HD_LLM_API_KEY: credential })), {
+            log: silent,
+            signal: new AbortController().signal,
+          });
+        // The openai row (from the provider's URL) sends max_completion_tokens from the first
+        // request; temperature is refused by the provider through the gateway and dropped.
+        const result = await ask(runner());
+        expect(result.usage.requests).toBe(2);
+        expect(optional(provider).map((r) => [r.max_tokens, r.temperature])).toEqual([
+          [undefined, 0],
+          [undefined, undefined],
+        ]);
+        expect(provider.requests.every((r) => r.authorization === 'Bearer sk-provider-key')).toBe(
+          true,
+        );
+        provider.reset();
+        await ask(runner());
+        expect(provider.requests).toHaveLength(1);
+      } finally {
+        await gateway.close();
+      }
+    } finally {
+      await t.drop();
+    }
   });
 });

@@ -24,6 +24,8 @@ export const OPENAI_BASE_URL = 'https://api.openai.com/v1';
 
 export interface LlmSettings {
   baseURL: string | undefined;
+  /** The provider behind a gateway at baseURL, for the family table (HD_LLM_PROVIDER_URL). */
+  providerURL: string | undefined;
   apiKey: string | undefined;
   model: string;
   concurrency: number;
@@ -42,6 +44,7 @@ export interface LlmSettings {
 export function llmSettings(config: Config): LlmSettings {
   return {
     baseURL: config.HD_LLM_BASE_URL ?? (config.HD_LLM_API_KEY ? OPENAI_BASE_URL : undefined),
+    providerURL: config.HD_LLM_PROVIDER_URL,
     apiKey: config.HD_LLM_API_KEY,
     model: config.HD_LLM_MODEL,
     concurrency: config.HD_LLM_CONCURRENCY,
@@ -105,10 +108,10 @@ export class LlmClient {
 
   /** What the next request sends: what the endpoint refused so far, else the family table. */
   capabilities(): Capabilities {
-    const { baseURL, model, familyRules, responseFormat } = this.settings;
+    const { baseURL, providerURL, model, familyRules, responseFormat } = this.settings;
     const learned = learnedCapabilities(baseURL, model);
     if (learned) return learned.capabilities;
-    const guessed = resolveCapabilities(model, baseURL, familyRules);
+    const guessed = resolveCapabilities(model, providerURL ?? baseURL, familyRules);
     return responseFormat ? { ...guessed, responseFormat } : guessed;
   }
 

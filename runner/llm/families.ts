@@ -98,6 +98,20 @@ export function resolveCapabilities(
   };
 }
 
+/**
+ * What a runner behind the scheduler's gateway is told about the provider: its base URL
+ * without user, password, query or fragment (the table reads host and path only).
+ */
+export function providerHint(baseURL: string | undefined): string | undefined {
+  if (!baseURL) return undefined;
+  try {
+    const url = new URL(baseURL);
+    return `${url.protocol}//${url.host}${url.pathname}`;
+  } catch {
+    return undefined;
+  }
+}
+
 /** HD_LLM_MODEL_FAMILIES: a JSON array of rules, checked once when the config is read. */
 export function parseFamilyRules(text: string | undefined): FamilyRule[] {
   if (!text) return [];
