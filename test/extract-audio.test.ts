@@ -1,66 +1,33 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { multipartField } from '../scheduler/llm-gateway/server.ts';
 import { OpenAiTranscriber } from '../runner/extract/transcribe.ts';
 import { ACCOUNT_A, ACCOUNT_B } from './helpers/runtime.ts';
 import { requireTools } from './fixtures/documents.ts';
 import { extractHarness } from './fixtures/extract-harness.ts';
+import { startOpenAiStandIn, type OpenAiStandIn } from './helpers/openai-server.ts';
 
-// OpenAI's transcription API cannot be reached from here: a small local HTTP server
-// stands in for it, speaking its wire format (multipart upload of `file` and `model` to
-// POST /v1/audio/transcriptions, JSON `{ text }` back). It cannot understand speech, so it
-// answers a fixed sentence per segment and records what it was sent. The audio itself
-// is real: spoken by espeak-ng, cut into segments by ffmpeg.
+// OpenAI's transcription API cannot be reached from here: the OpenAI stand-in
+// (test/helpers/openai-server.ts) speaks its wire format (multipart upload of `file` and
+// `model` to POST /v1/audio/transcriptions; `{ text }`, or verbose_json with timed
+// segments, back). It cannot understand speech, so it answers two sentences per piece
+// (0.4 s each, from the piece's start) and records what it was sent. The audio itself is
+// real: spoken by espeak-ng, cut into pieces by ffmpeg, whose cut points are real too.
 const h = extractHarness();
 const { addDocument, extract, chunksOf, statsOf, expectFailure } = h;
 
-interface Upload {
-  authorization: string | undefined;
-  model: string | undefined;
-  fileBytes: Buffer;
-}
-const uploads: Upload[] = [];
-let failWith: number | undefined;
-let server: Server;
-let baseURL: string;
+let openAi: OpenAiStandIn;
 let speech: Buffer;
+const uploads = () => openAi.requests.filter((r) => r.audio);
+// Two sentences per piece, together longer than the test's chunks of 100 characters.
+const heard = (n: number) =>
+  `Teil ${n}: Guten Tag aus dem Lautsprecher, dies ist eine kurze Ansage zum Testen. Satz zwei von Teil ${n} folgt hier.`;
 
 beforeAll(async () => {
   requireTools('espeak-ng', 'ffmpeg');
-  server = createServer((req, res) => {
-    const body: Buffer[] = [];
-    req.on('data', (part: Buffer) => body.push(part));
-    req.on('end', () => {
-      if (req.method !== 'POST' || req.url !== '/v1/audio/transcriptions') {
-        res.writeHead(404).end();
-        return;
-      }
-      if (failWith) {
-        res.writeHead(failWith, { 'content-type': 'application/json' });
-        res.end(JSON.stringify({ error: { message: 'stand-in failure', type: 'server_error' } }));
-        return;
-      }
-      const raw = Buffer.concat(body);
-      const text = raw.toString('latin1');
-      const model = /name="model"\r\n\r\n([^\r]*)\r\n/.exec(text)?.[1];
-      const fileStart = text.search(/name="file"; filename="[^"]*"\r\n(?:[^\r]+\r\n)*\r\n/);
-      const headerEnd = text.indexOf('\r\n\r\n', fileStart) + 4;
-      uploads.push({
-        authorization: req.headers.authorization,
-        model,
-        fileBytes: raw.subarray(headerEnd, headerEnd + 16),
-      });
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(
-        JSON.stringify({ text: `Segment ${uploads.length}: Guten Tag aus dem Lautsprecher.` }),
-      );
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  baseURL = `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1`;
+  openAi = await startOpenAiStandIn();
   const wav = join(h.work, 'speech.wav');
   execFileSync('espeak-ng', [
     '-v',
@@ -71,32 +38,116 @@ beforeAll(async () => {
   ]);
   speech = readFileSync(wav);
 });
-afterAll(() => new Promise<void>((resolve) => server.close(() => resolve())));
+afterAll(() => openAi.close());
+beforeEach(() => {
+  openAi.reset();
+  openAi.respond((r) => ({ kind: 'answer', content: heard(uploads().indexOf(r) + 1) }));
+});
 
 const env = () => ({
-  HD_TRANSCRIBE_BASE_URL: baseURL,
+  HD_TRANSCRIBE_BASE_URL: openAi.url,
   HD_TRANSCRIBE_API_KEY: 'test-key',
   HD_TRANSCRIBE_MODEL: 'whisper-stand-in',
   HD_TRANSCRIBE_SEGMENT_SECONDS: '1',
 });
 
 describe('extract_text: audio', () => {
-  it('cuts the audio with ffmpeg and transcribes each segment, in order', async () => {
+  it('cuts the audio with ffmpeg and transcribes each piece, in order, each chunk with when it was said', async () => {
     const doc = await addDocument(ACCOUNT_A, [{ name: 'ansage.wav', content: speech }]);
-    uploads.length = 0;
-    const stats = statsOf(await extract(doc, { env: env() }));
+    const stats = statsOf(
+      await extract(doc, {
+        env: env(),
+        debug: { chunk_target_chars: 100, chunk_overlap_chars: 0 },
+      }),
+    );
     expect(stats.file_types).toEqual({ audio: 1 });
-    // espeak speaks that sentence in about three seconds: several one-second segments.
-    expect(uploads.length).toBeGreaterThanOrEqual(2);
-    for (const upload of uploads) {
-      expect(upload).toMatchObject({ authorization: 'Bearer test-key', model: 'whisper-stand-in' });
+    // espeak speaks that sentence in about three seconds: several one-second pieces.
+    const sent = uploads();
+    expect(sent.length).toBeGreaterThanOrEqual(3);
+    for (const upload of sent) {
+      expect(upload.authorization).toBe('Bearer test-key');
+      const raw = upload.audio!.raw;
+      expect(multipartField(raw, 'model')).toBe('whisper-stand-in');
+      expect(multipartField(raw, 'response_format')).toBe('verbose_json');
       // Each upload is MP3 (an ID3 tag or an MPEG frame header).
-      const head = upload.fileBytes;
-      expect(head.subarray(0, 3).toString('latin1') === 'ID3' || head[0] === 0xff).toBe(true);
+      const text = raw.toString('latin1');
+      const file = text.indexOf('\r\n\r\n', text.indexOf('name="file"')) + 4;
+      expect(raw.subarray(file, file + 3).toString('latin1') === 'ID3' || raw[file] === 0xff).toBe(
+        true,
+      );
     }
-    const text = (await chunksOf(doc)).map((c) => c.content).join('\n\n');
-    expect(text).toMatch(/^Segment 1: Guten Tag aus dem Lautsprecher\.\s+Segment 2:/);
-    expect(text).toContain(`Segment ${uploads.length}:`);
+    const chunks = await chunksOf(doc);
+    const text = chunks.map((c) => c.content).join('\n\n');
+    expect(text).toMatch(
+      /^Teil 1: Guten Tag aus dem Lautsprecher, .* zum Testen\.\s+Satz zwei von Teil 1 folgt hier\.\s+Teil 2:/,
+    );
+    expect(text).toContain(`Teil ${sent.length}:`);
+    // Each piece of about one second starts where ffmpeg cut it (a whole number of MP3
+    // frames past the full second); its sentences are 0.4 s each from there.
+    const pieceStart = (n: number) => {
+      const chunk = chunks.find((c) => c.content.startsWith(`Teil ${n}:`));
+      return Number(chunk.seconds_start);
+    };
+    expect(pieceStart(1)).toBe(0);
+    for (let n = 2; n <= sent.length; n += 1) {
+      expect(pieceStart(n)).toBeGreaterThanOrEqual(n - 1);
+      expect(pieceStart(n)).toBeLessThan(n - 1 + 0.1);
+    }
+    // A chunk is said from its first sentence's start to its last one's end.
+    for (const chunk of chunks) {
+      const piece = Number(/Teil (\d+)/.exec(chunk.content)![1]);
+      const second = chunk.content.startsWith('Satz zwei');
+      const [from, to] = [Number(chunk.seconds_start), Number(chunk.seconds_end)];
+      expect(from - pieceStart(piece)).toBeCloseTo(second ? 0.4 : 0, 3);
+      expect(to - pieceStart(piece)).toBeCloseTo(
+        second || chunk.content.includes('Satz zwei') ? 0.8 : 0.4,
+        3,
+      );
+      expect(chunk).toMatchObject({ page_start: null, page_end: null });
+    }
+    expect(chunks.some((c) => c.content.startsWith('Satz zwei'))).toBe(true);
+  }, 60_000);
+
+  it('an endpoint without verbose_json (gpt-4o-transcribe) still gives each piece its time', async () => {
+    // OpenAI answers 400 for response_format verbose_json with gpt-4o-transcribe.
+    openAi.respond((r) =>
+      multipartField(r.audio!.raw, 'response_format') === 'verbose_json'
+        ? {
+            kind: 'status',
+            status: 400,
+            body: {
+              error: {
+                message:
+                  "response_format 'verbose_json' is not compatible with model 'gpt-4o-transcribe', use 'json' or 'text'",
+                type: 'invalid_request_error',
+                param: 'response_format',
+                code: 'unsupported_value',
+              },
+            },
+          }
+        : {
+            kind: 'answer',
+            content: heard(
+              uploads()
+                .filter((u) => !multipartField(u.audio!.raw, 'response_format'))
+                .indexOf(r) + 1,
+            ),
+          },
+    );
+    const doc = await addDocument(ACCOUNT_A, [{ name: 'ohne-zeiten.wav', content: speech }]);
+    statsOf(await extract(doc, { env: env() }));
+    // Refused once, then plain json for every piece.
+    const formats = uploads().map((u) => multipartField(u.audio!.raw, 'response_format') ?? 'json');
+    expect(formats[0]).toBe('verbose_json');
+    expect(formats.slice(1).every((f) => f === 'json')).toBe(true);
+    // A piece is known only as a whole: from where ffmpeg cut it to its end.
+    const chunks = await chunksOf(doc);
+    expect(Number(chunks[0].seconds_start)).toBe(0);
+    // espeak's sentence is about 3.5 s long; the last chunk ends with it.
+    expect(Number(chunks.at(-1).seconds_end)).toBeGreaterThan(3);
+    for (const chunk of chunks) {
+      expect(Number(chunk.seconds_end)).toBeGreaterThan(Number(chunk.seconds_start));
+    }
   }, 60_000);
 
   it('fails clearly without a configured endpoint, and retries when the endpoint fails', async () => {
@@ -107,24 +158,20 @@ describe('extract_text: audio', () => {
       'UNSUPPORTED_FILE',
       /needs a transcription endpoint, and none is configured \(HD_TRANSCRIBE_BASE_URL\)/,
     );
-    failWith = 503;
-    try {
-      const outcome = await extract(doc, { env: env() });
-      expect(outcome.outcome).toBe('retrying');
-      if (outcome.outcome === 'retrying') {
-        expect(outcome.error).toMatchObject({ code: 'LLM_FAILED', retryable: true });
-        expect(outcome.error.message).toMatch(/ohne\.wav: the transcription endpoint answered 503/);
-      }
-      failWith = 400;
-      const bad = await extract(doc, { env: env() });
-      expect(bad).toMatchObject({
-        outcome: 'failed',
-        error: { code: 'LLM_FAILED', retryable: false },
-      });
-      expect(await chunksOf(doc)).toEqual([]);
-    } finally {
-      failWith = undefined;
+    openAi.respond(() => ({ kind: 'status', status: 503 }));
+    const outcome = await extract(doc, { env: env() });
+    expect(outcome.outcome).toBe('retrying');
+    if (outcome.outcome === 'retrying') {
+      expect(outcome.error).toMatchObject({ code: 'LLM_FAILED', retryable: true });
+      expect(outcome.error.message).toMatch(/ohne\.wav: the transcription endpoint answered 503/);
     }
+    openAi.respond(() => ({ kind: 'status', status: 400 }));
+    const bad = await extract(doc, { env: env() });
+    expect(bad).toMatchObject({
+      outcome: 'failed',
+      error: { code: 'LLM_FAILED', retryable: false },
+    });
+    expect(await chunksOf(doc)).toEqual([]);
   }, 60_000);
 });
 
@@ -161,7 +208,6 @@ describe('extract_text: audio sandbox', () => {
     const doc = await addDocument(ACCOUNT_A, [
       { name: 'voice-note.mp3', content: hlsBehindId3(target), mime: 'audio/mpeg' },
     ]);
-    uploads.length = 0;
     const outcome = await extract(doc, { env: env() });
     await expectFailure(
       outcome,
@@ -169,7 +215,7 @@ describe('extract_text: audio sandbox', () => {
       'UNSUPPORTED_FILE',
       /voice-note\.mp3: the file is a media playlist/,
     );
-    expect(uploads).toEqual([]);
+    expect(uploads()).toEqual([]);
   }, 60_000);
 
   it('ffmpeg reads only the one file, as the sniffed format, even if the sniffing missed a playlist', async () => {
@@ -177,7 +223,7 @@ describe('extract_text: audio sandbox', () => {
     const attack = join(h.work, 'voice-note.mp3');
     writeFileSync(attack, hlsBehindId3(target));
     const transcriber = new OpenAiTranscriber({
-      baseURL,
+      baseURL: openAi.url,
       apiKey: 'test-key',
       model: 'whisper-stand-in',
       segmentSeconds: 1,
@@ -185,7 +231,6 @@ describe('extract_text: audio sandbox', () => {
       maxMemoryMb: 1024,
       workDir: h.work,
     });
-    uploads.length = 0;
     const signal = new AbortController().signal;
     // As MP3 (what the bytes claim) the playlist is no audio: a clear refusal.
     await expect(
@@ -194,11 +239,11 @@ describe('extract_text: audio sandbox', () => {
       code: 'INVALID_INPUT',
       message: expect.stringMatching(/^voice-note\.mp3: the audio could not be decoded as mp3/),
     });
-    expect(uploads).toEqual([]);
+    expect(uploads()).toEqual([]);
     // The same transcriber reads B's real MP3 when it is the file it was given.
-    await expect(transcriber.transcribe(target, 'audio/mpeg', 'b.mp3', signal)).resolves.toMatch(
-      /Segment 1/,
-    );
-    expect(uploads.length).toBeGreaterThan(0);
+    await expect(
+      transcriber.transcribe(target, 'audio/mpeg', 'b.mp3', signal),
+    ).resolves.toMatchObject({ text: expect.stringMatching(/^Teil 1: Guten Tag/) });
+    expect(uploads().length).toBeGreaterThan(0);
   }, 60_000);
 });

@@ -66,6 +66,9 @@ export interface ChunkRow {
   page_end: number | null;
   char_start: number;
   char_end: number;
+  /** Transcripts: when the chunk was said, in seconds from the start (00020). */
+  seconds_start?: number | undefined;
+  seconds_end?: number | undefined;
   content_sha256: string;
 }
 

@@ -28,6 +28,9 @@ export interface TextChunk {
   char_end: number;
   page_start: number | null;
   page_end: number | null;
+  /** Transcripts: when the chunk was said, in seconds from the start of the recording. */
+  seconds_start?: number;
+  seconds_end?: number;
 }
 
 const PARAGRAPH_END = /\n[ \t]*\n/g;
@@ -193,16 +196,24 @@ function skipSpace(text: string, at: number): number {
 
 /** The page that the character at `offset` is on, or null for text without pages. */
 export function pageAt(pages: readonly PageStart[], offset: number): number | null {
+  return (spanAt(pages, offset) ?? pages[0])?.page ?? null;
+}
+
+/** The last of `spans` (in increasing order of `start`) that starts at or before `offset`. */
+export function spanAt<T extends { start: number }>(
+  spans: readonly T[],
+  offset: number,
+): T | undefined {
   let lo = 0;
-  let hi = pages.length - 1;
-  let found: number | null = null;
+  let hi = spans.length - 1;
+  let found: T | undefined;
   while (lo <= hi) {
     const mid = (lo + hi) >> 1;
-    const entry = pages[mid]!;
+    const entry = spans[mid]!;
     if (entry.start <= offset) {
-      found = entry.page;
+      found = entry;
       lo = mid + 1;
     } else hi = mid - 1;
   }
-  return found ?? pages[0]?.page ?? null;
+  return found;
 }

@@ -14,7 +14,7 @@ import { assertDeclaredMime, describe, readHead, sniff, type FileKind } from './
 import { readTextPieces } from './text-stream.ts';
 import { ToolFailure } from './tools.ts';
 import { normalizeText, visibleLength } from './text.ts';
-import type { Transcriber } from './transcribe.ts';
+import { chunkSeconds, type Transcriber } from './transcribe.ts';
 
 /** What a PDF needs (pdf.ts), and what the other types and the chunking need besides. */
 export interface ExtractSettings extends PdfSettings {
@@ -101,11 +101,20 @@ export async function extractFile(
           `${name}: ${describe(kind)} needs a transcription endpoint, and none is configured (HD_TRANSCRIBE_BASE_URL)`,
         );
       }
-      const text = normalizeText(
-        await settings.transcriber.transcribe(path, kind.mime, name, settings.signal),
+      const transcript = await settings.transcriber.transcribe(
+        path,
+        kind.mime,
+        name,
+        settings.signal,
       );
-      if (text === '') throw noText('transcription');
-      return { kind, ...chunked(text), pageCount: null, ocrPages: 0 };
+      if (transcript.text === '') throw noText('transcription');
+      const { chunks, characters } = chunked(transcript.text);
+      // When each chunk was said, as a PDF's chunks say which pages they are from.
+      const timed = chunks.map((chunk) => ({
+        ...chunk,
+        ...chunkSeconds(chunk, transcript.spans),
+      }));
+      return { kind, chunks: timed, characters, pageCount: null, ocrPages: 0 };
     }
     case 'pdf': {
       const pdf = await extractPdf(path, settings);

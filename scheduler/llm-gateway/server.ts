@@ -270,7 +270,7 @@ function parseJson(body: Buffer): Record<string, unknown> | undefined {
 }
 
 /** A text field of a multipart/form-data body (the transcription's `model`). */
-function multipartField(body: Buffer, name: string): string | undefined {
+export function multipartField(body: Buffer, name: string): string | undefined {
   const head = body.subarray(0, 64 * 1024).toString('latin1');
   return new RegExp(`name="${name}"\\r\\n(?:[^\\r\\n]+\\r\\n)*\\r\\n([^\\r\\n]{1,200})\\r\\n`).exec(
     head,

@@ -1,5 +1,6 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { multipartField } from '../../scheduler/llm-gateway/server.ts';
 import {
   readJsonBody,
   sendJson,
@@ -15,7 +16,10 @@ import {
  * day: 429 with Retry-After, 500s, malformed JSON, slow or hanging responses. It records
  * every request (body, Authorization header, when it arrived, whether the client aborted
  * it) and the most requests it had in flight at once. POST /v1/audio/transcriptions
- * (multipart) answers `{ text }` and records the raw body.
+ * (multipart) records the raw body and answers as OpenAI documents it: `{ text }`, or for
+ * `response_format=verbose_json` the transcript with its timed `segments`; it cannot hear,
+ * so its text is made up (`content` of an answer replaces it) and each sentence is
+ * said to take 0.4 s from the start of the upload.
  *
  * With `family`, it first checks a request the way that server family is DOCUMENTED to
  * (see FAMILY_RULES below): what it refuses with 400 and in which words, and what it
@@ -178,7 +182,8 @@ export async function startOpenAiStandIn(
         request.index,
       );
       if (reply.kind === 'answer' && reply.usage === false) delete completion.usage;
-      sendJson(res, 200, request.audio ? { text: 'stand-in transcript' } : completion);
+      const heard = reply.kind === 'answer' ? reply.content : undefined;
+      sendJson(res, 200, request.audio ? transcription(request, heard) : completion);
     }
     request.answered = true;
   };
@@ -250,6 +255,32 @@ export async function startOpenAiStandIn(
         server.closeAllConnections();
         server.close((error) => (error ? reject(error) : resolve()));
       }),
+  };
+}
+
+/** OpenAI's answer to a transcription (API reference: the transcription, verbose_json). */
+function transcription(request: RecordedRequest, heard?: string): Record<string, unknown> {
+  const text = heard ?? 'stand-in transcript';
+  if (multipartField(request.audio!.raw, 'response_format') !== 'verbose_json') return { text };
+  const sentences = text.match(/[^.!?]+[.!?]*/g) ?? [text];
+  return {
+    task: 'transcribe',
+    language: 'german',
+    duration: 0.4 * sentences.length,
+    text,
+    segments: sentences.map((sentence, i) => ({
+      id: i,
+      seek: 0,
+      start: 0.4 * i,
+      end: 0.4 * (i + 1),
+      // Whisper's segment texts start with a space.
+      text: ` ${sentence.trim()}`,
+      tokens: [50364, 1044],
+      temperature: 0,
+      avg_logprob: -0.25,
+      compression_ratio: 1.2,
+      no_speech_prob: 0.01,
+    })),
   };
 }
 
