@@ -10,7 +10,7 @@ import {
   runToCompletion,
   useStandInStages,
 } from './helpers/llm-stages.ts';
-import type { OpenAiStandIn } from './helpers/openai-server.ts';
+import { waitUntil, type OpenAiStandIn } from './helpers/openai-server.ts';
 import { ACCOUNT_A, ACCOUNT_B, putObject } from './helpers/runtime.ts';
 
 // Real PostgreSQL and fs storage; the model endpoint is the local stand-in server
@@ -244,6 +244,80 @@ describe('graph hygiene', () => {
     expect(await edge()).toMatchObject({ evidence: [], evidence_dropped: 1 });
     await t.sql.query(`delete from hd_asset_chunks where document_id = $1`, [docs[1]]);
     expect(await edge()).toBeUndefined();
+  });
+
+  it("takes turns with other writers of the account's graph: a deletion and a write waiting on a write in progress all land", async () => {
+    const [x, y, z] = [newDocument(), newDocument(), newDocument()];
+    for (const [i, doc] of [x, y, z].entries()) {
+      await insertChunks(t, ACCOUNT_B, doc, [`Kilo Corp supplies Lima Corp. Marker ${i}.`]);
+      await runToCompletion(
+        t,
+        config,
+        (await enqueueStage(t, 'extract_interpretations', ACCOUNT_B, doc)).id,
+      );
+    }
+    await runToCompletion(t, config, (await enqueueStage(t, 'text2kg', ACCOUNT_B, x)).id);
+    const kgZ = await enqueueStage(t, 'text2kg', ACCOUNT_B, z);
+    // Document y's graph write, as text2kg sends it, left open in its transaction: it holds
+    // the account's lock and has changed the shared edge, not yet committed.
+    const queued = await enqueueStage(t, 'text2kg', ACCOUNT_B, y);
+    const [kgY] = await t.db.claimJobs({ workerId: 'hygiene', leaseSeconds: 60, jobId: queued.id });
+    const { rows: interpretations } = await t.sql.query<{ id: string }>(
+      `select id from hd_interpretations where document_id = $1`,
+      [y],
+    );
+    const nodes = ['Kilo Corp', 'Lima Corp'].map((label) => ({
+      node_type: 'organization',
+      label,
+      normalized_label: label.toLowerCase(),
+    }));
+    const edges = [
+      {
+        source_type: 'organization',
+        source_key: 'kilo corp',
+        relation: 'supplies',
+        target_type: 'organization',
+        target_key: 'lima corp',
+        evidence: [
+          {
+            interpretation_id: interpretations[0]!.id,
+            quote: 'Kilo Corp supplies Lima Corp',
+            score: 1,
+          },
+        ],
+      },
+    ];
+    const writer = await t.sql.connect();
+    try {
+      await writer.query('begin');
+      await writer.query(`select * from hd_write_document_graph($1, $2, $3, $4)`, [
+        kgY!.id,
+        kgY!.lease_token,
+        JSON.stringify(nodes),
+        JSON.stringify(edges),
+      ]);
+      const pending = Promise.all([
+        runToCompletion(t, config, kgZ.id),
+        t.sql.query(`delete from hd_asset_chunks where document_id = $1`, [x]),
+      ]);
+      await waitUntil('both waiting on the write in progress', async () => {
+        const { rows } = await t.sql.query(
+          `select count(*)::int n from pg_stat_activity
+            where datname = current_database() and wait_event_type = 'Lock'`,
+        );
+        return rows[0].n >= 2;
+      });
+      await writer.query('commit');
+      await pending;
+    } finally {
+      writer.release();
+    }
+    const edge = (await rowsOf(t, 'hd_kg_edges', ACCOUNT_B)).find(
+      (e) => e.relation === 'supplies' && JSON.stringify(e.evidence).includes(z),
+    )!;
+    const documents = (edge.evidence as { document_id: string }[]).map((e) => e.document_id);
+    expect(documents.sort()).toEqual([y, z].sort());
+    expect(edge.evidence_dropped).toBe(0);
   });
 });
 
