@@ -80,7 +80,8 @@ describe('model families', () => {
   it('learns a reasoning model the table does not know from its 400s, once per model for the process', async () => {
     const server = await standIn('openai-reasoning');
     const { log, lines } = memoryLogger('warn');
-    const first = await ask(client(server, { HD_LLM_MODEL: 'in-house-reasoner' }, log));
+    const c1 = client(server, { HD_LLM_MODEL: 'in-house-reasoner' }, log);
+    const first = await ask(c1);
     expect(first.usage).toMatchObject({ requests: 3, retries: 0 });
     expect(optional(server)).toEqual([
       {
@@ -104,6 +105,13 @@ describe('model families', () => {
     ]);
     expect(lines.join('\n')).toMatch(/refused max_tokens .*refused temperature/s);
 
+    // What was learned shows in the job's stats (debug.stats.llm).
+    expect(c1.meter.stats().request_shape).toEqual({
+      family: 'generic',
+      tokenLimit: 'max_completion_tokens',
+      temperature: false,
+      responseFormat: 'json_schema',
+    });
     // A second client in the same process (the next stage's calls) starts from what was learned.
     server.reset();
     const second = await ask(client(server, { HD_LLM_MODEL: 'in-house-reasoner' }));

@@ -209,6 +209,7 @@ export class LlmClient {
           { signal, timeout: this.settings.timeoutMs, maxRetries: 0 },
         );
         if (!addReported(usage, completion.usage)) this.meter.unreported += 1;
+        this.meter.capabilities = capabilities;
         return completion;
       } catch (error) {
         if (signal.aborted) throw signal.reason;

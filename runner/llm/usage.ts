@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import type { Capabilities } from './families.ts';
 
 /** Token usage of one structured call (all its HTTP attempts and its repair). */
 export interface CallUsage {
@@ -67,6 +68,9 @@ export class UsageMeter {
   completion_tokens = 0;
   total_tokens = 0;
 
+  /** What the last answered request carried (the family table plus what was learned). */
+  capabilities: Capabilities | undefined;
+
   readonly model: string;
   readonly prices: Prices;
 
@@ -100,6 +104,7 @@ export class UsageMeter {
       total_tokens: this.total_tokens,
       cost_usd_estimate: estimateCostUsd(this, this.prices),
       prices_usd_per_mtok: { input: this.prices.inputPerMTok, output: this.prices.outputPerMTok },
+      ...(this.capabilities ? { request_shape: this.capabilities } : {}),
     };
   }
 }
