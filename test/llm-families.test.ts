@@ -60,6 +60,14 @@ const optional = (server: OpenAiStandIn) =>
     response_format: body.response_format?.type,
   }));
 
+/** A request as OpenAI's reasoning models take it. */
+const asReasoning = (maxCompletionTokens: number) => ({
+  temperature: undefined,
+  max_tokens: undefined,
+  max_completion_tokens: maxCompletionTokens,
+  response_format: 'json_schema',
+});
+
 describe('model families', () => {
   it('sends an OpenAI reasoning model max_completion_tokens and no temperature from the table', async () => {
     const server = await standIn('openai-reasoning');
@@ -67,14 +75,7 @@ describe('model families', () => {
       client(server, { HD_LLM_MODEL: 'o4-mini', HD_LLM_MAX_OUTPUT_TOKENS: '900' }),
     );
     expect(result.value.relations).toHaveLength(1);
-    expect(optional(server)).toEqual([
-      {
-        temperature: undefined,
-        max_tokens: undefined,
-        max_completion_tokens: 900,
-        response_format: 'json_schema',
-      },
-    ]);
+    expect(optional(server)).toEqual([asReasoning(900)]);
   });
 
   it('learns a reasoning model the table does not know from its 400s, once per model for the process', async () => {
@@ -136,14 +137,7 @@ describe('model families', () => {
     expect(server.requests.length).toBeLessThanOrEqual(18);
     server.reset();
     await ask(c);
-    expect(optional(server)).toEqual([
-      {
-        temperature: undefined,
-        max_tokens: undefined,
-        max_completion_tokens: 4096,
-        response_format: 'json_schema',
-      },
-    ]);
+    expect(optional(server)).toEqual([asReasoning(4096)]);
   });
 
   it('keeps max_tokens and temperature for vLLM and Ollama, and Ollama never gets max_completion_tokens', async () => {
