@@ -13,6 +13,10 @@ export const ERROR_CODES = {
   FILE_NOT_FOUND: { retryable: false, summary: 'an input file does not exist in storage' },
   DOWNLOAD_FAILED: { retryable: true, summary: 'an input file could not be downloaded' },
   UPLOAD_FAILED: { retryable: true, summary: 'a file could not be uploaded to storage' },
+  OUTPUT_LIMIT_EXCEEDED: {
+    retryable: false,
+    summary: "the job's uploaded results would exceed its output limit (max_output_bytes)",
+  },
   STORAGE_UNAUTHORIZED: {
     retryable: false,
     summary:

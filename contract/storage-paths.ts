@@ -18,6 +18,14 @@ export function tenantPrefix(accountId: string): string {
   return `accounts/${accountId}/`;
 }
 
+/** The private bucket of job results (artifacts, migration 00017). */
+export const OUTPUTS_BUCKET = 'hd_outputs';
+
+/** Where a job's artifacts lie: `accounts/{account_id}/jobs/{job_id}/` of OUTPUTS_BUCKET. */
+export function jobOutputPrefix(accountId: string, jobId: string): string {
+  return `${tenantPrefix(accountId)}jobs/${jobId}/`;
+}
+
 function refuser(path: unknown, accountId?: string) {
   return (why: string): never => {
     throw new HdError(

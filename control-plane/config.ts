@@ -99,6 +99,16 @@ export const configSchema = z.object({
   HD_JOB_TOKEN: z.string().min(20).optional(),
   /** Set by the scheduler for one runner (supabase storage): JSON map of `bucket/key` to a signed download URL of each input object (secret). */
   HD_JOB_STORAGE_URLS: z.string().min(2).optional(),
+  /** Set by the scheduler for its runners (supabase storage, scoped credentials): where a runner asks for a signed upload URL of each artifact. */
+  HD_UPLOAD_GRANT_URL: z.url().optional(),
+  /** Scheduler, supabase storage with scoped credentials: host:port where runners ask for artifact upload URLs (reachable from runner containers: a bridge network needs the bridge's address). Default 127.0.0.1:0 (any free port). */
+  HD_UPLOAD_GRANT_ADDRESS: z
+    .string()
+    .regex(
+      /^([0-9.]+|localhost|\[[0-9a-fA-F:]+\]):\d{1,5}$/,
+      'an IP address (or localhost) and port, host:port',
+    )
+    .default('127.0.0.1:0'),
   /** Longest one REST call of the supabase transport may take, in ms. Default 30000. */
   HD_SUPABASE_TIMEOUT_MS: positiveInt.default(30_000),
   /** Supabase Realtime wake-ups on new/cancelled jobs (supabase transport; polling stays on): `true`/`false`. Default false. */

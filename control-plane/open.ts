@@ -50,7 +50,8 @@ export function openDb(
 /** The configured storage backend. */
 export function openStorage(config: Config): StorageBackend {
   if (config.HD_STORAGE === 'supabase') {
-    if (config.HD_JOB_STORAGE_URLS) return new SignedUrlStorage(jobStorageUrls(config));
+    if (config.HD_JOB_STORAGE_URLS)
+      return new SignedUrlStorage(jobStorageUrls(config), config.HD_UPLOAD_GRANT_URL);
     return new SupabaseStorage({
       url: requireSetting(config, 'SUPABASE_URL', 'for the supabase storage'),
       serviceRoleKey: requireSetting(

@@ -16,6 +16,7 @@ import type {
   SynthesisResult,
   UpsertCounts,
 } from '../control-plane/db/transport.ts';
+import type { ArtifactUploader } from './artifacts.ts';
 import type { LlmClient } from './llm/client.ts';
 import type { JobPayload, JobType, LeasedJob } from '../contract/jobs.ts';
 
@@ -72,6 +73,8 @@ export interface HandlerContext<K extends JobType> {
   payload: JobPayload<K>;
   storage: TenantStorage;
   outputs: OutputWriter;
+  /** Stores result files under the job's own prefix of hd_outputs (runner/artifacts.ts). */
+  artifacts: Pick<ArtifactUploader, 'upload'>;
   /**
    * Reports progress (rate-limited; a new step goes out at once); throws LEASE_LOST/CANCELLED
    * when the lease is gone. The percent only rises within an attempt: SQL ignores a lower one.

@@ -16,6 +16,8 @@ import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
 import type { Logger } from '../control-plane/logger.ts';
 import { Redactor, secretsOf } from '../control-plane/redact.ts';
 import { TenantStorage, type StorageBackend } from '../control-plane/storage/storage.ts';
+import { artifactsOf } from '../control-plane/db/artifacts.ts';
+import { ArtifactUploader } from './artifacts.ts';
 import type { Handler, HandlerContext } from './handler.ts';
 import { loadHandler } from './handlers/load.ts';
 import { LlmClient, llmSettings } from './llm/client.ts';
@@ -224,6 +226,7 @@ function makeContext(
       recordSynthesis: (nodeId, synthesis) =>
         db.recordSynthesis(job.id, job.lease_token, nodeId, synthesis),
     },
+    artifacts: new ArtifactUploader(artifactsOf(db), options.storage, job),
     async progress(percent, step) {
       if (signal.aborted) throw signal.reason;
       const now = performance.now();

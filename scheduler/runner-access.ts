@@ -25,7 +25,7 @@ export type UrlSigner = (
 
 // Settings only the scheduler reads: they stay out of runners.
 const SCHEDULER_ONLY =
-  /^HD_(DOCKER_|GPU|LAUNCHER$|SLOTS$|JOB_TYPES$|POLL_INTERVAL_MS$|REAP_INTERVAL_MS$|RECONCILE_INTERVAL_MS$|SHUTDOWN_GRACE_MS$|RUNNER_|LLM_GATEWAY|LLM_LIMITS$|LLM_PRICES$|LLM_DAILY_TOKEN_BUDGET$|URL_INPUT_)/;
+  /^HD_(DOCKER_|GPU|LAUNCHER$|SLOTS$|JOB_TYPES$|POLL_INTERVAL_MS$|REAP_INTERVAL_MS$|RECONCILE_INTERVAL_MS$|SHUTDOWN_GRACE_MS$|RUNNER_|LLM_GATEWAY|LLM_LIMITS$|LLM_PRICES$|LLM_DAILY_TOKEN_BUDGET$|URL_INPUT_|UPLOAD_GRANT_ADDRESS$)/;
 // The provider keys the LLM gateway holds for runners (scheduler/llm-gateway/).
 const GATEWAY_KEYS = ['HD_LLM_API_KEY', 'HD_TRANSCRIBE_API_KEY'];
 // The scheduler's own credentials: a runner with a scoped credential never sees them.
@@ -46,8 +46,10 @@ const MAX_SIGNED_URLS_BYTES = 100_000;
  *   hd_runner, lease-checked functions of this job only), or a shared HD_RUNNER_DATABASE_URL;
  * - supabase transport: a JWT signed here per job (role hd_runner, claims job_id and
  *   account_id, expiring with the job's time limit), which PostgREST verifies;
- * - supabase storage: a signed URL per input object of the job, nothing else;
- * - fs storage: the launcher mounts only the job's account folder.
+ * - supabase storage: a signed URL per input object of the job, and HD_UPLOAD_GRANT_URL
+ *   where the scheduler signs upload URLs for the job's own output prefix (upload-grants.ts);
+ * - fs storage: the launcher mounts only the job's account folder, read-only, and its own
+ *   output folder writable.
  * With HD_RUNNER_CREDENTIALS=operator runners get the scheduler's own settings instead.
  * With the LLM gateway, runners reach the model endpoints through it with a credential of
  * their job's lease, never the provider's key (in either mode).

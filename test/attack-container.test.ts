@@ -12,6 +12,7 @@ import type { Launcher, LaunchRequest, RunnerExit } from '../scheduler/launcher.
 import { CONTAINER_STORAGE_ROOT, DockerLauncher } from '../scheduler/launchers/docker.ts';
 import { RunnerAccess } from '../scheduler/runner-access.ts';
 import { Scheduler } from '../scheduler/scheduler.ts';
+import { uploadGrantsFor, type UploadGrants } from '../scheduler/upload-grants.ts';
 import {
   A_OBJECT,
   B_OBJECT,
@@ -25,7 +26,14 @@ import {
 import { expectations, judge } from './helpers/attack-verdicts.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
 import { removeContainersOf, requireDocker, skipNote, testImage } from './helpers/docker.ts';
-import { ACCOUNT_A, ACCOUNT_B, putObject, tempDir, testConfig } from './helpers/runtime.ts';
+import {
+  ACCOUNT_A,
+  ACCOUNT_B,
+  memoryLogger,
+  putObject,
+  tempDir,
+  testConfig,
+} from './helpers/runtime.ts';
 import { startLocalSupabase, type LocalSupabase } from './helpers/supabase-proxy.ts';
 
 // Issue 11's attack suite. Tenant B's job runs in a real runner container, launched by the
@@ -125,7 +133,8 @@ async function seedTenantA(): Promise<AttackPlan['victim']> {
     [ACCOUNT_A, completed.id],
   );
   await one(
-    `insert into hd_job_artifacts (account_id, job_id, kind, bucket, storage_path) values ($1, $2, 'log', $3, $4)`,
+    `insert into hd_artifacts (account_id, job_id, kind, name, bucket, storage_path, content_type, size_bytes, sha256, attempt)
+     values ($1, $2, 'page_text', 'p1.md', $3, $4, 'text/markdown', 1, repeat('0', 64), 1)`,
     [ACCOUNT_A, completed.id, BUCKET, keyOf(ACCOUNT_A)],
   );
   const running = await claimed(ACCOUNT_A, documentId, 'victim-scheduler');
@@ -433,8 +442,11 @@ describe.skipIf(!d.available)(
         // The LLM provider key is still passed to runners until the LLM gateway issue lands
         // (docs/containers.md); not configured here, so it must not appear.
         expect(env.has('HD_LLM_API_KEY')).toBe(false);
+        const outputs = `hd_outputs/accounts/${ACCOUNT_B}`;
         expect(result.info.HostConfig.Binds).toEqual([
+          `${root}/${outputs}:${CONTAINER_STORAGE_ROOT}/${outputs}:ro`,
           `${root}/${BUCKET}/accounts/${ACCOUNT_B}:${CONTAINER_STORAGE_ROOT}/${BUCKET}/accounts/${ACCOUNT_B}:ro`,
+          `${root}/${outputs}/jobs/${result.job.id}:${CONTAINER_STORAGE_ROOT}/${outputs}/jobs/${result.job.id}:rw`,
         ]);
         expect(result.info.HostConfig.NetworkMode).toBe('host');
       });
@@ -574,6 +586,7 @@ describe.skipIf(!d.available)(
             expect.stringMatching(/^list the accounts of the bucket: B alone, got \[.*"aaaaaaaa/),
             `read A's object: succeeded: "${A_OBJECT}"`,
             `read A's object through my folder and ..: succeeded: "${A_OBJECT}"`,
+            "write into my job's output folder: refused: EROFS",
           ]);
         },
         CONTAINERS_TIMEOUT,
@@ -582,6 +595,7 @@ describe.skipIf(!d.available)(
 
     describe('supabase transport (real PostgREST, job JWT), supabase storage (stand-in)', () => {
       let supabase: LocalSupabase;
+      let grants: UploadGrants;
       let access: RunnerAccess;
       let before: Record<string, unknown[]>;
       let result: Attack;
@@ -594,6 +608,7 @@ describe.skipIf(!d.available)(
       beforeAll(async () => {
         supabase = await startLocalSupabase(t.url);
         await supabase.storage.createBucket(BUCKET);
+        await supabase.storage.createBucket('hd_outputs');
         await supabase.storage.putObject(BUCKET, keyOf(ACCOUNT_A), A_OBJECT, 'text/plain');
         await supabase.storage.putObject(BUCKET, keyOf(ACCOUNT_B), B_OBJECT, 'text/plain');
         const config = loadConfig({
@@ -607,8 +622,10 @@ describe.skipIf(!d.available)(
           SUPABASE_ANON_KEY: supabase.anonKey,
           SUPABASE_JWT_SECRET: supabase.postgrest.jwtSecret,
         });
+        // Where runners ask for artifact upload URLs, as hd-runner scheduler serves it.
+        grants = (await uploadGrantsFor(config, t.db, memoryLogger().log))!;
         access = new RunnerAccess(
-          config,
+          { ...config, HD_UPLOAD_GRANT_URL: grants.url },
           t.db,
           supabaseUrlSigner(supabase.url, supabase.serviceRoleKey),
         );
@@ -616,6 +633,7 @@ describe.skipIf(!d.available)(
         result = await attack(access);
       }, 600_000);
       afterAll(async () => {
+        await grants?.close();
         await supabase?.stop();
       });
 
@@ -629,6 +647,11 @@ describe.skipIf(!d.available)(
 
       it("leaves A's rows as they were; B's outputs naming A land in B", async () => {
         expect(await rowsOfA()).toEqual(before);
+        const aOutput = `accounts/${ACCOUNT_A}/jobs/${victim.runningJobId}/page_text/planted.md`;
+        expect(await supabase.storage.readObject('hd_outputs', aOutput)).toBeUndefined();
+        expect(await supabase.storage.readObject(BUCKET, keyOf(ACCOUNT_B))).toEqual(
+          Buffer.from(B_OBJECT),
+        );
         const { rows } = await t.sql.query(
           `select distinct account_id from hd_assets where title = 'planted'`,
         );

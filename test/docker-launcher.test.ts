@@ -224,9 +224,12 @@ describe.skipIf(!d.available)(`docker launcher${skipNote(d)}`, () => {
         NanoCpus: 1.5e9,
         NetworkMode: 'host',
         Privileged: false,
-        // Only the job's own account folder, read-only: other tenants are not there.
+        // Only the job's own account folder, read-only: other tenants are not there; its
+        // own output folder (artifacts) is the one writable place.
         Binds: [
+          `${root}/hd_outputs/accounts/${ACCOUNT_A}:/hd-storage/hd_outputs/accounts/${ACCOUNT_A}:ro`,
           `${root}/hd_uploads_raw/accounts/${ACCOUNT_A}:/hd-storage/hd_uploads_raw/accounts/${ACCOUNT_A}:ro`,
+          `${root}/hd_outputs/accounts/${ACCOUNT_A}/jobs/${job.id}:/hd-storage/hd_outputs/accounts/${ACCOUNT_A}/jobs/${job.id}:rw`,
         ],
       });
       // No credential of the scheduler's: role hd_runner's URL, no superuser, no service key.

@@ -20,6 +20,7 @@ const FUNCTIONS = parseMatrix(`
   has_role_on_account                 .    X             .         .            X
   # internal helpers: only the functions that use them (running as their owner) call them
   hd__apply_batch_deltas              .    .             .         .            .
+  hd__artifact_target                 .    .             .         .            .
   hd__assert_batch                    .    .             .         .            .
   hd__assert_runner_job               .    .             .         .            .
   hd__batch_bucket                    .    .             .         .            .
@@ -49,9 +50,11 @@ const FUNCTIONS = parseMatrix(`
   hd__valid_progress_step             .    .             .         .            .
   # take a lease token: a runner's whole reach
   hd_adopt_lease                      .    .             X         X            X
+  hd_begin_artifact                   .    .             X         X            X
   hd_complete_job                     .    .             X         X            X
   hd_count_chunks_to_interpret        .    .             X         X            X
   hd_fail_job                         .    .             X         X            X
+  hd_record_artifact                  .    .             X         X            X
   hd_get_node_context                 .    .             X         X            X
   hd_heartbeat                        .    .             X         X            X
   hd_list_chunks_to_interpret         .    .             X         X            X
@@ -103,6 +106,7 @@ const TABLES = parseMatrix(`
   #                      anon authenticated hd_runner hd_scheduler service_role
   accounts_memberships    -    -             -         -            -
   hd_account_limits       -    s             -         -            siudt
+  hd_artifacts            -    s             -         -            siudt
   hd_asset_chunks         -    s             -         -            siudt
   hd_assets               -    s             -         -            siudt
   hd_batches              -    s             -         s            siudt
@@ -110,7 +114,6 @@ const TABLES = parseMatrix(`
   hd_dynamics             -    s             -         -            siudt
   hd_ingestion_jobs       -    s             -         s            siudt
   hd_interpretations      -    s             -         -            siudt
-  hd_job_artifacts        -    s             -         -            siudt
   hd_job_logs             -    s             -         s            siudt
   hd_job_type_limits      -    -             -         -            siudt
   hd_kg_edges             -    s             -         -            siudt
@@ -134,6 +137,7 @@ const SCHEMAS = parseMatrix(`
 // The tables members read through RLS: their account's rows only, nothing else.
 const MEMBER_READ_TABLES = [
   'hd_account_limits',
+  'hd_artifacts',
   'hd_asset_chunks',
   'hd_assets',
   'hd_batches',
@@ -141,7 +145,6 @@ const MEMBER_READ_TABLES = [
   'hd_dynamics',
   'hd_ingestion_jobs',
   'hd_interpretations',
-  'hd_job_artifacts',
   'hd_job_logs',
   'hd_kg_edges',
   'hd_kg_nodes',

@@ -128,8 +128,9 @@ describe('row level security', () => {
                  select $1::uuid, id, 1, 'about A' from n where label = 'A' returning *),
          d as (insert into hd_dynamics (account_id, node_id, synthesis_id, change_kind)
                  select account_id, node_id, id, 'created' from s returning id)
-    insert into hd_job_artifacts (account_id, job_id, kind, bucket, storage_path)
-      values ($1::uuid, $2::uuid, 'probe', 'hd_uploads_raw', 'accounts/' || $1::uuid || '/artifact')`;
+    insert into hd_artifacts (account_id, job_id, kind, name, bucket, storage_path, content_type, size_bytes, sha256, attempt)
+      values ($1::uuid, $2::uuid, 'probe', 'a', 'hd_outputs', 'accounts/' || $1::uuid || '/artifact',
+              'text/plain', 1, repeat('0', 64), 1)`;
   afterAll(() => t.drop());
 
   /** Runs `sql` as a PostgREST request would: a role, and the JWT claims in a setting. */

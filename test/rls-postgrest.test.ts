@@ -79,7 +79,8 @@ async function seed(account: string) {
     [account, job],
   );
   await one(
-    `insert into hd_job_artifacts (account_id, job_id, kind, bucket, storage_path) values ($1, $2, 'log', 'b', 'p') returning id`,
+    `insert into hd_artifacts (account_id, job_id, kind, name, bucket, storage_path, content_type, size_bytes, sha256, attempt)
+     values ($1, $2, 'log', 'p', 'b', 'p', 'text/plain', 1, repeat('0', 64), 1) returning id`,
     [account, job],
   );
 }

@@ -18,6 +18,7 @@ import type { LlmGateway } from '../../scheduler/llm-gateway/server.ts';
 import { RunnerAccess } from '../../scheduler/runner-access.ts';
 import { handlerResources, Scheduler } from '../../scheduler/scheduler.ts';
 import { urlInputStagerFor } from '../../scheduler/url-input.ts';
+import { uploadGrantsFor } from '../../scheduler/upload-grants.ts';
 import { configFrom, loggerFor, stringOption, type Env, type ParsedArgs } from '../command.ts';
 
 // Runners inherit only these from the scheduler's own environment, plus hd-runner's config.
@@ -172,8 +173,10 @@ export async function schedulerCommand(args: ParsedArgs, env: Env): Promise<numb
   const db = openDb(config);
   // Holds the provider keys; runners get its URL and a credential of their lease.
   const gateway = await startLlmGateway(config, db, log);
+  // Runners with scoped Supabase credentials get their artifact upload URLs here.
+  const grants = await uploadGrantsFor(config, db, log);
   const scheduler = createScheduler(
-    config,
+    grants ? { ...config, HD_UPLOAD_GRANT_URL: grants.url } : config,
     db,
     log,
     env,
@@ -208,6 +211,7 @@ export async function schedulerCommand(args: ParsedArgs, env: Env): Promise<numb
     } finally {
       await gateway?.close();
       await metrics?.close();
+      await grants?.close();
       await db.close();
     }
   }

@@ -1,8 +1,11 @@
-import { copyFile, mkdir, realpath, rename, rm, stat } from 'node:fs/promises';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdir, realpath, rename, rm, stat } from 'node:fs/promises';
+import { pipeline } from 'node:stream/promises';
 import { dirname, join, resolve } from 'node:path';
 import { HdError } from '../../contract/errors.ts';
 import { assertBucketName, assertStorageKey } from '../../contract/storage-paths.ts';
-import type { LocalFile, StorageBackend } from './storage.ts';
+import { hashingStream } from './hash.ts';
+import type { LocalFile, StorageBackend, UploadCheck } from './storage.ts';
 
 /**
  * Storage backend `fs`: `{root}/{bucket}/{key}`. Downloads hand out the stored file
@@ -57,7 +60,13 @@ export class FsStorage implements StorageBackend {
     return { path: real, size: info.size };
   }
 
-  async upload(bucket: string, key: string, localPath: string): Promise<void> {
+  async upload(
+    bucket: string,
+    key: string,
+    localPath: string,
+    _contentType?: string,
+    check: UploadCheck = {},
+  ): Promise<void> {
     const bucketDir = this.#bucketDir(bucket);
     assertStorageKey(key);
     const target = join(bucketDir, key);
@@ -69,10 +78,13 @@ export class FsStorage implements StorageBackend {
         `storage object ${bucket}/${key} lies under a symbolic link (not followed)`,
       );
     }
-    // Copy then rename: readers never see a half-written object.
+    // Copy then rename: readers never see a half-written or mismatching object.
     const partial = `${target}.partial-${process.pid}`;
     try {
-      await copyFile(localPath, partial);
+      const hash = hashingStream();
+      await pipeline(createReadStream(localPath), hash, createWriteStream(partial));
+      if (check.sha256 && hash.sha256() !== check.sha256)
+        throw new Error(`the bytes stored hash to ${hash.sha256()}, not ${check.sha256}`);
       await rename(partial, target);
     } catch (error) {
       await rm(partial, { force: true });

@@ -1,5 +1,5 @@
 import { createWriteStream } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { rm, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -7,9 +7,10 @@ import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { z } from 'zod';
 import { HdError } from '../../contract/errors.ts';
 import { assertBucketName, assertStorageKey } from '../../contract/storage-paths.ts';
-import type { LocalFile, StorageBackend } from './storage.ts';
+import { sendFile } from './send-file.ts';
+import type { LocalFile, StorageBackend, UploadCheck } from './storage.ts';
 import { mapStorageError } from './supabase-errors.ts';
-import { authHeaders, noAnswer, readFailure, storageBaseUrl } from './supabase-http.ts';
+import { authHeaders, noAnswer, objectUrl, readFailure, storageBaseUrl } from './supabase-http.ts';
 
 /** HD_JOB_STORAGE_URLS: `{"bucket/key": "https://…/object/sign/bucket/key?token=…"}`. */
 export const signedUrlMapSchema = z.record(z.string(), z.url());
@@ -20,13 +21,16 @@ export const signedUrlKey = (bucket: string, key: string) => `${bucket}/${key}`;
 /**
  * Storage backend of a runner with a job-scoped credential (supabase storage): it holds
  * no key, only one time-limited signed download URL per input object of its job, made by
- * the scheduler. Any other object is out of reach, whatever path the job names.
+ * the scheduler, and the address where the scheduler grants it upload URLs for keys under
+ * its job's output prefix. Any other object is out of reach, whatever path the job names.
  */
 export class SignedUrlStorage implements StorageBackend {
   readonly #urls: ReadonlyMap<string, string>;
+  readonly #uploadGrantUrl: string | undefined;
 
-  constructor(urls: Record<string, string>) {
+  constructor(urls: Record<string, string>, uploadGrantUrl?: string) {
     this.#urls = new Map(Object.entries(urls));
+    this.#uploadGrantUrl = uploadGrantUrl;
   }
 
   async download(bucket: string, key: string, workDir: string): Promise<LocalFile> {
@@ -46,14 +50,55 @@ export class SignedUrlStorage implements StorageBackend {
     return saveDownload(response, workDir, bucket, key);
   }
 
-  upload(bucket: string, key: string): Promise<void> {
-    return Promise.reject(
-      new HdError(
+  /**
+   * Asks the scheduler (HD_UPLOAD_GRANT_URL) for a signed upload URL for this one key,
+   * showing the job's lease, then streams the file to it. The scheduler grants keys under
+   * the job's own prefix of the outputs bucket only.
+   */
+  async upload(
+    bucket: string,
+    key: string,
+    localPath: string,
+    contentType: string,
+    check: UploadCheck = {},
+  ): Promise<void> {
+    if (!this.#uploadGrantUrl || !check.lease)
+      throw new HdError(
         'UPLOAD_FAILED',
         `upload of ${bucket}/${key} refused: this runner holds no upload grant`,
         { retryable: false },
-      ),
-    );
+      );
+    const { size } = await stat(localPath);
+    const url = await this.#grant(bucket, assertStorageKey(key), check.lease);
+    await sendFile({
+      url,
+      method: 'PUT',
+      headers: { 'content-type': contentType, 'x-upsert': 'true' },
+      ...{ localPath, size, bucket, key, sha256: check.sha256 },
+    });
+  }
+
+  async #grant(bucket: string, key: string, lease: NonNullable<UploadCheck['lease']>) {
+    const response = await fetch(this.#uploadGrantUrl!, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ job_id: lease.jobId, lease_token: lease.leaseToken, bucket, key }),
+    }).catch((cause: unknown) => {
+      throw new HdError(
+        'UPLOAD_FAILED',
+        `upload grant for ${bucket}/${key}: no answer: ${(cause as Error).message}`,
+        { cause },
+      );
+    });
+    const body = (await response.json().catch(() => ({}))) as { url?: unknown; error?: unknown };
+    if (!response.ok || typeof body.url !== 'string')
+      throw new HdError(
+        'UPLOAD_FAILED',
+        `upload grant for ${bucket}/${key} refused (HTTP ${response.status}): ${String(body.error ?? 'no URL')}`,
+        // Refused (4xx) stays refused; the scheduler's own trouble (5xx) may pass.
+        { retryable: response.status >= 500 },
+      );
+    return body.url;
   }
 }
 
@@ -83,6 +128,30 @@ export function supabaseUrlSigner(supabaseUrl: string, serviceRoleKey: string) {
     for (const row of rows)
       if (row.path && row.signedURL) signed.set(row.path, `${storageUrl}${row.signedURL}`);
     return signed;
+  };
+}
+
+/**
+ * The scheduler's side: a signed upload URL for one object (Storage's
+ * `POST /object/upload/sign/{bucket}/{key}`, as supabase-js `createSignedUploadUrl`),
+ * replacing what is there (a re-run uploads the same key again).
+ */
+export function supabaseUploadSigner(supabaseUrl: string, serviceRoleKey: string) {
+  const storageUrl = storageBaseUrl(supabaseUrl);
+  return async (bucket: string, key: string): Promise<string> => {
+    const target = objectUrl(storageUrl, bucket, key).replace('/object/', '/object/upload/sign/');
+    const response = await fetch(target, {
+      method: 'POST',
+      headers: { ...authHeaders(serviceRoleKey), 'x-upsert': 'true' },
+    }).catch((cause: unknown) => {
+      throw mapStorageError('upload', bucket, key, noAnswer('sign upload', cause));
+    });
+    if (!response.ok)
+      throw mapStorageError('upload', bucket, key, await readFailure(response, 'sign upload'));
+    const { url } = z
+      .object({ url: z.string().startsWith('/object/upload/sign/') })
+      .parse(await response.json());
+    return `${storageUrl}${url}`;
   };
 }
 

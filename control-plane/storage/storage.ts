@@ -14,8 +14,23 @@ export interface StorageBackend {
    * and bucket names that are not plain (assertBucketName).
    */
   download(bucket: string, key: string, workDir: string): Promise<LocalFile>;
-  /** Stores a local file under the key, replacing what is there; throws UPLOAD_FAILED, … */
-  upload(bucket: string, key: string, localPath: string, contentType: string): Promise<void>;
+  /**
+   * Stores a local file under the key, replacing what is there; throws UPLOAD_FAILED, …
+   * With `check.sha256` the bytes sent must hash to it, or UPLOAD_FAILED (the fs backend
+   * then stores nothing). `check.lease` names the job a per-object upload grant is for.
+   */
+  upload(
+    bucket: string,
+    key: string,
+    localPath: string,
+    contentType: string,
+    check?: UploadCheck,
+  ): Promise<void>;
+}
+
+export interface UploadCheck {
+  sha256?: string;
+  lease?: { jobId: string; leaseToken: string };
 }
 
 /**

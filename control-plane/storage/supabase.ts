@@ -1,12 +1,12 @@
-import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
-import { Readable } from 'node:stream';
 import type { SupabaseClient } from '@supabase/supabase-js';
 import { assertBucketName } from '../../contract/storage-paths.ts';
 import { createServiceClient } from '../supabase-client.ts';
 import { saveDownload } from './signed-urls.ts';
 import { TUS_CHUNK_BYTES, uploadResumable } from './resumable.ts';
-import type { LocalFile, StorageBackend } from './storage.ts';
+import { hashFile } from './hash.ts';
+import { sendFile, verifySent } from './send-file.ts';
+import type { LocalFile, StorageBackend, UploadCheck } from './storage.ts';
 import {
   isMissingBucket,
   mapStorageError,
@@ -86,7 +86,13 @@ export class SupabaseStorage implements StorageBackend {
     return mapStorageError('download', bucket, key, status === 404 ? failure : probed!);
   }
 
-  async upload(bucket: string, key: string, localPath: string, contentType: string) {
+  async upload(
+    bucket: string,
+    key: string,
+    localPath: string,
+    contentType: string,
+    check: UploadCheck = {},
+  ) {
     // A missing local file is our error (it throws here), not a storage failure.
     const { size } = await stat(localPath);
     const url = objectUrl(this.#storageUrl, bucket, key);
@@ -98,27 +104,21 @@ export class SupabaseStorage implements StorageBackend {
       }).catch((failure: StorageFailure) => {
         throw mapStorageError('upload', bucket, key, failure);
       });
+      // Chunks are read at their offsets: the file must not have changed meanwhile.
+      if (check.sha256) verifySent(bucket, key, (await hashFile(localPath)).sha256, check.sha256);
       return;
     }
-    const response = await fetch(url, {
+    await sendFile({
+      url,
       method: 'POST',
       headers: {
         ...authHeaders(this.#options.serviceRoleKey),
         'content-type': contentType,
-        // Declared, so Storage checks the bucket's size limit (it does not count a stream).
-        'content-length': String(size),
         'cache-control': 'max-age=3600',
         'x-upsert': 'true',
       },
-      body: Readable.toWeb(createReadStream(localPath)) as ReadableStream<Uint8Array>,
-      duplex: 'half',
-    }).catch((cause: unknown) => {
-      throw mapStorageError('upload', bucket, key, noAnswer('upload', cause));
+      ...{ localPath, size, bucket, key, sha256: check.sha256 },
     });
-    if (!response.ok) {
-      throw mapStorageError('upload', bucket, key, await readFailure(response, 'upload'));
-    }
-    await response.body?.cancel();
   }
 
   /** Whether the bucket exists and its objects can be listed (for `hd-runner doctor`). */

@@ -1,9 +1,10 @@
 import { existsSync, readdirSync } from 'node:fs';
+import { chown, mkdir } from 'node:fs/promises';
 import { constants } from 'node:os';
 import { join } from 'node:path';
 import Docker from 'dockerode';
 import type { LeasedJob } from '../../contract/jobs.ts';
-import { tenantPrefix } from '../../contract/storage-paths.ts';
+import { jobOutputPrefix, OUTPUTS_BUCKET, tenantPrefix } from '../../contract/storage-paths.ts';
 import type { ControlPlaneDb } from '../../control-plane/db/transport.ts';
 import type { Resources } from '../../runner/handler.ts';
 import type {
@@ -23,7 +24,7 @@ export const LABELS = {
   gpus: 'hd-runner.gpus',
 } as const;
 
-/** Where the fs storage root is mounted (read-only) inside a runner container. */
+/** Where the fs storage root is mounted (read-only, but for the job's output folder) in a runner container. */
 export const CONTAINER_STORAGE_ROOT = '/hd-storage';
 /** Prefix a kept failed container is renamed to, so reconcile leaves it alone. */
 export const KEPT_PREFIX = 'hd-failed-';
@@ -134,7 +135,12 @@ export class DockerLauncher implements Launcher {
         Tmpfs: { '/tmp': `rw,noexec,nosuid,nodev,size=${o.tmpfsMb ?? 256}m` },
         CapDrop: ['ALL'],
         SecurityOpt: ['no-new-privileges'],
-        Binds: o.storageRoot ? tenantStorageBinds(o.storageRoot, job.account_id) : [],
+        Binds: o.storageRoot
+          ? [
+              ...tenantStorageBinds(o.storageRoot, job.account_id),
+              jobOutputBind(o.storageRoot, job),
+            ]
+          : [],
         LogConfig: { Type: 'json-file', Config: { 'max-size': '20m', 'max-file': '1' } },
         ...(gpuIds.length > 0 && {
           DeviceRequests: [{ Driver: 'nvidia', DeviceIDs: [...gpuIds], Capabilities: [['gpu']] }],
@@ -145,6 +151,7 @@ export class DockerLauncher implements Launcher {
 
   async launch(request: LaunchRequest): Promise<LaunchedRunner> {
     const { job, resources, onOutput } = request;
+    if (this.#o.storageRoot) await this.#makeOutputDir(this.#o.storageRoot, job);
     const options = this.createOptions(request);
     const container = await this.#create(options);
     try {
@@ -182,6 +189,15 @@ export class DockerLauncher implements Launcher {
       Math.floor(Date.now() / 1000), // its earlier output was shown by the previous scheduler
       onOutput,
     );
+  }
+
+  /** The job's output folder, owned by the container's user where this scheduler may chown. */
+  async #makeOutputDir(storageRoot: string, job: LeasedJob): Promise<void> {
+    const dir = join(storageRoot, OUTPUTS_BUCKET, jobOutputPrefix(job.account_id, job.id));
+    await mkdir(dir, { recursive: true });
+    const [uid, gid] = (this.#o.user ?? '1000:1000').split(':').map(Number);
+    if (process.getuid?.() === 0 && Number.isInteger(uid))
+      await chown(dir, uid!, Number.isInteger(gid) ? gid! : uid!);
   }
 
   /** Creates the container; a same-named leftover of an earlier attempt is removed first. */
@@ -321,13 +337,23 @@ export function tenantStorageBinds(storageRoot: string, accountId: string): stri
   const tenant = tenantPrefix(accountId).slice(0, -1);
   const binds: string[] = [];
   if (!existsSync(storageRoot)) return binds;
-  for (const bucket of readdirSync(storageRoot, { withFileTypes: true })) {
+  const buckets = readdirSync(storageRoot, { withFileTypes: true });
+  for (const bucket of buckets.sort((a, b) => a.name.localeCompare(b.name))) {
     if (!bucket.isDirectory()) continue;
     const source = join(storageRoot, bucket.name, tenant);
     if (existsSync(source))
       binds.push(`${source}:${CONTAINER_STORAGE_ROOT}/${bucket.name}/${tenant}:ro`);
   }
   return binds;
+}
+
+/**
+ * The one writable storage folder of a job's container: `accounts/{a}/jobs/{job}/` of the
+ * outputs bucket, where its artifacts go (on top of the read-only tenant folder).
+ */
+export function jobOutputBind(storageRoot: string, job: Pick<LeasedJob, 'id' | 'account_id'>) {
+  const path = `${OUTPUTS_BUCKET}/${jobOutputPrefix(job.account_id, job.id).slice(0, -1)}`;
+  return `${join(storageRoot, path)}:${CONTAINER_STORAGE_ROOT}/${path}:rw`;
 }
 
 /** `container.wait()`, retried across a brief loss of the engine connection. */

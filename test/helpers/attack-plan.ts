@@ -26,6 +26,8 @@ export const LEASE_FUNCTIONS = [
   'hd_list_document_nodes',
   'hd_get_node_context',
   'hd_record_synthesis',
+  'hd_begin_artifact',
+  'hd_record_artifact',
 ];
 
 /**

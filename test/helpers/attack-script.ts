@@ -3,7 +3,7 @@
 // what that container holds and nothing else: its environment, its mounts, its network, the
 // image's node_modules. Each attempt prints one JSON line {attempt, ok, reason | result};
 // test/attack-container.test.ts judges them. Only `import type` from the checkout (erased).
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import type { AttackPlan, AttemptLine, FunctionCall } from './attack-plan.ts';
 
 const plan = JSON.parse(process.argv[1]!) as AttackPlan;
@@ -241,6 +241,10 @@ await attempt("graph edge with A's evidence", () =>
   }),
 );
 await attempt('list my document files', () => own('hd_list_document_files', {}));
+// The key is built from the job's ids in SQL; a name cannot climb out of the job's prefix.
+await attempt('begin an artifact of mine named ../../..', () =>
+  own('hd_begin_artifact', { p_kind: 'page_text', p_name: '../../../x', p_size_bytes: 1 }),
+);
 
 await attempt('insert a row for A into hd_assets', () =>
   pgDb
@@ -389,10 +393,43 @@ if (env.HD_STORAGE === 'supabase') {
   await attempt("my signed URL edited to A's key", async () =>
     storageAnswer(await fetch(mine.replace(/\/accounts\/[^/]+\//, `/accounts/${v.account}/`))),
   );
+  // Artifacts: the scheduler signs an upload URL per key, for the job's own prefix only.
+  const grant = async (jobId: string, bucket: string, key: string) => {
+    const response = await fetch(env.HD_UPLOAD_GRANT_URL ?? 'http://127.0.0.1:1/', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ job_id: jobId, lease_token: myToken, bucket, key }),
+    });
+    const body = (await response.json()) as { url?: string; error?: string };
+    if (!response.ok) throw new Error(`${response.status} ${body.error}`);
+    return body.url!;
+  };
+  const aOutput = `accounts/${v.account}/jobs/${v.runningJobId}/page_text/planted.md`;
+  let granted = '';
+  await attempt("upload grant for my job's output folder", async () => {
+    granted = await grant(myJobId, 'hd_outputs', `accounts/${myAccount}/jobs/${myJobId}/p.md`);
+    return 'granted';
+  });
+  const put = (url: string) =>
+    fetch(url, { method: 'PUT', headers: { 'content-type': 'text/plain' }, body: 'planted' });
+  await attempt('upload through my grant', async () => storageAnswer(await put(granted)));
+  await attempt("upload grant for A's output folder", () => grant(myJobId, 'hd_outputs', aOutput));
+  await attempt("upload grant for another job's output folder of my account", () =>
+    grant(myJobId, 'hd_outputs', `accounts/${myAccount}/jobs/${v.completedJobId}/p.md`),
+  );
+  await attempt('upload grant over my own input', () =>
+    grant(myJobId, v.bucket, tenantKey(myAccount)),
+  );
+  await attempt("upload grant on A's running job with my lease", () =>
+    grant(v.runningJobId, 'hd_outputs', aOutput),
+  );
+  await attempt("my upload URL edited to A's output folder", async () =>
+    storageAnswer(await put(granted.replace(/\/accounts\/.*\?/, `/${aOutput}?`))),
+  );
 } else {
   const root = env.HD_STORAGE_ROOT!;
   const accounts = `${root}/${v.bucket}/accounts`;
-  await fsAttempt('list the storage root', () => readdir(root));
+  await fsAttempt('list the storage root', async () => (await readdir(root)).sort());
   await fsAttempt('list the accounts of the bucket', () => readdir(accounts));
   await fsAttempt('read my own object', async () =>
     (await readFile(`${root}/${v.bucket}/${tenantKey(myAccount)}`, 'utf8')).slice(0, 200),
@@ -403,6 +440,27 @@ if (env.HD_STORAGE === 'supabase') {
   );
   await fsAttempt('write into my own folder', () =>
     writeFile(`${accounts}/${myAccount}/planted.txt`, 'planted'),
+  );
+  // Artifacts (hd_outputs): the job's own folder is its one writable place.
+  const outputs = `${root}/hd_outputs/accounts`;
+  // A folder made (not recursively: the first refusal is the one reported), then a file.
+  const plant = async (dir: string, make = true) => {
+    if (make)
+      await mkdir(dir).catch((error: { code?: string }) => {
+        if (error.code !== 'EEXIST') throw error; // there already: try the file
+      });
+    await writeFile(`${dir}/planted.txt`, 'planted');
+    return 'written';
+  };
+  await fsAttempt("write into my job's output folder", () =>
+    plant(`${outputs}/${myAccount}/jobs/${myJobId}`, false),
+  );
+  await fsAttempt("write into another job's output folder of my account", () =>
+    plant(`${outputs}/${myAccount}/jobs/${v.completedJobId}`),
+  );
+  await fsAttempt("write into A's output folder", () => plant(`${outputs}/${v.account}`));
+  await fsAttempt('overwrite my own input', () =>
+    writeFile(`${root}/${v.bucket}/${tenantKey(myAccount)}`, 'planted'),
   );
 }
 

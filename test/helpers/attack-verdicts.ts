@@ -127,6 +127,9 @@ export function expectations(
       `only ${keyOf(ACCOUNT_B)}`,
     ),
   );
+  e.set('begin an artifact of mine named ../../..', {
+    refused: /^artifact name '\.\.\/\.\.\/\.\.\/x' is not valid/,
+  });
   if (transport === 'postgres') {
     e.set('set role hd_scheduler', {
       refused: exactly('permission denied to set role "hd_scheduler"'),
@@ -172,7 +175,7 @@ export function expectations(
     });
     e.set(
       'list the storage root',
-      ok((r) => JSON.stringify(r) === `["${BUCKET}"]`, BUCKET),
+      ok((r) => JSON.stringify(r) === `["hd_outputs","${BUCKET}"]`, `hd_outputs, ${BUCKET}`),
     );
     e.set(
       'list the accounts of the bucket',
@@ -185,6 +188,13 @@ export function expectations(
     e.set("read A's object", { refused: /^ENOENT$/ });
     e.set("read A's object through my folder and ..", { refused: /^ENOENT$/ });
     e.set('write into my own folder', { refused: /^EROFS$/ });
+    e.set(
+      "write into my job's output folder",
+      ok((r) => r === 'written', 'written'),
+    );
+    e.set("write into another job's output folder of my account", { refused: /^EROFS$/ });
+    e.set("write into A's output folder", { refused: /^EROFS$/ });
+    e.set('overwrite my own input', { refused: /^EROFS$/ });
   } else {
     // PostgREST checks the signature before it reads a claim.
     const badSignature = /^JWSError JWSInvalidSignature \(HTTP 401\)$/;
@@ -210,6 +220,31 @@ export function expectations(
       ok((r) => /"signedURL":null/.test(String(r)), 'no URL'),
     );
     e.set("my signed URL edited to A's key", { refused: /InvalidJWT: The signature is invalid$/ });
+    const onlyMine = exactly(
+      `403 uploads of job ${mine.id} go to hd_outputs/accounts/${ACCOUNT_B}/jobs/${mine.id}/ only`,
+    );
+    e.set(
+      "upload grant for my job's output folder",
+      ok((r) => r === 'granted', 'granted'),
+    );
+    e.set(
+      'upload through my grant',
+      ok(
+        (r) => String(r).includes(`hd_outputs/accounts/${ACCOUNT_B}/jobs/${mine.id}/p.md`),
+        'stored',
+      ),
+    );
+    e.set("upload grant for A's output folder", {
+      refused: new RegExp(`^403 storage path .* refused: it is not inside accounts/${ACCOUNT_B}/$`),
+    });
+    e.set("upload grant for another job's output folder of my account", { refused: onlyMine });
+    e.set('upload grant over my own input', { refused: onlyMine });
+    e.set("upload grant on A's running job with my lease", {
+      refused: exactly(`403 job ${victim.runningJobId} is not held by this lease`),
+    });
+    e.set("my upload URL edited to A's output folder", {
+      refused: /InvalidJWT: The signature is invalid$/,
+    });
   }
   e.set(
     'read /proc/*/environ',

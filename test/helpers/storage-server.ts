@@ -17,7 +17,8 @@ import { createTusHandler } from './storage-tus.ts';
  * A stand-in for Supabase Storage, which cannot run here (it needs its own service,
  * database schema and object backend). It speaks the part of the Storage API that
  * hd-runner and supabase-js use — upload (POST, x-upsert; raw or multipart), update
- * (PUT), download, list, get bucket, resumable (TUS) upload — and answers as the real
+ * (PUT), download, list, get bucket, resumable (TUS) upload, signed download and upload
+ * URLs — and answers as the real
  * server does where it was measured side by side; the behaviours, each with the one it
  * mirrors, are listed and tested in test/storage-standin.test.ts.
  * No storage RLS policies: the service role may do anything, other roles nothing.
@@ -213,6 +214,49 @@ export function createStorageStandIn(options: { root: string; jwtSecret: string 
     return download(res, bucket, key, { valid: true, role: 'service_role' });
   }
 
+  /**
+   * Signed upload URLs as real Storage makes them (supabase-js `createSignedUploadUrl`,
+   * `uploadToSignedUrl`): `POST /object/upload/sign/{bucket}/{key}` (a role that may
+   * insert; `x-upsert`) answers `{url: "/object/upload/sign/{bucket}/{key}?token=…"}`, the
+   * token signed with the project secret over `{url: bucket/key, upsert, exp}` (2 hours);
+   * `PUT` to that URL stores the body under that one key for whoever holds it, and answers
+   * 400 InvalidSignature for a token of another key or past its exp.
+   */
+  async function signedUpload(
+    req: IncomingMessage,
+    res: ServerResponse,
+    parts: string[],
+    path: string,
+    caller: Caller,
+    seen: StorageRequest,
+  ) {
+    const pathname = path.split('?')[0]!;
+    const bucket = decode(parts[0] ?? '', pathname);
+    const key = parts
+      .slice(1)
+      .map((s) => decode(s, pathname))
+      .join('/');
+    Object.assign(seen, { bucket, key });
+    if (req.method === 'POST') {
+      if (!caller.valid) throw E.accessDenied(caller.reason);
+      if (caller.role !== 'service_role')
+        throw E.accessDenied('new row violates row-level security policy');
+      if (!STORAGE_KEY.test(key)) throw E.invalidKey(key);
+      const upsert = req.headers['x-upsert'] === 'true';
+      const exp = Math.floor(Date.now() / 1000) + 7200;
+      const token = signJwt(options.jwtSecret, { url: `${bucket}/${key}`, upsert, exp });
+      const encoded = [bucket, ...key.split('/')].map(encodeURIComponent).join('/');
+      return json(res, 200, { url: `/object/upload/sign/${encoded}?token=${token}` });
+    }
+    if (req.method !== 'PUT') throw new StorageHttpError(405, 'MethodNotAllowed', path);
+    const token = new URL(path, 'http://x').searchParams.get('token') ?? '';
+    const claims = verifyJwt(token, options.jwtSecret);
+    if (typeof claims === 'string' || claims.url !== `${bucket}/${key}`)
+      throw new StorageHttpError(400, 'InvalidSignature', 'The signature is invalid', 'InvalidJWT');
+    if (claims.upsert !== true && objects.get(bucket, key)) throw E.keyExists();
+    return json(res, 200, await upload(req, bucket, key, { valid: true, role: 'service_role' }));
+  }
+
   async function route(req: IncomingMessage, res: ServerResponse, path: string) {
     await ready;
     const method = req.method ?? 'GET';
@@ -258,6 +302,8 @@ export function createStorageStandIn(options: { root: string; jwtSecret: string 
       return json(res, 200, caller.role === 'service_role' ? listed : []);
     }
     if (rest[0] === 'sign') return signed(req, res, rest.slice(1), path, caller, seen);
+    if (rest[0] === 'upload' && rest[1] === 'sign')
+      return signedUpload(req, res, rest.slice(2), path, caller, seen);
     const [bucketPart, ...keyParts] = rest[0] === 'authenticated' ? rest.slice(1) : rest;
     const bucket = decode(bucketPart ?? '', pathname);
     const key = keyParts.map((s) => decode(s, pathname)).join('/');

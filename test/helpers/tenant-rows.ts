@@ -13,7 +13,7 @@ export const TENANT_TABLES = [
   'hd_syntheses',
   'hd_dynamics',
   'hd_job_logs',
-  'hd_job_artifacts',
+  'hd_artifacts',
 ] as const;
 
 /** One account's rows in every tenant table, read as the superuser, in a stable order. */
@@ -108,8 +108,8 @@ export async function seedTenant(
     [accountId, jobId],
   );
   await t.sql.query(
-    `insert into hd_job_artifacts (account_id, job_id, kind, bucket, storage_path)
-     values ($1, $2, 'ocr', 'hd_uploads_raw', $3)`,
+    `insert into hd_artifacts (account_id, job_id, kind, name, bucket, storage_path, content_type, size_bytes, sha256, attempt)
+     values ($1, $2, 'page_text', 'p1.md', 'hd_outputs', $3, 'text/markdown', 1, repeat('0', 64), 1)`,
     [accountId, jobId, `accounts/${accountId}/ocr.txt`],
   );
   return {

@@ -1,0 +1,131 @@
+import { timingSafeEqual } from 'node:crypto';
+import http from 'node:http';
+import { z } from 'zod';
+import { toHdError } from '../contract/errors.ts';
+import { assertTenantPath, jobOutputPrefix, OUTPUTS_BUCKET } from '../contract/storage-paths.ts';
+import type { Config } from '../control-plane/config.ts';
+import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
+import { supabaseUploadSigner } from '../control-plane/storage/signed-urls.ts';
+import type { Logger } from '../control-plane/logger.ts';
+
+/** Makes a signed upload URL for one object (Storage `POST /object/upload/sign/…`). */
+export type UploadSigner = (bucket: string, key: string) => Promise<string>;
+
+/** What a runner asks for: its lease is its proof, the key what hd_begin_artifact gave it. */
+const grantRequest = z.strictObject({
+  job_id: z.uuid(),
+  lease_token: z.uuid(),
+  bucket: z.string().max(63),
+  key: z.string().max(1024),
+});
+const MAX_BODY_BYTES = 4096;
+
+export interface UploadGrants {
+  /** What runners are given as HD_UPLOAD_GRANT_URL. */
+  url: string;
+  close(): Promise<void>;
+}
+
+/**
+ * The scheduler's side of artifact uploads to Supabase Storage (docs/containers.md, "Trust
+ * boundary"): a runner holds no Storage key, so for each artifact it asks here, showing
+ * its job id and lease token, and gets a signed upload URL for one key, which must lie
+ * under its own job's prefix of the outputs bucket (`accounts/{a}/jobs/{job}/`). The
+ * lease is checked against the job row as the database has it now (running, this lease,
+ * not expired), so a runner whose lease ended, or that names another job, gets nothing.
+ */
+export async function serveUploadGrants(options: {
+  address: string;
+  db: Pick<ControlPlaneDb, 'getJob'>;
+  signUpload: UploadSigner;
+  log: Logger;
+}): Promise<UploadGrants> {
+  const { db, signUpload, log } = options;
+  const address = options.address;
+  const host = address.slice(0, address.lastIndexOf(':')).replace(/^\[|\]$/g, '');
+  const port = Number(address.split(':').pop());
+
+  async function grant(body: unknown): Promise<{ status: number; body: object }> {
+    const parsed = grantRequest.safeParse(body);
+    if (!parsed.success)
+      return { status: 400, body: { error: `bad request: ${parsed.error.issues[0]!.message}` } };
+    const { job_id, lease_token, bucket, key } = parsed.data;
+    const job = await db.getJob(job_id);
+    const held =
+      job?.status === 'running' &&
+      job.lease_token !== null &&
+      job.lease_expires_at !== null &&
+      job.lease_expires_at.getTime() > Date.now() &&
+      timingSafeEqual(Buffer.from(job.lease_token), Buffer.from(lease_token.toLowerCase()));
+    if (!job || !held)
+      return { status: 403, body: { error: `job ${job_id} is not held by this lease` } };
+    const prefix = jobOutputPrefix(job.account_id, job.id);
+    let checked: string;
+    try {
+      checked = assertTenantPath(job.account_id, key);
+    } catch (error) {
+      return { status: 403, body: { error: toHdError(error).message } };
+    }
+    if (bucket !== OUTPUTS_BUCKET || !checked.startsWith(prefix))
+      return {
+        status: 403,
+        body: { error: `uploads of job ${job.id} go to ${OUTPUTS_BUCKET}/${prefix} only` },
+      };
+    return { status: 200, body: { url: await signUpload(bucket, checked) } };
+  }
+
+  const server = http.createServer((req, res) => {
+    const reply = (status: number, body: object) =>
+      res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
+    if (req.method !== 'POST' || req.url !== '/upload-grant')
+      return reply(404, { error: 'not found' });
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > MAX_BODY_BYTES) req.destroy();
+      else chunks.push(chunk);
+    });
+    req.on('end', () => {
+      let body: unknown;
+      try {
+        body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+      } catch {
+        return reply(400, { error: 'bad request: not JSON' });
+      }
+      grant(body).then(
+        (answer) => reply(answer.status, answer.body),
+        (error: unknown) => {
+          log.warn({ err: error }, 'upload grant failed');
+          reply(503, { error: `upload grant failed: ${toHdError(error).message}` });
+        },
+      );
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, resolve);
+  });
+  const bound = (server.address() as { port: number }).port;
+  return {
+    url: `http://${host.includes(':') ? `[${host}]` : host}:${bound}/upload-grant`,
+    close: () =>
+      new Promise((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** The grant service where runners need one: supabase storage with scoped credentials. */
+export function uploadGrantsFor(
+  config: Config,
+  db: Pick<ControlPlaneDb, 'getJob'>,
+  log: Logger,
+): Promise<UploadGrants | undefined> {
+  const { SUPABASE_URL: url, SUPABASE_SERVICE_ROLE_KEY: key } = config;
+  if (config.HD_STORAGE !== 'supabase' || config.HD_RUNNER_CREDENTIALS !== 'scoped' || !url || !key)
+    return Promise.resolve(undefined);
+  const signUpload = supabaseUploadSigner(url, key);
+  return serveUploadGrants({ address: config.HD_UPLOAD_GRANT_ADDRESS, db, signUpload, log });
+}
