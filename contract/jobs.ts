@@ -101,6 +101,17 @@ export const storedUrlInputSchema = z.looseObject({
   content_type: z.string(),
 });
 
+/** A URL as logs and errors show it: without query and fragment (they may carry a token). */
+export function urlForLog(url: string | URL): string {
+  const u = new URL(url);
+  return `${u.origin}${u.pathname}`;
+}
+
+/** Job types whose input may be a URL: those that read storage objects (JOB_INPUTS). */
+export function takesUrlInput(type: JobType): boolean {
+  return JOB_INPUTS[type] !== 'none';
+}
+
 /** The stored object a payload names: its own path, or where its URL input was stored. */
 export function payloadObject(payload: {
   bucket: string;
@@ -156,6 +167,9 @@ export const PAYLOAD_SCHEMAS = {
       chunk_target_chars: z.number().int().min(100).max(100_000).optional(),
       /** Characters repeated from the end of one chunk at the start of the next. */
       chunk_overlap_chars: z.number().int().min(0).max(50_000).optional(),
+      /** A file of the document to fetch first (inputs by URL): stored, then a document file. */
+      url: inputUrlSchema.optional(),
+      url_input: storedUrlInputSchema.optional(),
       next_stages: nextStagesSchema,
     }),
   ),

@@ -7,6 +7,8 @@ import {
   JOB_TYPES,
   PAYLOAD_SCHEMAS,
   PLANNED_JOB_TYPES,
+  takesUrlInput,
+  urlForLog,
   type Job,
   type JobType,
   type LeasedJob,
@@ -202,6 +204,14 @@ function makeContext(
       `job payload (debug) is invalid: ${issue.path.join('.') || 'debug'}: ${issue.message}`,
     );
   }
+  // A URL input is fetched and stored by a scheduler before the runner starts (and then
+  // recorded in url_input); a runner started by hand has nothing to read yet.
+  const { url, url_input } = parsed.data as { url?: string; url_input?: unknown };
+  if (url !== undefined && url_input === undefined && takesUrlInput(type))
+    throw new HdError(
+      'INVALID_INPUT',
+      `the URL input ${urlForLog(url)} has not been fetched yet: a scheduler fetches and stores it before it starts the runner`,
+    );
   let lastProgressAt = 0;
   let lastPhase: string | undefined;
   return {

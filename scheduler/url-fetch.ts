@@ -4,6 +4,7 @@ import { rm } from 'node:fs/promises';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { HdError } from '../contract/errors.ts';
+import { urlForLog } from '../contract/jobs.ts';
 import { AddressGuard, requestPublic, UrlRefused } from './public-http.ts';
 
 export interface UrlFetchLimits {
@@ -23,12 +24,6 @@ export interface FetchedFile {
   /** Where the content came from after redirects (origin and path only). */
   finalUrl: string;
   redirects: number;
-}
-
-/** The URL without query and fragment: they may carry the tenant's own token. */
-export function urlForLog(url: string | URL): string {
-  const u = new URL(url);
-  return `${u.origin}${u.pathname}`;
 }
 
 /**

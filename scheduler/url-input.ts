@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HdError, toHdError } from '../contract/errors.ts';
-import { PAYLOAD_SCHEMAS, type LeasedJob } from '../contract/jobs.ts';
+import { PAYLOAD_SCHEMAS, urlForLog, type LeasedJob } from '../contract/jobs.ts';
 import { assertTenantPath, tenantPrefix, toStorageName } from '../contract/storage-paths.ts';
 import type { Config } from '../control-plane/config.ts';
 import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
@@ -10,7 +10,7 @@ import type { Logger } from '../control-plane/logger.ts';
 import type { StorageBackend } from '../control-plane/storage/storage.ts';
 import { describe, readHead, sniff } from '../runner/extract/sniff.ts';
 import { AddressGuard } from './public-http.ts';
-import { fetchToFile, urlForLog, type UrlFetchLimits } from './url-fetch.ts';
+import { fetchToFile, type UrlFetchLimits } from './url-fetch.ts';
 
 export interface UrlInputStagerDeps {
   db: Pick<ControlPlaneDb, 'recordUrlInput' | 'heartbeat'>;
@@ -28,10 +28,11 @@ export interface UrlInputStagerDeps {
  * Inputs by URL, staged by the scheduler before it starts the runner (docs/containers.md,
  * "Inputs by URL"): the URL is fetched through the address guard into a local file, sniffed
  * (the server's Content-Type is not trusted), stored under the account's prefix at
- * `accounts/{account_id}/url-inputs/{job_id}/{name}`, and the stored path recorded on the
- * job (hd_record_url_input, lease-checked, scheduler only). The runner then reads a stored
- * object as for any job: it keeps a download-only credential and needs no internet. A retry
- * finds the path recorded and does not fetch again. The job's lease is renewed meanwhile.
+ * `accounts/{account_id}/url-inputs/{job_id}/{name}`, and recorded on the job
+ * (hd_record_url_input, lease-checked, scheduler only): an import reads it as its object,
+ * extract_text as a file of its document. The runner keeps a download-only credential and
+ * needs no internet. A retry finds the input recorded and does not fetch again. The job's
+ * lease is renewed meanwhile.
  */
 export class UrlInputStager {
   readonly #d: UrlInputStagerDeps;
@@ -42,35 +43,35 @@ export class UrlInputStager {
 
   /** The job ready for its runner: its URL input stored and recorded, or as it was. */
   async stage(job: LeasedJob, signal: AbortSignal): Promise<LeasedJob> {
-    if (job.job_type !== 'import_assets_jsonl') return job;
-    const payload = PAYLOAD_SCHEMAS.import_assets_jsonl.safeParse(job.debug ?? {});
+    const type = job.job_type;
+    if (type !== 'import_assets_jsonl' && type !== 'extract_text') return job;
+    const payload = PAYLOAD_SCHEMAS[type].safeParse(job.debug ?? {});
     // An invalid payload is the runner's to refuse, with the reason; a stored input is kept.
     if (!payload.success || !payload.data.url || payload.data.url_input) return job;
     const url = payload.data.url;
+    if (type === 'extract_text' && !job.document_id)
+      throw new HdError(
+        'INVALID_INPUT',
+        'extract_text by URL needs a document: the job has no document_id (the fetched file becomes one of its files)',
+      );
     const dir = await mkdtemp(join(this.#d.workDir, 'hd-url-input-'));
     const lease = this.#keepLease(job, signal);
     try {
       const file = join(dir, 'download');
       const fetched = await fetchToFile(url, file, this.#d.limits, lease.signal);
-      const found = sniff(await readHead(file), null);
-      if (found.kind !== 'text' || found.format === 'html')
-        throw new HdError(
-          'UNSUPPORTED_FILE',
-          `${urlForLog(url)}: the content is ${describe(found)} (the server said ${fetched.declaredType ?? 'nothing'}), not JSONL text`,
-          { details: { url: urlForLog(url), declared_type: fetched.declaredType } },
-        );
+      const contentType = storedType(type, url, await readHead(file), fetched.declaredType);
       // Named after where the content came from (a download link may redirect to its file).
       const key = assertTenantPath(
         job.account_id,
         `${tenantPrefix(job.account_id)}url-inputs/${job.id}/${nameOf(fetched.finalUrl)}`,
       );
-      await this.#d.storage.upload(this.#d.bucket, key, file, 'application/x-ndjson');
+      await this.#d.storage.upload(this.#d.bucket, key, file, contentType);
       const recorded = await this.#d.db.recordUrlInput(job.id, job.lease_token, {
         bucket: this.#d.bucket,
         path: key,
         bytes: fetched.bytes,
         sha256: fetched.sha256,
-        content_type: 'application/x-ndjson',
+        content_type: contentType,
         declared_content_type: fetched.declaredType,
         fetched_from: fetched.finalUrl,
         redirects: fetched.redirects,
@@ -105,6 +106,40 @@ export class UrlInputStager {
       signal: AbortSignal.any([outer, lost.signal]),
       stop: () => clearInterval(timer),
     };
+  }
+}
+
+/**
+ * The type the object is stored with, from its bytes; UNSUPPORTED_FILE for content the job
+ * cannot read. The server's Content-Type names the format of text only (Markdown, HTML).
+ */
+function storedType(
+  type: 'import_assets_jsonl' | 'extract_text',
+  url: string,
+  head: Buffer,
+  declared: string | null,
+): string {
+  const found = sniff(head, type === 'extract_text' ? declared : null);
+  const refuse = (wanted: string) =>
+    new HdError(
+      'UNSUPPORTED_FILE',
+      `${urlForLog(url)}: the content is ${describe(found)} (the server said ${declared ?? 'nothing'}), not ${wanted}`,
+      { details: { url: urlForLog(url), declared_type: declared, detected: describe(found) } },
+    );
+  if (type === 'import_assets_jsonl') {
+    if (found.kind !== 'text' || found.format === 'html') throw refuse('JSONL text');
+    return 'application/x-ndjson';
+  }
+  switch (found.kind) {
+    case 'pdf':
+      return 'application/pdf';
+    case 'image':
+    case 'audio':
+      return found.mime;
+    case 'text':
+      return found.format === 'plain' ? 'text/plain' : `text/${found.format}`;
+    case 'unsupported':
+      throw refuse('a document extract_text reads (PDF, image, audio, text, Markdown, HTML)');
   }
 }
 

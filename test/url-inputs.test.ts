@@ -18,6 +18,7 @@ import {
   ASSETS,
   ASSETS_JSONL,
   SERVER_HOST,
+  REPORT_TEXT,
   SIZE_LIMIT,
   startUrlServer,
   startVictim,
@@ -198,6 +199,41 @@ describe.each([
     }
   });
 
+  it("fetches a document's PDF labelled as HTML, stores it as the PDF it is, and extract_text reads it", async () => {
+    const backend = backends[index]!;
+    const { scheduler, finished } = await startScheduler(backend);
+    try {
+      const documentId = randomUUID();
+      const { id } = await backend.db.enqueueJob({
+        accountId: ACCOUNT_A,
+        jobType: 'extract_text',
+        documentId,
+        debug: { url: `${server.origin}/report.pdf`, ocr: 'off' },
+      });
+      const job = await finished(id);
+      expect(job, backend.name).toMatchObject({ status: 'completed', attempts: 1 });
+      const key = `accounts/${ACCOUNT_A}/url-inputs/${id}/report.pdf`;
+      expect(job.debug.url_input).toMatchObject({
+        path: key,
+        content_type: 'application/pdf',
+        declared_content_type: 'text/html',
+      });
+      expect((await backend.read(key))?.subarray(0, 5).toString()).toBe('%PDF-');
+      const { rows: files } = await t.sql.query(
+        'select storage_path, mime_type from hd_document_files where account_id = $1 and document_id = $2',
+        [ACCOUNT_A, documentId],
+      );
+      expect(files).toEqual([{ storage_path: key, mime_type: 'application/pdf' }]);
+      const { rows: chunks } = await t.sql.query(
+        'select content from hd_asset_chunks where account_id = $1 and document_id = $2',
+        [ACCOUNT_A, documentId],
+      );
+      expect(chunks.map((c: { content: string }) => c.content).join(' ')).toContain(REPORT_TEXT);
+    } finally {
+      await stop(scheduler, backend.db);
+    }
+  });
+
   it('ends each bad URL with its code, storing nothing; the victim on 127.0.0.1 sees nothing', async () => {
     const backend = backends[index]!;
     const { scheduler, finished } = await startScheduler(backend);
@@ -238,6 +274,31 @@ describe.each([
       ],
     ];
     try {
+      // A document's file must be one extract_text reads; and it needs a document.
+      const documentId = randomUUID();
+      for (const [debug, documentOf, message] of [
+        [
+          { url: `${server.origin}/archive.zip` },
+          documentId,
+          /the content is a ZIP container .*\(the server said application\/pdf\), not a document extract_text reads/,
+        ],
+        [{ url: `${server.origin}/report.pdf` }, null, /extract_text by URL needs a document/],
+      ] as const) {
+        const { id } = await backend.db.enqueueJob({
+          accountId: ACCOUNT_A,
+          jobType: 'extract_text',
+          documentId: documentOf ?? undefined,
+          debug,
+        });
+        const job = await finished(id);
+        expect(job, debug.url).toMatchObject({ status: 'failed', attempts: 1 });
+        expect(job.error, debug.url).toMatch(message);
+        expect(await backend.wroteUnder(`accounts/${ACCOUNT_A}/url-inputs/${id}`)).toBe(false);
+      }
+      const { rows } = await t.sql.query('select 1 from hd_document_files where document_id = $1', [
+        documentId,
+      ]);
+      expect(rows).toEqual([]);
       for (const [path, outcome, message] of cases) {
         // Two attempts: a retryable failure goes back to the queue, a permanent one ends.
         const { id } = await enqueueUrl(backend, `${server.origin}${path}`, 2);
@@ -307,6 +368,26 @@ describe('staging within the job', () => {
     expect(await backend.db.getJob(id)).toMatchObject({ status: 'queued', attempts: 0 });
     expect(await backend.wroteUnder(`accounts/${ACCOUNT_A}/url-inputs/${id}`)).toBe(false);
     await backend.db.cancelJob(id, 'left over by a test');
+  });
+});
+
+describe('a runner started by hand', () => {
+  it('refuses a URL input no scheduler has fetched yet, naming why', async () => {
+    const backend = backends[0]!;
+    const { id } = await enqueueUrl(backend, `${server.origin}/assets.jsonl?token=own`, 1);
+    const seen = server.requests.length;
+    const run = await execa(process.execPath, ['cli/main.ts', 'run', '--job-id', id], {
+      env: { PATH: process.env.PATH ?? '', ...configToEnv(backend.config) },
+      extendEnv: false,
+      reject: false,
+    });
+    expect(run.exitCode, run.stderr).toBe(10);
+    const job = await backend.db.getJob(id);
+    expect(job).toMatchObject({ status: 'failed', error_code: 'INVALID_INPUT' });
+    expect(job?.error).toBe(
+      `the URL input ${server.origin}/assets.jsonl has not been fetched yet: a scheduler fetches and stores it before it starts the runner`,
+    );
+    expect(server.requests.length).toBe(seen);
   });
 });
 

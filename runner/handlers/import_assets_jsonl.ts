@@ -130,12 +130,8 @@ export const importAssetsJsonl: Handler<'import_assets_jsonl'> = {
   async run(ctx) {
     const started = performance.now();
     const { strict } = ctx.payload;
-    const input = payloadObject(ctx.payload);
-    if (!input)
-      throw new HdError(
-        'INVALID_INPUT',
-        `the URL input ${ctx.payload.url} has not been fetched: a scheduler fetches it before it starts the runner`,
-      );
+    // run-job refuses a URL input not yet fetched, so there is an object to read.
+    const input = payloadObject(ctx.payload)!;
     const { bucket, key: path } = input;
     await ctx.progress(0, 'downloading');
     const file = await ctx.storage.download(bucket, path);

@@ -1,9 +1,10 @@
 -- Inputs by URL (issue 17): a job may name `url` instead of a storage `path`. The scheduler
 -- fetches it (public addresses only, size and time limits), stores it under the account's
--- prefix, then records here where: debug.url_input. A retry finds it recorded and does not
--- fetch again; the runner reads the stored object as for any job. Lease-checked, and for
--- the scheduler only: not in hd_private.runner_functions, so a runner's credential cannot
--- point its own job at another object.
+-- prefix, then records here where: debug.url_input, and for extract_text a file of the
+-- job's document (hd_document_files), in one transaction. A retry finds it recorded and
+-- does not fetch again; the runner reads the stored object as for any job. Lease-checked,
+-- and for the scheduler only: not in hd_private.runner_functions, so a runner's
+-- credential cannot point its own job at another object.
 create or replace function public.hd_record_url_input(
   p_job_id uuid, p_lease_token uuid, p_info jsonb, p_now timestamptz default now())
 returns public.hd_ingestion_jobs
@@ -28,6 +29,19 @@ begin
   end if;
   if v_job.debug ->> 'url' is null then
     raise exception 'url input: job % names no url', p_job_id using errcode = '22023';
+  end if;
+  if v_job.job_type = 'extract_text' then
+    if v_job.document_id is null then
+      raise exception 'url input: extract_text job % has no document_id', p_job_id
+        using errcode = '22023';
+    end if;
+    insert into public.hd_document_files
+      (account_id, document_id, bucket, storage_path, mime_type, size_bytes)
+    values (v_job.account_id, v_job.document_id, p_info ->> 'bucket', v_path,
+            p_info ->> 'content_type', (p_info ->> 'bytes')::bigint)
+    on conflict (account_id, bucket, storage_path) do update
+      set document_id = excluded.document_id, mime_type = excluded.mime_type,
+          size_bytes = excluded.size_bytes, updated_at = p_now;
   end if;
   update public.hd_ingestion_jobs
      set debug = debug || jsonb_build_object('url_input', p_info), updated_at = p_now

@@ -17,6 +17,8 @@ export const ASSETS = [
 ];
 export const ASSETS_JSONL = jsonl(ASSETS);
 export const SIZE_LIMIT = 4096;
+export const REPORT_TEXT = 'Quarterly report fetched from a URL';
+const REPORT_PDF = textPdf([REPORT_TEXT]);
 
 export interface UrlServer {
   /** `http://127.0.0.2:port` */
@@ -93,6 +95,12 @@ export async function startUrlServer(
         res.writeHead(200, { 'content-length': '1000' });
         res.write(ASSETS_JSONL.slice(0, 20));
         return void setImmediate(() => res.socket?.destroy());
+      case '/report.pdf': // a PDF labelled as HTML: extract_text reads it as the PDF it is
+        return res.writeHead(200, { 'content-type': 'text/html' }).end(REPORT_PDF);
+      case '/archive.zip':
+        return res
+          .writeHead(200, { 'content-type': 'application/pdf' })
+          .end(Buffer.from('PK\x03\x04 not a document', 'latin1'));
       case '/pdf-as-jsonl': // a PDF, labelled as JSONL
         return res
           .writeHead(200, { 'content-type': 'application/x-ndjson' })
