@@ -25,6 +25,7 @@
  */
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -41,6 +42,8 @@ const BUCKET = 'hd_uploads_raw';
 const CLI = join(import.meta.dirname, '..', 'cli', 'main.ts');
 const REPORT_RSS = join(import.meta.dirname, 'report-rss.ts');
 const PIN = findTool('taskset') ? ['taskset', '-c', '0'] : [];
+// GNU time (Debian: the `time` package), for CPU seconds; the shell's builtin will not do.
+const TIME = ['/usr/bin/time'].find((path) => existsSync(path));
 
 for (const tool of ['pdftotext', 'pdftoppm', 'tesseract']) {
   if (!findTool(tool))
@@ -72,15 +75,22 @@ try {
     await writeFile(file, pdf);
     const ours: number[] = [];
     const handler: number[] = [];
+    const claimed: number[] = [];
     const anchor: number[] = [];
+    const oursCpu: number[] = [];
+    const anchorCpu: number[] = [];
     let peak = 0;
     let chunks = 0;
     for (let run = 0; run < runs; run += 1) {
-      anchor.push((await timed([...PIN, 'pdftotext', '-enc', 'UTF-8', file, '/dev/null'])).ms);
+      const bare = await timed([...PIN, 'pdftotext', '-enc', 'UTF-8', file, '/dev/null']);
+      anchor.push(bare.ms);
+      anchorCpu.push(bare.cpuMs);
       const job = await runJob(config, pdf, `text-${pages}.pdf`, PIN);
       ours.push(job.ms);
+      oursCpu.push(job.cpuMs);
       // The handler's own time: download, extraction, chunking, the chunks' write.
       handler.push(job.stats.duration_ms as number);
+      claimed.push(job.claimedMs);
       peak = Math.max(peak, job.peakMb);
       chunks = job.stats.chunks as number;
     }
@@ -88,11 +98,14 @@ try {
     const rate = (pages * 1000) / b.median(ours);
     const handlerRate = (pages * 1000) / b.median(handler);
     const overhead = b.median(ours.map((ms, i) => ms - handler[i]!));
+    const cpuRatio = b.median(anchorCpu) / b.median(oursCpu);
     console.log(
       `text ${String(pages).padStart(5)} pages: pdftotext ${b.fmt(anchorRate)} pages/s (${b.fmt(b.median(anchor))} ms)` +
         ` | job ${b.fmt(rate)} pages/s = ${(rate / anchorRate).toFixed(2)}x (${b.fmt(b.median(ours))} ms)` +
         ` | handler ${b.fmt(handlerRate)} pages/s = ${(handlerRate / anchorRate).toFixed(2)}x (${b.fmt(b.median(handler))} ms)` +
-        ` | fixed overhead ${b.fmt(overhead)} ms | runner peak RSS ${b.fmt(peak)} MB, ${chunks} chunks`,
+        ` | fixed overhead ${b.fmt(overhead)} ms, claim -> finished ${b.fmt(b.median(claimed))} ms` +
+        ` | CPU pdftotext ${b.fmt(b.median(anchorCpu))} ms, job ${b.fmt(b.median(oursCpu))} ms = ${cpuRatio.toFixed(2)}x` +
+        ` | runner peak RSS ${b.fmt(peak)} MB, ${chunks} chunks`,
     );
   }
 
@@ -239,7 +252,14 @@ async function runJob(config: Config, pdf: Buffer, name: string, pin: string[]) 
   const done = await db.getJob(job.id);
   if (done?.status !== 'completed') throw new Error(`job ${done?.status}: ${done?.error}`);
   const peakKb = Number(/BENCH_MAX_RSS_KB=(\d+)/.exec(run.stderr)?.[1] ?? NaN);
-  return { ms: run.ms, peakMb: peakKb / 1024, stats: done.debug.stats as Record<string, unknown> };
+  return {
+    ms: run.ms,
+    cpuMs: run.cpuMs,
+    // The row's own clock: the claim (started_at) to the completion (finished_at).
+    claimedMs: done.finished_at!.getTime() - done.started_at!.getTime(),
+    peakMb: peakKb / 1024,
+    stats: done.debug.stats as Record<string, unknown>,
+  };
 }
 
 /** Renders and OCRs every page as the job does, `cores` pages at once, one thread each. */
@@ -264,8 +284,13 @@ async function bareOcr(file: string, pages: number, dpi: number, languages: stri
   return ms;
 }
 
-/** Runs a command to its end: wall time and stderr; fails on a non-zero exit. */
-function timed(argv: string[], env: Record<string, string> = {}) {
+/**
+ * Runs a command to its end: wall time, CPU time (user + system, of the command and the
+ * children it waited for, from GNU time where installed) and stderr; fails on a non-zero
+ * exit. CPU time barely moves with the machine's load, wall time does.
+ */
+function timed(command: string[], env: Record<string, string> = {}) {
+  const argv = TIME ? [TIME, '-f', 'BENCH_CPU_S=%U+%S', ...command] : command;
   const started = performance.now();
   const child = spawn(argv[0]!, argv.slice(1), {
     stdio: ['ignore', 'ignore', 'pipe'],
@@ -273,13 +298,15 @@ function timed(argv: string[], env: Record<string, string> = {}) {
   });
   let stderr = '';
   child.stderr.on('data', (part: Buffer) => (stderr += part.toString()));
-  return new Promise<{ ms: number; stderr: string }>((resolve, reject) => {
+  return new Promise<{ ms: number; cpuMs: number; stderr: string }>((resolve, reject) => {
     child.on('error', reject);
-    child.on('close', (code) =>
-      code === 0
-        ? resolve({ ms: performance.now() - started, stderr })
-        : reject(new Error(`${argv.join(' ')} exit ${code}: ${stderr.slice(-500)}`)),
-    );
+    child.on('close', (code) => {
+      const ms = performance.now() - started;
+      const cpu = /BENCH_CPU_S=([\d.]+)\+([\d.]+)/.exec(stderr);
+      const cpuMs = cpu ? (Number(cpu[1]) + Number(cpu[2])) * 1000 : NaN;
+      if (code === 0) resolve({ ms, cpuMs, stderr });
+      else reject(new Error(`${command.join(' ')} exit ${code}: ${stderr.slice(-500)}`));
+    });
   });
 }
 
