@@ -45,6 +45,13 @@ COPY examples ./examples
 RUN chmod 0755 dist/cli/main.js && ln -sf /app/dist/cli/main.js /usr/local/bin/hd-runner
 LABEL org.opencontainers.image.title="hd-runner" \
       org.opencontainers.image.description="hd-runner job runner (CPU)"
+# V8's compile cache of the runner's code, made once here (issue 13): a runner's root file
+# system is read-only, so it reads the cache and never writes it. Written as the runner's
+# user, because Node makes cache files readable by their owner only.
+ENV NODE_COMPILE_CACHE=/app/.node-compile-cache
+RUN mkdir -p /app/.node-compile-cache && chown 1000:1000 /app/.node-compile-cache
 USER 1000:1000
+RUN node /app/dist/cli/main.js --help >/dev/null \
+ && node --input-type=module -e "for (const m of ['cli/commands/run.js', 'runner/handlers/index.js', 'runner/extract/html.js', 'runner/extract/pdf-text.js']) await import('/app/dist/' + m); await import('openai');"
 ENTRYPOINT ["node", "/app/dist/cli/main.js"]
 CMD ["--help"]
