@@ -61,6 +61,19 @@ describe('the supabase transport', () => {
     ).rejects.toThrow('jobs must be a non-empty JSON array');
   });
 
+  it("takes a batch's own webhook URL and hands out the account's signing secret", async () => {
+    const batch = await batchesOf(db).enqueueBatch({
+      accountId: ACCOUNT_B,
+      name: 'hooked over rest',
+      webhookUrl: 'https://hooks.example.com/batch?token=t',
+      jobs: [{ jobType: 'sb_hook', debug: { webhook_url: 'https://hooks.example.com/job' } }],
+    });
+    expect(batch.webhook_url).toBe('https://hooks.example.com/batch?token=t');
+    const secret = await webhookOutboxOf(db).signingSecret(ACCOUNT_B);
+    const { rows } = await t.sql.query('select hd_webhook_signing_secret($1) as s', [ACCOUNT_B]);
+    expect(secret).toBe(rows[0].s);
+  });
+
   it('shows a batch through the CLI', async () => {
     const batch = await batchesOf(db).enqueueBatch({
       accountId: ACCOUNT_B,

@@ -28,6 +28,7 @@ const FUNCTIONS = parseMatrix(`
   hd__count_batch_jobs                .    .             .         .            .
   hd__cut_off_at                      .    .             .         .            .
   hd__delete_orphan_nodes             .    .             .         .            .
+  hd__enqueue_batch_webhook           .    .             .         .            .
   hd__enqueue_job_webhooks            .    .             .         .            .
   hd__forget_deleted_graph_sources    .    .             .         .            .
   hd__forget_graph_evidence           .    .             .         .            .
@@ -97,6 +98,7 @@ const FUNCTIONS = parseMatrix(`
   hd_set_container_id                 .    .             .         X            X
   hd_set_job_type_limit               .    .             .         X            X
   hd_set_llm_budget                   .    .             .         X            X
+  hd_webhook_signing_secret           .    .             .         X            X
 `);
 
 // Every table in schema public: s select, i insert, u update, d delete, t truncate

@@ -2,7 +2,7 @@ import { stat } from 'node:fs/promises';
 import { batchesOf } from '../../control-plane/db/batches.ts';
 import { openDb, openStorage } from '../../control-plane/open.ts';
 import { configFrom, stringOption, UsageError, type Env, type ParsedArgs } from '../command.ts';
-import { uploadImportFile, type EnqueueFileRequest } from './enqueue.ts';
+import { uploadImportFile, webhookUrlOption, type EnqueueFileRequest } from './enqueue.ts';
 
 /**
  * `enqueue --batch NAME FILE…`: every file uploaded and validated as a single enqueue is,
@@ -28,17 +28,22 @@ export async function enqueueBatchCommand(
     if (!info?.isFile()) throw new UsageError(`enqueue: ${file} is not a readable file`);
   }
   const config = configFrom(env);
+  // The batch's own URL: its end event goes there (its jobs' do not).
+  const webhookUrl = await webhookUrlOption(args, config);
   const db = openDb(config);
   try {
     const storage = openStorage(config);
     const jobs = [];
     for (const file of files)
-      jobs.push(await uploadImportFile(storage, config, { ...request, file }));
+      jobs.push(
+        await uploadImportFile(storage, config, { ...request, webhookUrl: undefined, file }),
+      );
     const batches = batchesOf(db);
     const batch = await batches.enqueueBatch({
       accountId: request.accountId,
       name,
       idempotencyKey: key,
+      webhookUrl,
       jobs,
     });
     if (args.values.json === true) {

@@ -1,6 +1,9 @@
 import { basename } from 'node:path';
 import { stat } from 'node:fs/promises';
 import { PAYLOAD_SCHEMAS } from '../../contract/jobs.ts';
+import { webhookUrlSchema } from '../../contract/webhook-url.ts';
+import { UrlRefused } from '../../scheduler/public-http.ts';
+import { webhookGuard } from '../../scheduler/webhook-post.ts';
 import { assertTenantPath, tenantPrefix, toStorageName } from '../../contract/storage-paths.ts';
 import type { Config } from '../../control-plane/config.ts';
 import type { ControlPlaneDb, EnqueueRequest } from '../../control-plane/db/transport.ts';
@@ -24,6 +27,8 @@ export interface EnqueueFileRequest {
   documentId?: string | undefined;
   maxAttempts?: number | undefined;
   priority?: number | undefined;
+  /** The job's own webhook URL (debug.webhook_url), checked by webhookUrlOption. */
+  webhookUrl?: string | undefined;
 }
 
 /**
@@ -64,6 +69,7 @@ export async function uploadImportFile(
     format: 'jsonl',
     strict: request.strict ?? false,
     original_name: originalName,
+    ...(request.webhookUrl === undefined ? {} : { webhook_url: request.webhookUrl }),
   });
   return {
     jobType: 'import_assets_jsonl',
@@ -87,6 +93,7 @@ export function importByUrl(
     url: request.url,
     format: 'jsonl',
     strict: request.strict ?? false,
+    ...(request.webhookUrl === undefined ? {} : { webhook_url: request.webhookUrl }),
   });
   if (!debug.success)
     throw new UsageError(`enqueue: --url: ${debug.error.issues[0]?.message ?? 'not a URL'}`);
@@ -117,17 +124,19 @@ export async function enqueueCommand(args: ParsedArgs, env: Env): Promise<number
   if (url !== undefined && stringOption(args, 'file') !== undefined)
     throw new UsageError('enqueue: --file or --url, not both');
   const config = configFrom(env);
+  const webhookUrl = await webhookUrlOption(args, config);
   const db = openDb(config);
   try {
     const job =
       url === undefined
         ? await enqueueImportFile(db, openStorage(config), config, {
             ...request,
+            webhookUrl,
             file: requiredOption(args, 'file', 'enqueue'),
           })
         : await db.enqueueJob({
             accountId,
-            ...importByUrl(config, { ...request, url }),
+            ...importByUrl(config, { ...request, webhookUrl, url }),
           });
     console.log(args.values.json ? JSON.stringify(job) : job.id);
     return 0;
@@ -141,4 +150,26 @@ export function intOption(value: string | undefined, name: string): number | und
   if (!/^-?\d+$/.test(value))
     throw new UsageError(`${name} must be an integer (got ${JSON.stringify(value)})`);
   return Number(value);
+}
+
+/**
+ * --webhook-url: the rule of migration 00022 (zod), then the delivery's own address guard
+ * (HD_WEBHOOK_ALLOW_CIDRS), so a URL the scheduler would refuse is refused now, by name.
+ */
+export async function webhookUrlOption(
+  args: ParsedArgs,
+  config: Pick<Config, 'HD_WEBHOOK_ALLOW_CIDRS'>,
+): Promise<string | undefined> {
+  const url = stringOption(args, 'webhook-url');
+  if (url === undefined) return undefined;
+  const parsed = webhookUrlSchema.safeParse(url);
+  if (!parsed.success)
+    throw new UsageError(`enqueue: --webhook-url must be ${parsed.error.issues[0]!.message}`);
+  const guard = webhookGuard(config.HD_WEBHOOK_ALLOW_CIDRS);
+  await guard.resolve(new URL(url).hostname).catch((error: unknown) => {
+    if (error instanceof UrlRefused)
+      throw new UsageError(`enqueue: --webhook-url: ${error.message}`);
+    throw error;
+  });
+  return url;
 }

@@ -53,7 +53,7 @@ SIGTERM/SIGINT stop the handler and hand the job back.`,
     name: 'enqueue',
     summary: 'upload a JSONL file to storage (or name a URL) and queue an import_assets_jsonl job',
     usage: `hd-runner enqueue --account UUID --file PATH [--strict] [--document-id UUID]
-                   [--max-attempts N] [--priority N] [--json]
+                   [--max-attempts N] [--priority N] [--webhook-url URL] [--json]
 hd-runner enqueue --account UUID --url URL [options above]
 hd-runner enqueue --account UUID --batch NAME [--idempotency-key KEY] FILE… [options above]
 
@@ -68,7 +68,10 @@ returns the first batch and queues nothing. Follow it with hd-runner batches sho
 starts (public addresses only unless HD_URL_INPUT_ALLOW_CIDRS allows a range; at most
 HD_URL_INPUT_MAX_BYTES, within HD_URL_INPUT_TIMEOUT_MS, HD_URL_INPUT_MAX_REDIRECTS
 redirects), checks it is text, and stores it at
-{bucket}/accounts/{account}/url-inputs/{job}/{name} (debug.url_input) for every attempt.`,
+{bucket}/accounts/{account}/url-inputs/{job}/{name} (debug.url_input) for every attempt.
+--webhook-url: the job's (with --batch: the batch's) end event is also sent there, signed
+with the account's signing secret (hd-runner webhooks secret); a loopback, private or
+metadata address is refused unless HD_WEBHOOK_ALLOW_CIDRS allows it.`,
     options: {
       account: { type: 'string' },
       file: { type: 'string' },
@@ -79,6 +82,7 @@ redirects), checks it is text, and stores it at
       'document-id': { type: 'string' },
       'max-attempts': { type: 'string' },
       priority: { type: 'string' },
+      'webhook-url': { type: 'string' },
       json: { type: 'boolean' },
     },
     load: async () => (await import('./enqueue.ts')).enqueueCommand,
@@ -156,6 +160,9 @@ hd-runner webhooks deliveries [--account UUID] [--status S] [--limit N] [--json]
                                         newest first; S: pending, delivered, failed
 hd-runner webhooks replay DELIVERY_ID [--json]
                                         send again (same webhook-id), attempts from 0
+hd-runner webhooks secret --account UUID [--json]
+                                        the account's secret signing its jobs' and
+                                        batches' own URLs (--webhook-url, debug.webhook_url)
 
 Events: job.completed, job.failed, batch.completed, batch.failed, batch.cancelled (default
 all). The scheduler delivers them signed per Standard Webhooks; see README, Webhooks.`,

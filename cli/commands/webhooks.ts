@@ -14,7 +14,7 @@ import {
   type ParsedArgs,
 } from '../command.ts';
 
-const ACTIONS = ['add', 'list', 'deliveries', 'replay'] as const;
+const ACTIONS = ['add', 'list', 'deliveries', 'replay', 'secret'] as const;
 const EVENTS = [
   'job.completed',
   'job.failed',
@@ -28,7 +28,7 @@ export async function webhooksCommand(args: ParsedArgs, env: Env): Promise<numbe
   const [action, id] = args.positionals;
   if (!action || !(ACTIONS as readonly string[]).includes(action))
     throw new UsageError(
-      'webhooks: expected one of add, list, deliveries, replay (see hd-runner webhooks --help)',
+      'webhooks: expected one of add, list, deliveries, replay, secret (see hd-runner webhooks --help)',
     );
   const db = openDb(configFrom(env));
   try {
@@ -36,6 +36,7 @@ export async function webhooksCommand(args: ParsedArgs, env: Env): Promise<numbe
     if (action === 'add') return await add(outbox, args);
     if (action === 'list') return await list(outbox, args);
     if (action === 'deliveries') return await deliveries(outbox, args);
+    if (action === 'secret') return await secret(outbox, args);
     return await replay(outbox, id, args);
   } finally {
     await db.close();
@@ -64,6 +65,15 @@ async function add(outbox: WebhookOutbox, args: ParsedArgs): Promise<number> {
   if (args.values.json === true) console.log(JSON.stringify(endpoint, null, 2));
   // The secret is shown this once: the receiver needs it to verify signatures.
   else console.log(`${endpoint.id}\nsecret: ${endpoint.secret}`);
+  return 0;
+}
+
+async function secret(outbox: WebhookOutbox, args: ParsedArgs): Promise<number> {
+  const accountId = uuidArg(requiredOption(args, 'account', 'webhooks secret'), '--account');
+  const value = await outbox.signingSecret(accountId);
+  console.log(
+    args.values.json === true ? JSON.stringify({ account_id: accountId, secret: value }) : value,
+  );
   return 0;
 }
 
@@ -97,6 +107,8 @@ async function deliveries(outbox: WebhookOutbox, args: ParsedArgs): Promise<numb
           error: d.last_error,
           next: d.status === 'pending' ? d.next_attempt_at : null,
           created: d.created_at,
+          // A job's or batch's own URL: its host only (a path or query may carry a token).
+          to: d.endpoint_id ?? (d.url && URL.canParse(d.url) ? new URL(d.url).host : d.url),
         })),
       ),
     empty: 'no webhook deliveries',

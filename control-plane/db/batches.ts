@@ -26,6 +26,8 @@ export interface Batch {
   created_at: Date;
   updated_at: Date;
   finished_at: Date | null;
+  /** The batch's own webhook URL (00022): its end event goes there too. */
+  webhook_url: string | null;
 }
 
 export interface EnqueueBatchRequest {
@@ -33,6 +35,8 @@ export interface EnqueueBatchRequest {
   name: string;
   /** Same key again (same account): the first batch comes back, nothing is added. */
   idempotencyKey?: string | undefined;
+  /** Where the batch's end event goes besides the account's endpoints (webhookUrlSchema). */
+  webhookUrl?: string | undefined;
   jobs: readonly Omit<EnqueueRequest, 'accountId'>[];
 }
 
@@ -97,11 +101,12 @@ export class PostgresBatches implements BatchStore {
   }
 
   enqueueBatch(r: EnqueueBatchRequest) {
-    return this.#one('select * from public.hd_enqueue_batch($1, $2, $3, $4)', [
+    return this.#one('select * from public.hd_enqueue_batch($1, $2, $3, $4, p_webhook_url => $5)', [
       r.accountId,
       r.name,
       JSON.stringify(jobsJson(r.jobs)),
       r.idempotencyKey ?? null,
+      r.webhookUrl ?? null,
     ]);
   }
 
@@ -170,6 +175,7 @@ export class SupabaseBatches implements BatchStore {
       p_name: r.name,
       p_jobs: jobsJson(r.jobs),
       p_idempotency_key: r.idempotencyKey ?? null,
+      p_webhook_url: r.webhookUrl ?? null,
     });
   }
 

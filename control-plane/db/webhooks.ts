@@ -37,7 +37,9 @@ export interface WebhookDeliveryRow {
   id: number;
   event_id: string;
   account_id: string;
-  endpoint_id: string;
+  /** The endpoint, or null for a job's or batch's own URL (`url`). */
+  endpoint_id: string | null;
+  url: string | null;
   event_type: string;
   status: 'pending' | 'delivered' | 'failed';
   attempts: number;
@@ -66,13 +68,15 @@ export interface WebhookOutbox {
     events?: readonly string[],
   ): Promise<WebhookEndpoint & { secret: string }>;
   listEndpoints(accountId?: string): Promise<WebhookEndpoint[]>;
+  /** The account's secret that signs its jobs' and batches' own URLs (made if missing). */
+  signingSecret(accountId: string): Promise<string>;
   /** Newest first. */
   listDeliveries(filter: DeliveriesFilter): Promise<WebhookDeliveryRow[]>;
 }
 
 const ENDPOINT_COLUMNS = 'id, account_id, url, events, enabled, created_at';
 const DELIVERY_COLUMNS =
-  'id, event_id, account_id, endpoint_id, event_type, status, attempts, next_attempt_at, last_status_code, last_error, last_latency_ms, created_at, delivered_at';
+  'id, event_id, account_id, endpoint_id, url, event_type, status, attempts, next_attempt_at, last_status_code, last_error, last_latency_ms, created_at, delivered_at';
 
 /** PostgREST sends timestamps as text and bigint ids as numbers: one shape for both. */
 function withDates<T>(row: Record<string, unknown>): T {
@@ -124,6 +128,14 @@ export class PostgresWebhookOutbox implements WebhookOutbox {
       [accountId, url, events ?? null],
     );
     return withDates<WebhookEndpoint & { secret: string }>(rows[0]);
+  }
+
+  async signingSecret(accountId: string) {
+    const { rows } = await this.pool.query<{ secret: string }>(
+      'select public.hd_webhook_signing_secret($1) as secret',
+      [accountId],
+    );
+    return rows[0]!.secret;
   }
 
   async listEndpoints(accountId?: string) {
@@ -203,6 +215,10 @@ export class SupabaseWebhookOutbox implements WebhookOutbox {
       created_at,
       secret,
     });
+  }
+
+  async signingSecret(accountId: string) {
+    return (await this.#rpc('hd_webhook_signing_secret', { p_account_id: accountId })) as string;
   }
 
   async listEndpoints(accountId?: string) {
