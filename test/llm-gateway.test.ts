@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { HdError } from '../contract/errors.ts';
 import type { LeasedJob } from '../contract/jobs.ts';
@@ -93,11 +94,14 @@ describe('llm gateway', () => {
     expect(seen.body).toEqual(body);
     expect(answer.usage.prompt_tokens).toBeGreaterThan(0);
     // Counted for the job and its account, on the day of the request.
-    expect(await usageOf(job.id)).toMatchObject({
-      requests: 1,
-      prompt_tokens: answer.usage.prompt_tokens,
-      reserved_tokens: 0,
-    });
+    // Without a budget the usage is recorded just after the answer: polled.
+    await expect
+      .poll(() => usageOf(job.id))
+      .toMatchObject({
+        requests: 1,
+        prompt_tokens: answer.usage.prompt_tokens,
+        reserved_tokens: 0,
+      });
   });
 
   it('refuses a credential once its lease has ended, and one never issued, before the provider', async () => {
@@ -155,8 +159,9 @@ describe('llm gateway', () => {
 
   it('stops an account at its daily token budget before the provider; the runner fails LLM_BUDGET_EXCEEDED', async () => {
     const g = await gateway();
-    await t.sql.query('select public.hd_set_llm_budget($1, 300)', [ACCOUNT_B]);
-    const job = await leasedJob(ACCOUNT_B);
+    const account = randomUUID();
+    await t.sql.query('select public.hd_set_llm_budget($1, 300)', [account]);
+    const job = await leasedJob(account);
     const credential = await g.issue(job, inAnHour());
     // Each request reserves its prompt estimate + max_tokens 50: some fit, then none.
     const statuses: number[] = [];
@@ -238,8 +243,10 @@ describe('llm gateway', () => {
     const busy = Array.from({ length: 8 }, (_, i) => chat(g, a!, question(`a${i}`)));
     await waitFor(() => server.requests.length >= 1);
     const small = [chat(g, b!, question('b0')), chat(g, b!, question('b1'))];
-    await Promise.all([...busy, ...small]);
+    const statuses = (await Promise.all([...busy, ...small])).map((r) => r.status);
+    expect(statuses).toEqual(Array(10).fill(200));
     const order = server.requests.map((r) => r.text[0]).join('');
+    expect(order.replace(/a/g, '')).toBe('bb');
     // B's two requests go between A's, one each turn (aabab…), not after all eight of A's.
     expect(order.lastIndexOf('b'), order).toBeLessThan(5);
   });

@@ -5,7 +5,14 @@ import type { ControlPlaneDb } from './transport.ts';
 /** hd_llm_admit's answer (00015). */
 export type Admission =
   | { verdict: 'refused' }
-  | { verdict: 'admitted'; job_id: string; account_id: string; day: string }
+  | {
+      verdict: 'admitted';
+      job_id: string;
+      account_id: string;
+      day: string;
+      /** Whether tokens were reserved (the account has a budget) for hd_llm_record to release. */
+      reserved: boolean;
+    }
   | {
       verdict: 'budget';
       job_id: string;

@@ -195,30 +195,42 @@ export class LlmGateway extends EventEmitter<LlmGatewayEvents> {
           `the model endpoint could not be reached: ${message(error)}`,
         );
     } finally {
-      const used = usage ?? { prompt: 0, completion: 0, cached: 0 };
-      permit?.release(used.prompt + used.completion);
-      if (usage) this.emit('usage', model, usage);
-      // Recorded before the runner hears the answer: its next request must find this
-      // reservation swapped for the real usage, or it could be refused for tokens not used.
-      await this.#o.ledger
-        .record({
-          accountId: admission.account_id,
-          day: admission.day,
-          jobId: admission.job_id,
-          model,
-          reservedTokens: ceiling,
-          reservedCostUsd: reservedCost,
-          promptTokens: used.prompt,
-          completionTokens: used.completion,
-          cachedTokens: used.cached,
-          costUsd: costUsd(price, used),
-        })
-        .catch((error: unknown) =>
-          this.#o.log.error({ err: error, job_id: admission.job_id }, 'llm usage not recorded'),
-        );
+      permit?.release(usage ? usage.prompt + usage.completion : 0);
     }
+    if (usage) this.emit('usage', model, usage);
+    const recorded = this.#record(admission, model, usage, ceiling, reservedCost, price);
+    // Where the account has a budget, its next request must find this reservation swapped
+    // for the real usage, or it could be refused for tokens never used: recorded first.
+    if (admission.reserved) await recorded;
     if (answer && !gone.signal.aborted)
       res.writeHead(answer.status, passedHeaders(answer.headers)).end(answer.body);
+  }
+
+  async #record(
+    admission: Extract<Admission, { verdict: 'admitted' }>,
+    model: string,
+    usage: TokenUsage | undefined,
+    ceiling: number,
+    reservedCost: number,
+    price: Price | undefined,
+  ): Promise<void> {
+    const used = usage ?? { prompt: 0, completion: 0, cached: 0 };
+    await this.#o.ledger
+      .record({
+        accountId: admission.account_id,
+        day: admission.day,
+        jobId: admission.job_id,
+        model,
+        reservedTokens: admission.reserved ? ceiling : 0,
+        reservedCostUsd: admission.reserved ? reservedCost : 0,
+        promptTokens: used.prompt,
+        completionTokens: used.completion,
+        cachedTokens: used.cached,
+        costUsd: costUsd(price, used),
+      })
+      .catch((error: unknown) =>
+        this.#o.log.error({ err: error, job_id: admission.job_id }, 'llm usage not recorded'),
+      );
   }
 }
 

@@ -102,9 +102,13 @@ $$;
 
 -- One gateway request: the credential's job (refused unless its lease is current), then
 -- the account's budget for the UTC day of p_now. p_tokens / p_cost: the request's most
--- possible tokens and cost, reserved until hd_llm_record. Returns jsonb: verdict
--- `admitted` | `refused` (credential) | `budget`, job_id, account_id, day, and for
--- `budget` the tokens used (reservations included) and the budget.
+-- possible tokens and cost, reserved until hd_llm_record where the account has a budget
+-- (without one nothing is written: a read, no lock). Returns jsonb: verdict `admitted` |
+-- `refused` (credential) | `budget`, job_id, account_id, day, reserved, and for `budget`
+-- the tokens used (reservations included) and the budget. Usage and reservations are
+-- committed without waiting for the WAL flush (synchronous_commit off for the
+-- transaction): other sessions see them at once; a database crash may lose the last few,
+-- which is accounting, not the queue.
 create or replace function public.hd_llm_admit(
   p_token_sha256 text, p_model text, p_tokens bigint, p_cost numeric default 0,
   p_default_daily_tokens bigint default null, p_now timestamptz default now())
@@ -131,24 +135,27 @@ begin
   select coalesce(b.daily_tokens, p_default_daily_tokens), b.daily_cost_usd
     into v_tokens, v_usd
     from (select 1) one left join public.hd_llm_budgets b on b.account_id = v_account;
-  if v_tokens is not null or v_usd is not null then
-    -- Admissions of one account take turns: two hosts cannot both take the last tokens.
-    perform public.hd__lock('hd_llm_budget:' || v_account);
-    select coalesce(sum(u.prompt_tokens + u.completion_tokens + u.reserved_tokens), 0),
-           coalesce(sum(u.cost_usd + u.reserved_cost_usd), 0)
-      into v_used, v_cost
-      from public.hd_llm_usage u
-     where u.account_id = v_account and u.day = v_day;
-    if v_used + p_tokens > v_tokens or v_cost + p_cost > v_usd then
-      insert into public.hd_llm_usage as u (account_id, day, job_id, model, refused, updated_at)
-      values (v_account, v_day, v_job_id, p_model, 1, p_now)
-      on conflict (account_id, day, job_id, model)
-        do update set refused = u.refused + 1, updated_at = p_now;
-      return jsonb_build_object('verdict', 'budget', 'job_id', v_job_id,
-                                'account_id', v_account, 'day', v_day,
-                                'used_tokens', v_used, 'budget_tokens', v_tokens,
-                                'used_cost_usd', v_cost, 'budget_cost_usd', v_usd);
-    end if;
+  if v_tokens is null and v_usd is null then
+    return jsonb_build_object('verdict', 'admitted', 'job_id', v_job_id,
+                              'account_id', v_account, 'day', v_day, 'reserved', false);
+  end if;
+  perform set_config('synchronous_commit', 'off', true);
+  -- Admissions of one account take turns: two hosts cannot both take the last tokens.
+  perform public.hd__lock('hd_llm_budget:' || v_account);
+  select coalesce(sum(u.prompt_tokens + u.completion_tokens + u.reserved_tokens), 0),
+         coalesce(sum(u.cost_usd + u.reserved_cost_usd), 0)
+    into v_used, v_cost
+    from public.hd_llm_usage u
+   where u.account_id = v_account and u.day = v_day;
+  if v_used + p_tokens > v_tokens or v_cost + p_cost > v_usd then
+    insert into public.hd_llm_usage as u (account_id, day, job_id, model, refused, updated_at)
+    values (v_account, v_day, v_job_id, p_model, 1, p_now)
+    on conflict (account_id, day, job_id, model)
+      do update set refused = u.refused + 1, updated_at = p_now;
+    return jsonb_build_object('verdict', 'budget', 'job_id', v_job_id,
+                              'account_id', v_account, 'day', v_day,
+                              'used_tokens', v_used, 'budget_tokens', v_tokens,
+                              'used_cost_usd', v_cost, 'budget_cost_usd', v_usd);
   end if;
   insert into public.hd_llm_usage as u
     (account_id, day, job_id, model, reserved_tokens, reserved_cost_usd, updated_at)
@@ -158,31 +165,38 @@ begin
                   reserved_cost_usd = u.reserved_cost_usd + excluded.reserved_cost_usd,
                   updated_at = p_now;
   return jsonb_build_object('verdict', 'admitted', 'job_id', v_job_id,
-                            'account_id', v_account, 'day', v_day);
+                            'account_id', v_account, 'day', v_day, 'reserved', true);
 end
 $$;
 
--- After the provider answered (or failed): the reservation of hd_llm_admit is released
--- and the usage the provider reported is counted, on the admission's row.
+-- After the provider answered (or failed): the request and the usage the provider
+-- reported are counted, and hd_llm_admit's reservation (p_reserved_*, 0 where it made
+-- none) is released, on the admission's row.
 create or replace function public.hd_llm_record(
   p_account_id uuid, p_day date, p_job_id uuid, p_model text,
   p_reserved_tokens bigint, p_reserved_cost numeric,
   p_prompt_tokens bigint, p_completion_tokens bigint, p_cached_tokens bigint, p_cost numeric,
   p_now timestamptz default now())
 returns void
-language sql volatile
+language plpgsql volatile
 as $$
-  update public.hd_llm_usage u
-     set requests = u.requests + 1,
-         reserved_tokens = greatest(u.reserved_tokens - p_reserved_tokens, 0),
-         reserved_cost_usd = greatest(u.reserved_cost_usd - p_reserved_cost, 0),
-         prompt_tokens = u.prompt_tokens + p_prompt_tokens,
-         completion_tokens = u.completion_tokens + p_completion_tokens,
-         cached_tokens = u.cached_tokens + p_cached_tokens,
-         cost_usd = u.cost_usd + p_cost,
-         updated_at = p_now
-   where u.account_id = p_account_id and u.day = p_day and u.job_id = p_job_id
-     and u.model = p_model
+begin
+  perform set_config('synchronous_commit', 'off', true);
+  insert into public.hd_llm_usage as u
+    (account_id, day, job_id, model, requests, prompt_tokens, completion_tokens,
+     cached_tokens, cost_usd, updated_at)
+  values (p_account_id, p_day, p_job_id, p_model, 1, p_prompt_tokens, p_completion_tokens,
+          p_cached_tokens, p_cost, p_now)
+  on conflict (account_id, day, job_id, model) do update
+    set requests = u.requests + 1,
+        reserved_tokens = greatest(u.reserved_tokens - p_reserved_tokens, 0),
+        reserved_cost_usd = greatest(u.reserved_cost_usd - p_reserved_cost, 0),
+        prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
+        completion_tokens = u.completion_tokens + excluded.completion_tokens,
+        cached_tokens = u.cached_tokens + excluded.cached_tokens,
+        cost_usd = u.cost_usd + excluded.cost_usd,
+        updated_at = p_now;
+end
 $$;
 
 -- An account's daily budget (NULLs: the configured default tokens, no cost cap).
