@@ -125,6 +125,20 @@ async function startScheduler(backend: Backend, overrides: Record<string, string
   };
 }
 
+/** Runs `body` with a scheduler as `hd-runner scheduler` builds it; stops it after. */
+async function withScheduler(
+  backend: Backend,
+  overrides: Record<string, string>,
+  body: (s: Awaited<ReturnType<typeof startScheduler>>) => Promise<void>,
+) {
+  const started = await startScheduler(backend, overrides);
+  try {
+    await body(started);
+  } finally {
+    await stop(started.scheduler, backend.db);
+  }
+}
+
 async function enqueueUrl(backend: Backend, url: string, maxAttempts = 1): Promise<Job> {
   return backend.db.enqueueJob({
     accountId: ACCOUNT_A,
@@ -144,8 +158,7 @@ describe.each([
 ])('inputs by URL, %s storage', (_name, index) => {
   it('fetches through a redirect, stores under the tenant prefix first, imports; a requeue does not fetch again', async () => {
     const backend = backends[index]!;
-    const { scheduler, finished, forget } = await startScheduler(backend);
-    try {
+    await withScheduler(backend, {}, async ({ finished, forget }) => {
       const enqueued = await execa(
         process.execPath,
         [
@@ -194,15 +207,12 @@ describe.each([
       expect(await finished(id)).toMatchObject({ status: 'completed', attempts: 1 });
       expect(server.requests.filter((p) => p === '/assets.jsonl').length).toBe(fetches);
       expect((await backend.read(key))?.toString()).toBe(ASSETS_JSONL);
-    } finally {
-      await stop(scheduler, backend.db);
-    }
+    });
   });
 
   it("fetches a document's PDF labelled as HTML, stores it as the PDF it is, and extract_text reads it", async () => {
     const backend = backends[index]!;
-    const { scheduler, finished } = await startScheduler(backend);
-    try {
+    await withScheduler(backend, {}, async ({ finished }) => {
       const documentId = randomUUID();
       const { id } = await backend.db.enqueueJob({
         accountId: ACCOUNT_A,
@@ -229,14 +239,11 @@ describe.each([
         [ACCOUNT_A, documentId],
       );
       expect(chunks.map((c: { content: string }) => c.content).join(' ')).toContain(REPORT_TEXT);
-    } finally {
-      await stop(scheduler, backend.db);
-    }
+    });
   });
 
   it('ends each bad URL with its code, storing nothing; the victim on 127.0.0.1 sees nothing', async () => {
     const backend = backends[index]!;
-    const { scheduler, finished } = await startScheduler(backend);
     const cases: [string, Partial<Job>, RegExp][] = [
       ['/missing', { status: 'failed', error_code: 'FILE_NOT_FOUND' }, /answered 404/],
       ['/busy', { status: 'queued', error_code: 'DOWNLOAD_FAILED' }, /answered 503/],
@@ -273,7 +280,7 @@ describe.each([
         /the content is an HTML page/,
       ],
     ];
-    try {
+    await withScheduler(backend, {}, async ({ finished }) => {
       // A document's file must be one extract_text reads; and it needs a document.
       const documentId = randomUUID();
       for (const [debug, documentOf, message] of [
@@ -312,30 +319,29 @@ describe.each([
         if (job.status === 'queued') await backend.db.cancelJob(id, 'retry not wanted here');
       }
       expect(victim.requests).toEqual([]);
-    } finally {
-      await stop(scheduler, backend.db);
-    }
+    });
   });
 });
 
 describe('without an allowed range', () => {
   it('refuses the loopback test server: INVALID_INPUT naming the setting, no request made', async () => {
     const backend = backends[0]!;
-    const { scheduler, finished } = await startScheduler(backend, {
-      HD_URL_INPUT_ALLOW_CIDRS: '',
-    });
-    try {
-      const seen = server.requests.length;
-      const { id } = await enqueueUrl(backend, `${server.origin}/assets.jsonl`, 3);
-      const job = await finished(id);
-      expect(job).toMatchObject({ status: 'failed', error_code: 'INVALID_INPUT', attempts: 1 });
-      expect(job.error).toContain(
-        `URL input host ${SERVER_HOST} resolves to ${SERVER_HOST}, a loopback, private, link-local, multicast or metadata address (allow it with HD_URL_INPUT_ALLOW_CIDRS)`,
-      );
-      expect(server.requests.length).toBe(seen);
-    } finally {
-      await stop(scheduler, backend.db);
-    }
+    await withScheduler(
+      backend,
+      {
+        HD_URL_INPUT_ALLOW_CIDRS: '',
+      },
+      async ({ finished }) => {
+        const seen = server.requests.length;
+        const { id } = await enqueueUrl(backend, `${server.origin}/assets.jsonl`, 3);
+        const job = await finished(id);
+        expect(job).toMatchObject({ status: 'failed', error_code: 'INVALID_INPUT', attempts: 1 });
+        expect(job.error).toContain(
+          `URL input host ${SERVER_HOST} resolves to ${SERVER_HOST}, a loopback, private, link-local, multicast or metadata address (allow it with HD_URL_INPUT_ALLOW_CIDRS)`,
+        );
+        expect(server.requests.length).toBe(seen);
+      },
+    );
   });
 });
 
@@ -345,26 +351,33 @@ describe('staging within the job', () => {
     // A 2 s lease, reaped every 200 ms; the download takes 3 s. What happens after the
     // staging (a runner starting slower than such a short lease) is not this test's matter:
     // the input was recorded, so the lease was held through the download.
-    const { scheduler, finished } = await startScheduler(backend, {
-      HD_LEASE_SECONDS: '2',
-      HD_REAP_INTERVAL_MS: '200',
-      HD_URL_INPUT_TIMEOUT_MS: '10000',
-    });
-    try {
-      const { id } = await enqueueUrl(backend, `${server.origin}/slow`, 1);
-      const job = await finished(id);
-      expect(job.debug.url_input).toMatchObject({ bytes: Buffer.byteLength(ASSETS_JSONL) });
-    } finally {
-      await stop(scheduler, backend.db);
-    }
+    await withScheduler(
+      backend,
+      {
+        HD_LEASE_SECONDS: '2',
+        HD_REAP_INTERVAL_MS: '200',
+        HD_URL_INPUT_TIMEOUT_MS: '10000',
+      },
+      async ({ finished }) => {
+        const { id } = await enqueueUrl(backend, `${server.origin}/slow`, 1);
+        const job = await finished(id);
+        expect(job.debug.url_input).toMatchObject({ bytes: Buffer.byteLength(ASSETS_JSONL) });
+      },
+    );
   });
 
-  it('hands the job back, attempt refunded, when the scheduler stops mid-download', async () => {
+  it('runs other jobs meanwhile; hands the job back, attempt refunded, when the scheduler stops mid-download', async () => {
     const backend = backends[0]!;
-    const { scheduler } = await startScheduler(backend, { HD_URL_INPUT_TIMEOUT_MS: '60000' });
+    const { scheduler, finished } = await startScheduler(backend, {
+      HD_URL_INPUT_TIMEOUT_MS: '60000',
+    });
     const seen = server.requests.length;
     const { id } = await enqueueUrl(backend, `${server.origin}/trickle?stop`, 3);
     await expect.poll(() => server.requests.slice(seen)).toContain('/trickle?stop');
+    // The download holds its own slot only: a second job is claimed, staged and run.
+    const other = await enqueueUrl(backend, `${server.origin}/assets.jsonl?meanwhile`, 1);
+    expect(await finished(other.id)).toMatchObject({ status: 'completed' });
+    expect(await backend.db.getJob(id)).toMatchObject({ status: 'running' });
     await scheduler.stop(0);
     expect(await backend.db.getJob(id)).toMatchObject({ status: 'queued', attempts: 0 });
     expect(await backend.wroteUnder(`accounts/${ACCOUNT_A}/url-inputs/${id}`)).toBe(false);
