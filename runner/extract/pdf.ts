@@ -3,7 +3,7 @@ import type { PageStart } from './chunker.ts';
 import { ocrDpi, ocrPdfPage } from './ocr.ts';
 import { judgePageText } from './page-quality.ts';
 import { damagedPdf, isDamagedPdf, passwordProtected } from './pdf-errors.ts';
-import { PdfPasswordError, pagesWithImages, pdfInfo, pdfToText, type PdfInfo } from './poppler.ts';
+import { PdfPasswordError, pagesWithImages, readPages } from './poppler.ts';
 import { joinPages, normalizeText, visibleLength } from './text.ts';
 import { ToolFailure, type ToolLimits } from './tools.ts';
 
@@ -159,14 +159,14 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
 /** The raw text layer of every page: poppler, or pdf-parse where poppler fails on the file. */
 async function readTextLayer(path: string, settings: PdfSettings, limits: ToolLimits) {
   const { name, maxPages } = settings;
-  let info: PdfInfo;
   try {
-    info = await pdfInfo(path, maxPages, limits);
-    assertPageCount(name, info.pages, maxPages);
-    const { texts: raw, failed } =
-      info.pages > 0
-        ? await pdfToText(path, info.pages, limits, settings.textPageTimeoutMs)
-        : { texts: [], failed: [] };
+    const {
+      info,
+      texts: raw,
+      failed,
+    } = await readPages(path, maxPages, limits, settings.textPageTimeoutMs, (pages) =>
+      assertPageCount(name, pages, maxPages),
+    );
     return { source: 'poppler' as const, info, total: info.pages, raw, failed, parserPeakRssKb: 0 };
   } catch (error) {
     if (error instanceof PdfPasswordError) throw passwordProtected(name, error);
