@@ -13,11 +13,11 @@ import {
   planClaims,
   resolveGpuIds,
 } from '../scheduler/gpu.ts';
-import type { Launcher, LaunchRequest, RunnerExit } from '../scheduler/launcher.ts';
 import { DockerLauncher, LABELS } from '../scheduler/launchers/docker.ts';
 import { ProcessLauncher } from '../scheduler/launchers/process.ts';
 import { Scheduler } from '../scheduler/scheduler.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
+import { heldLauncher } from './helpers/held-launcher.ts';
 import { containersOf, requireDocker, skipNote, testImage } from './helpers/docker.ts';
 import { ACCOUNT_A, tempDir, testConfig } from './helpers/runtime.ts';
 
@@ -155,21 +155,7 @@ describe('scheduler with GPU slots', () => {
   afterAll(() => t.drop());
 
   it('pins each GPU job to a free GPU, CPU jobs to none, and frees the GPU at the end', async () => {
-    const launched: { job: LeasedJob; gpuIds: readonly string[]; finish: () => void }[] = [];
-    // Stands in for a runner: completes its job when the test says so.
-    const launcher: Launcher = {
-      async launch(request: LaunchRequest) {
-        let finish!: () => void;
-        const finished = new Promise<void>((resolve) => (finish = resolve));
-        launched.push({ job: request.job, gpuIds: request.gpuIds ?? [], finish });
-        const exit: Promise<RunnerExit> = finished.then(async () => {
-          await t.db.completeJob(request.job.id, request.job.lease_token, {});
-          const e = { exitCode: 0, signal: null, timedOut: false, stoppedFor: null };
-          return { ...e, oomKilled: false, durationMs: 1, outputTail: [] };
-        });
-        return { id: request.job.id, wait: () => exit, stop: finish };
-      },
-    };
+    const { launcher, launched } = heldLauncher(t.db);
     const config = testConfig(t.url, await tempDir(), {
       HD_SLOTS: '4',
       HD_POLL_INTERVAL_MS: '100',

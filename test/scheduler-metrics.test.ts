@@ -3,14 +3,13 @@ import http from 'node:http';
 import net from 'node:net';
 import { execa } from 'execa';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import type { LeasedJob } from '../contract/jobs.ts';
 import { configToEnv } from '../control-plane/config.ts';
 import { createLogger } from '../control-plane/logger.ts';
 import { GpuSlots } from '../scheduler/gpu.ts';
-import type { Launcher, LaunchRequest, RunnerExit } from '../scheduler/launcher.ts';
 import { startMetricsServer } from '../scheduler/metrics.ts';
 import { Scheduler } from '../scheduler/scheduler.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
+import { heldLauncher } from './helpers/held-launcher.ts';
 import { ACCOUNT_A, jsonl, putObject, tempDir, testConfig } from './helpers/runtime.ts';
 
 // `hd-runner scheduler` with HD_METRICS_ADDRESS: Prometheus text from prom-client, what the
@@ -140,21 +139,7 @@ async function startReceiver() {
 }
 
 it('slots and GPUs busy follow the jobs a scheduler holds; launches are timed', async () => {
-  const launched: { job: LeasedJob; gpuIds: readonly string[]; finish: () => void }[] = [];
-  // Stands in for a runner: completes its job when the test says so (no timing involved).
-  const launcher: Launcher = {
-    async launch(request: LaunchRequest) {
-      let finish!: () => void;
-      const finished = new Promise<void>((resolve) => (finish = resolve));
-      launched.push({ job: request.job, gpuIds: request.gpuIds ?? [], finish });
-      const exit: Promise<RunnerExit> = finished.then(async () => {
-        await t.db.completeJob(request.job.id, request.job.lease_token, {});
-        const e = { exitCode: 0, signal: null, timedOut: false, stoppedFor: null };
-        return { ...e, oomKilled: false, durationMs: 1, outputTail: [] };
-      });
-      return { id: request.job.id, wait: () => exit, stop: finish };
-    },
-  };
+  const { launcher, launched } = heldLauncher(t.db);
   const port = await freePort();
   const config = testConfig(t.url, root, {
     HD_SLOTS: '4',
