@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { webhookUrlSchema } from './webhook-url.ts';
 
 /** Job types this version of hd-runner handles, in pipeline order. */
 export const JOB_TYPES = [
@@ -83,14 +84,8 @@ export const JOB_INPUTS: { [K in JobType]: 'payload_object' | 'document_files' |
  * the account's prefix first, recording where in `url_input` (hd_record_url_input,
  * migration 00018); the runner then reads that stored object like any other.
  */
-export const inputUrlSchema = z
-  .string()
-  .max(2048, 'url is longer than 2048 characters')
-  .refine((u) => URL.canParse(u) && /^https?:$/.test(new URL(u).protocol), 'url must be http(s)')
-  .refine(
-    (u) => !URL.canParse(u) || (!new URL(u).username && !new URL(u).password),
-    'url must not carry a user name or password (the job row is readable by the account)',
-  );
+// The same rule as a tenant's webhook URL: http(s), no credentials or spaces, ≤ 2048.
+export const inputUrlSchema = webhookUrlSchema;
 
 /** Where the scheduler stored a URL input, and what it found (debug.url_input). */
 export const storedUrlInputSchema = z.looseObject({

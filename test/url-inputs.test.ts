@@ -385,6 +385,29 @@ describe('staging within the job', () => {
   });
 });
 
+describe('hd-runner enqueue --url', () => {
+  it('refuses a URL with credentials or another scheme, queueing nothing', async () => {
+    const backend = backends[0]!;
+    const before = (await backend.db.listJobs({ limit: 1000 })).length;
+    for (const url of ['https://user:pw@files.example/a.jsonl', 'file:///etc/passwd']) {
+      const run = await execa(
+        process.execPath,
+        ['cli/main.ts', 'enqueue', '--account', ACCOUNT_A, '--url', url],
+        {
+          env: { PATH: process.env.PATH ?? '', ...configToEnv(backend.config) },
+          extendEnv: false,
+          reject: false,
+        },
+      );
+      expect(run.exitCode, url).toBe(2);
+      expect(run.stderr, url).toBe(
+        'hd-runner: enqueue: --url: an http(s) URL without credentials or spaces',
+      );
+    }
+    expect((await backend.db.listJobs({ limit: 1000 })).length).toBe(before);
+  });
+});
+
 describe('a runner started by hand', () => {
   it('refuses a URL input no scheduler has fetched yet, naming why', async () => {
     const backend = backends[0]!;
