@@ -158,6 +158,27 @@ export const PAYLOAD_SCHEMAS = {
         .optional(),
       /** `auto`: OCR pages and images without a text layer; `off`: never run OCR. */
       ocr: z.enum(['auto', 'off']).default('auto'),
+      /**
+       * Where a PDF page's text comes from: `native` its text layer only (as ocr off),
+       * `ocr` OCR of every page, `both` the text layer with OCR where it has none (as ocr
+       * auto, the default). Wins over `ocr`, which may not say `off` beside ocr or both.
+       */
+      extraction_method: z.enum(['native', 'ocr', 'both']).optional(),
+      /** Stored results besides the chunks (artifacts in hd_outputs); none by default. */
+      include_texts: z.boolean().default(false),
+      include_images: z.boolean().default(false),
+      include_previews: z.boolean().default(false),
+      /** A zip of the job's other artifacts; default: when any of the above is asked for. */
+      include_archive: z.boolean().optional(),
+      /** Resolution of page images (include_images), lower for pages past 25 MP. */
+      image_dpi: z.number().int().min(36).max(300).default(150),
+      /** Most bytes the job's artifacts take together (SQL refuses more); default 1 GiB. */
+      max_output_bytes: z
+        .number()
+        .int()
+        .min(1)
+        .max(100 * 1024 ** 3)
+        .optional(),
       /** Target chunk length in characters; default HD_CHUNK_TARGET_CHARS. */
       chunk_target_chars: z.number().int().min(100).max(100_000).optional(),
       /** Characters repeated from the end of one chunk at the start of the next. */
@@ -167,7 +188,10 @@ export const PAYLOAD_SCHEMAS = {
       url_input: storedUrlInputSchema.optional(),
       next_stages: nextStagesSchema,
     }),
-  ),
+  ).refine((p) => !(p.ocr === 'off' && p.extraction_method && p.extraction_method !== 'native'), {
+    path: ['extraction_method'],
+    message: 'asks for OCR, which ocr: off turns off',
+  }),
   /** Interprets every chunk of the job's document_id not yet interpreted. */
   extract_interpretations: z.looseObject({ next_stages: nextStagesSchema }),
   /** Builds the graph of the job's document_id from its interpretations. */

@@ -41,6 +41,8 @@ export interface FileExtraction {
   ocrTried?: number;
   /** Peak resident memory of the PDF parser process, in KiB. */
   parserPeakRssKb?: number;
+  /** The whole text and its page starts (PDFs and images), for per-page outputs. */
+  paged?: { text: string; pages: PageStart[] };
 }
 
 /** Text of one downloaded file, whatever its type; the type comes from its bytes. */
@@ -92,7 +94,8 @@ export async function extractFile(
       );
       const text = normalizeText(ocr);
       if (visibleLength(text) === 0) throw noText(`OCR, languages ${settings.ocrLanguages}`);
-      return { kind, ...chunked(text, [{ page: 1, start: 0 }]), pageCount: 1, ocrPages: 1 };
+      const paged = { text, pages: [{ page: 1, start: 0 }] };
+      return { kind, ...chunked(text, paged.pages), pageCount: 1, ocrPages: 1, paged };
     }
     case 'audio': {
       if (!settings.transcriber) {
@@ -127,6 +130,7 @@ export async function extractFile(
         layers: pdf.layers,
         ocrTried: pdf.ocrTried,
         parserPeakRssKb: pdf.parserPeakRssKb,
+        paged: { text: pdf.text, pages: pdf.pages },
       };
     }
   }

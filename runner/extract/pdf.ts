@@ -18,7 +18,8 @@ export interface PdfSettings {
   /** A page whose text layer takes longer is skipped and counted as failed. */
   textPageTimeoutMs: number;
   maxMemoryMb: number;
-  ocr: 'auto' | 'off';
+  /** `always` (extraction_method ocr): every page is OCRed, its OCR text preferred. */
+  ocr: 'auto' | 'off' | 'always';
   ocrLanguages: string;
   ocrDpi: number;
   /** Pages with fewer visible characters that show an image are OCRed. */
@@ -102,7 +103,9 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
     (j) => j.usable === false || j.visible < settings.ocrMinChars,
   ).filter((num) => !garbled.includes(num) && !hung.has(num));
   let toOcr: number[] = [];
-  if (settings.ocr === 'auto') {
+  if (settings.ocr === 'always') {
+    toOcr = texts.map((_, i) => i + 1).filter((num) => !hung.has(num));
+  } else if (settings.ocr === 'auto') {
     const withImages = await pagesWithImages(
       path,
       short,
@@ -135,7 +138,8 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
           workDir: settings.workDir,
         }),
       );
-      if (visibleLength(text) > visibleLength(texts[num - 1]!)) {
+      const longer = visibleLength(text) > visibleLength(texts[num - 1]!);
+      if (longer || (settings.ocr === 'always' && visibleLength(text) > 0)) {
         texts[num - 1] = text;
         layers[num - 1] = 'ocr';
       }

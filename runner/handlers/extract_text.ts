@@ -5,6 +5,7 @@ import { basename, join } from 'node:path';
 import { HdError } from '../../contract/errors.ts';
 import { assertTenantPath } from '../../contract/storage-paths.ts';
 import type { ChunkRow, DocumentFile } from '../../control-plane/db/transport.ts';
+import { ExtractArtifacts } from '../extract/artifacts.ts';
 import { extractFile, type ExtractSettings } from '../extract/extract-file.ts';
 import { formatBytes, MAX_CHUNKS_PER_DOCUMENT } from '../extract/limits.ts';
 import { OpenAiTranscriber } from '../extract/transcribe.ts';
@@ -76,6 +77,8 @@ export const extractText: Handler<'extract_text'> = {
     const stats = newStats(files.length);
     const chunks: ChunkRow[] = [];
     const workDir = await mkdtemp(join(config.HD_WORK_DIR ?? tmpdir(), `hd-extract-${job.id}-`));
+    const results = extractArtifacts(ctx, workDir);
+    let stored = {};
     try {
       for (const [index, file] of files.entries()) {
         const name = basename(file.storage_path);
@@ -135,7 +138,9 @@ export const extractText: Handler<'extract_text'> = {
           },
           'file extracted',
         );
+        await results.addFile(name, local.path, extraction.paged, type === 'pdf');
       }
+      if (results.wanted) stored = await results.finish();
     } finally {
       await rm(workDir, { recursive: true, force: true });
     }
@@ -147,7 +152,7 @@ export const extractText: Handler<'extract_text'> = {
     stats.chunks_updated = counts.updated;
     stats.chunks_unchanged = counts.unchanged;
     stats.chunks_deleted = counts.deleted;
-    return { ...stats, duration_ms: Math.round(performance.now() - started) };
+    return { ...stats, ...stored, duration_ms: Math.round(performance.now() - started) };
   },
 };
 
@@ -208,7 +213,7 @@ function settingsOf(
     parseTimeoutMs: config.HD_EXTRACT_PARSE_TIMEOUT_MS,
     textPageTimeoutMs: config.HD_EXTRACT_PAGE_TIMEOUT_MS,
     maxMemoryMb: config.HD_EXTRACT_MAX_MEMORY_MB,
-    ocr: payload.ocr,
+    ocr: OCR_MODES[payload.extraction_method ?? payload.ocr],
     ocrLanguages: payload.ocr_languages ?? config.HD_OCR_LANGUAGES,
     ocrDpi: config.HD_OCR_DPI,
     ocrMinChars: config.HD_OCR_MIN_CHARS,
@@ -230,6 +235,33 @@ function settingsOf(
         })
       : undefined,
   };
+}
+
+// extraction_method (or the older ocr setting) as the PDF reader takes it.
+const OCR_MODES = { native: 'off', ocr: 'always', both: 'auto', auto: 'auto', off: 'off' } as const;
+
+/** The result files the payload asks for (include_*), stored as the job's artifacts. */
+function extractArtifacts(ctx: HandlerContext<'extract_text'>, workDir: string) {
+  const { payload, config } = ctx;
+  const any = payload.include_texts || payload.include_images || payload.include_previews;
+  return new ExtractArtifacts({
+    outputs: {
+      texts: payload.include_texts,
+      images: payload.include_images,
+      previews: payload.include_previews,
+      archive: payload.include_archive ?? any,
+      imageDpi: payload.image_dpi,
+    },
+    workDir,
+    upload: (file) => ctx.artifacts.upload(file),
+    maxPages: config.HD_EXTRACT_MAX_PAGES,
+    limits: (what) => ({
+      timeoutMs: config.HD_EXTRACT_PARSE_TIMEOUT_MS,
+      maxMemoryMb: config.HD_EXTRACT_MAX_MEMORY_MB,
+      signal: ctx.signal,
+      what,
+    }),
+  });
 }
 
 /** The pages of one layer as ranges: [text, text, ocr, text] → "1-2,4" for text. */
