@@ -150,42 +150,30 @@ end
 $$;
 
 -- A job's webhook events name its artifacts (kind, name, key, size, SHA-256: references,
--- no URLs): the first 100, and how many there are. Otherwise 00013's function as it was.
-create or replace function public.hd__enqueue_job_webhooks()
-returns trigger
-language plpgsql security definer set search_path = ''
+-- no URLs): the first 100, and how many there are. Added where every event's payload is
+-- made, so it holds whichever migration redefines the triggers that send them.
+create or replace function public.hd__job_artifact_refs(p_job_id uuid)
+returns jsonb
+language sql stable
 as $$
-declare
-  v_artifacts jsonb;
-  v_count integer;
-begin
-  if not exists (select 1 from public.hd_webhook_endpoints w
-                  where w.account_id = new.account_id and w.enabled
-                    and ('job.' || new.status) = any (w.events)) then
-    return null;
-  end if;
-  select coalesce(jsonb_agg(jsonb_build_object(
-           'kind', a.kind, 'name', a.name, 'bucket', a.bucket, 'key', a.storage_path,
-           'content_type', a.content_type, 'bytes', a.size_bytes, 'sha256', a.sha256)
-           order by a.kind, a.name) filter (where a.n <= 100), '[]'::jsonb),
-         count(*)
-    into v_artifacts, v_count
+  select jsonb_build_object(
+           'artifacts', coalesce(jsonb_agg(jsonb_build_object(
+               'kind', a.kind, 'name', a.name, 'bucket', a.bucket, 'key', a.storage_path,
+               'content_type', a.content_type, 'bytes', a.size_bytes, 'sha256', a.sha256)
+             order by a.kind, a.name) filter (where a.n <= 100), '[]'::jsonb),
+           'artifacts_count', count(*))
     from (select x.*, row_number() over (order by x.kind, x.name) as n
-            from public.hd_artifacts x where x.job_id = new.id) a;
-  insert into public.hd_webhook_outbox (account_id, endpoint_id, event_type, payload)
-  select new.account_id, w.id, 'job.' || new.status,
-         public.hd__webhook_payload('job.' || new.status, jsonb_build_object(
-           'job_id', new.id, 'account_id', new.account_id, 'job_type', new.job_type,
-           'status', new.status, 'document_id', new.document_id, 'batch_id', new.batch_id,
-           'attempts', new.attempts, 'progress_percent', new.progress_percent,
-           'progress_step', new.progress_step, 'error_code', new.error_code, 'error', new.error,
-           'stats', coalesce(new.debug -> 'stats', '{}'::jsonb), 'finished_at', new.finished_at,
-           'artifacts', v_artifacts, 'artifacts_count', v_count))
-    from public.hd_webhook_endpoints w
-   where w.account_id = new.account_id and w.enabled and ('job.' || new.status) = any (w.events)
-   order by w.id;
-  return null;
-end
+            from public.hd_artifacts x where x.job_id = p_job_id) a
+$$;
+
+create or replace function public.hd__webhook_payload(p_type text, p_data jsonb)
+returns jsonb
+language sql stable
+as $$
+  select jsonb_build_object('type', p_type, 'timestamp', now(), 'data',
+    case when p_type like 'job.%' and p_data ? 'job_id'
+         then p_data || public.hd__job_artifact_refs((p_data ->> 'job_id')::uuid)
+         else p_data end)
 $$;
 
 insert into hd_private.runner_functions (proname)
