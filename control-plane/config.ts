@@ -285,6 +285,8 @@ export const configSchema = z.object({
     .string()
     .regex(/^(127\.\d{1,3}\.\d{1,3}\.\d{1,3}|localhost|\[::1\]):\d{1,5}$/, 'a loopback host:port')
     .optional(),
+  /** Folder where process-launcher runners write their output (a sub-folder per HD_WORKER_ID), so that it outlives a killed scheduler and the next one stores it. Default ./.hd-data/runner-output */
+  HD_RUNNER_OUTPUT_DIR: z.string().min(1).default('./.hd-data/runner-output'),
   /** Folder for downloaded inputs and scratch files. Default the OS temp dir. */
   HD_WORK_DIR: z.string().min(1).optional(),
   /** pino level: fatal, error, warn, info, debug, trace, silent. Default info. */

@@ -55,11 +55,18 @@ export interface JobLogCollectorDeps {
   onDone?: ((lost: number) => void) | undefined;
   /** Secrets by value, stack frames and host paths out of every stored line. */
   redactor?: Redactor | undefined;
+  /**
+   * Where this runner's numbering starts (its launch recorded it: a container label, a
+   * process runner's output file). Default: after the lines stored for this attempt.
+   */
+  seqBase?: number | undefined;
 }
 
 /**
  * Collects one runner's output lines and stores them in hd_job_logs under the job's
- * lease: numbered (seq), in batches while the job runs, and a final flush when the
+ * lease: numbered (seq = base + the line's place in the runner's output, so that output
+ * read again from the start after a scheduler restart gets the same numbers and the
+ * database keeps each line once), in batches while the job runs, and a final flush when the
  * runner has exited. The database takes an attempt's lines until a newer attempt's lease
  * has ended (00011), so a failed send is tried again (seq dedupes) and lines are dropped
  * only when a newer attempt holds the job, the database refuses the batch as it is, or
@@ -77,11 +84,13 @@ export class JobLogCollector {
   readonly #redactor: Redactor;
   readonly #pending: Pending[] = [];
   /** Numbering continues after the lines already stored for this attempt. */
-  readonly #seqBase: Promise<number>;
+  readonly seqBase: Promise<number>;
   readonly #timer: NodeJS.Timeout;
   #pendingChars = 0;
   #seq = 0;
   #droppedSinceMarker = 0;
+  /** The seq of the first line dropped since the last marker: the marker takes it. */
+  #markerSeq = 0;
   #dropped = 0;
   #stored = 0;
   #flushing: Promise<unknown> | undefined;
@@ -101,10 +110,13 @@ export class JobLogCollector {
     // An attempt handed back (released) is numbered again by the next claim, and a
     // re-adopted runner keeps its attempt: their lines must not reuse stored seqs.
     const { id, attempts } = deps.job;
-    this.#seqBase = deps.db.listJobLogs(id, 1).then(
-      ([last]) => (last?.attempt === attempts ? last.seq : 0),
-      () => 0,
-    );
+    this.seqBase =
+      deps.seqBase !== undefined
+        ? Promise.resolve(deps.seqBase)
+        : deps.db.listJobLogs(id, 1).then(
+            ([last]) => (last?.attempt === attempts ? last.seq : 0),
+            () => 0,
+          );
     this.#timer = setInterval(() => this.#kick(), this.#limits.flushIntervalMs).unref();
   }
 
@@ -116,16 +128,16 @@ export class JobLogCollector {
   /** Takes one printed line; never throws, never waits. */
   push(text: string): void {
     if (this.#closed) return;
+    const seq = ++this.#seq;
     const chars = Math.min(text.length, MAX_LINE_CHARS) + LINE_OVERHEAD_CHARS;
     if (this.#leaseGone || this.#pendingChars + chars > this.#limits.maxPendingChars) {
-      this.#droppedSinceMarker++;
+      if (this.#droppedSinceMarker++ === 0) this.#markerSeq = seq;
       return;
     }
     try {
       this.#addDropMarker();
-      const line = tenantSafeLine(parseOutputLine(text, this.#seq + 1, new Date()), this.#redactor);
+      const line = tenantSafeLine(parseOutputLine(text, seq, new Date()), this.#redactor);
       if (!line) return; // a stack frame: the scheduler's own log has it, tenants do not
-      this.#seq++;
       this.#add(line, chars);
       if (this.#pending.length >= this.#limits.batchLines) this.#kick();
     } catch (error) {
@@ -200,7 +212,7 @@ export class JobLogCollector {
     this.#dropped += dropped;
     const message = `hd-runner: ${dropped} output lines dropped here: the database did not keep up`;
     const marker = {
-      seq: ++this.#seq,
+      seq: this.#markerSeq,
       level: 'warn',
       message,
       logged_at: new Date().toISOString(),
@@ -222,7 +234,7 @@ export class JobLogCollector {
   /** Sends the oldest batch; false when it has to be tried again later. */
   async #sendBatch(): Promise<boolean> {
     const batch = this.#pending.slice(0, this.#limits.batchLines);
-    const base = await this.#seqBase;
+    const base = await this.seqBase;
     const lines = batch.map(({ line }) => ({ ...line, seq: base + line.seq }));
     try {
       await this.#db.appendJobLogs(this.#job.id, this.#job.lease_token, lines);
@@ -285,11 +297,30 @@ export class JobLogBook {
     return adopted ?? this.#collector(job);
   }
 
-  /** Where a re-adopted runner prints, from its first line on (open() takes it over). */
-  sinkFor(job: LeasedJob): (line: string) => void {
-    const logs = this.#collector(job);
+  /**
+   * Where a re-adopted runner prints, from its first line on (open() takes it over);
+   * `seqBase` is where its launch started the numbering, when known.
+   */
+  sinkFor(job: LeasedJob, seqBase?: number): (line: string) => void {
+    const logs = this.#collector(job, seqBase);
     this.#adopted.set(job.id, logs);
     return (line) => logs.push(line);
+  }
+
+  /**
+   * Stores the whole output of a runner that ended unwatched (read back from its output
+   * file or its container), numbered from `seqBase` as when it ran: lines already stored
+   * are kept once. Resolves, never throws, with how many lines could not be stored.
+   */
+  async store(job: LeasedJob, seqBase: number, lines: readonly string[]): Promise<number> {
+    // Lines are stored in order, so those up to the last stored seq are there (or marked
+    // dropped): skipped, so that what is new fits the memory budget.
+    const [last] = await this.#deps.db.listJobLogs(job.id, 1).catch(() => []);
+    const stored = last?.attempt === job.attempts ? last.seq - seqBase : 0;
+    const skip = Math.min(Math.max(0, stored), lines.length);
+    const logs = this.#collector(job, seqBase + skip);
+    for (const line of lines.slice(skip)) logs.push(line);
+    return logs.done();
   }
 
   /** Finishes what sinkFor() started but no open() took (a reconcile that failed half-way). */
@@ -314,10 +345,11 @@ export class JobLogBook {
     return this.#lost + unsent;
   }
 
-  #collector(job: LeasedJob): JobLogCollector {
+  #collector(job: LeasedJob, seqBase?: number): JobLogCollector {
     const logs: JobLogCollector = new JobLogCollector({
       ...this.#deps,
       job,
+      seqBase,
       onDone: (lost) => {
         this.#lost += lost;
         this.#live.delete(logs);

@@ -16,6 +16,12 @@ export interface LaunchRequest {
    * `onOutput`): the scheduler stores them in hd_job_logs.
    */
   onOutput?: ((line: string) => void) | undefined;
+  /**
+   * Where the numbering of the runner's output lines in hd_job_logs starts; kept with the
+   * runner (a container label, its output file's meta) so that a restarted scheduler that
+   * reads its output again from the start numbers it the same (lines stored once).
+   */
+  logSeqBase?: number | undefined;
 }
 
 /** How a runner ended, in the launcher-neutral terms the scheduler classifies. */
@@ -41,6 +47,11 @@ export interface LaunchedRunner {
   wait(): Promise<RunnerExit>;
   /** Asks the runner to stop (SIGTERM), then kills it after a grace period. */
   stop(reason: StopReason): void;
+  /**
+   * Told once the runner's output is stored in hd_job_logs (or given up): the launcher
+   * drops the copy it kept for a restarted scheduler (a process runner's output file).
+   */
+  outputStored?(): Promise<void>;
 }
 
 /** One interface, one backend per way of running a runner (`process`, `docker`). */

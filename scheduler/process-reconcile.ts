@@ -1,7 +1,14 @@
 import { readFile } from 'node:fs/promises';
+import type { LeasedJob } from '../contract/jobs.ts';
 import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
 import type { Logger } from '../control-plane/logger.ts';
-import { giveBackOrphans, type Reconciler, type ReconcileResult } from './reconcile.ts';
+import { readOutputLines, type OutputFile, type OutputFiles } from './launchers/output-file.ts';
+import {
+  giveBackOrphans,
+  type Reconciler,
+  type ReconcileResult,
+  type RunnerOutput,
+} from './reconcile.ts';
 import { sleep } from './retry.ts';
 
 /**
@@ -31,7 +38,7 @@ async function livePid(id: string | null): Promise<number | undefined> {
 }
 
 export interface ProcessReconcilerDeps {
-  db: Pick<ControlPlaneDb, 'listJobs' | 'releaseJob'>;
+  db: Pick<ControlPlaneDb, 'listJobs' | 'releaseJob' | 'getJob'>;
   /** This scheduler's stable id: `locked_by` of its jobs. */
   schedulerId: string;
   log: Logger;
@@ -40,14 +47,19 @@ export interface ProcessReconcilerDeps {
   /** How old a claim without a runner must be before it is handed back. Default 15 s. */
   graceMs?: number;
   now?: () => number;
+  /** The runners' output files (the launcher's), and those the launcher watches now. */
+  outputFiles?: OutputFiles | undefined;
+  watching?: ReadonlySet<string> | undefined;
 }
 
 /**
  * Reconcile for the process launcher. A runner process outlives a killed scheduler, but
- * its output pipe does not: it cannot be watched again, so it is stopped (SIGTERM: it
- * hands its job back; SIGKILL after the grace), before anything new is claimed, so that
- * no more runners than slots ever run. Then each running job of this scheduler that no
- * runner serves is handed back, its attempt refunded.
+ * no longer has one to classify its end: it is stopped (SIGTERM: it hands its job back;
+ * SIGKILL after the grace), before anything new is claimed, so that no more runners than
+ * slots ever run. Its output, in its output file, is not lost: every output file no
+ * runner of this scheduler is writing is stored in hd_job_logs (lines already there kept
+ * once), then removed. Then each running job of this scheduler that no runner serves is
+ * handed back, its attempt refunded.
  */
 export class ProcessReconciler implements Reconciler {
   readonly #d: ProcessReconcilerDeps;
@@ -57,7 +69,10 @@ export class ProcessReconciler implements Reconciler {
     this.#d = deps;
   }
 
-  async reconcile(supervised: (jobId: string) => number | undefined): Promise<ReconcileResult> {
+  async reconcile(
+    supervised: (jobId: string) => number | undefined,
+    output?: RunnerOutput,
+  ): Promise<ReconcileResult> {
     const { db, schedulerId, log } = this.#d;
     const result: ReconcileResult = { adopted: [], removed: [], gaveBack: [] };
     const ours = (await db.listJobs({ status: 'running', limit: 1000 })).filter(
@@ -75,6 +90,7 @@ export class ProcessReconciler implements Reconciler {
         result.removed.push({ containerId: job.container_id!, jobId: job.id, why: 'orphaned' });
       }),
     );
+    if (output) await this.#storeLeftOutput(output);
     const { graceMs = 15_000, now = Date.now } = this.#d;
     result.gaveBack = await giveBackOrphans(
       { db, schedulerId, log, graceMs: this.#first ? 0 : graceMs, now },
@@ -83,6 +99,32 @@ export class ProcessReconciler implements Reconciler {
     );
     this.#first = false;
     return result;
+  }
+
+  /** Stores the output files no runner of this scheduler writes any more, then drops them. */
+  async #storeLeftOutput(output: RunnerOutput): Promise<void> {
+    const { outputFiles, watching, db } = this.#d;
+    for (const file of (await outputFiles?.list()) ?? []) {
+      if (watching?.has(file.base)) continue;
+      // A folder shared by mistake with a scheduler of another queue: not ours to judge.
+      if (!(await db.getJob(file.meta.job_id))) continue;
+      // Its runner outlived its lease (it was printing its last lines): wait for its end.
+      const pid = await livePid(file.meta.runner ?? null);
+      if (pid !== undefined) await this.#stop(pid, file.meta.runner!);
+      await this.#store(file, output);
+    }
+  }
+
+  async #store(file: OutputFile, output: RunnerOutput): Promise<void> {
+    const { meta } = file;
+    const job = { id: meta.job_id, attempts: meta.attempt, lease_token: meta.lease_token };
+    const lines = await readOutputLines(file);
+    const lost = await output.store(job as LeasedJob, meta.seq_base, lines);
+    this.#d.log.info(
+      { job_id: meta.job_id, attempt: meta.attempt, lines: lines.length, lost },
+      'stored the output of a runner that ended while no scheduler watched it',
+    );
+    await this.#d.outputFiles!.remove(file);
   }
 
   /** SIGTERM, then SIGKILL after the grace; resolves once the process is gone. */

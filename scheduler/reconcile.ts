@@ -22,19 +22,29 @@ export interface ReconcileResult {
   gaveBack: string[];
 }
 
-/** Where the output of a re-adopted runner goes, line by line. */
-export type OutputFor = (job: LeasedJob) => ((line: string) => void) | undefined;
+/** Where the output of runners a previous scheduler left goes (hd_job_logs). */
+export interface RunnerOutput {
+  /**
+   * A sink for a re-adopted runner's lines, asked for before it prints anything;
+   * `seqBase`: where its launch started the numbering, when known.
+   */
+  follow(job: LeasedJob, seqBase?: number): (line: string) => void;
+  /**
+   * Stores the whole output of a runner that ended unwatched, numbered from `seqBase` as
+   * when it ran (lines already stored are kept once); resolves with the lines lost.
+   */
+  store(job: LeasedJob, seqBase: number, lines: string[]): Promise<number>;
+}
 
 /**
  * Matches what a launcher left running with the job rows. `supervised(jobId)` is the
  * attempt this scheduler is running for that job right now (undefined: none); it is
- * asked at decision time because claims go on while a reconcile runs. `outputFor(job)`
- * is asked for a sink the moment a runner is re-adopted, before it prints anything.
+ * asked at decision time because claims go on while a reconcile runs.
  */
 export interface Reconciler {
   reconcile(
     supervised: (jobId: string) => number | undefined,
-    outputFor?: OutputFor,
+    output?: RunnerOutput,
   ): Promise<ReconcileResult>;
 }
 
@@ -75,7 +85,7 @@ export class DockerReconciler implements Reconciler {
 
   async reconcile(
     supervised: (jobId: string) => number | undefined,
-    outputFor?: OutputFor,
+    output?: RunnerOutput,
   ): Promise<ReconcileResult> {
     const docker = this.#d.launcher.docker;
     const result: ReconcileResult = { adopted: [], removed: [], gaveBack: [] };
@@ -85,7 +95,7 @@ export class DockerReconciler implements Reconciler {
     });
     for (const container of containers) {
       try {
-        await this.#reconcileContainer(container, supervised, result, outputFor);
+        await this.#reconcileContainer(container, supervised, result, output);
       } catch (error) {
         this.#d.log.warn(
           { container_id: container.Id, err: toHdError(error) },
@@ -110,7 +120,7 @@ export class DockerReconciler implements Reconciler {
     c: Docker.ContainerInfo,
     supervised: (jobId: string) => number | undefined,
     result: ReconcileResult,
-    outputFor: OutputFor | undefined,
+    output: RunnerOutput | undefined,
   ): Promise<void> {
     const { launcher, db, schedulerId, log } = this.#d;
     const jobId = c.Labels[LABELS.jobId]!;
@@ -138,7 +148,9 @@ export class DockerReconciler implements Reconciler {
       const leased = job as LeasedJob;
       const gpuIds = (c.Labels[LABELS.gpus] ?? '').split(',').filter(Boolean);
       const resources = this.#d.resourcesFor(job.job_type);
-      const runner = launcher.adopt(info, leased, resources, outputFor?.(leased));
+      const seqBase = seqBaseOf(c);
+      const sink = output?.follow(leased, seqBase);
+      const runner = launcher.adopt(info, leased, resources, sink, seqBase !== undefined);
       result.adopted.push({ job: leased, runner, gpuIds });
       return;
     }
@@ -149,7 +161,35 @@ export class DockerReconciler implements Reconciler {
     if (stopped && (c.Names[0] ?? '').startsWith(`/${KEPT_PREFIX}`)) return; // kept on purpose
     const ageMs = this.#now() - c.Created * 1000;
     if (!ours && stopped && ageMs < (this.#d.graceMs ?? 15_000)) return;
+    if (ours && output) await this.#storeOutput(c, jobId, attempt, output);
     await this.#remove(c, jobId, attempt, why ?? 'unknown', result);
+  }
+
+  /**
+   * Stores what one of our containers printed while no scheduler watched it (it ended
+   * its lease meanwhile: completed, handed back), before it is removed. Lines go in under
+   * its own lease, which the database takes while it is the job's last (00008).
+   */
+  async #storeOutput(
+    c: Docker.ContainerInfo,
+    jobId: string,
+    attempt: number,
+    output: RunnerOutput,
+  ): Promise<void> {
+    const seqBase = seqBaseOf(c);
+    if (seqBase === undefined) return; // started by a scheduler that did not number it so
+    const { launcher } = this.#d;
+    const info = await launcher.docker.getContainer(c.Id).inspect();
+    const token = (info.Config.Env ?? [])
+      .find((e) => e.startsWith('HD_LEASE_TOKEN='))
+      ?.slice('HD_LEASE_TOKEN='.length);
+    if (!token) return;
+    const job = { id: jobId, attempts: attempt, lease_token: token } as LeasedJob;
+    const lost = await output.store(job, seqBase, await launcher.readOutput(c.Id));
+    this.#d.log.info(
+      { job_id: jobId, container_id: c.Id, lost },
+      'stored the output of a runner container that ended while no scheduler watched it',
+    );
   }
 
   async #remove(
@@ -186,6 +226,12 @@ export class DockerReconciler implements Reconciler {
   #now(): number {
     return (this.#d.now ?? Date.now)();
   }
+}
+
+/** The hd-runner.log-seq-base label of a container; undefined when absent. */
+function seqBaseOf(c: Docker.ContainerInfo): number | undefined {
+  const label = c.Labels[LABELS.logSeqBase];
+  return label !== undefined && /^\d+$/.test(label) ? Number(label) : undefined;
 }
 
 export interface GiveBackDeps {

@@ -252,7 +252,10 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
       try {
         const { adopted } = await reconciler.reconcile(
           (jobId) => this.#running.get(jobId)?.job.attempts,
-          (job) => this.#logs.sinkFor(job),
+          {
+            follow: (job, seqBase) => this.#logs.sinkFor(job, seqBase),
+            store: (job, seqBase, lines) => this.#logs.store(job, seqBase, lines),
+          },
         );
         for (const runner of adopted) this.#adopt(runner);
         this.#reconcileDone = true;
@@ -366,6 +369,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
           gpuIds: entry.gpuIds,
           env,
           onOutput: (line) => logs.push(line),
+          logSeqBase: await logs.seqBase,
         });
         this.emit('runner:launched', job, (performance.now() - launchedFrom) / 1000);
       }
@@ -373,9 +377,19 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
       if (this.#graceOver || (this.#stopping && this.#config.HD_SHUTDOWN_GRACE_MS === 0))
         entry.runner.stop('shutdown');
       exit = await entry.runner.wait();
+      // What the launcher kept of the runner's output (its container, its output file)
+      // goes once the output is stored: awaited below when that took no longer than the
+      // final flush, else later (the database lags).
+      const runner = entry.runner;
+      let drained = false;
+      const dropped = logs.done().then(async () => {
+        drained = true;
+        await runner.outputStored?.().catch(() => {});
+      });
       // Before settling: where the scheduler records the outcome, the lease ends with it.
       await logs.finish();
       await this.#outcomes.settle(job, exit);
+      if (drained) await dropped;
     } catch (error) {
       await logs.finish();
       const message = `the runner could not be started: ${toHdError(error).message}`;

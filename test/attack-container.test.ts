@@ -268,6 +268,7 @@ async function attack(
   } finally {
     runner.stop('shutdown');
     await exited;
+    await runner.outputStored?.(); // a followed container stays until then (as for a scheduler)
     // Undo what the "set a default for every runner's sessions" attempt may have done.
     await t.sql.query(`alter role hd_runner in database ${t.name} reset all`);
   }

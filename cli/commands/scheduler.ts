@@ -1,5 +1,5 @@
 import { hostname } from 'node:os';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { ConfigError, redactUrl, type Config } from '../../control-plane/config.ts';
 import type { ControlPlaneDb } from '../../control-plane/db/transport.ts';
 import type { Logger } from '../../control-plane/logger.ts';
@@ -10,6 +10,7 @@ import { Redactor, secretsOf } from '../../control-plane/redact.ts';
 import { supabaseUrlSigner } from '../../control-plane/storage/signed-urls.ts';
 import { GpuDiscoveryError, GpuSlots, resolveGpuIds } from '../../scheduler/gpu.ts';
 import { DockerLauncher } from '../../scheduler/launchers/docker.ts';
+import { OutputFiles } from '../../scheduler/launchers/output-file.ts';
 import { ProcessLauncher } from '../../scheduler/launchers/process.ts';
 import { ProcessReconciler } from '../../scheduler/process-reconcile.ts';
 import { DockerReconciler } from '../../scheduler/reconcile.ts';
@@ -95,13 +96,25 @@ export function createScheduler(
   );
   const inherited: Record<string, string> = {};
   for (const name of INHERITED_ENV) if (env[name]) inherited[name] = env[name];
+  // Runner output goes to files that outlive this process (a folder per worker id).
+  const outputFiles = new OutputFiles(
+    join(resolve(config.HD_RUNNER_OUTPUT_DIR), encodeURIComponent(config.HD_WORKER_ID)),
+  );
   const launcher = new ProcessLauncher({
     env: { ...inherited, ...access.baseEnv },
     onOutput: output,
     db,
+    outputFiles,
   });
-  // Finds the runners a killed scheduler left (recorded in their job rows) and stops them.
-  const reconciler = new ProcessReconciler({ db, schedulerId: config.HD_WORKER_ID, log });
+  // Finds the runners a killed scheduler left (recorded in their job rows) and stops them,
+  // and stores the output they left.
+  const reconciler = new ProcessReconciler({
+    db,
+    schedulerId: config.HD_WORKER_ID,
+    log,
+    outputFiles,
+    watching: launcher.watching,
+  });
   return new Scheduler({ db, launcher, config, log, gpus, reconciler, ...runnersOf(access) });
 }
 

@@ -14,7 +14,7 @@ import type {
   RunnerExit,
   StopReason,
 } from '../launcher.ts';
-import { demuxLogBuffer, LogLineSplitter } from './docker-logs.ts';
+import { demuxLogBuffer, LogLineSplitter, splitLogBuffer } from './docker-logs.ts';
 
 /** Labels on every runner container: how a restarted scheduler finds its containers. */
 export const LABELS = {
@@ -22,6 +22,8 @@ export const LABELS = {
   attempt: 'hd-runner.attempt',
   schedulerId: 'hd-runner.scheduler-id',
   gpus: 'hd-runner.gpus',
+  /** Where the numbering of its output in hd_job_logs starts (see LaunchRequest). */
+  logSeqBase: 'hd-runner.log-seq-base',
 } as const;
 
 /** Where the fs storage root is mounted (read-only, but for the job's output folder) in a runner container. */
@@ -123,6 +125,9 @@ export class DockerLauncher implements Launcher {
         [LABELS.attempt]: String(job.attempts),
         [LABELS.schedulerId]: o.schedulerId,
         [LABELS.gpus]: gpuIds.join(','),
+        ...(request.logSeqBase !== undefined && {
+          [LABELS.logSeqBase]: String(request.logSeqBase),
+        }),
       },
       StopSignal: 'SIGTERM',
       HostConfig: {
@@ -172,13 +177,15 @@ export class DockerLauncher implements Launcher {
 
   /**
    * Watches a container a previous scheduler started (reconcile after a restart);
-   * `onOutput` receives the lines it prints from now on.
+   * `onOutput` receives the lines it prints: from its start when `fromStart` (the sink
+   * numbers them as its launch did, so lines already stored are kept once), else from now.
    */
   adopt(
     info: Docker.ContainerInspectInfo,
     job: LeasedJob,
     resources: Resources,
     onOutput?: (line: string) => void,
+    fromStart = false,
   ): LaunchedRunner {
     const startedAt = Date.parse(info.State.StartedAt);
     return this.#watch(
@@ -186,7 +193,7 @@ export class DockerLauncher implements Launcher {
       job,
       resources,
       Number.isNaN(startedAt) ? Date.now() : startedAt,
-      Math.floor(Date.now() / 1000), // its earlier output was shown by the previous scheduler
+      fromStart ? 0 : Math.floor(Date.now() / 1000),
       onOutput,
     );
   }
@@ -198,6 +205,14 @@ export class DockerLauncher implements Launcher {
     const [uid, gid] = (this.#o.user ?? '1000:1000').split(':').map(Number);
     if (process.getuid?.() === 0 && Number.isInteger(uid))
       await chown(dir, uid!, Number.isInteger(gid) ? gid! : uid!);
+  }
+
+  /** Everything a container printed so far, split into lines as a followed stream is. */
+  async readOutput(containerId: string): Promise<string[]> {
+    const buffer = await this.docker
+      .getContainer(containerId)
+      .logs({ stdout: true, stderr: true, follow: false });
+    return splitLogBuffer(buffer);
   }
 
   /** Creates the container; a same-named leftover of an earlier attempt is removed first. */
@@ -246,11 +261,13 @@ export class DockerLauncher implements Launcher {
       } finally {
         clearTimeout(timer);
       }
-      const info = await container.inspect().catch(() => undefined);
+      const info = await inspectAfterExit(container);
       const exitCode = info?.State.ExitCode ?? null;
       const tail = await this.#tail(container);
       await Promise.race([streamed, new Promise((r) => setTimeout(r, 2000).unref())]);
-      await this.#dispose(container, job, exitCode);
+      // A followed runner's container stays until its output is stored (outputStored):
+      // a scheduler killed meanwhile leaves it to the next one, which reads it again.
+      if (!onOutput) await this.#dispose(container, job, exitCode);
       const finishedAt = Date.parse(info?.State.FinishedAt ?? '');
       return {
         exitCode,
@@ -271,6 +288,12 @@ export class DockerLauncher implements Launcher {
         const t = Math.ceil((o.killGraceMs ?? 10_000) / 1000);
         container.stop({ t }).catch(() => {});
       },
+      ...(onOutput && {
+        outputStored: async () => {
+          const { exitCode } = await exit;
+          await this.#dispose(container, job, exitCode);
+        },
+      }),
     };
   }
 
@@ -356,14 +379,31 @@ export function jobOutputBind(storageRoot: string, job: Pick<LeasedJob, 'id' | '
   return `${join(storageRoot, path)}:${CONTAINER_STORAGE_ROOT}/${path}:rw`;
 }
 
-/** `container.wait()`, retried across a brief loss of the engine connection. */
+/**
+ * `container.wait()`, retried while the engine is out of reach (it restarts; the
+ * container runs on): giving up would classify a live runner as crashed.
+ */
 async function waitForExit(container: Docker.Container): Promise<void> {
-  for (let attempt = 1; ; attempt++) {
+  for (;;) {
     try {
       await container.wait({ condition: 'not-running' });
       return;
     } catch (error) {
-      if ((error as { statusCode?: number }).statusCode === 404 || attempt >= 30) return;
+      if ((error as { statusCode?: number }).statusCode !== undefined) return; // the engine's answer
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
+}
+
+/** `inspect()` of an exited container, retried the same way; undefined once it is gone. */
+async function inspectAfterExit(
+  container: Docker.Container,
+): Promise<Docker.ContainerInspectInfo | undefined> {
+  for (;;) {
+    try {
+      return await container.inspect();
+    } catch (error) {
+      if ((error as { statusCode?: number }).statusCode !== undefined) return undefined;
       await new Promise((r) => setTimeout(r, 1000));
     }
   }

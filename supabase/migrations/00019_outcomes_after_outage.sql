@@ -111,15 +111,19 @@ begin
 end
 $$;
 
--- Whether a scheduler was cut off from the database at p_at: its last silence covers
--- p_at, or it is silent now and was last heard from before p_at.
+-- (The first version of this file took the beat row itself; gone where it ran.)
+drop function if exists public.hd__cut_off_at(hd_private.scheduler_beats, timestamptz, timestamptz);
+
+-- Whether the scheduler `p_worker` was cut off from the database at p_at: its last
+-- silence covers p_at, or it is silent now and was last heard from before p_at.
 create or replace function public.hd__cut_off_at(
-  b hd_private.scheduler_beats, p_at timestamptz, p_now timestamptz)
+  p_worker text, p_at timestamptz, p_now timestamptz)
 returns boolean
 language sql stable
 as $$
-  select (b.silent_from < p_at and p_at <= b.back_at)
-      or (b.seen_at < p_at and b.seen_at < p_now - 2 * b.every)
+  select coalesce((select (b.silent_from < p_at and p_at <= b.back_at)
+                       or (b.seen_at < p_at and b.seen_at < p_now - 2 * b.every)
+                     from hd_private.scheduler_beats b where b.worker_id = p_worker), false)
 $$;
 
 -- Until when the reaper leaves a lease that expired at p_expired_at alone (null: reap it).
@@ -136,7 +140,7 @@ as $$
                  then o.back_at + greatest(3 * o.every, o.lease / 2)
                  else o.seen_at + o.lease end
        from hd_private.scheduler_beats o
-      where o.worker_id = p_owner and public.hd__cut_off_at(o, p_expired_at, p_now)),
+      where o.worker_id = p_owner and public.hd__cut_off_at(p_owner, p_expired_at, p_now)),
     -- The reaper itself was cut off then: every other scheduler may be coming back too.
     (select r.back_at + 3 * r.every
        from hd_private.scheduler_beats r

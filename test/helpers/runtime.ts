@@ -17,6 +17,8 @@ export function testConfig(
   return loadConfig({
     HD_DATABASE_URL: url,
     HD_STORAGE_ROOT: storageRoot,
+    // Beside the storage root: a test's process runners' output files stay its own.
+    HD_RUNNER_OUTPUT_DIR: `${storageRoot.replace(/\/+$/, '')}.runner-output`,
     HD_WORKER_ID: 'test-worker',
     HD_LOG_LEVEL: 'silent',
     ...env,
