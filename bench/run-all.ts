@@ -4,7 +4,14 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { machineLine } from './lib.ts';
 
-const BENCHES = ['queue.ts', 'fairness.ts', 'import.ts', 'dispatch.ts', 'extract.ts'];
+const BENCHES = [
+  'queue.ts',
+  'fairness.ts',
+  'import.ts',
+  'dispatch.ts',
+  'extract.ts',
+  'llm-gateway.ts',
+];
 
 console.log(`# hd-runner benchmarks — ${new Date().toISOString()} — ${machineLine()}`);
 let failed = 0;

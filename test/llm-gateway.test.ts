@@ -4,10 +4,13 @@ import { HdError } from '../contract/errors.ts';
 import type { LeasedJob } from '../contract/jobs.ts';
 import { createLogger } from '../control-plane/logger.ts';
 import { LlmClient, llmSettings } from '../runner/llm/client.ts';
+import { SchedulerMetrics } from '../scheduler/metrics.ts';
 import { LlmLimiter } from '../scheduler/llm-gateway/limiter.ts';
 import type { LlmGateway } from '../scheduler/llm-gateway/server.ts';
 import { startLlmGateway } from '../scheduler/llm-gateway/start.ts';
+import { SupabaseDb } from '../control-plane/db/supabase.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
+import { startLocalSupabase, type LocalSupabase } from './helpers/supabase-proxy.ts';
 import { startOpenAiStandIn, type OpenAiStandIn } from './helpers/openai-server.ts';
 import { ACCOUNT_A, ACCOUNT_B, tempDir, testConfig } from './helpers/runtime.ts';
 import { z } from 'zod';
@@ -21,14 +24,22 @@ const silent = createLogger({ level: 'silent' });
 const PROVIDER_KEY = 'sk-provider-key-held-by-the-scheduler';
 let t: TestDatabase;
 let server: OpenAiStandIn;
+let supabase: LocalSupabase;
+let supabaseDb: SupabaseDb;
+/** The transport the gateway's SQL goes through in the running describe block. */
+let transport: 'postgres' | 'supabase' = 'postgres';
 const gateways: LlmGateway[] = [];
 
 beforeAll(async () => {
   [t, server] = await Promise.all([createTestDatabase(), startOpenAiStandIn()]);
+  supabase = await startLocalSupabase(t.url);
+  supabaseDb = new SupabaseDb({ url: supabase.url, serviceRoleKey: supabase.serviceRoleKey });
 });
 afterAll(async () => {
   await Promise.all(gateways.map((g) => g.close()));
   await server?.close();
+  await supabaseDb?.close();
+  await supabase?.stop();
   await t?.drop();
 });
 beforeEach(() => server.reset());
@@ -41,7 +52,7 @@ async function gateway(env: Record<string, string> = {}): Promise<LlmGateway> {
     HD_TRANSCRIBE_BASE_URL: server.url,
     ...env,
   });
-  const g = (await startLlmGateway(config, t.db, silent))!;
+  const g = (await startLlmGateway(config, transport === 'supabase' ? supabaseDb : t.db, silent))!;
   gateways.push(g);
   return g;
 }
@@ -74,9 +85,14 @@ const question = (text = 'hello', extra: Record<string, unknown> = {}) => ({
   ...extra,
 });
 
-describe('llm gateway', () => {
+// The gateway's SQL (credentials, admissions, usage) through either transport: a pool, or
+// supabase-js → a real PostgREST (helpers/supabase-proxy.ts) as the service role.
+describe.each(['postgres', 'supabase'] as const)('llm gateway (%s transport)', (name) => {
+  beforeAll(() => void (transport = name));
   it("forwards a chat request byte for byte with the scheduler's key, and the answer back", async () => {
     const g = await gateway();
+    const metrics = new SchedulerMetrics(() => Promise.reject(new Error('not scraped here')));
+    metrics.attachGateway(g);
     const job = await leasedJob();
     const credential = await g.issue(job, inAnHour());
     const body = question('ünïcode ✓', {
@@ -102,6 +118,11 @@ describe('llm gateway', () => {
         prompt_tokens: answer.usage.prompt_tokens,
         reserved_tokens: 0,
       });
+    // Counted in the scheduler's metrics by model and kind.
+    const text = await metrics.registry.getSingleMetricAsString('hd_llm_tokens_total');
+    expect(text).toContain(
+      `hd_llm_tokens_total{model="stand-in",kind="prompt"} ${answer.usage.prompt_tokens}`,
+    );
   });
 
   it('refuses a credential once its lease has ended, and one never issued, before the provider', async () => {

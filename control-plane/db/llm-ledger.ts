@@ -54,7 +54,8 @@ export interface LlmLedger {
     costUsd: number,
     defaultDailyTokens: number | undefined,
   ): Promise<Admission>;
-  record(usage: LlmUsageRecord): Promise<void>;
+  /** Several requests' usage in one call (hd_llm_record). */
+  record(rows: readonly LlmUsageRecord[]): Promise<void>;
 }
 
 type Call = (fn: string, args: Record<string, unknown>) => Promise<unknown>;
@@ -65,9 +66,11 @@ export function llmLedgerOf(db: ControlPlaneDb): LlmLedger {
     return ledger(async (fn, args) => {
       const names = Object.keys(args);
       const list = names.map((name, i) => `${name} => $${i + 1}`).join(', ');
-      const { rows } = await db.pool.query(`select public.${fn}(${list}) as r`, [
-        ...Object.values(args),
-      ]);
+      // jsonb arguments as JSON text (pg would send an array as a PostgreSQL array).
+      const values = Object.values(args).map((v) =>
+        v !== null && typeof v === 'object' ? JSON.stringify(v) : v,
+      );
+      const { rows } = await db.pool.query(`select public.${fn}(${list}) as r`, values);
       return rows[0]?.r;
     });
   }
@@ -97,18 +100,20 @@ function ledger(call: Call): LlmLedger {
         p_default_daily_tokens: defaultDailyTokens ?? null,
       })) as Admission;
     },
-    async record(u) {
+    async record(rows) {
       await call('hd_llm_record', {
-        p_account_id: u.accountId,
-        p_day: u.day,
-        p_job_id: u.jobId,
-        p_model: u.model,
-        p_reserved_tokens: u.reservedTokens,
-        p_reserved_cost: u.reservedCostUsd,
-        p_prompt_tokens: u.promptTokens,
-        p_completion_tokens: u.completionTokens,
-        p_cached_tokens: u.cachedTokens,
-        p_cost: u.costUsd,
+        p_rows: rows.map((u) => ({
+          account_id: u.accountId,
+          day: u.day,
+          job_id: u.jobId,
+          model: u.model,
+          reserved_tokens: u.reservedTokens,
+          reserved_cost_usd: u.reservedCostUsd,
+          prompt_tokens: u.promptTokens,
+          completion_tokens: u.completionTokens,
+          cached_tokens: u.cachedTokens,
+          cost_usd: u.costUsd,
+        })),
       });
     },
   };

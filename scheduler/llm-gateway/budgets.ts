@@ -73,3 +73,41 @@ export function newCredential(): string {
 export function credentialHash(token: string): string {
   return createHash('sha256').update(token).digest('hex');
 }
+
+/**
+ * Writes requests' usage through `write` (hd_llm_record): at once when nothing is being
+ * written, else together with every answer that came back meanwhile, in one call. The
+ * promise of `add` settles once its row is written (or the write failed: `onError`).
+ */
+export class UsageRecorder<Row> {
+  readonly #write: (rows: Row[]) => Promise<void>;
+  readonly #onError: (error: unknown, rows: Row[]) => void;
+  #queue: { row: Row; done: () => void }[] = [];
+  #writing = false;
+
+  constructor(
+    write: (rows: Row[]) => Promise<void>,
+    onError: (error: unknown, rows: Row[]) => void,
+  ) {
+    this.#write = write;
+    this.#onError = onError;
+  }
+
+  add(row: Row): Promise<void> {
+    return new Promise((done) => {
+      this.#queue.push({ row, done });
+      if (!this.#writing) void this.#drain();
+    });
+  }
+
+  async #drain(): Promise<void> {
+    this.#writing = true;
+    while (this.#queue.length > 0) {
+      const batch = this.#queue.splice(0);
+      const rows = batch.map((b) => b.row);
+      await this.#write(rows).catch((error: unknown) => this.#onError(error, rows));
+      for (const b of batch) b.done();
+    }
+    this.#writing = false;
+  }
+}

@@ -3,7 +3,7 @@ import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { LeasedJob } from '../../contract/jobs.ts';
-import type { Admission, LlmLedger } from '../../control-plane/db/llm-ledger.ts';
+import type { Admission, LlmLedger, LlmUsageRecord } from '../../control-plane/db/llm-ledger.ts';
 import type { Logger } from '../../control-plane/logger.ts';
 import { retryAfterMs } from '../../runner/llm/retry.ts';
 import {
@@ -12,6 +12,7 @@ import {
   credentialHash,
   newCredential,
   reportedUsage,
+  UsageRecorder,
   type Price,
   type TokenUsage,
 } from './budgets.ts';
@@ -68,11 +69,20 @@ const agents = {
 export class LlmGateway extends EventEmitter<LlmGatewayEvents> {
   readonly #o: LlmGatewayOptions;
   readonly #server: http.Server;
+  readonly #usage: UsageRecorder<LlmUsageRecord>;
   #url: string | undefined;
 
   constructor(options: LlmGatewayOptions) {
     super();
     this.#o = options;
+    this.#usage = new UsageRecorder(
+      (rows) => options.ledger.record(rows),
+      (error, rows) =>
+        options.log.error(
+          { err: error, jobs: [...new Set(rows.map((r) => r.jobId))] },
+          'llm usage not recorded',
+        ),
+    );
     this.#server = http.createServer((req, res) => {
       this.#handle(req, res).catch((error: unknown) => {
         this.#o.log.error({ err: error }, 'llm gateway: request failed');
@@ -206,7 +216,7 @@ export class LlmGateway extends EventEmitter<LlmGatewayEvents> {
       res.writeHead(answer.status, passedHeaders(answer.headers)).end(answer.body);
   }
 
-  async #record(
+  #record(
     admission: Extract<Admission, { verdict: 'admitted' }>,
     model: string,
     usage: TokenUsage | undefined,
@@ -215,22 +225,18 @@ export class LlmGateway extends EventEmitter<LlmGatewayEvents> {
     price: Price | undefined,
   ): Promise<void> {
     const used = usage ?? { prompt: 0, completion: 0, cached: 0 };
-    await this.#o.ledger
-      .record({
-        accountId: admission.account_id,
-        day: admission.day,
-        jobId: admission.job_id,
-        model,
-        reservedTokens: admission.reserved ? ceiling : 0,
-        reservedCostUsd: admission.reserved ? reservedCost : 0,
-        promptTokens: used.prompt,
-        completionTokens: used.completion,
-        cachedTokens: used.cached,
-        costUsd: costUsd(price, used),
-      })
-      .catch((error: unknown) =>
-        this.#o.log.error({ err: error, job_id: admission.job_id }, 'llm usage not recorded'),
-      );
+    return this.#usage.add({
+      accountId: admission.account_id,
+      day: admission.day,
+      jobId: admission.job_id,
+      model,
+      reservedTokens: admission.reserved ? ceiling : 0,
+      reservedCostUsd: admission.reserved ? reservedCost : 0,
+      promptTokens: used.prompt,
+      completionTokens: used.completion,
+      cachedTokens: used.cached,
+      costUsd: costUsd(price, used),
+    });
   }
 }
 

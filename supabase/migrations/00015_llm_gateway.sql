@@ -169,33 +169,53 @@ begin
 end
 $$;
 
--- After the provider answered (or failed): the request and the usage the provider
--- reported are counted, and hd_llm_admit's reservation (p_reserved_*, 0 where it made
--- none) is released, on the admission's row.
-create or replace function public.hd_llm_record(
-  p_account_id uuid, p_day date, p_job_id uuid, p_model text,
-  p_reserved_tokens bigint, p_reserved_cost numeric,
-  p_prompt_tokens bigint, p_completion_tokens bigint, p_cached_tokens bigint, p_cost numeric,
-  p_now timestamptz default now())
+-- After the provider answered (or failed): the requests and the usage the provider
+-- reported are counted, and hd_llm_admit's reservations (reserved_*, 0 where it made
+-- none) released, on the admissions' rows. p_rows: a jsonb array of {account_id, day,
+-- job_id, model, reserved_tokens, reserved_cost_usd, prompt_tokens, completion_tokens,
+-- cached_tokens, cost_usd}; the gateway sends the answers that came back while its
+-- previous call ran in one call, so the writes do not grow with the requests in flight.
+drop function if exists public.hd_llm_record(
+  uuid, date, uuid, text, bigint, numeric, bigint, bigint, bigint, numeric, timestamptz);
+create or replace function public.hd_llm_record(p_rows jsonb, p_now timestamptz default now())
 returns void
 language plpgsql volatile
 as $$
+declare
+  r record;
 begin
   perform set_config('synchronous_commit', 'off', true);
-  insert into public.hd_llm_usage as u
-    (account_id, day, job_id, model, requests, prompt_tokens, completion_tokens,
-     cached_tokens, cost_usd, updated_at)
-  values (p_account_id, p_day, p_job_id, p_model, 1, p_prompt_tokens, p_completion_tokens,
-          p_cached_tokens, p_cost, p_now)
-  on conflict (account_id, day, job_id, model) do update
-    set requests = u.requests + 1,
-        reserved_tokens = greatest(u.reserved_tokens - p_reserved_tokens, 0),
-        reserved_cost_usd = greatest(u.reserved_cost_usd - p_reserved_cost, 0),
-        prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
-        completion_tokens = u.completion_tokens + excluded.completion_tokens,
-        cached_tokens = u.cached_tokens + excluded.cached_tokens,
-        cost_usd = u.cost_usd + excluded.cost_usd,
-        updated_at = p_now;
+  -- Rows in key order: two calls at once lock them in the same order, never a deadlock.
+  for r in
+    select x.account_id, x.day, x.job_id, x.model, count(*)::integer as requests,
+           sum(x.reserved_tokens)::bigint as reserved_tokens,
+           sum(x.reserved_cost_usd) as reserved_cost_usd,
+           sum(x.prompt_tokens)::bigint as prompt_tokens,
+           sum(x.completion_tokens)::bigint as completion_tokens,
+           sum(x.cached_tokens)::bigint as cached_tokens,
+           sum(x.cost_usd) as cost_usd
+      from jsonb_to_recordset(p_rows) as x(
+             account_id uuid, day date, job_id uuid, model text, reserved_tokens bigint,
+             reserved_cost_usd numeric, prompt_tokens bigint, completion_tokens bigint,
+             cached_tokens bigint, cost_usd numeric)
+     group by x.account_id, x.day, x.job_id, x.model
+     order by x.account_id, x.day, x.job_id, x.model
+  loop
+    insert into public.hd_llm_usage as u
+      (account_id, day, job_id, model, requests, prompt_tokens, completion_tokens,
+       cached_tokens, cost_usd, updated_at)
+    values (r.account_id, r.day, r.job_id, r.model, r.requests, r.prompt_tokens,
+            r.completion_tokens, r.cached_tokens, r.cost_usd, p_now)
+    on conflict (account_id, day, job_id, model) do update
+      set requests = u.requests + excluded.requests,
+          reserved_tokens = greatest(u.reserved_tokens - r.reserved_tokens, 0),
+          reserved_cost_usd = greatest(u.reserved_cost_usd - r.reserved_cost_usd, 0),
+          prompt_tokens = u.prompt_tokens + excluded.prompt_tokens,
+          completion_tokens = u.completion_tokens + excluded.completion_tokens,
+          cached_tokens = u.cached_tokens + excluded.cached_tokens,
+          cost_usd = u.cost_usd + excluded.cost_usd,
+          updated_at = p_now;
+  end loop;
 end
 $$;
 
