@@ -90,7 +90,7 @@ metadata address is refused unless HD_WEBHOOK_ALLOW_CIDRS allows it.`,
   },
   {
     name: 'jobs',
-    summary: 'list, show, requeue or cancel jobs',
+    summary: 'list, show, requeue, cancel or watch jobs; their artifacts',
     usage: `hd-runner jobs list [--account UUID] [--status S] [--type T] [--limit N] [--json]
                                         newest first, 20 unless --limit (up to 1000);
                                         says so when more jobs match
@@ -106,6 +106,16 @@ hd-runner jobs watch ID… | --batch ID | --account UUID [--interval MS] [--json
                                         terminal, a line per change otherwise, --json
                                         events; exit 0 all completed, 10 any failed
                                         (--account: its queued and running jobs now)
+hd-runner jobs artifacts ID | --batch ID [--url [--expires S]] [--download DIR]
+                         [--archive FILE] [--json]
+                                        the job's (the batch's) stored results: kind,
+                                        name, bytes, SHA-256; --url: links valid S
+                                        seconds (default 3600; Supabase Storage signed
+                                        URLs, fs: file URLs); --download: each file into
+                                        DIR/kind/name (a batch: DIR/job/kind/name);
+                                        --archive: one zip of them all; every file is
+                                        checked against its SHA-256. None stored: exit 1
+                                        with --download/--archive (NO_ARTIFACTS)
 
 ID is a job's UUID or a unique start of it (4+ characters, as the demo prints them).
 A job in another state than the action needs is left as it is: exit 1, with why.
@@ -119,6 +129,10 @@ Without HD_DATABASE_URL, after hd-runner demo: the demo's embedded PostgreSQL.`,
       logs: { type: 'boolean' },
       batch: { type: 'string' },
       interval: { type: 'string' },
+      url: { type: 'boolean' },
+      expires: { type: 'string' },
+      download: { type: 'string' },
+      archive: { type: 'string' },
       json: { type: 'boolean' },
     },
     load: async () => (await import('./jobs.ts')).jobsCommand,

@@ -16,14 +16,14 @@ import {
   type ParsedArgs,
 } from '../command.ts';
 
-const ACTIONS = ['list', 'show', 'requeue', 'cancel', 'watch'] as const;
+const ACTIONS = ['list', 'show', 'requeue', 'cancel', 'watch', 'artifacts'] as const;
 type Action = (typeof ACTIONS)[number];
 
 export async function jobsCommand(args: ParsedArgs, env: Env): Promise<number> {
   const [action, id] = args.positionals;
   if (!action || !(ACTIONS as readonly string[]).includes(action)) {
     throw new UsageError(
-      'jobs: expected one of list, show, requeue, cancel, watch (see hd-runner jobs --help)',
+      'jobs: expected one of list, show, requeue, cancel, watch, artifacts (see hd-runner jobs --help)',
     );
   }
   if (action === 'watch') {
@@ -35,6 +35,16 @@ export async function jobsCommand(args: ParsedArgs, env: Env): Promise<number> {
       await db.close();
     }
   }
+  if (action === 'artifacts') {
+    const config = configFrom(env);
+    const db = openDb(config);
+    try {
+      const { jobArtifacts } = await import('./jobs-artifacts.ts');
+      return await jobArtifacts(db, config, id, args);
+    } finally {
+      await db.close();
+    }
+  }
   if (action !== 'list' && !id) throw new UsageError(`jobs ${action}: a job id is required`);
   if (id && !uuidPrefixRange(id.toLowerCase()))
     throw new UsageError(`jobs ${action}: ${JSON.stringify(id)} is not a job id or its start`);
@@ -42,7 +52,12 @@ export async function jobsCommand(args: ParsedArgs, env: Env): Promise<number> {
   try {
     if (action === 'list') return await listJobs(db, args);
     const jobId = await resolveJobId(db, id!);
-    return await actOnJob(db, action as Exclude<Action, 'list' | 'watch'>, jobId, args);
+    return await actOnJob(
+      db,
+      action as Exclude<Action, 'list' | 'watch' | 'artifacts'>,
+      jobId,
+      args,
+    );
   } finally {
     await db.close();
   }

@@ -1,9 +1,8 @@
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import { mkdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { finished } from 'node:stream/promises';
-import { ZipFile } from 'yazl';
 import { toStorageName } from '../../contract/storage-paths.ts';
+import { zipWriter } from '../../control-plane/zip-writer.ts';
 import type { ArtifactFile } from '../artifacts.ts';
 import type { PageStart } from './chunker.ts';
 import { ocrDpi } from './ocr.ts';
@@ -30,8 +29,6 @@ export interface PagedText {
 }
 
 const PREVIEW_PIXELS = 256;
-// Entries carry one fixed time, so the same outputs make the same archive (and SHA-256).
-const ZIP_MTIME = new Date('2000-01-01T00:00:00Z');
 
 /**
  * Produces extract_text's result files file by file and stores each as an artifact as
@@ -45,8 +42,7 @@ export class ExtractArtifacts {
   readonly #upload: (file: ArtifactFile) => Promise<{ size_bytes: number }>;
   readonly #limits: (what: string) => ToolLimits;
   readonly #maxPages: number;
-  readonly #zip: ZipFile | undefined;
-  readonly #zipDone: Promise<void> | undefined;
+  readonly #zip: ReturnType<typeof zipWriter> | undefined;
   readonly #names = new Set<string>();
   #count = 0;
   #bytes = 0;
@@ -63,13 +59,8 @@ export class ExtractArtifacts {
     this.#upload = options.upload;
     this.#limits = options.limits;
     this.#maxPages = options.maxPages;
-    if (this.#o.archive && this.wanted) {
-      this.#zip = new ZipFile();
-      const out = createWriteStream(join(options.workDir, 'artifacts.zip'));
-      this.#zip.outputStream.pipe(out);
-      this.#zipDone = finished(out);
-      this.#zipDone.catch(() => undefined); // awaited in finish(); an early error waits there
-    }
+    if (this.#o.archive && this.wanted)
+      this.#zip = zipWriter(join(options.workDir, 'artifacts.zip'));
   }
 
   get wanted(): boolean {
@@ -118,9 +109,8 @@ export class ExtractArtifacts {
 
   /** The archive, once every file is in; what was stored, for the job's stats. */
   async finish(): Promise<{ artifacts: number; artifact_bytes: number }> {
-    if (this.#zip && this.#zipDone) {
-      this.#zip.end();
-      await this.#zipDone;
+    if (this.#zip) {
+      await this.#zip.close();
       await this.#storeFile({
         kind: 'archive',
         name: 'artifacts.zip',
@@ -161,18 +151,11 @@ export class ExtractArtifacts {
     this.#bytes += stored.size_bytes;
     if (!this.#zip || file.kind === 'archive') return rm(file.path, { force: true });
     // Read when its turn in the archive comes, removed once read.
-    this.#zip.addReadStreamLazy(
-      `${file.kind}/${file.name}`,
-      {
-        mtime: ZIP_MTIME,
-        compress: file.contentType.startsWith('text/'),
-        size: (await stat(file.path)).size,
-      },
-      (done) => {
-        const stream = createReadStream(file.path);
-        stream.on('close', () => void rm(file.path, { force: true }));
-        done(null, stream);
-      },
-    );
+    const { size } = await stat(file.path);
+    this.#zip.add(`${file.kind}/${file.name}`, size, file.contentType, async () => {
+      const stream = createReadStream(file.path);
+      stream.on('close', () => void rm(file.path, { force: true }));
+      return stream;
+    });
   }
 }
