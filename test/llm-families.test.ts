@@ -255,7 +255,25 @@ describe('model families', () => {
     expect(refusedParameter(400, 'invalid response_format type: json_schema', all)).toBe(
       'response_format',
     );
-    // Not a refusal: a parameter we did not send, a server error, a rate limit.
+    expect(refusedParameter(400, "'response_format.type' must be 'json_schema'", all)).toBe(
+      'response_format',
+    );
+    // Not a refusal: a value out of range, a parameter we did not send, a server error, a
+    // rate limit.
+    expect(
+      refusedParameter(
+        400,
+        '{"object":"error","message":"max_tokens must be at least 1, got 0."}',
+        all,
+      ),
+    ).toBeUndefined();
+    expect(
+      refusedParameter(
+        400,
+        '{"error":{"message":"temperature must be <= 2","param":"temperature","code":"invalid_value"}}',
+        all,
+      ),
+    ).toBeUndefined();
     expect(
       refusedParameter(400, '{"error":{"param":"stop","code":"unsupported_parameter"}}', all),
     ).toBeUndefined();

@@ -13,13 +13,17 @@ export function sentParameters(capabilities: Capabilities): OptionalParameter[] 
   return sent;
 }
 
-// How servers say "I do not take this": OpenAI's codes and messages ("Unsupported
-// parameter: 'max_tokens' is not supported with this model", "Unsupported value:
-// 'temperature' does not support 0 with this model"), pydantic-based servers such as vLLM
-// ("Input should be 'text' or 'json_object'", "Extra inputs are not permitted"), and the
-// free wording of others ("unknown field", "not allowed", "invalid response format").
-const REFUSAL_WORDS =
-  /unsupported|not supported|does not support|not permitted|extra inputs|unrecognized|unknown (field|param|argument)|not allowed|input should be|invalid (value|type|response.?format|param)|must be/i;
+// How servers say "I do not take this parameter": OpenAI's codes and messages
+// ("Unsupported parameter: 'max_tokens' is not supported with this model", "Unsupported
+// value: 'temperature' does not support 0 with this model"), pydantic-based servers such as
+// vLLM ("Extra inputs are not permitted") and the free wording of others ("unknown field",
+// "not allowed").
+const UNSUPPORTED =
+  /unsupported|not supported|does not support|not permitted|extra inputs|unrecognized|unknown (field|param|argument)|not allowed/i;
+// And "not this value", which for response_format means a mode the server lacks (vLLM:
+// "Input should be 'text' or 'json_object'"; LM Studio: "'response_format.type' must be
+// 'json_schema'"). For a token limit it means a number out of range: an error, not a refusal.
+const VALUE_REFUSED = /input should be|must be|invalid (value|type|response.?format)/i;
 
 const MENTIONS: Record<OptionalParameter, RegExp> = {
   temperature: /\btemperature\b/i,
@@ -62,13 +66,14 @@ export function refusedParameter(
   const code = typeof inner.code === 'string' ? inner.code : '';
   const param = typeof inner.param === 'string' ? inner.param.split('.')[0] : undefined;
   const coded = code === 'unsupported_parameter' || code === 'unsupported_value';
-  if (param && sent.includes(param as OptionalParameter) && (coded || REFUSAL_WORDS.test(body))) {
-    return param as OptionalParameter;
+  const refuses = (parameter: OptionalParameter) =>
+    UNSUPPORTED.test(body) || (parameter === 'response_format' && VALUE_REFUSED.test(body));
+  if (param && sent.includes(param as OptionalParameter)) {
+    return coded || refuses(param as OptionalParameter) ? (param as OptionalParameter) : undefined;
   }
-  if (!REFUSAL_WORDS.test(body)) return undefined;
   // Else the parameter named first in the answer ("max_tokens … use max_completion_tokens").
   let first: { parameter: OptionalParameter; at: number } | undefined;
-  for (const parameter of sent) {
+  for (const parameter of sent.filter(refuses)) {
     const at = body.search(MENTIONS[parameter]);
     if (at >= 0 && (!first || at < first.at)) first = { parameter, at };
   }
