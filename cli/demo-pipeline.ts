@@ -10,8 +10,19 @@ import { formatTable } from './format.ts';
 
 /** One document per tenant, run through extract_text → interpretations → graph → syntheses. */
 export const PIPELINE_DOCUMENTS = [
-  { tenant: 'acme', documentId: 'd0c00000-0000-4000-8000-00000000a001', file: 'acme-memo.md' },
-  { tenant: 'globex', documentId: 'd0c00000-0000-4000-8000-00000000b001', file: 'globex-memo.md' },
+  // acme also asks for its text as stored results (artifacts), which the demo then lists.
+  {
+    tenant: 'acme',
+    documentId: 'd0c00000-0000-4000-8000-00000000a001',
+    file: 'acme-memo.md',
+    debug: { include_texts: true },
+  },
+  {
+    tenant: 'globex',
+    documentId: 'd0c00000-0000-4000-8000-00000000b001',
+    file: 'globex-memo.md',
+    debug: {},
+  },
 ] as const;
 
 export const PIPELINE_STAGES = ['extract_interpretations', 'text2kg', 'synthesize_node'] as const;
@@ -41,7 +52,7 @@ export async function enqueuePipeline(
     accountId,
     jobType: 'extract_text',
     documentId: doc.documentId,
-    debug: { next_stages: [...PIPELINE_STAGES] },
+    debug: { next_stages: [...PIPELINE_STAGES], ...doc.debug },
   });
 }
 

@@ -111,6 +111,21 @@ describe('extract_text: artifacts on request', () => {
     execFileSync('unzip', ['-tq', zip]); // CRCs check out
   });
 
+  it('a file without pages (Markdown) gives its whole text once, overlaps not repeated', async () => {
+    const paragraphs = Array.from({ length: 12 }, (_, i) => `Absatz ${i + 1}. ${GERMAN}`);
+    const content = `# Notiz\n\n${paragraphs.join('\n\n')}\n`;
+    const doc = await h.addDocument(ACCOUNT_A, [{ name: 'notiz.md', content }]);
+    const outcome = await h.extract(doc, { debug: { include_texts: true } });
+    if (outcome.outcome !== 'completed') throw new Error(outcome.outcome);
+    expect((await h.chunksOf(doc)).length).toBeGreaterThan(5); // overlapping chunks
+    const [text] = (await artifactsOf(outcome.job.id)).filter((r) => r.kind === 'page_text');
+    expect(text!.name).toBe('notiz.md/p0001.md');
+    const flat = (t: string) => t.replace(/\s+/g, ' ').trim();
+    expect(flat(String(await stored(text!.storage_path)))).toBe(
+      flat(`# notiz.md, page 1\n\n${content}`),
+    );
+  });
+
   it('a re-run of the job replaces its artifacts: same rows, same archive bytes', async () => {
     const doc = await h.addDocument(ACCOUNT_A, [
       { name: 'twice.pdf', content: textPdf(['A.', 'B.']) },

@@ -119,6 +119,7 @@ export async function demoCommand(args: ParsedArgs, env: Env): Promise<number> {
     console.log(await tenantAssets(db.pool));
     console.log('');
     console.log(await tenantGraphs(db.pool, TENANTS));
+    await showArtifacts(db, config, roots[0]!, join(dir, 'acme-artifacts.zip'));
     // Pipeline stages are expected to complete; imports as planned above.
     const unexpected = jobs.filter((job) => job.status !== (expected.get(job.id) ?? 'completed'));
     const completed = jobs.filter((job) => job.status === 'completed').length;
@@ -180,6 +181,16 @@ async function runUntilAllEnded(
     await scheduler.stop(0);
     await gateway?.close();
   }
+}
+
+/** One job's stored results and an archive of them, as `hd-runner jobs artifacts` shows them. */
+async function showArtifacts(db: PostgresDb, config: Config, jobId: string, archive: string) {
+  console.log('');
+  console.log(
+    `demo: artifacts of acme's extract_text (hd-runner jobs artifacts ${jobId.slice(0, 8)} --archive ${archive}):`,
+  );
+  const { jobArtifacts } = await import('./jobs-artifacts.ts');
+  await jobArtifacts(db, config, jobId, { values: { archive }, positionals: [] });
 }
 
 async function tenantAssets(pool: pg.Pool): Promise<string> {

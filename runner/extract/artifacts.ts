@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { toStorageName } from '../../contract/storage-paths.ts';
 import { zipWriter } from '../../control-plane/zip-writer.ts';
 import type { ArtifactFile } from '../artifacts.ts';
-import type { PageStart } from './chunker.ts';
+import type { PageStart, TextChunk } from './chunker.ts';
 import { ocrDpi } from './ocr.ts';
 import { pdfInfo } from './poppler.ts';
 import { runTool, type ToolLimits } from './tools.ts';
@@ -158,4 +158,21 @@ export class ExtractArtifacts {
       return stream;
     });
   }
+}
+
+/**
+ * The text of a file without pages (text, Markdown, HTML, a transcript) from its chunks,
+ * as one page: overlaps taken once, a gap the chunker skipped (white space) a blank line.
+ */
+export function chunksAsText(chunks: readonly TextChunk[]): PagedText | undefined {
+  if (chunks.length === 0) return undefined;
+  let text = '';
+  let end = 0;
+  for (const chunk of chunks) {
+    if (text === '') text = chunk.content;
+    else if (chunk.char_start >= end) text += `\n\n${chunk.content}`;
+    else text += chunk.content.slice(end - chunk.char_start);
+    end = Math.max(end, chunk.char_end);
+  }
+  return { text, pages: [{ page: 1, start: 0 }] };
 }

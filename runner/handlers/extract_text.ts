@@ -5,7 +5,7 @@ import { basename, join } from 'node:path';
 import { HdError } from '../../contract/errors.ts';
 import { assertTenantPath } from '../../contract/storage-paths.ts';
 import type { ChunkRow, DocumentFile } from '../../control-plane/db/transport.ts';
-import { ExtractArtifacts } from '../extract/artifacts.ts';
+import { chunksAsText, ExtractArtifacts } from '../extract/artifacts.ts';
 import { extractFile, type ExtractSettings } from '../extract/extract-file.ts';
 import { formatBytes, MAX_CHUNKS_PER_DOCUMENT } from '../extract/limits.ts';
 import { OpenAiTranscriber } from '../extract/transcribe.ts';
@@ -138,7 +138,9 @@ export const extractText: Handler<'extract_text'> = {
           },
           'file extracted',
         );
-        await results.addFile(name, local.path, extraction.paged, type === 'pdf');
+        const paged =
+          extraction.paged ?? (results.wanted ? chunksAsText(extraction.chunks) : undefined);
+        await results.addFile(name, local.path, paged, type === 'pdf');
       }
       if (results.wanted) stored = await results.finish();
     } finally {
