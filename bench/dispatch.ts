@@ -13,7 +13,7 @@ import { EventEmitter } from 'node:events';
 import { existsSync } from 'node:fs';
 import { promisify } from 'node:util';
 import Docker from 'dockerode';
-import type { Job } from '../contract/jobs.ts';
+import type { ClaimedJob, Job } from '../contract/jobs.ts';
 import { loadConfig } from '../control-plane/config.ts';
 import { PostgresDb } from '../control-plane/db/postgres.ts';
 import { createLogger } from '../control-plane/logger.ts';
@@ -103,7 +103,7 @@ async function viaScheduler(
   const t0 = Date.now();
   const job = await db.enqueueJob({ accountId: ACCOUNT, jobType, debug: {} });
   const claimed = new Promise<number>((resolve) => {
-    const onClaimed = (j: Job) => {
+    const onClaimed = (j: ClaimedJob) => {
       if (j.id !== job.id) return;
       scheduler.off('job:claimed', onClaimed);
       resolve(Date.now());
@@ -225,8 +225,8 @@ async function metricsWorkAlone(): Promise<{ perJobUs: number; perScrapeMs: numb
   const capacity = { slots: 1, busy: () => 0, launcher: 'docker' };
   registerCapacityMetrics(alone.registry, capacity, events);
   const now = new Date();
-  const job = { job_type: JOB_TYPE, run_after: now, started_at: now, finished_at: now } as Job;
-  const done = { ...job, status: 'completed', error_code: null } as Job;
+  const job = { job_type: JOB_TYPE, run_after: now, started_at: now } as ClaimedJob;
+  const done = { ...job, finished_at: now, status: 'completed', error_code: null } as Job;
   const jobs = 100_000;
   let t0 = performance.now();
   for (let i = 0; i < jobs; i++) {

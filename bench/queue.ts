@@ -1,35 +1,44 @@
 // Queue throughput: claim + complete of no-op jobs through our SQL functions (lease
-// fencing included) against a raw SKIP LOCKED loop on the same table, plus the
-// enqueue → claim wake-up latency over LISTEN/NOTIFY. Usage: node bench/queue.ts
+// fencing and fairness included) against three anchors in the same run: a raw SKIP LOCKED
+// loop on a minimal table, the same loop on hd_ingestion_jobs (what our table costs), and
+// graphile-worker (one job at a time, and its local queue for batches). Then the enqueue →
+// claim wake-up latency over LISTEN/NOTIFY. Usage: node bench/queue.ts
 import { setTimeout as sleep } from 'node:timers/promises';
 import type pg from 'pg';
-import { PostgresDb } from '../control-plane/db/postgres.ts';
+import { CLAIM_LEASES_SQL, PostgresDb } from '../control-plane/db/postgres.ts';
 import type { BenchDatabase } from './lib.ts';
 import * as b from './lib.ts';
+import {
+  type Contender,
+  type Loop,
+  graphileWorker,
+  MINIMAL_TABLE,
+  minimalTable,
+  ourTable,
+  rawLoop,
+} from './queue-anchors.ts';
 
 const ACCOUNT = 'bbbbbbbb-0000-4000-8000-000000000001';
 const JOBS = b.envInt('BENCH_QUEUE_JOBS', 10_000);
 const BATCH_JOBS = b.envInt('BENCH_QUEUE_BATCH_JOBS', 50_000);
-const ROUNDS = b.envInt('BENCH_QUEUE_ROUNDS', 4);
+const ROUNDS = b.envInt('BENCH_QUEUE_ROUNDS', 3);
 const BATCH = b.envInt('BENCH_QUEUE_BATCH', 100);
 const WAKE_SAMPLES = b.envInt('BENCH_WAKE_SAMPLES', 300);
 const WORKERS = [1, 10, 24];
 const BATCH_WORKERS = [1, 2, 4];
 
-// Ours: the exact statements of control-plane/db/postgres.ts (claimJobs, completeJob).
-const CLAIM = 'select * from public.hd_claim_jobs($1, $2, $3, $4)';
+// Ours: the statements of control-plane/db/postgres.ts (claimLeases, completeJob(s)).
 const COMPLETE = 'select * from public.hd_complete_job($1, $2, $3)';
 const COMPLETE_MANY = `select (count(*) filter (where completed))::int as n
   from public.hd_complete_jobs($1::uuid[], $2::uuid[])`;
-// Anchor: the textbook SKIP LOCKED queue, no lease, no attempts, no fencing.
-const RAW_CLAIM = `with c as (select id from hd_ingestion_jobs
-   where status = 'queued' and run_after <= now()
-   order by priority desc, run_after, id limit $1 for update skip locked)
- update hd_ingestion_jobs j set status = 'running' from c where j.id = c.id returning j.id`;
-const RAW_COMPLETE = `update hd_ingestion_jobs set status = 'completed' where id = $1`;
-const RAW_COMPLETE_MANY = `update hd_ingestion_jobs set status = 'completed' where id = any($1::uuid[])`;
+// The raw loop on our table orders as 00003 did, by an index the bench adds (00012 has a
+// per-account one); both loops on hd_ingestion_jobs then maintain the same indexes.
+const OUR_QUEUE = {
+  table: 'public.hd_ingestion_jobs',
+  runAt: 'run_after',
+  order: 'priority desc, run_after, id',
+};
 
-type Loop = (client: pg.Client, worker: string) => Promise<number>;
 interface Claimed {
   id: string;
   lease_token: string;
@@ -37,25 +46,16 @@ interface Claimed {
 
 const oursOne: Loop = async (c, worker) => {
   for (let done = 0; ; done++) {
-    const { rows } = await c.query<Claimed>(CLAIM, [worker, null, 1, 60]);
+    const { rows } = await c.query<Claimed>(CLAIM_LEASES_SQL, [worker, null, 1, 60, null]);
     const job = rows[0];
     if (!job) return done;
     await c.query(COMPLETE, [job.id, job.lease_token, {}]);
   }
 };
 
-const rawOne: Loop = async (c) => {
-  for (let done = 0; ; done++) {
-    const { rows } = await c.query<{ id: string }>(RAW_CLAIM, [1]);
-    const job = rows[0];
-    if (!job) return done;
-    await c.query(RAW_COMPLETE, [job.id]);
-  }
-};
-
 const oursBatch: Loop = async (c, worker) => {
   for (let done = 0; ;) {
-    const { rows } = await c.query<Claimed>(CLAIM, [worker, null, BATCH, 60]);
+    const { rows } = await c.query<Claimed>(CLAIM_LEASES_SQL, [worker, null, BATCH, 60, null]);
     if (rows.length === 0) return done;
     const ids = rows.map((r) => r.id);
     const tokens = rows.map((r) => r.lease_token);
@@ -64,67 +64,61 @@ const oursBatch: Loop = async (c, worker) => {
   }
 };
 
-const rawBatch: Loop = async (c) => {
-  for (let done = 0; ;) {
-    const { rows } = await c.query<{ id: string }>(RAW_CLAIM, [BATCH]);
-    if (rows.length === 0) return done;
-    const result = await c.query(RAW_COMPLETE_MANY, [rows.map((r) => r.id)]);
-    done += result.rowCount ?? 0;
-  }
-};
-
-/** A fresh queue of n no-op jobs, vacuumed and analysed, with a checkpoint behind it. */
-async function freshQueue(admin: pg.Client, n: number): Promise<void> {
-  await admin.query('truncate public.hd_ingestion_jobs');
-  await admin.query(
-    `insert into public.hd_ingestion_jobs (account_id, job_type)
-     select $1, 'noop' from generate_series(1, $2)`,
-    [ACCOUNT, n],
-  );
-  await admin.query('vacuum analyze public.hd_ingestion_jobs');
-  await admin.query('checkpoint');
-}
-
 async function timedRun(
   admin: pg.Client,
   clients: pg.Client[],
-  loop: Loop,
+  contender: Contender,
   n: number,
 ): Promise<number> {
-  await freshQueue(admin, n);
+  await contender.fill(admin, n);
   const started = performance.now();
-  const counts = await Promise.all(clients.map((c, i) => loop(c, `bench-worker-${i}`)));
+  const counted = await contender.drain(clients);
   const seconds = (performance.now() - started) / 1000;
-  const done = counts.reduce((a, x) => a + x, 0);
-  const { rows } = await admin.query<{ n: number }>(
-    `select count(*)::int as n from public.hd_ingestion_jobs where status = 'completed'`,
-  );
-  if (done !== n || rows[0]!.n !== n) {
-    throw new Error(`expected ${n} completed jobs, loop counted ${done}, table has ${rows[0]!.n}`);
+  const done = await contender.done(admin);
+  if (counted !== n || done !== n) {
+    throw new Error(
+      `${contender.name}: expected ${n} jobs done, counted ${counted}, queue has ${done}`,
+    );
   }
-  return done / seconds;
+  return n / seconds;
 }
 
-/** Alternates anchor and ours on fresh queues (order flipped each round); medians. */
+/** Runs every contender on a fresh queue each round, in a rotating order; medians. */
 async function compare(
   admin: pg.Client,
   clients: pg.Client[],
-  anchor: Loop,
-  ours: Loop,
+  contenders: Contender[],
   n: number,
-): Promise<{ raw: number; ours: number }> {
-  const raw: number[] = [];
-  const our: number[] = [];
+): Promise<number[]> {
+  const runs = contenders.map(() => [] as number[]);
   for (let round = 0; round < ROUNDS; round++) {
-    if (round % 2 === 0) {
-      raw.push(await timedRun(admin, clients, anchor, n));
-      our.push(await timedRun(admin, clients, ours, n));
-    } else {
-      our.push(await timedRun(admin, clients, ours, n));
-      raw.push(await timedRun(admin, clients, anchor, n));
+    for (let k = 0; k < contenders.length; k++) {
+      const i = (k + round) % contenders.length;
+      runs[i]!.push(await timedRun(admin, clients, contenders[i]!, n));
     }
   }
-  return { raw: b.median(raw), ours: b.median(our) };
+  return runs.map((r) => b.median(r));
+}
+
+/** One line per worker count: every contender's jobs/s, then ours against each anchor. */
+function report(
+  mode: string,
+  workers: number,
+  names: string[],
+  rates: number[],
+  goals: Record<string, number>,
+): void {
+  const ours = rates.at(-1)!;
+  const parts = names.map((name, i) => `${name} ${b.fmt(rates[i]!)}`);
+  const ratios = names.slice(0, -1).map((name, i) => {
+    const ratio = ours / rates[i]!;
+    const goal = goals[name];
+    const verdict =
+      goal === undefined ? '' : ` (goal >= ${b.fmt(goal, 2)}: ${b.verdict(ratio >= goal)})`;
+    return `ours/${name} ${b.fmt(ratio, 2)}${verdict}`;
+  });
+  console.log(`${mode} workers=${String(workers).padStart(2)}  jobs/s: ${parts.join(', ')}`);
+  console.log(`${' '.repeat(mode.length)}             ${ratios.join(', ')}`);
 }
 
 /** Enqueue → claimed, on an idle worker woken by NOTIFY (the real listen() of the transport). */
@@ -134,7 +128,7 @@ async function wakeLatency(db: BenchDatabase, admin: pg.Client) {
   const enqueuer = await b.connect(db.url, 'hd-bench-enqueue');
   let waiter: ((claimed: { at: number; id: string; token: string }) => void) | undefined;
   const claim = async () => {
-    const [job] = await worker.claimJobs({ workerId: 'bench-idle', limit: 1, leaseSeconds: 60 });
+    const [job] = await worker.claimLeases({ workerId: 'bench-idle', limit: 1, leaseSeconds: 60 });
     const at = performance.now();
     if (job?.lease_token && waiter) waiter({ at, id: job.id, token: job.lease_token });
   };
@@ -179,28 +173,38 @@ async function main() {
   const admin = await b.connect(db.url, 'hd-bench-admin');
   const clients: pg.Client[] = [];
   try {
-    // The anchor's order needs the index 00012 replaced by its per-account one; both
-    // loops then maintain the same indexes.
     await admin.query(`create index bench_fifo_idx on public.hd_ingestion_jobs
       (priority desc, run_after, id) where status = 'queued'`);
+    await admin.query(MINIMAL_TABLE);
     for (let i = 0; i < Math.max(...WORKERS, ...BATCH_WORKERS); i++) {
       clients.push(await b.connect(db.url, `hd-bench-${i}`));
     }
+    const one = [
+      minimalTable(1),
+      ourTable('raw', ACCOUNT, rawLoop(OUR_QUEUE, 1)),
+      graphileWorker(db.url, {}),
+      ourTable('ours', ACCOUNT, oursOne),
+    ];
+    const names = ['minimal', 'raw', 'graphile', 'ours'];
+    console.log(
+      'minimal: raw SKIP LOCKED loop on a table of (id, status, payload, run_at); raw: the same loop on hd_ingestion_jobs;',
+    );
+    console.log(
+      `graphile: graphile-worker one pool of N workers (batched: N pools, local queue ${BATCH}, completeJobBatchDelay 0)`,
+    );
     for (const workers of WORKERS) {
-      const r = await compare(admin, clients.slice(0, workers), rawOne, oursOne, JOBS);
-      const ratio = r.ours / r.raw;
-      console.log(
-        `one-at-a-time workers=${String(workers).padStart(2)}  anchor(raw) ${b.fmt(r.raw).padStart(7)} jobs/s` +
-          `  ours ${b.fmt(r.ours).padStart(7)} jobs/s  ratio ${b.fmt(ratio, 2)} (goal >= 0.90: ${b.verdict(ratio >= 0.9)})`,
-      );
+      const rates = await compare(admin, clients.slice(0, workers), one, JOBS);
+      report('one-at-a-time', workers, names, rates, { raw: 0.9, graphile: 1 });
     }
+    const batched = [
+      minimalTable(BATCH),
+      ourTable('raw', ACCOUNT, rawLoop(OUR_QUEUE, BATCH)),
+      graphileWorker(db.url, { localQueue: BATCH, concurrency: () => 10 }),
+      ourTable('ours', ACCOUNT, oursBatch),
+    ];
     for (const workers of BATCH_WORKERS) {
-      const r = await compare(admin, clients.slice(0, workers), rawBatch, oursBatch, BATCH_JOBS);
-      const ratio = r.ours / r.raw;
-      console.log(
-        `batched(${BATCH}) workers=${String(workers).padStart(2)}  anchor(raw) ${b.fmt(r.raw).padStart(7)} jobs/s` +
-          `  ours ${b.fmt(r.ours).padStart(7)} jobs/s  ratio ${b.fmt(ratio, 2)} (goal ours >= 30,000/s: ${b.verdict(r.ours >= 30_000)})`,
-      );
+      const rates = await compare(admin, clients.slice(0, workers), batched, BATCH_JOBS);
+      report(`batched(${BATCH})`, workers, names, rates, { raw: 0.9, graphile: 1 });
     }
     const { wake, commit } = await wakeLatency(db, admin);
     const p50 = b.percentile(wake, 50);
@@ -214,7 +218,9 @@ async function main() {
     await admin.end();
     await db.stop();
   }
-  console.log(`peak RSS ${b.fmt(b.peakRssMb(), 1)} MB (bench process, Node included)`);
+  console.log(
+    `peak RSS ${b.fmt(b.peakRssMb(), 1)} MB (bench process: Node, pg clients, graphile-worker pools)`,
+  );
 }
 
 await main();

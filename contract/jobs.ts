@@ -56,6 +56,26 @@ export interface LeasedJob extends Job {
 }
 
 /**
+ * What a scheduler's claim returns (hd_claim_leases, migration 00021): the columns it needs
+ * to start and fence a runner, not the whole row; the runner reads its job itself.
+ */
+export type ClaimedJob = Pick<
+  LeasedJob,
+  | 'id'
+  | 'account_id'
+  | 'document_id'
+  | 'job_type'
+  | 'attempts'
+  | 'max_attempts'
+  | 'priority'
+  | 'debug'
+  | 'run_after'
+  | 'started_at'
+  | 'lease_token'
+  | 'lease_expires_at'
+>;
+
+/**
  * Pipelines: a payload may name the stages that follow it. On completion the queue
  * (hd_complete_job, migration 00007) enqueues the first of them once for the same
  * account and document, passing the rest on.

@@ -1,5 +1,5 @@
 import { toHdError, type HdError } from '../contract/errors.ts';
-import type { LeasedJob } from '../contract/jobs.ts';
+import type { ClaimedJob } from '../contract/jobs.ts';
 import type { ControlPlaneDb, NewJobLogLine } from '../control-plane/db/transport.ts';
 import type { Logger } from '../control-plane/logger.ts';
 import { Redactor } from '../control-plane/redact.ts';
@@ -48,7 +48,7 @@ interface Pending {
 
 export interface JobLogCollectorDeps {
   db: Pick<ControlPlaneDb, 'appendJobLogs' | 'listJobLogs'>;
-  job: LeasedJob;
+  job: ClaimedJob;
   log: Logger;
   limits?: Partial<JobLogLimits> | undefined;
   /** Told once everything is sent or given up, with how many lines were lost. */
@@ -77,7 +77,7 @@ export interface JobLogCollectorDeps {
  */
 export class JobLogCollector {
   readonly #db: JobLogCollectorDeps['db'];
-  readonly #job: LeasedJob;
+  readonly #job: ClaimedJob;
   readonly #log: Logger;
   readonly #limits: JobLogLimits;
   readonly #onDone: JobLogCollectorDeps['onDone'];
@@ -291,7 +291,7 @@ export class JobLogBook {
   }
 
   /** The collector of a job about to run: a new one, or the one sinkFor() started. */
-  open(job: LeasedJob): JobLogCollector {
+  open(job: ClaimedJob): JobLogCollector {
     const adopted = this.#adopted.get(job.id);
     this.#adopted.delete(job.id);
     return adopted ?? this.#collector(job);
@@ -301,7 +301,7 @@ export class JobLogBook {
    * Where a re-adopted runner prints, from its first line on (open() takes it over);
    * `seqBase` is where its launch started the numbering, when known.
    */
-  sinkFor(job: LeasedJob, seqBase?: number): (line: string) => void {
+  sinkFor(job: ClaimedJob, seqBase?: number): (line: string) => void {
     const logs = this.#collector(job, seqBase);
     this.#adopted.set(job.id, logs);
     return (line) => logs.push(line);
@@ -312,7 +312,7 @@ export class JobLogBook {
    * file or its container), numbered from `seqBase` as when it ran: lines already stored
    * are kept once. Resolves, never throws, with how many lines could not be stored.
    */
-  async store(job: LeasedJob, seqBase: number, lines: readonly string[]): Promise<number> {
+  async store(job: ClaimedJob, seqBase: number, lines: readonly string[]): Promise<number> {
     // Lines are stored in order, so those up to the last stored seq are there (or marked
     // dropped): skipped, so that what is new fits the memory budget.
     const [last] = await this.#deps.db.listJobLogs(job.id, 1).catch(() => []);
@@ -345,7 +345,7 @@ export class JobLogBook {
     return this.#lost + unsent;
   }
 
-  #collector(job: LeasedJob, seqBase?: number): JobLogCollector {
+  #collector(job: ClaimedJob, seqBase?: number): JobLogCollector {
     const logs: JobLogCollector = new JobLogCollector({
       ...this.#deps,
       job,

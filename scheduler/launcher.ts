@@ -1,8 +1,8 @@
-import type { LeasedJob } from '../contract/jobs.ts';
+import type { ClaimedJob } from '../contract/jobs.ts';
 import type { Resources } from '../runner/handler.ts';
 
 export interface LaunchRequest {
-  job: LeasedJob;
+  job: ClaimedJob;
   resources: Resources;
   /** GPUs the scheduler pinned the job to (none, or absent: a CPU job that sees no GPU). */
   gpuIds?: readonly string[] | undefined;

@@ -1,7 +1,7 @@
 import type { EventEmitter } from 'node:events';
 import http from 'node:http';
 import client from 'prom-client';
-import type { Job } from '../contract/jobs.ts';
+import type { ClaimedJob, Job } from '../contract/jobs.ts';
 import type { Config } from '../control-plane/config.ts';
 import { PostgresDb } from '../control-plane/db/postgres.ts';
 import { SupabaseDb } from '../control-plane/db/supabase.ts';
@@ -127,7 +127,7 @@ export class SchedulerMetrics {
 
   /** Counts what the scheduler does, from its events. */
   attach(scheduler: EventEmitter<SchedulerEvents>): void {
-    scheduler.on('job:claimed', (job: Job) => {
+    scheduler.on('job:claimed', (job: ClaimedJob) => {
       this.#claimed.inc({ job_type: job.job_type });
       this.#running.inc({ job_type: job.job_type });
       const wait = seconds(job.run_after, job.started_at);
@@ -135,7 +135,7 @@ export class SchedulerMetrics {
         this.#waitSeconds.observe({ job_type: job.job_type }, Math.max(0, wait));
     });
     // A re-adopted runner is running here too, and its end is counted below.
-    scheduler.on('job:adopted', (job: Job) => this.#running.inc({ job_type: job.job_type }));
+    scheduler.on('job:adopted', (job: ClaimedJob) => this.#running.inc({ job_type: job.job_type }));
     scheduler.on('job:finished', (job: Job) => {
       this.#running.dec({ job_type: job.job_type });
       this.#finished.inc({

@@ -1,5 +1,5 @@
 import { EXIT_CODES, HdError, toHdError, type ErrorCode } from '../contract/errors.ts';
-import type { LeasedJob } from '../contract/jobs.ts';
+import type { ClaimedJob } from '../contract/jobs.ts';
 import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
 import type { Logger } from '../control-plane/logger.ts';
 import type { Redactor } from '../control-plane/redact.ts';
@@ -87,7 +87,7 @@ export class OutcomeRecorder {
     this.#d = deps;
   }
 
-  async settle(job: LeasedJob, exit: RunnerExit): Promise<void> {
+  async settle(job: ClaimedJob, exit: RunnerExit): Promise<void> {
     const outcome = classifyExit(exit);
     if (outcome.kind === 'release') await this.release(job);
     else if (outcome.kind === 'fail')
@@ -95,12 +95,12 @@ export class OutcomeRecorder {
   }
 
   /** Hands the job back to the queue, its attempt refunded; `why`, if given, is logged. */
-  async release(job: LeasedJob, why?: string): Promise<void> {
+  async release(job: ClaimedJob, why?: string): Promise<void> {
     const released = await this.#durably(job, () => this.#d.db.releaseJob(job.id, job.lease_token));
     if (released && why) this.#d.log.warn({ job_id: job.id }, `handed the job back: ${why}`);
   }
 
-  async fail(job: LeasedJob, code: ErrorCode, message: string, details: Record<string, unknown>) {
+  async fail(job: ClaimedJob, code: ErrorCode, message: string, details: Record<string, unknown>) {
     const error = new HdError(code, message, { details });
     const tenant = this.#d.redactor;
     const recorded = await this.#durably(job, () =>
@@ -115,7 +115,7 @@ export class OutcomeRecorder {
   }
 
   /** Makes the call until it succeeds, is refused, or the signal says to give up. */
-  async #durably(job: LeasedJob, call: () => Promise<unknown>): Promise<boolean> {
+  async #durably(job: ClaimedJob, call: () => Promise<unknown>): Promise<boolean> {
     const { signal } = this.#d;
     const backoff = new Backoff();
     for (let tries = 1; ; tries++) {

@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import type { LeasedJob } from '../contract/jobs.ts';
+import type { ClaimedJob } from '../contract/jobs.ts';
 import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
 import type { Logger } from '../control-plane/logger.ts';
 import { readOutputLines, type OutputFile, type OutputFiles } from './launchers/output-file.ts';
@@ -119,7 +119,7 @@ export class ProcessReconciler implements Reconciler {
     const { meta } = file;
     const job = { id: meta.job_id, attempts: meta.attempt, lease_token: meta.lease_token };
     const lines = await readOutputLines(file);
-    const lost = await output.store(job as LeasedJob, meta.seq_base, lines);
+    const lost = await output.store(job as ClaimedJob, meta.seq_base, lines);
     this.#d.log.info(
       { job_id: meta.job_id, attempt: meta.attempt, lines: lines.length, lost },
       'stored the output of a runner that ended while no scheduler watched it',

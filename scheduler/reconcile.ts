@@ -1,6 +1,6 @@
 import type Docker from 'dockerode';
 import { toHdError } from '../contract/errors.ts';
-import type { Job, LeasedJob } from '../contract/jobs.ts';
+import type { Job, ClaimedJob } from '../contract/jobs.ts';
 import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
 import type { Logger } from '../control-plane/logger.ts';
 import type { Resources } from '../runner/handler.ts';
@@ -9,7 +9,7 @@ import { KEPT_PREFIX, LABELS, type DockerLauncher } from './launchers/docker.ts'
 
 /** A runner a previous scheduler started, handed to this one to watch to the end. */
 export interface AdoptedRunner {
-  job: LeasedJob;
+  job: ClaimedJob;
   runner: LaunchedRunner;
   gpuIds: string[];
 }
@@ -28,12 +28,12 @@ export interface RunnerOutput {
    * A sink for a re-adopted runner's lines, asked for before it prints anything;
    * `seqBase`: where its launch started the numbering, when known.
    */
-  follow(job: LeasedJob, seqBase?: number): (line: string) => void;
+  follow(job: ClaimedJob, seqBase?: number): (line: string) => void;
   /**
    * Stores the whole output of a runner that ended unwatched, numbered from `seqBase` as
    * when it ran (lines already stored are kept once); resolves with the lines lost.
    */
-  store(job: LeasedJob, seqBase: number, lines: string[]): Promise<number>;
+  store(job: ClaimedJob, seqBase: number, lines: string[]): Promise<number>;
 }
 
 /**
@@ -145,7 +145,7 @@ export class DockerReconciler implements Reconciler {
         log.info({ job_id: jobId, container_id: c.Id }, 'started a runner container left created');
       }
       const info = await launcher.docker.getContainer(c.Id).inspect();
-      const leased = job as LeasedJob;
+      const leased = job as ClaimedJob;
       const gpuIds = (c.Labels[LABELS.gpus] ?? '').split(',').filter(Boolean);
       const resources = this.#d.resourcesFor(job.job_type);
       const seqBase = seqBaseOf(c);
@@ -184,7 +184,7 @@ export class DockerReconciler implements Reconciler {
       .find((e) => e.startsWith('HD_LEASE_TOKEN='))
       ?.slice('HD_LEASE_TOKEN='.length);
     if (!token) return;
-    const job = { id: jobId, attempts: attempt, lease_token: token } as LeasedJob;
+    const job = { id: jobId, attempts: attempt, lease_token: token } as ClaimedJob;
     const lost = await output.store(job, seqBase, await launcher.readOutput(c.Id));
     this.#d.log.info(
       { job_id: jobId, container_id: c.Id, lost },

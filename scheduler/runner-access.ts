@@ -4,7 +4,7 @@ import {
   PAYLOAD_SCHEMAS,
   isJobType,
   payloadObject,
-  type LeasedJob,
+  type ClaimedJob,
 } from '../contract/jobs.ts';
 import { assertBucketName, assertTenantPath } from '../contract/storage-paths.ts';
 import { ConfigError, configToEnv, type Config } from '../control-plane/config.ts';
@@ -121,7 +121,7 @@ export class RunnerAccess {
   }
 
   /** The job's own environment: its credential, and its storage grants. */
-  async envFor(job: LeasedJob, resources: Resources): Promise<Record<string, string>> {
+  async envFor(job: ClaimedJob, resources: Resources): Promise<Record<string, string>> {
     const env: Record<string, string> = {};
     const now = Math.floor(Date.now() / 1000);
     const lifetime = Math.ceil(resources.timeoutMs / 1000) + TOKEN_GRACE_SECONDS;
@@ -159,7 +159,7 @@ export class RunnerAccess {
   }
 
   /** Signed URLs for the objects the job reads, each checked to lie in the job's account. */
-  async #storageGrants(job: LeasedJob, lifetime: number): Promise<string> {
+  async #storageGrants(job: ClaimedJob, lifetime: number): Promise<string> {
     const wanted = new Map<string, string[]>();
     for (const { bucket, key } of await this.#inputObjects(job)) {
       let checked: [string, string];
@@ -182,7 +182,7 @@ export class RunnerAccess {
     return json;
   }
 
-  async #inputObjects(job: LeasedJob): Promise<{ bucket: string; key: string }[]> {
+  async #inputObjects(job: ClaimedJob): Promise<{ bucket: string; key: string }[]> {
     if (!isJobType(job.job_type)) return [];
     switch (JOB_INPUTS[job.job_type]) {
       case 'payload_object': {

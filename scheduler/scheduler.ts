@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { HdError, toHdError } from '../contract/errors.ts';
-import { JOB_TYPES, type Job, type LeasedJob } from '../contract/jobs.ts';
+import { JOB_TYPES, type Job, type ClaimedJob } from '../contract/jobs.ts';
 import type { Config } from '../control-plane/config.ts';
 import type { ControlPlaneDb, WakeReason } from '../control-plane/db/transport.ts';
 import type { Logger } from '../control-plane/logger.ts';
@@ -17,19 +17,41 @@ import { Wakeup } from './wakeup.ts';
 
 export { handlerResources };
 
+/**
+ * A job the scheduler cannot read back at its end (the database is gone): what the claim
+ * told it, still running as far as it knows; created_at unknown (its run_after stands in).
+ */
+function lastKnown(job: ClaimedJob): Job {
+  return {
+    ...job,
+    status: 'running',
+    error: null,
+    error_code: null,
+    error_details: null,
+    locked_by: null,
+    progress_percent: 0,
+    progress_step: null,
+    container_id: null,
+    created_at: job.run_after,
+    updated_at: job.started_at ?? job.run_after,
+    finished_at: null,
+  };
+}
+
 export interface SchedulerEvents {
-  'job:claimed': [job: Job];
+  /** The claim's columns only (hd_claim_leases), not the whole row. */
+  'job:claimed': [job: ClaimedJob];
   /** A runner a previous scheduler started, taken over after a restart. */
-  'job:adopted': [job: Job];
+  'job:adopted': [job: ClaimedJob];
   'job:finished': [job: Job, exit: RunnerExit | undefined];
   /** A runner started for a claimed job; `seconds`: how long the launcher took (create + start). */
-  'runner:launched': [job: Job, seconds: number];
+  'runner:launched': [job: ClaimedJob, seconds: number];
   'job:reaped': [job: Job];
   error: [error: HdError];
 }
 
 interface Running {
-  job: LeasedJob;
+  job: ClaimedJob;
   runner: LaunchedRunner | undefined;
   gpuIds: string[];
   /** The runner's output, on its way into hd_job_logs. */
@@ -55,15 +77,15 @@ export interface SchedulerDeps {
   /** Hides secrets, stack frames and host paths in what tenants read (logs, job errors). */
   redactor?: Redactor | undefined;
   /** Called once a job's runner has ended: drops what runnerEnv made for it (a job role). */
-  releaseRunner?: ((job: LeasedJob) => Promise<void>) | undefined;
+  releaseRunner?: ((job: ClaimedJob) => Promise<void>) | undefined;
   /** The job's own runner environment: credentials scoped to it (scheduler/runner-access.ts). */
   runnerEnv?:
-    ((job: LeasedJob, resources: Resources) => Promise<Record<string, string>>) | undefined;
+    ((job: ClaimedJob, resources: Resources) => Promise<Record<string, string>>) | undefined;
   /**
    * Readies the job's input before its runner starts, within its slot (an input by URL
    * fetched and stored: scheduler/url-input.ts); resolves to the job as recorded after.
    */
-  stageInput?: ((job: LeasedJob, signal: AbortSignal) => Promise<LeasedJob>) | undefined;
+  stageInput?: ((job: ClaimedJob, signal: AbortSignal) => Promise<ClaimedJob>) | undefined;
 }
 
 /**
@@ -294,14 +316,14 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
       for (const plan of plans) {
         if (free <= 0 || this.#stopping) break;
         try {
-          const jobs = await this.#db.claimJobs({
+          const jobs = await this.#db.claimLeases({
             workerId: this.#config.HD_WORKER_ID,
             jobTypes: plan.jobTypes,
             limit: Math.min(plan.limit, free),
             leaseSeconds: this.#config.HD_LEASE_SECONDS,
             accountMaxRunning: this.#config.HD_ACCOUNT_MAX_RUNNING,
           });
-          for (const job of jobs) this.#supervise(job as LeasedJob);
+          for (const job of jobs) this.#supervise(job);
           free -= jobs.length;
         } catch (error) {
           this.#report(error, 'claim failed; retrying after the poll interval');
@@ -312,7 +334,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
     }
   }
 
-  #supervise(job: LeasedJob, adopted?: AdoptedRunner): void {
+  #supervise(job: ClaimedJob, adopted?: AdoptedRunner): void {
     const logs = this.#logs.open(job);
     const entry: Running = {
       job,
@@ -348,7 +370,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
     if (!entry.runner && this.#stageInput && !(await this.#staged(entry))) {
       await logs.finish();
       const final = await this.#db.getJob(entry.job.id).catch(() => undefined);
-      this.emit('job:finished', final ?? entry.job, undefined);
+      this.emit('job:finished', final ?? lastKnown(entry.job), undefined);
       return;
     }
     const job = entry.job;
@@ -404,7 +426,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
       this.#report(error, "could not drop the runner's job role"),
     );
     const final = await this.#db.getJob(job.id).catch(() => undefined);
-    this.emit('job:finished', final ?? job, exit);
+    this.emit('job:finished', final ?? lastKnown(job), exit);
   }
 
   /**

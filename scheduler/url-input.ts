@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HdError, toHdError } from '../contract/errors.ts';
-import { PAYLOAD_SCHEMAS, urlForLog, type LeasedJob } from '../contract/jobs.ts';
+import { PAYLOAD_SCHEMAS, urlForLog, type ClaimedJob } from '../contract/jobs.ts';
 import { assertTenantPath, tenantPrefix, toStorageName } from '../contract/storage-paths.ts';
 import type { Config } from '../control-plane/config.ts';
 import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
@@ -42,7 +42,7 @@ export class UrlInputStager {
   }
 
   /** The job ready for its runner: its URL input stored and recorded, or as it was. */
-  async stage(job: LeasedJob, signal: AbortSignal): Promise<LeasedJob> {
+  async stage(job: ClaimedJob, signal: AbortSignal): Promise<ClaimedJob> {
     const type = job.job_type;
     if (type !== 'import_assets_jsonl' && type !== 'extract_text') return job;
     const payload = PAYLOAD_SCHEMAS[type].safeParse(job.debug ?? {});
@@ -88,7 +88,7 @@ export class UrlInputStager {
   }
 
   /** Heartbeats while the input is fetched; a refused one aborts it with that error. */
-  #keepLease(job: LeasedJob, outer: AbortSignal) {
+  #keepLease(job: ClaimedJob, outer: AbortSignal) {
     const lost = new AbortController();
     const timer = setInterval(
       () => {

@@ -3,7 +3,7 @@ import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type Docker from 'dockerode';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { LeasedJob } from '../contract/jobs.ts';
+import type { ClaimedJob } from '../contract/jobs.ts';
 import { createLogger } from '../control-plane/logger.ts';
 import {
   GpuDiscoveryError,
@@ -196,7 +196,7 @@ describe('process launcher GPUs', () => {
       env: { CUDA_VISIBLE_DEVICES: '0,1,2,3' }, // what the host had: never passed on as is
       command: [process.execPath, '-e', 'console.log(`[${process.env.CUDA_VISIBLE_DEVICES}]`)'],
     });
-    const job = { id: 'gpu-env-probe', lease_token: 'token' } as LeasedJob;
+    const job = { id: 'gpu-env-probe', lease_token: 'token' } as ClaimedJob;
     const resources = { gpu: true, memoryMb: 256, cpus: 1, timeoutMs: 60_000 };
     const seen = async (gpuIds?: string[]) => {
       const lines: string[] = [];
@@ -255,7 +255,7 @@ describe.skipIf(!d.available)(`GPU containers${skipNote(d)}`, () => {
     // A host with GPUs pins its last one (the container starts, and its runner exits at
     // once: it has no configuration); elsewhere GPU 1, which the engine cannot provide.
     const pin = hostGpus.at(-1)?.index ?? '1';
-    const launch = launcher.launch({ job: job as LeasedJob, resources, gpuIds: [pin] });
+    const launch = launcher.launch({ job: job as ClaimedJob, resources, gpuIds: [pin] });
     if (hostGpus.length) await (await launch).wait();
     else
       await expect(launch).rejects.toThrow(

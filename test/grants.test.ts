@@ -38,6 +38,7 @@ const FUNCTIONS = parseMatrix(`
   hd__lock_current_lease              .    .             .         .            .
   hd__lock_down_functions             .    .             .         .            .
   hd__lock_leased_job                 .    .             .         .            .
+  hd__mark_batch_rows                 .    .             .         .            .
   hd__notify_jobs_queued              .    .             .         .            .
   hd__queued_groups                   .    .             .         .            .
   hd__reap_not_before                 .    .             .         .            .
@@ -76,6 +77,7 @@ const FUNCTIONS = parseMatrix(`
   hd_cancel_batch                     .    .             .         X            X
   hd_cancel_job                       .    .             .         X            X
   hd_claim_jobs                       .    .             .         X            X
+  hd_claim_leases                     .    .             .         X            X
   hd_claim_webhook_deliveries         .    .             .         X            X
   hd_complete_jobs                    .    .             .         X            X
   hd_create_job_role                  .    .             .         X            X

@@ -1,7 +1,12 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
 import { ACCOUNT_A, ACCOUNT_B, jsonl, putObject, tempDir } from './helpers/runtime.ts';
-import { startSchedulerHosts, type SchedulerHost } from './helpers/scheduler-hosts.ts';
+import {
+  type GpuHost,
+  startGpuHosts,
+  startSchedulerHosts,
+  type SchedulerHost,
+} from './helpers/scheduler-hosts.ts';
 
 // Several DGX boxes on one queue, simulated: three `hd-runner scheduler` processes (2, 2
 // and 1 slots, their own worker ids, the process launcher) on one real PostgreSQL and one
@@ -11,12 +16,14 @@ import { startSchedulerHosts, type SchedulerHost } from './helpers/scheduler-hos
 let t: TestDatabase;
 let root: string;
 let hosts: SchedulerHost[] = [];
+let gpuHosts: GpuHost[] = [];
 beforeAll(async () => {
   t = await createTestDatabase();
   root = await tempDir();
 });
 afterAll(async () => {
   await Promise.all(hosts.map((h) => h.stop()));
+  await Promise.all(gpuHosts.map(async (h) => (await h.scheduler.stop(0), await h.db.close())));
   await t.drop();
 });
 
@@ -132,3 +139,65 @@ it('three hosts share the queue: each job once, the tenant limit held across hos
   expect(byHost).toContain('host-1');
   expect(byHost).toContain('host-2');
 }, 240_000);
+
+// Hosts with their own GPU lists, in this process (no job type of this version needs a
+// GPU, so the runners are stand-ins that hold their job until the test finishes it):
+// host 1 has GPUs 0 and 1, host 2 its own GPU 0, host 3 none; hosts 1 and 2 have a slot
+// per GPU, host 3 three slots.
+it('GPU jobs go only to hosts with a free GPU, each GPU of a host to one job at a time', async () => {
+  // The scheduler processes above claim every job type: they stop first.
+  await Promise.all(hosts.splice(0).map((h) => h.stop()));
+  await t.sql.query('truncate hd_ingestion_jobs cascade');
+  const enqueue = async (jobType: string) =>
+    (await t.db.enqueueJob({ accountId: ACCOUNT_A, jobType, debug: {} })).id;
+  const gpuJobs = [];
+  for (let i = 0; i < 4; i++) gpuJobs.push(await enqueue('gpu_probe'));
+  const started = await startGpuHosts(
+    [
+      { gpus: ['0', '1'], slots: 2 },
+      { gpus: ['0'], slots: 1 },
+      { gpus: [], slots: 3 },
+    ],
+    { databaseUrl: t.url, storageRoot: root },
+  );
+  gpuHosts = started.hosts;
+  const { launched, doubleBooked } = started;
+  const on = (host: string) =>
+    launched
+      .map((l) => (l.host === host ? `${l.job.job_type}:${l.gpuIds.join(',')}` : ''))
+      .filter(Boolean);
+
+  // Every GPU busy: three GPU jobs, on the two hosts that have GPUs.
+  await expect.poll(() => launched.length, { timeout: 30_000 }).toBe(3);
+  expect(on('gpu-host-1').sort()).toEqual(['gpu_probe:0', 'gpu_probe:1']);
+  expect(on('gpu-host-2')).toEqual(['gpu_probe:0']);
+  // A CPU job queued after the fourth GPU job can only go to host 3, the one host with free
+  // slots: its claim pass saw the GPU job and left it queued.
+  const cpuJob = await enqueue('cpu_probe');
+  await expect.poll(() => launched.length, { timeout: 30_000 }).toBe(4);
+  expect(launched[3]).toMatchObject({ host: 'gpu-host-3', gpuIds: [], job: { id: cpuJob } });
+  const waiting = await t.db.getJob(gpuJobs[3]!);
+  expect(waiting?.status).toBe('queued');
+
+  // Host 1 frees GPU 1: the waiting job gets that GPU there, not host 3's free slots.
+  launched.find((l) => l.host === 'gpu-host-1' && l.gpuIds[0] === '1')!.finish();
+  await expect.poll(() => launched.length, { timeout: 30_000 }).toBe(5);
+  expect(launched[4]).toMatchObject({ host: 'gpu-host-1', gpuIds: ['1'], job: { id: gpuJobs[3] } });
+
+  for (const l of launched) l.finish();
+  await expect
+    .poll(
+      async () =>
+        (await t.sql.query(`select 1 from hd_ingestion_jobs where status <> 'completed'`)).rowCount,
+      { timeout: 30_000, interval: 50 },
+    )
+    .toBe(0);
+  const { rows } = await t.sql.query<{ job_type: string; locked_by: string; attempts: number }>(
+    'select job_type, locked_by, attempts from hd_ingestion_jobs',
+  );
+  for (const row of rows) expect(row.attempts).toBe(1); // none failed for want of a GPU
+  expect(rows.filter((r) => r.job_type === 'gpu_probe').map((r) => r.locked_by)).not.toContain(
+    'gpu-host-3',
+  );
+  expect(doubleBooked).toEqual([]);
+}, 120_000);

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import type { Job } from '../contract/jobs.ts';
+import type { ClaimedJob, Job } from '../contract/jobs.ts';
 import { configToEnv } from '../control-plane/config.ts';
 import { join } from 'node:path';
 import { OutputFiles } from '../scheduler/launchers/output-file.ts';
@@ -98,7 +98,7 @@ describe('process launcher after its scheduler was SIGKILLed', () => {
       config,
       log,
     });
-    const claims: { job: Job; orphansRunning: number }[] = [];
+    const claims: { job: ClaimedJob; orphansRunning: number }[] = [];
     const reclaimed = new Promise<void>((resolve) =>
       second.on('job:claimed', (job) => {
         claims.push({ job, orphansRunning: pids.filter(runs).length });

@@ -1,5 +1,5 @@
 import pg from 'pg';
-import type { Job } from '../../contract/jobs.ts';
+import type { ClaimedJob, Job } from '../../contract/jobs.ts';
 import type {
   AssetRow,
   ChunkRow,
@@ -25,6 +25,9 @@ import type {
   WakeReason,
   StoredUrlInput,
 } from './transport.ts';
+
+/** The scheduler's claim: worker, job types, limit, lease seconds, default account limit. */
+export const CLAIM_LEASES_SQL = 'select * from public.hd_claim_leases($1, $2, $3, $4, $5)';
 
 const CHANNEL_QUEUED = 'hd_jobs_queued';
 const CHANNEL_CANCELLED = 'hd_jobs_cancelled';
@@ -95,6 +98,17 @@ export class PostgresDb implements ControlPlaneDb {
         o.accountMaxRunning ?? null,
       ],
     );
+  }
+
+  async claimLeases(o: Omit<ClaimOptions, 'jobId'>): Promise<ClaimedJob[]> {
+    const { rows } = await this.pool.query<ClaimedJob>(CLAIM_LEASES_SQL, [
+      o.workerId,
+      o.jobTypes ?? null,
+      o.limit ?? 1,
+      o.leaseSeconds,
+      o.accountMaxRunning ?? null,
+    ]);
+    return rows;
   }
 
   async heartbeat(jobId: string, leaseToken: string, leaseSeconds: number): Promise<Date> {

@@ -1,5 +1,5 @@
 import type { SupabaseClient } from '@supabase/supabase-js';
-import type { Job } from '../../contract/jobs.ts';
+import type { ClaimedJob, Job } from '../../contract/jobs.ts';
 import { createServiceClient } from '../supabase-client.ts';
 import { classifyPostgrestError } from './postgrest-errors.ts';
 import { SupabaseOutputCalls } from './supabase-outputs.ts';
@@ -119,6 +119,17 @@ export class SupabaseDb extends SupabaseOutputCalls implements ControlPlaneDb {
       p_job_id: o.jobId ?? null,
       p_account_max_running: o.accountMaxRunning ?? null,
     });
+  }
+
+  async claimLeases(o: Omit<ClaimOptions, 'jobId'>): Promise<ClaimedJob[]> {
+    const jobs = await this.#jobs('hd_claim_leases', {
+      p_worker_id: o.workerId,
+      p_job_types: o.jobTypes ?? null,
+      p_limit: o.limit ?? 1,
+      p_lease_seconds: o.leaseSeconds,
+      p_account_max_running: o.accountMaxRunning ?? null,
+    });
+    return jobs as ClaimedJob[];
   }
 
   async heartbeat(jobId: string, leaseToken: string, leaseSeconds: number): Promise<Date> {

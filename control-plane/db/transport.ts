@@ -1,4 +1,4 @@
-import type { Job } from '../../contract/jobs.ts';
+import type { ClaimedJob, Job } from '../../contract/jobs.ts';
 
 /** Who calls the reaper: a scheduler's worker id, its reap interval and its lease length. */
 export interface SchedulerReport {
@@ -226,7 +226,10 @@ export interface StoredUrlInput {
 }
 
 export interface ControlPlaneDb {
+  /** hd_claim_jobs: whole rows (`jobId`: that job, for a hand-run of one job). */
   claimJobs(options: ClaimOptions): Promise<Job[]>;
+  /** hd_claim_leases: the scheduler's fair claim, only the columns it needs. */
+  claimLeases(options: Omit<ClaimOptions, 'jobId'>): Promise<ClaimedJob[]>;
   heartbeat(jobId: string, leaseToken: string, leaseSeconds: number): Promise<Date>;
   /**
    * hd_create_job_role: a login role for the leased job's runner (postgres transport),

@@ -3,7 +3,7 @@ import { chown, mkdir } from 'node:fs/promises';
 import { constants } from 'node:os';
 import { join } from 'node:path';
 import Docker from 'dockerode';
-import type { LeasedJob } from '../../contract/jobs.ts';
+import type { ClaimedJob } from '../../contract/jobs.ts';
 import { jobOutputPrefix, OUTPUTS_BUCKET, tenantPrefix } from '../../contract/storage-paths.ts';
 import type { ControlPlaneDb } from '../../control-plane/db/transport.ts';
 import type { Resources } from '../../runner/handler.ts';
@@ -182,7 +182,7 @@ export class DockerLauncher implements Launcher {
    */
   adopt(
     info: Docker.ContainerInspectInfo,
-    job: LeasedJob,
+    job: ClaimedJob,
     resources: Resources,
     onOutput?: (line: string) => void,
     fromStart = false,
@@ -199,7 +199,7 @@ export class DockerLauncher implements Launcher {
   }
 
   /** The job's output folder, owned by the container's user where this scheduler may chown. */
-  async #makeOutputDir(storageRoot: string, job: LeasedJob): Promise<void> {
+  async #makeOutputDir(storageRoot: string, job: ClaimedJob): Promise<void> {
     const dir = join(storageRoot, OUTPUTS_BUCKET, jobOutputPrefix(job.account_id, job.id));
     await mkdir(dir, { recursive: true });
     const [uid, gid] = (this.#o.user ?? '1000:1000').split(':').map(Number);
@@ -228,7 +228,7 @@ export class DockerLauncher implements Launcher {
 
   #watch(
     container: Docker.Container,
-    job: LeasedJob,
+    job: ClaimedJob,
     resources: Resources,
     startedAt: number,
     outputSince: number,
@@ -334,7 +334,7 @@ export class DockerLauncher implements Launcher {
     }
   }
 
-  async #dispose(container: Docker.Container, job: LeasedJob, exitCode: number | null) {
+  async #dispose(container: Docker.Container, job: ClaimedJob, exitCode: number | null) {
     if (this.#o.keepFailed && exitCode !== 0) {
       const name = `${KEPT_PREFIX}${job.id}-${job.attempts}`;
       const renamed = await container.rename({ name }).then(
@@ -374,7 +374,7 @@ export function tenantStorageBinds(storageRoot: string, accountId: string): stri
  * The one writable storage folder of a job's container: `accounts/{a}/jobs/{job}/` of the
  * outputs bucket, where its artifacts go (on top of the read-only tenant folder).
  */
-export function jobOutputBind(storageRoot: string, job: Pick<LeasedJob, 'id' | 'account_id'>) {
+export function jobOutputBind(storageRoot: string, job: Pick<ClaimedJob, 'id' | 'account_id'>) {
   const path = `${OUTPUTS_BUCKET}/${jobOutputPrefix(job.account_id, job.id).slice(0, -1)}`;
   return `${join(storageRoot, path)}:${CONTAINER_STORAGE_ROOT}/${path}:rw`;
 }

@@ -13,7 +13,7 @@ import {
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { z } from 'zod';
-import type { LeasedJob } from '../../contract/jobs.ts';
+import type { ClaimedJob } from '../../contract/jobs.ts';
 import { sleep } from '../retry.ts';
 import { LogLineSplitter } from './docker-logs.ts';
 
@@ -51,7 +51,7 @@ export class OutputFiles {
   }
 
   /** A new output file for a job's runner: its meta written, the log open for appending. */
-  async create(job: LeasedJob, seqBase: number): Promise<OutputFile & { log: FileHandle }> {
+  async create(job: ClaimedJob, seqBase: number): Promise<OutputFile & { log: FileHandle }> {
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
     const base = join(this.dir, `${job.id}-${randomUUID().slice(0, 8)}`);
     const meta: OutputMeta = {

@@ -2,7 +2,7 @@ import { extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { toHdError } from '../../contract/errors.ts';
-import type { LeasedJob } from '../../contract/jobs.ts';
+import type { ClaimedJob } from '../../contract/jobs.ts';
 import type { ControlPlaneDb } from '../../control-plane/db/transport.ts';
 import { processRunnerId } from '../process-reconcile.ts';
 import { followOutput, type OutputFiles } from './output-file.ts';
@@ -62,7 +62,7 @@ export class ProcessLauncher implements Launcher {
    * already ended needs no record.
    */
   async #record(
-    job: LeasedJob,
+    job: ClaimedJob,
     pid: number,
     inOutputFile?: (id: string) => Promise<void>,
   ): Promise<void> {

@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
-import type { LeasedJob } from '../../contract/jobs.ts';
+import type { ClaimedJob } from '../../contract/jobs.ts';
 import type { Admission, LlmLedger, LlmUsageRecord } from '../../control-plane/db/llm-ledger.ts';
 import type { Logger } from '../../control-plane/logger.ts';
 import { retryAfterMs } from '../../runner/llm/retry.ts';
@@ -117,7 +117,7 @@ export class LlmGateway extends EventEmitter<LlmGatewayEvents> {
   }
 
   /** A new credential for the job's runner, accepted while this lease is the job's. */
-  async issue(job: LeasedJob, validUntil: Date): Promise<string> {
+  async issue(job: ClaimedJob, validUntil: Date): Promise<string> {
     const token = newCredential();
     await this.#o.ledger.grantCredential(
       job.id,

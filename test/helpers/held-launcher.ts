@@ -1,9 +1,9 @@
-import type { LeasedJob } from '../../contract/jobs.ts';
+import type { ClaimedJob } from '../../contract/jobs.ts';
 import type { ControlPlaneDb } from '../../control-plane/db/transport.ts';
 import type { Launcher, LaunchRequest, RunnerExit } from '../../scheduler/launcher.ts';
 
 export interface HeldRunner {
-  job: LeasedJob;
+  job: ClaimedJob;
   gpuIds: readonly string[];
   /** Completes the job and lets the runner exit 0. */
   finish: () => void;
