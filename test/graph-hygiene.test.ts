@@ -319,6 +319,23 @@ describe('graph hygiene', () => {
     expect(documents.sort()).toEqual([y, z].sort());
     expect(edge.evidence_dropped).toBe(0);
   });
+
+  it('synthesize_node counts a node deleted while the model described it as gone, not as a failure', async () => {
+    const doc = newDocument();
+    await insertChunks(t, ACCOUNT_A, doc, ['Nova Corp hires Orion.']);
+    for (const stage of ['extract_interpretations', 'text2kg']) {
+      await runToCompletion(t, config, (await enqueueStage(t, stage, ACCOUNT_A, doc)).id);
+    }
+    const synth = await enqueueStage(t, 'synthesize_node', ACCOUNT_A, doc);
+    server.respond(() => ({ kind: 'hang' }));
+    const running = runToCompletion(t, config, synth.id);
+    await waitUntil('both nodes being described', () => server.inFlight() === 2);
+    // The document is deleted meanwhile: its nodes go with their last evidence.
+    await t.sql.query(`delete from hd_asset_chunks where document_id = $1`, [doc]);
+    server.releaseHanging();
+    const done = await running;
+    expect(done.debug.stats).toMatchObject({ nodes: 2, synthesized: 0, gone: 2 });
+  });
 });
 
 function relationAnswer(source: string, relation: string, target: string, quote: string) {

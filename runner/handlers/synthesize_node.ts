@@ -15,8 +15,14 @@ interface SynthesisStats {
   synthesized: number;
   unchanged: number;
   without_edges: number;
+  /** Nodes of the document deleted while this job ran (a re-extraction removed them). */
+  gone: number;
   change_kinds: Record<string, number>;
 }
+
+// hd_record_synthesis and hd_get_node_context's "not a node of this account": for a node
+// listed from the document a moment ago, one its re-extraction has since deleted (00016).
+const NODE_NOT_FOUND = 'HDT01';
 
 /**
  * synthesize_node: for `node_id` (or every node of the job's document), shows the model
@@ -36,6 +42,7 @@ export const synthesizeNode: Handler<'synthesize_node'> = {
       synthesized: 0,
       unchanged: 0,
       without_edges: 0,
+      gone: 0,
       change_kinds: {},
     };
     await ctx.progress(0, `processing:0/${nodeIds.length}`);
@@ -86,6 +93,10 @@ async function synthesizeOne(
   signal: AbortSignal,
 ): Promise<void> {
   const context = await ctx.outputs.getNodeContext(nodeId, CONTEXT_LIMITS);
+  if (!context && !ctx.payload.node_id) {
+    stats.gone += 1;
+    return;
+  }
   if (!context) {
     throw new HdError('INVALID_INPUT', `node ${nodeId} is not a node of this job's account`);
   }
@@ -123,7 +134,14 @@ async function synthesizeOne(
     input_sha256: inputSha256,
     usage: { ...answer.usage },
   };
-  const result = await ctx.outputs.recordSynthesis(nodeId, synthesis);
+  const result = await ctx.outputs.recordSynthesis(nodeId, synthesis).catch((error: unknown) => {
+    if ((error as { code?: unknown }).code !== NODE_NOT_FOUND) throw error;
+    return undefined;
+  });
+  if (!result) {
+    stats.gone += 1;
+    return;
+  }
   if (result.created) {
     stats.synthesized += 1;
     const kind = result.change_kind ?? 'unknown';
