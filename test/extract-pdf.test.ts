@@ -1,9 +1,12 @@
+import { writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
+import { join } from 'node:path';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
 import { configToEnv } from '../control-plane/config.ts';
 import { OCR_MAX_PIXELS, ocrDpi } from '../runner/extract/ocr.ts';
 import { judgePageText } from '../runner/extract/page-quality.ts';
+import { pdfToText } from '../runner/extract/poppler.ts';
 import { ACCOUNT_A, testConfig } from './helpers/runtime.ts';
 import { GERMAN, renderGray, textPdf } from './fixtures/documents.ts';
 import { attachmentOnlyEncryptedPdf } from './fixtures/encrypted-attachment.ts';
@@ -175,6 +178,28 @@ describe('extract_text: PDF text layer and OCR per page', () => {
       'INVALID_INPUT',
       /^nur-haengt\.pdf: its one page could not be read or rendered; the file may be damaged$/,
     );
+  }, 120_000);
+
+  it('a stall of buffered output is no hung page: pages slow to print are read, none skipped', async () => {
+    // pdftotext prints in 4 KiB blocks: 20 pages that each take ~0.3 s and print only
+    // their form feed stay in its buffer past a 2 s limit. The first stall is checked by
+    // reading that page alone (fast), then the output is unbuffered: nothing is skipped.
+    const pages = [
+      ...Array.from({ length: 20 }, () => nestedFormsPage(4)),
+      { kind: 'text' as const, lines: ['Letzte Seite.'] },
+    ];
+    const path = join(h.work, 'langsam.pdf');
+    writeFileSync(path, makePdf(pages));
+    const limits = {
+      timeoutMs: 120_000,
+      maxMemoryMb: 1024,
+      signal: new AbortController().signal,
+      what: 'langsam.pdf',
+    };
+    const layer = await pdfToText(path, () => 21, limits, 2000);
+    expect(layer.failed).toEqual([]);
+    expect(layer.texts).toHaveLength(21);
+    expect(layer.texts[20]).toMatch(/^Letzte Seite\./);
   }, 120_000);
 
   it('says in one sentence why a PDF gave no text', async () => {
