@@ -33,6 +33,7 @@ const FUNCTIONS = parseMatrix(`
   hd__forget_deleted_graph_sources    .    .             .         .            .
   hd__forget_graph_evidence           .    .             .         .            .
   hd__job_artifact_refs               .    .             .         .            .
+  hd__job_event_data                  .    .             .         .            .
   hd__job_role_name                   .    .             .         .            .
   hd__lock                            .    .             .         .            .
   hd__lock_current_lease              .    .             .         .            .

@@ -233,6 +233,13 @@ describe('hd-runner enqueue --webhook-url', () => {
       2,
       expect.stringMatching(/--webhook-url must be an http\(s\) URL without credentials/),
     ]);
+    // The secret that verifies those deliveries, as an operator reads it.
+    const secret = await execa(
+      process.execPath,
+      ['cli/main.ts', 'webhooks', 'secret', '--account', ACCOUNT_A],
+      { env, extendEnv: false, reject: false },
+    );
+    expect(secret.stdout.trim()).toBe(await webhookOutboxOf(t.db).signingSecret(ACCOUNT_A));
     const inside = await cli('--batch', 'b', file, '--webhook-url', 'http://127.0.0.1:9/x');
     expect([inside.exitCode, inside.stderr]).toEqual([
       2,

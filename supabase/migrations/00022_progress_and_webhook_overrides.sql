@@ -99,29 +99,54 @@ begin
 end
 $$;
 
--- As 00013, plus the job's own URL; one payload for every row.
+-- A job event's data: ids, state, progress, error, debug.stats and its artifacts (the
+-- first 100 as references, no URLs, and how many there are: 00017).
+create or replace function public.hd__job_event_data(p_job public.hd_ingestion_jobs)
+returns jsonb
+language sql stable
+as $$
+  select jsonb_build_object(
+           'job_id', p_job.id, 'account_id', p_job.account_id, 'job_type', p_job.job_type,
+           'status', p_job.status, 'document_id', p_job.document_id, 'batch_id', p_job.batch_id,
+           'attempts', p_job.attempts, 'progress_percent', p_job.progress_percent,
+           'progress_step', p_job.progress_step, 'error_code', p_job.error_code,
+           'error', p_job.error, 'stats', coalesce(p_job.debug -> 'stats', '{}'::jsonb),
+           'finished_at', p_job.finished_at,
+           'artifacts', coalesce(jsonb_agg(jsonb_build_object(
+             'kind', a.kind, 'name', a.name, 'bucket', a.bucket, 'key', a.storage_path,
+             'content_type', a.content_type, 'bytes', a.size_bytes, 'sha256', a.sha256)
+             order by a.kind, a.name) filter (where a.n <= 100), '[]'::jsonb),
+           'artifacts_count', count(a.*))
+    from (select x.*, row_number() over (order by x.kind, x.name) as n
+            from public.hd_artifacts x where x.job_id = p_job.id) a
+$$;
+
+-- As 00017 (00013 with artifacts), plus the job's own URL; one payload for every row.
 create or replace function public.hd__enqueue_job_webhooks()
 returns trigger
 language plpgsql security definer set search_path = ''
 as $$
 declare
   v_type text := 'job.' || new.status;
-  v_payload jsonb := public.hd__webhook_payload(v_type, jsonb_build_object(
-    'job_id', new.id, 'account_id', new.account_id, 'job_type', new.job_type,
-    'status', new.status, 'document_id', new.document_id, 'batch_id', new.batch_id,
-    'attempts', new.attempts, 'progress_percent', new.progress_percent,
-    'progress_step', new.progress_step, 'error_code', new.error_code, 'error', new.error,
-    'stats', coalesce(new.debug -> 'stats', '{}'::jsonb), 'finished_at', new.finished_at));
+  v_own_url text := case when jsonb_typeof(new.debug -> 'webhook_url') = 'string'
+                         then new.debug ->> 'webhook_url' end;
+  v_payload jsonb;
 begin
+  if v_own_url is null and not exists (
+       select 1 from public.hd_webhook_endpoints w
+        where w.account_id = new.account_id and w.enabled and v_type = any (w.events)) then
+    return null;
+  end if;
+  v_payload := public.hd__webhook_payload(v_type, public.hd__job_event_data(new));
   insert into public.hd_webhook_outbox (account_id, endpoint_id, event_type, payload)
   select new.account_id, w.id, v_type, v_payload
     from public.hd_webhook_endpoints w
    where w.account_id = new.account_id and w.enabled and v_type = any (w.events)
    order by w.id;
-  if jsonb_typeof(new.debug -> 'webhook_url') = 'string' then
+  if v_own_url is not null then
     perform public.hd_webhook_signing_secret(new.account_id);
     insert into public.hd_webhook_outbox (account_id, url, event_type, payload)
-    values (new.account_id, new.debug ->> 'webhook_url', v_type, v_payload);
+    values (new.account_id, v_own_url, v_type, v_payload);
   end if;
   return null;
 end
