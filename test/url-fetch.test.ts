@@ -146,6 +146,17 @@ describe('fetching an input by URL', () => {
     expect(victim.requests).toEqual([]);
   });
 
+  it('refuses 127.0.0.1 however the URL spells it', async () => {
+    for (const host of ['2130706433', '0x7f.1', '0177.0.0.1', '[::ffff:127.0.0.1]', 'localhost']) {
+      const error = await failure(`http://${host}:${victim.port}/secret`);
+      expect(error, host).toMatchObject({ code: 'INVALID_INPUT' });
+      expect(error.message, host).toMatch(
+        /resolves to (127\.0\.0\.1|::ffff:7f00:1|::1), a loopback/,
+      );
+    }
+    expect(victim.requests).toEqual([]);
+  });
+
   it('connects to the address it checked, not to a second DNS answer (no rebinding)', async () => {
     // A resolver standing in for a hostile DNS server (none can run here): the first
     // answer is the allowed test server, every later one the victim on 127.0.0.1, on the
