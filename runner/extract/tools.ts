@@ -184,7 +184,8 @@ function spawnBounded(
     child.stderr.on('data', (text: string) => {
       stderr = (stderr + text).slice(-MAX_STDERR_CHARS);
     });
-    child.once('error', (error) => {
+    // `on`: a failed kill is an 'error' too, after the spawn's; the first one settles.
+    child.on('error', (error) => {
       settle();
       reject(error);
     });
