@@ -66,10 +66,9 @@ export async function runJob(options: RunJobOptions): Promise<RunOutcome> {
   try {
     job = await acquireLease(options);
   } catch (error) {
-    const err = toHdError(error);
-    if (err.code === 'LEASE_LOST' || err.code === 'CANCELLED')
-      return { outcome: 'lease_lost', error: err };
-    throw err;
+    // Not reached at start (the database restarts): exit 14, so the scheduler hands the
+    // job back instead of recording a crash.
+    return notRecorded(error, options.log);
   }
   if ('message' in job) return { outcome: 'not_runnable', message: job.message };
 

@@ -88,6 +88,24 @@ describe('a runner that loses the database mid-job', () => {
     });
   }, 120_000);
 
+  it('`hd-runner run` handed a lease while the database is down exits 14, not a crash', async () => {
+    const job = await importJob('at-start');
+    const [claimed] = await t.db.claimJobs({ workerId: 'w', jobId: job.id, leaseSeconds: 60 });
+    await relay.down();
+    try {
+      const env = { ...configToEnv(config()), HD_LEASE_TOKEN: claimed!.lease_token! };
+      const result = await execa(process.execPath, ['cli/main.ts', 'run', '--job-id', job.id], {
+        env: { PATH: process.env.PATH ?? '', ...env },
+        extendEnv: false,
+        reject: false,
+      });
+      expect(result.exitCode, result.stderr).toBe(EXIT_CODES.databaseLost);
+    } finally {
+      await relay.up();
+    }
+    expect(await t.db.getJob(job.id)).toMatchObject({ status: 'running', error_code: null });
+  }, 120_000);
+
   it('under a scheduler: handed back with no attempt spent, then completed once the database is back', async () => {
     const job = await importJob('scheduled');
     const env = { PATH: process.env.PATH ?? '', ...configToEnv(config({ HD_SLOTS: '1' })) };
@@ -111,7 +129,8 @@ describe('a runner that loses the database mid-job', () => {
       await cutMidJob(job.id);
       // The runner gives up while the database is still down; then it comes back.
       await expect.poll(() => runs(pid), { timeout: 60_000, interval: 50 }).toBe(false);
-      expect(output).toContain('lost the database, nothing recorded');
+      // (Echoed by the scheduler from the runner's output file, which it follows.)
+      await expect.poll(() => output).toContain('lost the database, nothing recorded');
       await relay.up();
       await expect
         .poll(async () => (await t.db.getJob(job.id))?.status, { timeout: 120_000, interval: 200 })
