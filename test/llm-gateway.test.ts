@@ -159,6 +159,19 @@ describe.each(['postgres', 'supabase'] as const)('llm gateway (%s transport)', (
     expect(await res.json()).toEqual(refusal);
   });
 
+  it('charges an answer without usage what was reserved for it, and refuses streaming', async () => {
+    const g = await gateway();
+    const job = await leasedJob();
+    const credential = await g.issue(job, inAnHour());
+    server.enqueue({ kind: 'answer', usage: false });
+    expect((await chat(g, credential, question('x'))).status).toBe(200);
+    // [{"role":"user","content":"x"}] is 32 bytes: 8 tokens, and max_tokens 50.
+    await expect.poll(() => usageOf(job.id)).toMatchObject({ prompt_tokens: 58 });
+    const streamed = await chat(g, credential, question('x', { stream: true }));
+    expect(streamed.status).toBe(400);
+    expect(server.requests).toHaveLength(1);
+  });
+
   it('forwards an audio transcription (multipart) as sent', async () => {
     const g = await gateway();
     const credential = await g.issue(await leasedJob(), inAnHour());

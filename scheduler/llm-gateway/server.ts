@@ -154,6 +154,9 @@ export class LlmGateway extends EventEmitter<LlmGatewayEvents> {
       if (typeof json?.model !== 'string' || !json.model)
         return reply(res, 400, 'invalid_request_error', 'the request names no model');
       model = json.model;
+      // A streamed answer would pass unread: its usage could not be counted.
+      if (json.stream === true)
+        return reply(res, 400, 'invalid_request_error', 'the gateway does not stream answers');
       ceiling = chatTokenCeiling(json, this.#o.defaultOutputTokens);
     } else {
       model = multipartField(body, 'model') ?? model;
@@ -195,7 +198,13 @@ export class LlmGateway extends EventEmitter<LlmGatewayEvents> {
         const waitMs = retryAfterMs(new Headers(passedHeaders(answer.headers)));
         if (waitMs !== undefined) this.#o.limiter.pause(upstream.baseURL, model, waitMs);
       }
-      if (answer.status < 300) usage = reportedUsage(parseJson(answer.body));
+      // An answer without usage is charged what was reserved for it (its most tokens).
+      if (answer.status < 300)
+        usage = reportedUsage(parseJson(answer.body)) ?? {
+          prompt: ceiling,
+          completion: 0,
+          cached: 0,
+        };
     } catch (error) {
       if (!gone.signal.aborted)
         reply(
