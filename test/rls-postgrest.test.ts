@@ -27,6 +27,11 @@ async function seed(account: string) {
   ).id;
   jobOf[account] = job;
   await t.sql.query('select public.hd_set_account_limit($1, null, 2)', [account]);
+  await t.sql.query('select public.hd_set_llm_budget($1, 1000)', [account]);
+  await t.sql.query(
+    `insert into hd_llm_usage (account_id, day, job_id, model, prompt_tokens) values ($1, current_date, $2, 'm', 1)`,
+    [account, job],
+  );
   await one(
     `select id from hd_enqueue_batch($1, 'rls', '[{"job_type": "rls_batch_probe", "debug": {"path": "x"}}]')`,
     [account],
