@@ -126,6 +126,13 @@ export function uploadGrantsFor(
   const { SUPABASE_URL: url, SUPABASE_SERVICE_ROLE_KEY: key } = config;
   if (config.HD_STORAGE !== 'supabase' || config.HD_RUNNER_CREDENTIALS !== 'scoped' || !url || !key)
     return Promise.resolve(undefined);
+  const address = config.HD_UPLOAD_GRANT_ADDRESS;
+  const loopback = /^(127\.|localhost:|\[::1\]:)/.test(address);
+  if (config.HD_LAUNCHER === 'docker' && config.HD_DOCKER_NETWORK !== 'host' && loopback)
+    log.warn(
+      { address, network: config.HD_DOCKER_NETWORK },
+      'HD_UPLOAD_GRANT_ADDRESS is on this host loopback, which runner containers cannot reach on this network: their artifact uploads will fail; set it to an address they reach (e.g. the bridge gateway) or HD_DOCKER_NETWORK=host (see docs/containers.md)',
+    );
   const signUpload = supabaseUploadSigner(url, key);
-  return serveUploadGrants({ address: config.HD_UPLOAD_GRANT_ADDRESS, db, signUpload, log });
+  return serveUploadGrants({ address, db, signUpload, log });
 }
