@@ -32,7 +32,6 @@ const FUNCTIONS = parseMatrix(`
   hd__enqueue_job_webhooks            .    .             .         .            .
   hd__forget_deleted_graph_sources    .    .             .         .            .
   hd__forget_graph_evidence           .    .             .         .            .
-  hd__job_artifact_refs               .    .             .         .            .
   hd__job_event_data                  .    .             .         .            .
   hd__job_role_name                   .    .             .         .            .
   hd__lock                            .    .             .         .            .

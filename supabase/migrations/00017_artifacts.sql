@@ -149,32 +149,8 @@ begin
 end
 $$;
 
--- A job's webhook events name its artifacts (kind, name, key, size, SHA-256: references,
--- no URLs): the first 100, and how many there are. Added where every event's payload is
--- made, so it holds whichever migration redefines the triggers that send them.
-create or replace function public.hd__job_artifact_refs(p_job_id uuid)
-returns jsonb
-language sql stable
-as $$
-  select jsonb_build_object(
-           'artifacts', coalesce(jsonb_agg(jsonb_build_object(
-               'kind', a.kind, 'name', a.name, 'bucket', a.bucket, 'key', a.storage_path,
-               'content_type', a.content_type, 'bytes', a.size_bytes, 'sha256', a.sha256)
-             order by a.kind, a.name) filter (where a.n <= 100), '[]'::jsonb),
-           'artifacts_count', count(*))
-    from (select x.*, row_number() over (order by x.kind, x.name) as n
-            from public.hd_artifacts x where x.job_id = p_job_id) a
-$$;
-
-create or replace function public.hd__webhook_payload(p_type text, p_data jsonb)
-returns jsonb
-language sql stable
-as $$
-  select jsonb_build_object('type', p_type, 'timestamp', now(), 'data',
-    case when p_type like 'job.%' and p_data ? 'job_id'
-         then p_data || public.hd__job_artifact_refs((p_data ->> 'job_id')::uuid)
-         else p_data end)
-$$;
+-- A job's webhook events name its artifacts (kind, name, key, size, SHA-256; no URLs):
+-- 00022's hd__job_event_data, which builds every job event's data, adds them.
 
 insert into hd_private.runner_functions (proname)
 values ('hd_begin_artifact'), ('hd_record_artifact')
