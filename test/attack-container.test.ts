@@ -13,6 +13,8 @@ import { CONTAINER_STORAGE_ROOT, DockerLauncher } from '../scheduler/launchers/d
 import { RunnerAccess } from '../scheduler/runner-access.ts';
 import { Scheduler } from '../scheduler/scheduler.ts';
 import { uploadGrantsFor, type UploadGrants } from '../scheduler/upload-grants.ts';
+import { startLlmGateway } from '../scheduler/llm-gateway/start.ts';
+import type { LlmGateway } from '../scheduler/llm-gateway/server.ts';
 import {
   A_OBJECT,
   B_OBJECT,
@@ -34,6 +36,7 @@ import {
   tempDir,
   testConfig,
 } from './helpers/runtime.ts';
+import { startOpenAiStandIn, type OpenAiStandIn } from './helpers/openai-server.ts';
 import { startLocalSupabase, type LocalSupabase } from './helpers/supabase-proxy.ts';
 
 // Issue 11's attack suite. Tenant B's job runs in a real runner container, launched by the
@@ -349,6 +352,9 @@ describe.skipIf(!d.available)(
       let graphWrite: string;
       let runnerSessionOfA: string;
       let runnerRoleDefaults: string[];
+      let provider: OpenAiStandIn;
+      let gateway: LlmGateway;
+      const PROVIDER_KEY = 'sk-provider-attack-suite';
       const superPassword = () => decodeURIComponent(new URL(t.url).password);
 
       beforeAll(async () => {
@@ -357,11 +363,26 @@ describe.skipIf(!d.available)(
         await putObject(root, BUCKET, keyOf(ACCOUNT_A), A_OBJECT);
         await putObject(root, BUCKET, keyOf(ACCOUNT_B), B_OBJECT);
         // The default: each job's runner logs in with a role made for its job.
+        // The scheduler's LLM gateway in front of the stand-in OpenAI API (no provider can run
+        // here); B's account may use 2,000 tokens a day.
+        provider = await startOpenAiStandIn();
+        // A streamed answer carries no usage block (OpenAI's chat API, stream without
+        // stream_options.include_usage): the stand-in answers such a request without one.
+        provider.respond((request) =>
+          (request.body as { stream?: boolean }).stream
+            ? { kind: 'answer', usage: false }
+            : undefined,
+        );
         const config = testConfig(t.url, root, {
           HD_WORKER_ID: SCHEDULER_ID,
           HD_DOCKER_NETWORK: 'host',
+          HD_LLM_BASE_URL: provider.url,
+          HD_LLM_API_KEY: PROVIDER_KEY,
+          HD_LLM_MODEL: 'stand-in',
         });
-        access = new RunnerAccess(config, t.db);
+        gateway = (await startLlmGateway(config, t.db, createLogger({ level: 'silent' })))!;
+        await t.sql.query('select hd_set_llm_budget($1, 2000)', [ACCOUNT_B]);
+        access = new RunnerAccess(config, t.db, undefined, gateway);
         before = await rowsOfA();
         // A's runner, connected with the role of its job.
         const urlOfA = (await access.envFor(graphJobOfA, RUNNER_LIMITS)).HD_DATABASE_URL!;
@@ -392,6 +413,10 @@ describe.skipIf(!d.available)(
         );
         await sessionOfA.end().catch(() => {});
       }, 600_000);
+      afterAll(async () => {
+        await gateway?.close();
+        await provider?.close();
+      });
 
       it('refuses every attempt, each for its own reason', async () => {
         expect(result.lines.length).toBeGreaterThan(
@@ -440,9 +465,9 @@ describe.skipIf(!d.available)(
         expect(
           [...env.keys()].filter((k) => /SERVICE_ROLE|JWT_SECRET|RUNNER_|JOB_TOKEN/.test(k)),
         ).toEqual([]);
-        // The LLM provider key is still passed to runners until the LLM gateway issue lands
-        // (docs/containers.md); not configured here, so it must not appear.
-        expect(env.has('HD_LLM_API_KEY')).toBe(false);
+        // The LLM gateway's credential of this job, never the provider's key.
+        expect(env.get('HD_LLM_API_KEY')).toMatch(/^hdgw_/);
+        expect(result.info.Config.Env.join('\n')).not.toContain(PROVIDER_KEY);
         const outputs = `hd_outputs/accounts/${ACCOUNT_B}`;
         expect(result.info.HostConfig.Binds).toEqual([
           `${root}/${outputs}:${CONTAINER_STORAGE_ROOT}/${outputs}:ro`,

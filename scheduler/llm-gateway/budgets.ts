@@ -43,12 +43,15 @@ export function costUsd(price: Price | undefined, usage: TokenUsage): number {
  * The most tokens a chat request can use, reserved against the budget and the
  * tokens-per-minute limit before it is sent: its prompt estimated at 4 bytes of JSON per
  * token (tokenizers differ; the provider's count replaces this when the answer comes),
- * plus the output limit it asks for (`defaultOutput` where it names none).
+ * plus the output limit it asks for (`defaultOutput` where it names none) for each of the
+ * `n` choices it asks for (the limit is per choice: n: 100 of 50 tokens is 5,000).
  */
 export function chatTokenCeiling(body: Record<string, unknown>, defaultOutput: number): number {
   const prompt = Math.ceil(Buffer.byteLength(JSON.stringify(body.messages ?? [])) / 4);
   const limit = body.max_completion_tokens ?? body.max_tokens;
-  return prompt + (typeof limit === 'number' && limit > 0 ? Math.ceil(limit) : defaultOutput);
+  const choices = typeof body.n === 'number' && body.n > 1 ? Math.ceil(body.n) : 1;
+  const output = typeof limit === 'number' && limit > 0 ? Math.ceil(limit) : defaultOutput;
+  return prompt + output * choices;
 }
 
 /** The usage block of a chat completion or a transcription (OpenAI's two shapes). */

@@ -153,6 +153,15 @@ export class LlmGateway extends EventEmitter<LlmGatewayEvents> {
       const json = parseJson(body);
       if (typeof json?.model !== 'string' || !json.model)
         return reply(res, 400, 'invalid_request_error', 'the request names no model');
+      // A streamed answer reports no usage (OpenAI's, without stream_options): a budget
+      // could not count it. Runners never stream; the gateway reads answers whole anyway.
+      if (json.stream !== undefined && json.stream !== false)
+        return reply(
+          res,
+          400,
+          'invalid_request_error',
+          'stream is not supported through the gateway (its usage could not be counted)',
+        );
       model = json.model;
       // A streamed answer would pass unread: its usage could not be counted.
       if (json.stream === true)

@@ -420,6 +420,13 @@ if (env.HD_STORAGE === 'supabase') {
   await attempt('upload grant over my own input', () =>
     grant(myJobId, v.bucket, tenantKey(myAccount)),
   );
+  const climb = `accounts/${myAccount}/jobs/${myJobId}/../../../../${v.account}/x.md`;
+  await attempt("upload grant climbing from my job's folder with ..", () =>
+    grant(myJobId, 'hd_outputs', climb),
+  );
+  await attempt("upload grant climbing from my job's folder with %2e%2e", () =>
+    grant(myJobId, 'hd_outputs', climb.replaceAll('..', '%2e%2e')),
+  );
   await attempt("upload grant on A's running job with my lease", () =>
     grant(v.runningJobId, 'hd_outputs', aOutput),
   );
@@ -461,6 +468,80 @@ if (env.HD_STORAGE === 'supabase') {
   await fsAttempt("write into A's output folder", () => plant(`${outputs}/${v.account}`));
   await fsAttempt('overwrite my own input', () =>
     writeFile(`${root}/${v.bucket}/${tenantKey(myAccount)}`, 'planted'),
+  );
+}
+
+// --- The scheduler's LLM gateway, with this runner's own credential (HD_LLM_API_KEY): it may
+// ask for chat completions for its own job and within its account's budget, nothing else.
+if (env.HD_LLM_API_KEY?.startsWith('hdgw_')) {
+  const gateway = new URL(env.HD_LLM_BASE_URL!);
+  const { request } = await import('node:http');
+  // The path sent as written (a URL, for fetch or http.request, would lose a `..`).
+  const send = (path: string, body: string | Buffer, headers: Record<string, string> = {}) =>
+    new Promise<string>((resolve, reject) => {
+      const req = request(
+        {
+          host: gateway.hostname,
+          port: gateway.port,
+          path,
+          method: 'POST',
+          headers: {
+            authorization: `Bearer ${env.HD_LLM_API_KEY}`,
+            'content-type': 'application/json',
+            ...headers,
+          },
+        },
+        (res) => {
+          const parts: Buffer[] = [];
+          res.on('data', (part: Buffer) => parts.push(part));
+          res.on('end', () => {
+            const text = Buffer.concat(parts).toString('utf8');
+            if (res.statusCode === 200) return resolve(`200 ${text.slice(0, 100)}`);
+            let said = text.slice(0, 200);
+            try {
+              said = (JSON.parse(text) as { error: { message: string } }).error.message;
+            } catch {
+              // not OpenAI's error shape: the text as it came
+            }
+            reject(new Error(`${res.statusCode} ${said}`));
+          });
+        },
+      );
+      req.on('error', reject);
+      req.end(body);
+    });
+  const chat = (extra: object) =>
+    JSON.stringify({ model: 'stand-in', messages: [{ role: 'user', content: 'hi' }], ...extra });
+  await attempt('gateway: a chat completion with my credential', () =>
+    send('/v1/chat/completions', chat({ max_tokens: 10 })),
+  );
+  await attempt('gateway: no credential', () =>
+    send('/v1/chat/completions', chat({ max_tokens: 10 }), { authorization: '' }),
+  );
+  await attempt('gateway: a made-up credential', () =>
+    send('/v1/chat/completions', chat({ max_tokens: 10 }), {
+      authorization: `Bearer hdgw_${'A'.repeat(43)}`,
+    }),
+  );
+  await attempt('gateway: another endpoint of the provider (/v1/files)', () =>
+    send('/v1/files', 'x'),
+  );
+  await attempt('gateway: a path that climbs out (/v1/chat/completions/../../admin)', () =>
+    send('/v1/chat/completions/../../admin', chat({})),
+  );
+  await attempt('gateway: an absurd max_tokens', () =>
+    send('/v1/chat/completions', chat({ max_tokens: 1e9 })),
+  );
+  // 100 choices of 50 tokens each: 5,000 output tokens, past the budget of 2,000.
+  await attempt('gateway: many choices (n: 100) of a small max_tokens', () =>
+    send('/v1/chat/completions', chat({ max_tokens: 50, n: 100 })),
+  );
+  // A streamed answer carries no usage block (unless stream_options asks): nothing to count.
+  await attempt('gateway: a streamed answer, which reports no usage', () =>
+    send('/v1/chat/completions', chat({ max_tokens: 10, stream: true })),
+  );
+  await attempt('gateway: a body over its limit (17 MiB)', () =>
+    send('/v1/chat/completions', Buffer.alloc(17 << 20, 0x20)),
   );
 }
 

@@ -195,6 +195,32 @@ export function expectations(
     e.set("write into another job's output folder of my account", { refused: /^EROFS$/ });
     e.set("write into A's output folder", { refused: /^EROFS$/ });
     e.set('overwrite my own input', { refused: /^EROFS$/ });
+    // The LLM gateway (this transport's run starts one; B's budget: 2,000 tokens a day).
+    e.set(
+      'gateway: a chat completion with my credential',
+      ok((r) => String(r).startsWith('200 '), '200'),
+    );
+    e.set('gateway: no credential', { refused: exactly('401 no credential') });
+    e.set('gateway: a made-up credential', {
+      refused: exactly('401 the credential is not valid: its job ended'),
+    });
+    e.set('gateway: another endpoint of the provider (/v1/files)', {
+      refused: exactly('404 no route POST /v1/files'),
+    });
+    e.set('gateway: a path that climbs out (/v1/chat/completions/../../admin)', {
+      refused: exactly('404 no route POST /v1/chat/completions/../../admin'),
+    });
+    const overBudget = /^402 the account's language-model budget for \S+ \(UTC\) would be exceeded/;
+    e.set('gateway: an absurd max_tokens', { refused: overBudget });
+    e.set('gateway: many choices (n: 100) of a small max_tokens', { refused: overBudget });
+    e.set('gateway: a streamed answer, which reports no usage', {
+      refused: exactly('400 stream is not supported'),
+    });
+    // The gateway stops reading at 16 MiB and closes the connection: the client may see
+    // the 413 or the closed socket, whichever comes first.
+    e.set('gateway: a body over its limit (17 MiB)', {
+      refused: /^(413 request body too large|write EPIPE|read ECONNRESET|socket hang up)$/,
+    });
   } else {
     // PostgREST checks the signature before it reads a claim.
     const badSignature = /^JWSError JWSInvalidSignature \(HTTP 401\)$/;
@@ -239,6 +265,12 @@ export function expectations(
     });
     e.set("upload grant for another job's output folder of my account", { refused: onlyMine });
     e.set('upload grant over my own input', { refused: onlyMine });
+    e.set("upload grant climbing from my job's folder with ..", {
+      refused: /^403 storage path .* refused: it contains a "\." or "\.\." segment$/,
+    });
+    e.set("upload grant climbing from my job's folder with %2e%2e", {
+      refused: /^403 storage path .* refused: it contains "%" \(percent-escapes are not allowed\)$/,
+    });
     e.set("upload grant on A's running job with my lease", {
       refused: exactly(`403 job ${victim.runningJobId} is not held by this lease`),
     });
