@@ -34,8 +34,6 @@ export async function jobArtifacts(
   args: ParsedArgs,
 ): Promise<number> {
   const batch = stringOption(args, 'batch');
-  if (!id === !batch)
-    throw new UsageError('jobs artifacts: give a job id or --batch ID (one of them)');
   const expires = expiresOption(args.values.expires);
   const scope = batch
     ? {

@@ -36,6 +36,8 @@ export async function jobsCommand(args: ParsedArgs, env: Env): Promise<number> {
     }
   }
   if (action === 'artifacts') {
+    if (!id === !stringOption(args, 'batch'))
+      throw new UsageError('jobs artifacts: give a job id or --batch ID (one of them)');
     const config = configFrom(env);
     const db = openDb(config);
     try {
