@@ -1,7 +1,9 @@
 import { randomUUID } from 'node:crypto';
+import { execa } from 'execa';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { HdError } from '../contract/errors.ts';
 import type { LeasedJob } from '../contract/jobs.ts';
+import { configToEnv } from '../control-plane/config.ts';
 import { createLogger } from '../control-plane/logger.ts';
 import { LlmClient, llmSettings } from '../runner/llm/client.ts';
 import { SchedulerMetrics } from '../scheduler/metrics.ts';
@@ -11,6 +13,7 @@ import { startLlmGateway } from '../scheduler/llm-gateway/start.ts';
 import { SupabaseDb } from '../control-plane/db/supabase.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
 import { startLocalSupabase, type LocalSupabase } from './helpers/supabase-proxy.ts';
+import { insertChunks } from './helpers/llm-stages.ts';
 import { startOpenAiStandIn, type OpenAiStandIn } from './helpers/openai-server.ts';
 import { ACCOUNT_A, ACCOUNT_B, tempDir, testConfig } from './helpers/runtime.ts';
 import { z } from 'zod';
@@ -285,6 +288,48 @@ describe.each(['postgres', 'supabase'] as const)('llm gateway (%s transport)', (
     expect(order.lastIndexOf('b'), order).toBeLessThan(5);
   });
 });
+
+it("`hd-runner scheduler` (process launcher) sends its runners' model requests through its gateway", async () => {
+  server.reset();
+  const doc = randomUUID();
+  await insertChunks(t, ACCOUNT_A, doc, ['Acme Corp audits Müller GmbH.', 'Ana reports to Ben.']);
+  const job = await t.db.enqueueJob({
+    accountId: ACCOUNT_A,
+    jobType: 'extract_interpretations',
+    documentId: doc,
+    debug: {},
+  });
+  const config = testConfig(t.url, await tempDir(), {
+    HD_LLM_BASE_URL: server.url,
+    HD_LLM_API_KEY: PROVIDER_KEY,
+    HD_LLM_MODEL: 'stand-in',
+    HD_POLL_INTERVAL_MS: '200',
+    HD_JOB_TYPES: 'extract_interpretations',
+    HD_LOG_LEVEL: 'info',
+  });
+  const scheduler = execa(process.execPath, ['cli/main.ts', 'scheduler', '--slots', '1'], {
+    env: { PATH: process.env.PATH ?? '', ...configToEnv(config) },
+    extendEnv: false,
+    reject: false,
+  });
+  try {
+    await expect
+      .poll(async () => (await t.db.getJob(job.id))?.status, { timeout: 30_000 })
+      .toBe('completed');
+  } finally {
+    scheduler.kill('SIGTERM');
+  }
+  const result = await scheduler;
+  expect(result.exitCode).toBe(0);
+  expect(result.stderr).toMatch(
+    /"url":"http:\/\/127\.0\.0\.1:\d+\/v1".*"msg":"llm gateway listening"/,
+  );
+  expect(server.requests).toHaveLength(2);
+  for (const r of server.requests) expect(r.authorization).toBe(`Bearer ${PROVIDER_KEY}`);
+  // Counted by the gateway for the job: the requests went through it.
+  await expect.poll(() => usageOf(job.id)).toMatchObject({ requests: 2 });
+  expect(result.stderr).not.toContain(PROVIDER_KEY);
+}, 60_000);
 
 describe('llm limiter', () => {
   it('keeps requests and tokens per minute over a sliding minute', async () => {
