@@ -163,9 +163,6 @@ export class LlmGateway extends EventEmitter<LlmGatewayEvents> {
           'stream is not supported through the gateway (its usage could not be counted)',
         );
       model = json.model;
-      // A streamed answer would pass unread: its usage could not be counted.
-      if (json.stream === true)
-        return reply(res, 400, 'invalid_request_error', 'the gateway does not stream answers');
       ceiling = chatTokenCeiling(json, this.#o.defaultOutputTokens);
     } else {
       model = multipartField(body, 'model') ?? model;
