@@ -50,6 +50,17 @@ async function enqueueImports(account: string, count: number): Promise<string[]>
   return ids;
 }
 
+/** Waits until every job of the queue has completed. */
+async function allCompleted(timeout: number): Promise<void> {
+  await expect
+    .poll(
+      async () =>
+        (await t.sql.query(`select 1 from hd_ingestion_jobs where status <> 'completed'`)).rowCount,
+      { timeout, interval: 100 },
+    )
+    .toBe(0);
+}
+
 type Row = {
   id: string;
   account_id: string;
@@ -111,13 +122,7 @@ it('three hosts share the queue: each job once, the tenant limit held across hos
   );
   expect(orphaned.length).toBeGreaterThan(0); // its runner died with it: nothing finishes them
 
-  await expect
-    .poll(
-      async () =>
-        (await t.sql.query(`select 1 from hd_ingestion_jobs where status <> 'completed'`)).rowCount,
-      { timeout: 120_000, interval: 100 },
-    )
-    .toBe(0);
+  await allCompleted(120_000);
   const { rows } = await t.sql.query<Row>(
     `select id, account_id, status, attempts, locked_by, started_at, finished_at
        from hd_ingestion_jobs`,
@@ -185,13 +190,7 @@ it('GPU jobs go only to hosts with a free GPU, each GPU of a host to one job at 
   expect(launched[4]).toMatchObject({ host: 'gpu-host-1', gpuIds: ['1'], job: { id: gpuJobs[3] } });
 
   for (const l of launched) l.finish();
-  await expect
-    .poll(
-      async () =>
-        (await t.sql.query(`select 1 from hd_ingestion_jobs where status <> 'completed'`)).rowCount,
-      { timeout: 30_000, interval: 50 },
-    )
-    .toBe(0);
+  await allCompleted(30_000);
   const { rows } = await t.sql.query<{ job_type: string; locked_by: string; attempts: number }>(
     'select job_type, locked_by, attempts from hd_ingestion_jobs',
   );
