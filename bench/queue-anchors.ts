@@ -2,6 +2,7 @@
 // own queue with n no-op jobs, then drains it with a number of workers. Raw loops run on
 // pg clients the bench hands them; graphile-worker runs its own pool.
 import { EventEmitter } from 'node:events';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Logger, run, runMigrations, type WorkerEvents } from 'graphile-worker';
 import type pg from 'pg';
 
@@ -9,8 +10,8 @@ export interface Contender {
   name: string;
   /** A fresh queue of n jobs, vacuumed and analysed, with a checkpoint behind it. */
   fill(admin: pg.Client, n: number): Promise<void>;
-  /** Drains the queue with `workers`; resolves to the jobs it counted done. */
-  drain(clients: pg.Client[]): Promise<number>;
+  /** Drains the queue, one worker per client; resolves to the jobs it counted done. */
+  drain(clients: pg.Client[], admin: pg.Client): Promise<number>;
   /** Jobs the queue holds as done now (checked against n after each run). */
   done(admin: pg.Client): Promise<number>;
 }
@@ -124,6 +125,12 @@ export function graphileWorker(
   const logger = new Logger(() => () => {});
   const base = { connectionString: url, schema: GRAPHILE_SCHEMA, logger };
   let queued = 0;
+  const left = async (admin: pg.Client) => {
+    const { rows } = await admin.query<{ n: number }>(
+      `select count(*)::int as n from ${GRAPHILE_SCHEMA}._private_jobs`,
+    );
+    return rows[0]!.n;
+  };
   return {
     name: options.localQueue
       ? `graphile-worker, local queue ${options.localQueue}`
@@ -143,7 +150,7 @@ export function graphileWorker(
       await settle(admin, `${GRAPHILE_SCHEMA}._private_jobs`);
       queued = n;
     },
-    async drain(clients) {
+    async drain(clients, admin) {
       const pools = options.localQueue ? clients.length : 1;
       const concurrency = options.concurrency?.(clients.length) ?? clients.length;
       let completed = 0;
@@ -178,14 +185,11 @@ export function graphileWorker(
       );
       if (queued > 0) await all;
       await Promise.all(runners.map((r) => r.stop())); // flushes batched completions
+      // 'job:complete' is told as the completion is sent: done when the last one commits.
+      while ((await left(admin)) > 0) await sleep(2);
       return completed;
     },
-    async done(admin) {
-      // graphile-worker deletes a job it completes: done = queued - left.
-      const { rows } = await admin.query<{ n: number }>(
-        `select count(*)::int as n from ${GRAPHILE_SCHEMA}._private_jobs`,
-      );
-      return queued - rows[0]!.n;
-    },
+    // graphile-worker deletes a job it completes.
+    done: async (admin) => queued - (await left(admin)),
   };
 }

@@ -72,7 +72,7 @@ async function timedRun(
 ): Promise<number> {
   await contender.fill(admin, n);
   const started = performance.now();
-  const counted = await contender.drain(clients);
+  const counted = await contender.drain(clients, admin);
   const seconds = (performance.now() - started) / 1000;
   const done = await contender.done(admin);
   if (counted !== n || done !== n) {
