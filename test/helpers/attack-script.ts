@@ -540,6 +540,10 @@ if (env.HD_LLM_API_KEY?.startsWith('hdgw_')) {
   await attempt('gateway: a streamed answer, which reports no usage', () =>
     send('/v1/chat/completions', chat({ max_tokens: 10, stream: true })),
   );
+  // vLLM's request model (pydantic, lax) takes "true" for true.
+  await attempt('gateway: a streamed answer, asked for as "true"', () =>
+    send('/v1/chat/completions', chat({ max_tokens: 10, stream: 'true' })),
+  );
   await attempt('gateway: a body over its limit (17 MiB)', () =>
     send('/v1/chat/completions', Buffer.alloc(17 << 20, 0x20)),
   );

@@ -213,9 +213,10 @@ export function expectations(
     const overBudget = /^402 the account's language-model budget for \S+ \(UTC\) would be exceeded/;
     e.set('gateway: an absurd max_tokens', { refused: overBudget });
     e.set('gateway: many choices (n: 100) of a small max_tokens', { refused: overBudget });
-    e.set('gateway: a streamed answer, which reports no usage', {
-      refused: exactly('400 stream is not supported'),
-    });
+    for (const how of ['which reports no usage', 'asked for as "true"'])
+      e.set(`gateway: a streamed answer, ${how}`, {
+        refused: exactly('400 stream is not supported through the gateway'),
+      });
     // The gateway stops reading at 16 MiB and closes the connection: the client may see
     // the 413 or the closed socket, whichever comes first.
     e.set('gateway: a body over its limit (17 MiB)', {
