@@ -27,14 +27,20 @@ const TIMESTAMPS = [
 ] as const;
 
 /** PostgREST sends timestamptz as ISO text; the postgres transport hands out Dates. */
-export function toJob(row: Record<string, unknown>): Job {
+function withDates(row: Record<string, unknown>): Record<string, unknown> {
   const job: Record<string, unknown> = { ...row };
   for (const key of TIMESTAMPS) {
     const value = row[key];
     if (typeof value === 'string') job[key] = new Date(value);
   }
-  job.progress_percent = Number(row.progress_percent ?? 0);
-  return job as unknown as Job;
+  return job;
+}
+
+export function toJob(row: Record<string, unknown>): Job {
+  return {
+    ...withDates(row),
+    progress_percent: Number(row.progress_percent ?? 0),
+  } as unknown as Job;
 }
 
 /** Maps a Realtime change on hd_ingestion_jobs to the wake-up the scheduler acts on. */
@@ -122,14 +128,14 @@ export class SupabaseDb extends SupabaseOutputCalls implements ControlPlaneDb {
   }
 
   async claimLeases(o: Omit<ClaimOptions, 'jobId'>): Promise<ClaimedJob[]> {
-    const jobs = await this.#jobs('hd_claim_leases', {
+    const rows = await this.rpc<Record<string, unknown>[] | null>('hd_claim_leases', {
       p_worker_id: o.workerId,
       p_job_types: o.jobTypes ?? null,
       p_limit: o.limit ?? 1,
       p_lease_seconds: o.leaseSeconds,
       p_account_max_running: o.accountMaxRunning ?? null,
     });
-    return jobs as ClaimedJob[];
+    return (rows ?? []).map((row) => withDates(row) as unknown as ClaimedJob);
   }
 
   async heartbeat(jobId: string, leaseToken: string, leaseSeconds: number): Promise<Date> {
