@@ -61,6 +61,7 @@ const proxyOnly = new LlmGateway({
   chat: { baseURL: server.url, apiKey: KEY },
   transcribe: undefined,
   transcribeModel: 'whisper-1',
+  models: new Set(['stand-in']),
   limiter: new LlmLimiter(),
   prices: {},
   defaultOutputTokens: 300,

@@ -33,6 +33,8 @@ export interface LlmGatewayOptions {
   /** Where audio transcriptions go (HD_TRANSCRIBE_BASE_URL + its key). */
   transcribe: Upstream | undefined;
   transcribeModel: string;
+  /** The models runners may name: what the scheduler's own settings name (offeredModels). */
+  models: ReadonlySet<string>;
   limiter: LlmLimiter;
   prices: Record<string, Price>;
   /** Output tokens reserved for a request that names no limit (HD_LLM_MAX_OUTPUT_TOKENS). */
@@ -167,6 +169,16 @@ export class LlmGateway extends EventEmitter<LlmGatewayEvents> {
     } else {
       model = multipartField(body, 'model') ?? model;
     }
+    // The provider's key serves the models the operator chose, not any a runner names (a
+    // pricier one, or one without a price, which a cost budget would count at 0).
+    if (!this.#o.models.has(model))
+      return reply(
+        res,
+        400,
+        'invalid_request_error',
+        `model '${model.slice(0, 100)}' is not offered through this gateway (HD_LLM_MODEL, HD_TRANSCRIBE_MODEL or a model of HD_LLM_PRICES)`,
+        'model_not_found',
+      );
     const price = this.#o.prices[model];
     const reservedCost = costUsd(price, { prompt: ceiling, completion: 0, cached: 0 });
     const admission = await this.#o.ledger.admit(

@@ -32,6 +32,7 @@ export async function startLlmGateway(
         }
       : undefined,
     transcribeModel: config.HD_TRANSCRIBE_MODEL,
+    models: offeredModels(config),
     limiter: new LlmLimiter(config.HD_LLM_LIMITS),
     prices: priceTable(config),
     defaultOutputTokens: config.HD_LLM_MAX_OUTPUT_TOKENS,
@@ -42,6 +43,15 @@ export async function startLlmGateway(
   await gateway.listen(host, port);
   log.info({ url: gateway.url, limits: config.HD_LLM_LIMITS ?? {} }, 'llm gateway listening');
   return gateway;
+}
+
+/** The models the gateway forwards: the scheduler's chat and transcription models and those priced. */
+export function offeredModels(config: Config): Set<string> {
+  return new Set([
+    config.HD_LLM_MODEL,
+    config.HD_TRANSCRIBE_MODEL,
+    ...Object.keys(priceTable(config)),
+  ]);
 }
 
 /**

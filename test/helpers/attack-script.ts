@@ -529,6 +529,11 @@ if (env.HD_LLM_API_KEY?.startsWith('hdgw_')) {
   await attempt('gateway: a path that climbs out (/v1/chat/completions/../../admin)', () =>
     send('/v1/chat/completions/../../admin', chat({})),
   );
+  // The platform's key, for a model its operator never offered (a pricier one, unpriced:
+  // a cost budget would count it at 0).
+  await attempt('gateway: a model the scheduler does not offer', () =>
+    send('/v1/chat/completions', chat({ model: 'o1-pro', max_tokens: 10 })),
+  );
   await attempt('gateway: an absurd max_tokens', () =>
     send('/v1/chat/completions', chat({ max_tokens: 1e9 })),
   );

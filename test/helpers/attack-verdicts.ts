@@ -210,6 +210,9 @@ export function expectations(
     e.set('gateway: a path that climbs out (/v1/chat/completions/../../admin)', {
       refused: exactly('404 no route POST /v1/chat/completions/../../admin'),
     });
+    e.set('gateway: a model the scheduler does not offer', {
+      refused: exactly("400 model 'o1-pro' is not offered through this gateway"),
+    });
     const overBudget = /^402 the account's language-model budget for \S+ \(UTC\) would be exceeded/;
     e.set('gateway: an absurd max_tokens', { refused: overBudget });
     e.set('gateway: many choices (n: 100) of a small max_tokens', { refused: overBudget });
