@@ -19,7 +19,9 @@ COPY control-plane ./control-plane
 COPY runner ./runner
 COPY scheduler ./scheduler
 COPY cli ./cli
-RUN npx tsc -p tsconfig.build.json \
+COPY scripts/bundle-runner.ts ./scripts/
+# npm run build: the modules, then the runner's bundle (dist/cli/runner.mjs, what `run` loads).
+RUN npm run build --silent \
  && npm prune --omit=dev --ignore-scripts --no-audit --no-fund --loglevel=error \
  && rm -rf node_modules/.cache
 
@@ -52,6 +54,6 @@ ENV NODE_COMPILE_CACHE=/app/.node-compile-cache
 RUN mkdir -p /app/.node-compile-cache && chown 1000:1000 /app/.node-compile-cache
 USER 1000:1000
 RUN node /app/dist/cli/main.js --help >/dev/null \
- && node --input-type=module -e "for (const m of ['cli/commands/run.js', 'runner/handlers/index.js', 'runner/extract/html.js', 'runner/extract/pdf-text.js']) await import('/app/dist/' + m); await import('openai');"
+ && node --input-type=module -e "for (const m of ['cli/runner.mjs', 'runner/handlers/index.js']) await import('/app/dist/' + m); await import('openai');"
 ENTRYPOINT ["node", "/app/dist/cli/main.js"]
 CMD ["--help"]

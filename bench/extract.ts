@@ -21,6 +21,7 @@
  *        -size +0 -exec cp {} /tmp/corpus/ \;
  *
  *   node bench/extract.ts   # HD_BENCH_PAGES=1,200,1000 HD_BENCH_OCR_PAGES=8 HD_BENCH_RUNS=3
+ *   npm run build && HD_BENCH_CLI=dist/cli/main.js node bench/extract.ts   # the built runner
  *   HD_BENCH_CORPUS=/tmp/corpus HD_BENCH_PAGES= HD_BENCH_OCR_PAGES=0 node bench/extract.ts
  */
 import { spawn } from 'node:child_process';
@@ -28,7 +29,7 @@ import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { configToEnv, loadConfig, type Config } from '../control-plane/config.ts';
 import { openDb } from '../control-plane/open.ts';
 import { extractPdf } from '../runner/extract/pdf.ts';
@@ -39,7 +40,9 @@ import * as b from './lib.ts';
 
 const ACCOUNT = 'aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa';
 const BUCKET = 'hd_uploads_raw';
-const CLI = join(import.meta.dirname, '..', 'cli', 'main.ts');
+// HD_BENCH_CLI=dist/cli/main.js: the built CLI, whose `run` is the runner's bundle (npm run
+// build), as a scheduler on the process launcher and the images start it; default: source.
+const CLI = resolve(process.env.HD_BENCH_CLI ?? join(import.meta.dirname, '..', 'cli', 'main.ts'));
 const REPORT_RSS = join(import.meta.dirname, 'report-rss.ts');
 const PIN = findTool('taskset') ? ['taskset', '-c', '0'] : [];
 // GNU time (Debian: the `time` package), for CPU seconds; the shell's builtin will not do.

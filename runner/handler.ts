@@ -76,8 +76,10 @@ export interface HandlerContext<K extends JobType> {
   /** Stores result files under the job's own prefix of hd_outputs (runner/artifacts.ts). */
   artifacts: Pick<ArtifactUploader, 'upload'>;
   /**
-   * Reports progress (rate-limited; a new step goes out at once); throws LEASE_LOST/CANCELLED
-   * when the lease is gone. The percent only rises within an attempt: SQL ignores a lower one.
+   * Reports progress (rate-limited; a new step goes out at once), sent in the background
+   * in order (runner/progress-sender.ts): a lease found gone (LEASE_LOST/CANCELLED) aborts
+   * `signal`, another failure is thrown by the next call. The percent only rises within an
+   * attempt: SQL ignores a lower one.
    */
   progress(percent: number, step?: ProgressStep): Promise<void>;
   log: Logger;

@@ -1,6 +1,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { EXIT_CODES, HdError, toHdError } from '../contract/errors.ts';
 import {
   isJobType,
@@ -23,6 +24,7 @@ import { ArtifactUploader } from './artifacts.ts';
 import type { Handler, HandlerContext } from './handler.ts';
 import { loadHandler } from './handlers/load.ts';
 import { LlmClient, llmSettings } from './llm/client.ts';
+import { phaseOf, ProgressSender } from './progress-sender.ts';
 
 export type RunOutcome =
   | { outcome: 'completed'; job: Job }
@@ -56,6 +58,9 @@ export interface RunJobOptions {
 }
 
 const PROGRESS_MIN_INTERVAL_MS = 1000;
+// The file this code runs from, in the 'job started' line: runner.mjs when it is the
+// runner's bundle (scripts/bundle-runner.ts), run-job.js or .ts when it is the modules.
+const CODE_FILE = basename(fileURLToPath(import.meta.url));
 
 /** Runs exactly one job: take the lease, heartbeat, run its handler, record the outcome. */
 export async function runJob(options: RunJobOptions): Promise<RunOutcome> {
@@ -115,10 +120,15 @@ export async function runJob(options: RunJobOptions): Promise<RunOutcome> {
         ),
       handler.resources.timeoutMs,
     );
-    const ctx = makeContext(options, job, log, controller.signal, workDir);
+    const progress = new ProgressSender(
+      ({ percent, step }) => db.reportProgress(job.id, job.lease_token, percent, step),
+      (error) => abort(toHdError(error)),
+    );
+    const ctx = makeContext(options, job, log, controller.signal, workDir, progress);
     await ctx.progress(0, 'initializing');
-    log.info('job started');
+    log.info({ code_file: CODE_FILE }, 'job started');
     const stats = await raceAbort(handler.run(ctx), controller.signal);
+    await raceAbort(progress.flush(), controller.signal);
     let done: Job;
     try {
       done = await db.completeJob(job.id, job.lease_token, {
@@ -192,6 +202,7 @@ function makeContext(
   log: Logger,
   signal: AbortSignal,
   workDir: string,
+  progress: ProgressSender,
 ): HandlerContext<JobType> {
   const { db, config } = options;
   const type = job.job_type as JobType;
@@ -213,39 +224,42 @@ function makeContext(
     );
   let lastProgressAt = 0;
   let lastPhase: string | undefined;
+  // The job's database calls after the progress reports before them (progress-sender.ts).
+  const { id, lease_token: lease } = job;
+  const after = <T>(call: () => Promise<T>) => progress.flush().then(call);
   return {
     job,
     payload: parsed.data,
     storage: new TenantStorage(options.storage, job.account_id, workDir),
     outputs: {
-      upsertAssets: (rows) => db.upsertAssets(job.id, job.lease_token, rows),
-      listDocumentFiles: () => db.listDocumentFiles(job.id, job.lease_token),
-      replaceChunks: (chunks) => db.replaceDocumentChunks(job.id, job.lease_token, chunks),
+      upsertAssets: (rows) => after(() => db.upsertAssets(id, lease, rows)),
+      listDocumentFiles: () => after(() => db.listDocumentFiles(id, lease)),
+      replaceChunks: (chunks) => after(() => db.replaceDocumentChunks(id, lease, chunks)),
       countChunksToInterpret: (version) =>
-        db.countChunksToInterpret(job.id, job.lease_token, version),
-      listChunksToInterpret: (version, after, limit) =>
-        db.listChunksToInterpret(job.id, job.lease_token, version, after, limit),
-      upsertInterpretations: (rows) => db.upsertInterpretations(job.id, job.lease_token, rows),
-      listDocumentInterpretations: (after, limit) =>
-        db.listDocumentInterpretations(job.id, job.lease_token, after, limit),
-      writeDocumentGraph: (graph) => db.writeDocumentGraph(job.id, job.lease_token, graph),
-      listDocumentNodes: () => db.listDocumentNodes(job.id, job.lease_token),
-      getNodeContext: (nodeId, limits) =>
-        db.getNodeContext(job.id, job.lease_token, nodeId, limits),
+        after(() => db.countChunksToInterpret(id, lease, version)),
+      listChunksToInterpret: (version, start, limit) =>
+        after(() => db.listChunksToInterpret(id, lease, version, start, limit)),
+      upsertInterpretations: (rows) => after(() => db.upsertInterpretations(id, lease, rows)),
+      listDocumentInterpretations: (start, limit) =>
+        after(() => db.listDocumentInterpretations(id, lease, start, limit)),
+      writeDocumentGraph: (graph) => after(() => db.writeDocumentGraph(id, lease, graph)),
+      listDocumentNodes: () => after(() => db.listDocumentNodes(id, lease)),
+      getNodeContext: (nodeId, limits) => after(() => db.getNodeContext(id, lease, nodeId, limits)),
       recordSynthesis: (nodeId, synthesis) =>
-        db.recordSynthesis(job.id, job.lease_token, nodeId, synthesis),
+        after(() => db.recordSynthesis(id, lease, nodeId, synthesis)),
     },
     artifacts: new ArtifactUploader(artifactsOf(db), options.storage, job),
     async progress(percent, step) {
       if (signal.aborted) throw signal.reason;
       const now = performance.now();
       // A new phase goes out at once; a counter (processing:i/n) is rate-limited like percent.
-      const phase = step?.split(':')[0] ?? lastPhase;
+      const phase = phaseOf(step) ?? lastPhase;
       if (phase === lastPhase && percent < 100 && now - lastProgressAt < PROGRESS_MIN_INTERVAL_MS)
         return;
       lastProgressAt = now;
       lastPhase = phase;
-      await db.reportProgress(job.id, job.lease_token, Math.round(percent * 100) / 100, step);
+      // Queued, not awaited: the handler goes on while the report travels.
+      progress.report({ percent: Math.round(percent * 100) / 100, step });
     },
     log,
     signal,

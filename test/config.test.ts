@@ -200,8 +200,10 @@ describe('hd-runner CLI', () => {
         .filter((url) => url.startsWith('file:'))
         .map((url) => fileURLToPath(url).slice(root.length));
       expect(loaded.sort(), args.join(' ')).toEqual([
+        'cli/cli.ts',
         'cli/command-spec.ts',
         'cli/commands/index.ts',
+        'cli/commands/run-spec.ts',
         'cli/main.ts',
         'cli/report-error.ts',
         'cli/terminal-safe.ts',

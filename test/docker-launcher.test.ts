@@ -196,6 +196,12 @@ describe.skipIf(!d.available)(`docker launcher${skipNote(d)}`, () => {
     expect(logs.map((l: { message: string }) => l.message)).toEqual(
       expect.arrayContaining(['job started', 'job completed']),
     );
+    // The image's `run` is the runner's bundle (npm run build, scripts/bundle-runner.ts).
+    const { rows: started } = await t.sql.query(
+      `select fields from hd_job_logs where job_id = $1 and message = 'job started'`,
+      [doneA.id],
+    );
+    expect(started).toEqual([{ fields: expect.objectContaining({ code_file: 'runner.mjs' }) }]);
   });
 
   it('hardens the container, as docker inspect shows, and passes selftest inside it', async () => {

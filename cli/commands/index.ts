@@ -1,4 +1,5 @@
 import type { Command } from '../command-spec.ts';
+import { RUN_SPEC } from './run-spec.ts';
 
 /**
  * Every command's name, usage and flags. The code of a command is imported only when it
@@ -35,25 +36,7 @@ of limits per model, and hd_llm_budgets caps each account's tokens per UTC day.`
     },
     load: async () => (await import('./scheduler.ts')).schedulerCommand,
   },
-  {
-    name: 'run',
-    summary: 'run exactly one job (the container entrypoint)',
-    usage: `hd-runner run --job-id ID
-
-Claims the queued job ID (or, under a scheduler, adopts the lease passed in
-HD_LEASE_TOKEN), runs its handler with heartbeats, records the outcome and exits:
-
-  0   completed                10  failed, permanently (error code recorded)
-  11  failed, will be retried  12  lease lost or job cancelled (nothing recorded)
-  13  interrupted; job handed back to the queue
-  14  lost the database; nothing recorded (a scheduler hands the job back, attempt refunded)
-  2   usage or configuration error, or the job is not runnable
-  1   unexpected error
-
-SIGTERM/SIGINT stop the handler and hand the job back.`,
-    options: { 'job-id': { type: 'string' } },
-    load: async () => (await import('./run.ts')).runCommand,
-  },
+  { ...RUN_SPEC, load: async () => (await import('./run.ts')).runCommand },
   {
     name: 'enqueue',
     summary: 'upload a JSONL file to storage (or name a URL) and queue an import_assets_jsonl job',

@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { extname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
@@ -29,8 +29,11 @@ export interface PdfTextResult {
   peakRssKb: number;
 }
 
-// Same extension as this module: .ts when run from source, .js once built.
-const CHILD = fileURLToPath(new URL(`./pdf-child${import.meta.url.slice(-3)}`, import.meta.url));
+// Next to this module's code, with its extension: pdf-child.ts from source, .js once built,
+// pdf-child.mjs beside the runner's bundle (dist/cli/runner.mjs, scripts/bundle-runner.ts).
+const CHILD = fileURLToPath(
+  new URL(`./pdf-child${extname(fileURLToPath(import.meta.url))}`, import.meta.url),
+);
 const WATCH_INTERVAL_MS = 50;
 const COMPILE_CACHE = join(tmpdir(), 'hd-runner-compile-cache');
 

@@ -49,6 +49,7 @@ const BUILD_FILES = [
   'package-lock.json',
   'tsconfig.json',
   'tsconfig.build.json',
+  'scripts/bundle-runner.ts',
 ];
 const TEST_REPOSITORY = 'hd-runner-test';
 const LOCAL_BASE = 'hd-base/node:24-bookworm-slim';
