@@ -379,6 +379,8 @@ describe.skipIf(!d.available)(
           HD_LLM_BASE_URL: provider.url,
           HD_LLM_API_KEY: PROVIDER_KEY,
           HD_LLM_MODEL: 'stand-in',
+          // What a request naming no output limit reserves: well inside B's budget.
+          HD_LLM_MAX_OUTPUT_TOKENS: '200',
         });
         gateway = (await startLlmGateway(config, t.db, createLogger({ level: 'silent' })))!;
         await t.sql.query('select hd_set_llm_budget($1, 2000)', [ACCOUNT_B]);

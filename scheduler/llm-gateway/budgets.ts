@@ -43,15 +43,24 @@ export function costUsd(price: Price | undefined, usage: TokenUsage): number {
  * The most tokens a chat request can use, reserved against the budget and the
  * tokens-per-minute limit before it is sent: its prompt estimated at 4 bytes of JSON per
  * token (tokenizers differ; the provider's count replaces this when the answer comes),
- * plus the output limit it asks for (`defaultOutput` where it names none) for each of the
+ * plus the output limit it asks for (the larger where it names both; `defaultOutput` where
+ * it names none) for each of the
  * `n` choices it asks for (the limit is per choice: n: 100 of 50 tokens is 5,000).
  */
 export function chatTokenCeiling(body: Record<string, unknown>, defaultOutput: number): number {
   const prompt = Math.ceil(Buffer.byteLength(JSON.stringify(body.messages ?? [])) / 4);
-  const limit = body.max_completion_tokens ?? body.max_tokens;
-  const choices = typeof body.n === 'number' && body.n > 1 ? Math.ceil(body.n) : 1;
-  const output = typeof limit === 'number' && limit > 0 ? Math.ceil(limit) : defaultOutput;
+  // Both limits may be sent, and providers read different ones (Ollama max_tokens only):
+  // the larger counts.
+  const limits = [body.max_completion_tokens, body.max_tokens].map(count).filter((l) => l > 0);
+  const choices = Math.max(count(body.n), 1);
+  const output = limits.length > 0 ? Math.max(...limits) : defaultOutput;
   return prompt + output * choices;
+}
+
+/** A count as a lax provider reads it (vLLM's pydantic takes "100" for 100); 0 otherwise. */
+function count(value: unknown): number {
+  const n = typeof value === 'string' && /^\s*\d+(\.\d*)?\s*$/.test(value) ? Number(value) : value;
+  return typeof n === 'number' && Number.isFinite(n) && n > 0 ? Math.ceil(n) : 0;
 }
 
 /** The usage block of a chat completion or a transcription (OpenAI's two shapes). */

@@ -537,6 +537,15 @@ if (env.HD_LLM_API_KEY?.startsWith('hdgw_')) {
   await attempt('gateway: an absurd max_tokens', () =>
     send('/v1/chat/completions', chat({ max_tokens: 1e9 })),
   );
+  // Two limits: Ollama reads max_tokens only (README, model families), so a ceiling taken
+  // from max_completion_tokens alone would reserve 1 token for up to 100,000.
+  await attempt('gateway: max_completion_tokens 1 beside max_tokens 100000', () =>
+    send('/v1/chat/completions', chat({ max_completion_tokens: 1, max_tokens: 100_000 })),
+  );
+  // vLLM's request model (pydantic, lax) takes "100000" for 100000.
+  await attempt('gateway: max_tokens as the string "100000"', () =>
+    send('/v1/chat/completions', chat({ max_tokens: '100000' })),
+  );
   // 100 choices of 50 tokens each: 5,000 output tokens, past the budget of 2,000.
   await attempt('gateway: many choices (n: 100) of a small max_tokens', () =>
     send('/v1/chat/completions', chat({ max_tokens: 50, n: 100 })),

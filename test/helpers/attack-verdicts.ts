@@ -216,6 +216,8 @@ export function expectations(
     const overBudget = /^402 the account's language-model budget for \S+ \(UTC\) would be exceeded/;
     e.set('gateway: an absurd max_tokens', { refused: overBudget });
     e.set('gateway: many choices (n: 100) of a small max_tokens', { refused: overBudget });
+    e.set('gateway: max_completion_tokens 1 beside max_tokens 100000', { refused: overBudget });
+    e.set('gateway: max_tokens as the string "100000"', { refused: overBudget });
     for (const how of ['which reports no usage', 'asked for as "true"'])
       e.set(`gateway: a streamed answer, ${how}`, {
         refused: exactly('400 stream is not supported through the gateway'),
