@@ -246,6 +246,12 @@ await attempt('begin an artifact of mine named ../../..', () =>
   own('hd_begin_artifact', { p_kind: 'page_text', p_name: '../../../x', p_size_bytes: 1 }),
 );
 
+// Lease functions take the caller's clock (p_now, for tests): a lease stretched to 2100
+// would never be reaped (00023).
+await attempt('heartbeat my own lease with a clock of 2100', () =>
+  own('hd_heartbeat', { p_now: '2100-01-01T00:00:00Z' }),
+);
+
 await attempt('insert a row for A into hd_assets', () =>
   pgDb
     ? pgDb.sql(
@@ -413,6 +419,12 @@ if (env.HD_STORAGE === 'supabase') {
   const put = (url: string) =>
     fetch(url, { method: 'PUT', headers: { 'content-type': 'text/plain' }, body: 'planted' });
   await attempt('upload through my grant', async () => storageAnswer(await put(granted)));
+  // No hd_begin_artifact for this key: nothing held it against the job's output limit.
+  await attempt('upload 1 MiB under a key no artifact was begun for', async () => {
+    const url = await grant(myJobId, 'hd_outputs', `accounts/${myAccount}/jobs/${myJobId}/x/big`);
+    const body = Buffer.alloc(1 << 20, 0x61);
+    return storageAnswer(await fetch(url, { method: 'PUT', body }));
+  });
   await attempt("upload grant for A's output folder", () => grant(myJobId, 'hd_outputs', aOutput));
   await attempt("upload grant for another job's output folder of my account", () =>
     grant(myJobId, 'hd_outputs', `accounts/${myAccount}/jobs/${v.completedJobId}/p.md`),

@@ -130,6 +130,11 @@ export function expectations(
   e.set('begin an artifact of mine named ../../..', {
     refused: /^artifact name '\.\.\/\.\.\/\.\.\/x' is not valid/,
   });
+  e.set('heartbeat my own lease with a clock of 2100', {
+    refused: exactly(
+      `a lease cannot end more than an hour from now (job ${mine.id}, lease until 2100-`,
+    ),
+  });
   if (transport === 'postgres') {
     e.set('set role hd_scheduler', {
       refused: exactly('permission denied to set role "hd_scheduler"'),
@@ -265,6 +270,14 @@ export function expectations(
         (r) => String(r).includes(`hd_outputs/accounts/${ACCOUNT_B}/jobs/${mine.id}/p.md`),
         'stored',
       ),
+    );
+    // OPEN (reported, issue 17): a grant is any key under the job's prefix, of any size; the
+    // job's output limit (max_output_bytes) counts only the sizes hd_begin_artifact was told.
+    // The object stays in B's own job folder. Make this a refusal once grants are bound to
+    // begun artifacts.
+    e.set(
+      'upload 1 MiB under a key no artifact was begun for',
+      ok((r) => String(r).includes(`/jobs/${mine.id}/x/big`), 'stored in my job folder'),
     );
     e.set("upload grant for A's output folder", {
       refused: new RegExp(`^403 storage path .* refused: it is not inside accounts/${ACCOUNT_B}/$`),
