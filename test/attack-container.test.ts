@@ -379,6 +379,7 @@ describe.skipIf(!d.available)(
           HD_LLM_BASE_URL: provider.url,
           HD_LLM_API_KEY: PROVIDER_KEY,
           HD_LLM_MODEL: 'stand-in',
+          HD_TRANSCRIBE_BASE_URL: provider.url,
           // What a request naming no output limit reserves: well inside B's budget.
           HD_LLM_MAX_OUTPUT_TOKENS: '200',
         });

@@ -167,7 +167,10 @@ export class LlmGateway extends EventEmitter<LlmGatewayEvents> {
       model = json.model;
       ceiling = chatTokenCeiling(json, this.#o.defaultOutputTokens);
     } else {
-      model = multipartField(body, 'model') ?? model;
+      const named = multipartFields(body, 'model', req.headers['content-type']);
+      if (named.length > 1)
+        return reply(res, 400, 'invalid_request_error', 'the request names more than one model');
+      model = named[0] ?? model;
     }
     // The provider's key serves the models the operator chose, not any a runner names (a
     // pricier one, or one without a price, which a cost budget would count at 0).
@@ -314,12 +317,59 @@ function parseJson(body: Buffer): Record<string, unknown> | undefined {
   }
 }
 
-/** A text field of a multipart/form-data body (the transcription's `model`). */
+/** A text field of a multipart/form-data body (the transcription's `model`): its first value. */
 export function multipartField(body: Buffer, name: string): string | undefined {
-  const head = body.subarray(0, 64 * 1024).toString('latin1');
-  return new RegExp(`name="${name}"\\r\\n(?:[^\\r\\n]+\\r\\n)*\\r\\n([^\\r\\n]{1,200})\\r\\n`).exec(
-    head,
-  )?.[1];
+  return multipartFields(body, name)[0];
+}
+
+/**
+ * Every value of a field of a multipart/form-data body, parts split at the boundary (of
+ * `contentType` where given, else the body's first line) as a provider's parser splits
+ * them: a second `model` after the file, or a name unquoted or RFC 5987-encoded, is seen
+ * as the provider sees it.
+ */
+export function multipartFields(body: Buffer, name: string, contentType?: string): string[] {
+  const given = /boundary=(?:"([^"]+)"|([^;\s]+))/i.exec(contentType ?? '');
+  const firstLine = body.indexOf('\r\n');
+  const boundary = given
+    ? `--${given[1] ?? given[2]}`
+    : firstLine > 2
+      ? body.subarray(0, firstLine).toString('latin1')
+      : '';
+  if (!boundary) return [];
+  const delimiter = Buffer.from(boundary, 'latin1');
+  const values: string[] = [];
+  for (let at = body.indexOf(delimiter); at >= 0;) {
+    const headStart = at + delimiter.length + 2;
+    const headEnd = body.indexOf('\r\n\r\n', headStart);
+    if (headEnd < 0) break;
+    const next = body.indexOf(Buffer.from(`\r\n${boundary}`, 'latin1'), headEnd);
+    const disposition = /^content-disposition:(.*)$/im.exec(
+      body.subarray(headStart, headEnd).toString('latin1'),
+    )?.[1];
+    const field = /(?:^|;)\s*name(\*?)\s*=\s*(?:"([^"]*)"|([^;\s]+))/i.exec(disposition ?? '');
+    const raw = field?.[2] ?? field?.[3];
+    // name*=utf-8''model (RFC 5987): the charset and language dropped, the rest unescaped.
+    const fieldName = field?.[1] ? unescapeOr(raw?.replace(/^[^']*'[^']*'/, '')) : raw;
+    if (fieldName === name)
+      values.push(
+        body
+          .subarray(headEnd + 4, next < 0 ? body.length : next)
+          .toString('utf8')
+          .slice(0, 200),
+      );
+    if (next < 0) break;
+    at = next + 2;
+  }
+  return values;
+}
+
+function unescapeOr(text: string | undefined): string | undefined {
+  try {
+    return text === undefined ? undefined : decodeURIComponent(text);
+  } catch {
+    return text;
+  }
 }
 
 interface Answer {

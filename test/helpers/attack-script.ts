@@ -546,6 +546,30 @@ if (env.HD_LLM_API_KEY?.startsWith('hdgw_')) {
   await attempt('gateway: a model the scheduler does not offer', () =>
     send('/v1/chat/completions', chat({ model: 'o1-pro', max_tokens: 10 })),
   );
+  // A transcription's model is a form field: the gateway must read it as the provider does.
+  const form = (...parts: [string, string][]) => {
+    const b = 'hdattack';
+    const text = parts
+      .map(
+        ([disposition, value]) =>
+          `--${b}\r\nContent-Disposition: form-data; ${disposition}\r\n\r\n${value}\r\n`,
+      )
+      .join('');
+    return [
+      Buffer.from(`${text}--${b}--\r\n`),
+      { 'content-type': `multipart/form-data; boundary=${b}` },
+    ] as const;
+  };
+  const file: [string, string] = ['name="file"; filename="a.mp3"', 'ID3 not really audio'];
+  await attempt('gateway: a transcription naming a second model after the file', () =>
+    send(
+      '/v1/audio/transcriptions',
+      ...form(['name="model"', 'whisper-1'], file, ['name="model"', 'o1-pro']),
+    ),
+  );
+  await attempt('gateway: a transcription naming its model unquoted', () =>
+    send('/v1/audio/transcriptions', ...form(file, ['name=model', 'o1-pro'])),
+  );
   await attempt('gateway: an absurd max_tokens', () =>
     send('/v1/chat/completions', chat({ max_tokens: 1e9 })),
   );

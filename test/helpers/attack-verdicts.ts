@@ -218,6 +218,12 @@ export function expectations(
     e.set('gateway: a model the scheduler does not offer', {
       refused: exactly("400 model 'o1-pro' is not offered through this gateway"),
     });
+    e.set('gateway: a transcription naming a second model after the file', {
+      refused: exactly('400 the request names more than one model'),
+    });
+    e.set('gateway: a transcription naming its model unquoted', {
+      refused: exactly("400 model 'o1-pro' is not offered through this gateway"),
+    });
     const overBudget = /^402 the account's language-model budget for \S+ \(UTC\) would be exceeded/;
     e.set('gateway: an absurd max_tokens', { refused: overBudget });
     e.set('gateway: many choices (n: 100) of a small max_tokens', { refused: overBudget });
