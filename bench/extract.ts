@@ -43,7 +43,7 @@ const BUCKET = 'hd_uploads_raw';
 // HD_BENCH_CLI=dist/cli/main.js: the built CLI, whose `run` is the runner's bundle (npm run
 // build), as a scheduler on the process launcher and the images start it; default: source.
 const CLI = resolve(process.env.HD_BENCH_CLI ?? join(import.meta.dirname, '..', 'cli', 'main.ts'));
-const REPORT_RSS = join(import.meta.dirname, 'report-rss.ts');
+const REPORT_RSS = join(import.meta.dirname, 'report-rss.mjs');
 const PIN = findTool('taskset') ? ['taskset', '-c', '0'] : [];
 // GNU time (Debian: the `time` package), for CPU seconds; the shell's builtin will not do.
 const TIME = ['/usr/bin/time'].find((path) => existsSync(path));

@@ -88,7 +88,7 @@ interface OursResult {
 }
 
 const CLI = join(import.meta.dirname, '..', 'cli', 'main.ts');
-const REPORT_RSS = join(import.meta.dirname, 'report-rss.ts');
+const REPORT_RSS = join(import.meta.dirname, 'report-rss.mjs');
 
 /** Ours: `hd-runner run --job-id` in its own process, as a scheduler starts it. */
 async function runOurs(admin: pg.Client, url: string, work: string): Promise<OursResult> {

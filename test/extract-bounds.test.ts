@@ -55,7 +55,7 @@ async function runChild(doc: string, debug: Record<string, unknown> = {}) {
   const config = testConfig(h.db.url, h.root);
   const runner = await execa(
     process.execPath,
-    ['--import', './bench/report-rss.ts', 'cli/main.ts', 'run', '--job-id', job.id],
+    ['--import', './bench/report-rss.mjs', 'cli/main.ts', 'run', '--job-id', job.id],
     {
       env: { PATH: process.env.PATH ?? '', ...configToEnv(config) },
       extendEnv: false,
