@@ -71,6 +71,8 @@ export const SQLSTATE_LEASE_LOST = 'HDL01';
 // Connection-level failures worth retrying (class 08, admin shutdown, too many connections).
 const RETRYABLE_SQLSTATE = /^(08...|57P0[123]|53300|40001|40P01)$/;
 const NETWORK_ERRNO = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND']);
+// What node-postgres throws, without a code, when the connection drops under a query.
+const CONNECTION_LOST = /^(Connection terminated|Client has encountered a connection error)/;
 
 /** Turns anything thrown into an HdError, keeping the original as `cause`. */
 export function toHdError(error: unknown): HdError {
@@ -87,6 +89,9 @@ export function toHdError(error: unknown): HdError {
     typeof err?.code === 'string' &&
     (RETRYABLE_SQLSTATE.test(err.code) || NETWORK_ERRNO.has(err.code))
   ) {
+    return new HdError('DATABASE_UNAVAILABLE', `database: ${message}`, { cause: error });
+  }
+  if (err?.code === undefined && CONNECTION_LOST.test(message)) {
     return new HdError('DATABASE_UNAVAILABLE', `database: ${message}`, { cause: error });
   }
   return new HdError('INTERNAL_ERROR', message, { cause: error });

@@ -15,9 +15,20 @@ let t: TestDatabase;
 let image: string;
 beforeAll(async () => {
   if (!d.available) return;
-  [image, t] = await Promise.all([testImage(d.docker), createTestDatabase()]);
+  let built: string;
+  [built, t] = await Promise.all([testImage(d.docker), createTestDatabase()]);
+  // A tag of its own while it runs: a suite built from other code removes the other
+  // hd-runner-test tags (which would remove the image under a long run).
+  const tag = built.split(':')[1]!;
+  await d.docker.getImage(built).tag({ repo: 'hd-runner-chaos', tag });
+  image = `hd-runner-chaos:${tag}`;
 }, 900_000);
 afterAll(async () => {
+  if (image)
+    await d
+      .docker!.getImage(image)
+      .remove()
+      .catch(() => {});
   await t?.drop();
 });
 

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { HdError } from '../contract/errors.ts';
+import { toHdError, type HdError } from '../contract/errors.ts';
 import type { LeasedJob } from '../contract/jobs.ts';
 import { PostgresDb } from '../control-plane/db/postgres.ts';
 import { OutcomeRecorder } from '../scheduler/outcome.ts';
@@ -43,6 +43,30 @@ function recorder(signal?: AbortSignal) {
 
 const crash = { exitCode: null, signal: 'SIGKILL', timedOut: false, stoppedFor: null };
 const exit = { ...crash, oomKilled: false, durationMs: 5, outputTail: [] };
+
+describe('a connection the database outage drops under a query', () => {
+  it('reads as DATABASE_UNAVAILABLE (a runner hands the job back, no crash)', async () => {
+    const query = db.pool.query('select pg_sleep(30)');
+    await expect
+      .poll(
+        async () =>
+          (
+            await t.sql.query<{ n: number }>(
+              "select count(*)::int as n from pg_stat_activity where query = 'select pg_sleep(30)'",
+            )
+          ).rows[0]!.n,
+      )
+      .toBe(1);
+    await relay.down();
+    const error = await query.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    await relay.up();
+    expect(String(error)).toMatch(/Connection terminated/);
+    expect(toHdError(error).code).toBe('DATABASE_UNAVAILABLE');
+  });
+});
 
 describe('OutcomeRecorder while the database is down', () => {
   it('records a crash once the database is back, within the lease', async () => {

@@ -25,7 +25,7 @@ import { ACCOUNT_A, ACCOUNT_B, jsonl, putObject, tempDir, testConfig } from './r
  * the invariants, from SQL, /proc and `docker ps -a`: every job completed exactly once
  * with all its rows and its "job completed" line, no attempt spent for the platform's
  * fault, no runner left, and every job a fault hit handled within 30 s (back in the queue,
- * or its runner re-adopted or started).
+ * or its runner re-adopted or started) of time with the database and the engine up.
  */
 export interface ChaosOptions {
   launcher: 'process' | 'docker';
@@ -187,6 +187,23 @@ export async function runChaos(o: ChaosOptions): Promise<void> {
   };
   const runnerPids = new Set<number>();
   const faults: Fault[] = [];
+  // When the database or the engine was down: nothing can be handled meanwhile, so a
+  // fault's time to be handled leaves out the outages (its own or a later one's).
+  const outages: { from: number; to: number | undefined }[] = [];
+  const downDuring = (from: number, to: number) =>
+    outages.reduce(
+      (sum, o) => sum + Math.max(0, Math.min(to, o.to ?? to) - Math.max(from, o.from)),
+      0,
+    );
+  const outage = async (relayDown: OutageRelay, ms: number, during?: () => void) => {
+    const o = { from: Date.now(), to: undefined as number | undefined };
+    outages.push(o);
+    await relayDown.down();
+    during?.();
+    await pause(ms);
+    await relayDown.up();
+    o.to = Date.now();
+  };
   const watch = setInterval(() => {
     void jobs().then((rows) => {
       const now = Date.now();
@@ -198,7 +215,7 @@ export async function runChaos(o: ChaosOptions): Promise<void> {
           const row = rows.find((j) => j.id === id);
           if (row?.lease_token === lease && !adopted.has(id)) continue;
           fault.leases.delete(id);
-          fault.backMs.push(Math.max(0, now - fault.at));
+          fault.backMs.push(Math.max(0, now - fault.at - downDuring(fault.at, now)));
         }
       }
     });
@@ -263,13 +280,9 @@ export async function runChaos(o: ChaosOptions): Promise<void> {
         await killScheduler();
         const f = fault(kind, new Map([...(await held())].map(([j, lease]) => [j.id, lease])));
         f.at = at;
-        if (kind === 'database down at start') {
-          await relay.down();
-          scheduler = startScheduler();
-          await pause(downFor());
-          await relay.up();
-          f.at = Date.now(); // nothing goes back to a queue that is down: timed from its return
-        } else scheduler = startScheduler();
+        if (kind === 'database down at start')
+          await outage(relay, downFor(), () => (scheduler = startScheduler()));
+        else scheduler = startScheduler();
       } else if (kind === 'claim not launched' || kind === 'created not started') {
         const at = Date.now();
         await killScheduler();
@@ -300,14 +313,10 @@ export async function runChaos(o: ChaosOptions): Promise<void> {
         scheduler = startScheduler();
       } else if (kind === 'database down') {
         fault(kind);
-        await relay.down();
-        await pause(downFor());
-        await relay.up();
+        await outage(relay, downFor());
       } else {
         fault(kind);
-        await engine!.down();
-        await pause(downFor());
-        await engine!.up();
+        await outage(engine!, downFor());
       }
     }
     const settled = (j: Job) => j.status === 'completed' || j.status === 'failed';
@@ -354,7 +363,10 @@ export async function runChaos(o: ChaosOptions): Promise<void> {
     };
   });
   console.table(table);
-  console.log(`scheduler log: ${logPath}`);
+  const lengths = outages.map((x) => ((x.to ?? x.from) - x.from) / 1000).sort((a, b) => a - b);
+  console.log(
+    `outages (database or engine): ${lengths.length}, ${lengths.map((l) => `${l.toFixed(0)} s`).join(', ')}; scheduler log: ${logPath}`,
+  );
   const count = (status: string) => rows.filter((j) => j.status === status).length;
   const lines = Object.fromEntries(completedLines.map((r) => [r.job, r.n]));
   console.log(
