@@ -46,6 +46,12 @@ class Lane {
     return this.#inFlight;
   }
 
+  get waiting(): number {
+    let count = 0;
+    for (const queue of this.#waiting.values()) count += queue.length;
+    return count;
+  }
+
   acquire(account: string, tokens: number, signal: AbortSignal): Promise<Permit> {
     return new Promise((resolve, reject) => {
       const waiter: Waiter = { tokens, grant: resolve };
@@ -160,5 +166,10 @@ export class LlmLimiter {
 
   inFlight(provider: string, model: string): number {
     return this.#lanes.get(`${provider} ${model}`)?.inFlight ?? 0;
+  }
+
+  /** Requests admitted and waiting for their place: what a test waits on before it lets one go. */
+  waiting(provider: string, model: string): number {
+    return this.#lanes.get(`${provider} ${model}`)?.waiting ?? 0;
   }
 }

@@ -95,6 +95,11 @@ export class LlmGateway extends EventEmitter<LlmGatewayEvents> {
     this.#server.keepAliveTimeout = 65_000;
   }
 
+  /** The limits its requests wait under (their counts: limiter.inFlight, limiter.waiting). */
+  get limiter(): LlmLimiter {
+    return this.#o.limiter;
+  }
+
   /** Base URL runners use (…/v1); set once listening. */
   get url(): string {
     if (!this.#url) throw new Error('llm gateway: not listening');
