@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { toHdError } from '../contract/errors.ts';
 import { assertTenantPath, jobOutputPrefix, OUTPUTS_BUCKET } from '../contract/storage-paths.ts';
 import type { Config } from '../control-plane/config.ts';
+import { artifactsOf, type ArtifactStore } from '../control-plane/db/artifacts.ts';
 import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
 import { supabaseUploadSigner } from '../control-plane/storage/signed-urls.ts';
 import type { Logger } from '../control-plane/logger.ts';
@@ -33,14 +34,18 @@ export interface UploadGrants {
  * under its own job's prefix of the outputs bucket (`accounts/{a}/jobs/{job}/`). The
  * lease is checked against the job row as the database has it now (running, this lease,
  * not expired), so a runner whose lease ended, or that names another job, gets nothing.
+ * And the key must be one hd_begin_artifact began for this lease and hd_record_artifact
+ * has not recorded yet (00025), so whatever is stored was declared against the job's output
+ * limit first; a signed URL cannot carry that size, though (docs/containers.md).
  */
 export async function serveUploadGrants(options: {
   address: string;
   db: Pick<ControlPlaneDb, 'getJob'>;
+  artifacts: Pick<ArtifactStore, 'begunSize'>;
   signUpload: UploadSigner;
   log: Logger;
 }): Promise<UploadGrants> {
-  const { db, signUpload, log } = options;
+  const { db, artifacts, signUpload, log } = options;
   const address = options.address;
   const host = address.slice(0, address.lastIndexOf(':')).replace(/^\[|\]$/g, '');
   const port = Number(address.split(':').pop());
@@ -70,6 +75,11 @@ export async function serveUploadGrants(options: {
       return {
         status: 403,
         body: { error: `uploads of job ${job.id} go to ${OUTPUTS_BUCKET}/${prefix} only` },
+      };
+    if ((await artifacts.begunSize(job.id, lease_token, checked)) === undefined)
+      return {
+        status: 403,
+        body: { error: `no artifact of job ${job.id} was begun at ${checked} by this lease` },
       };
     return { status: 200, body: { url: await signUpload(bucket, checked) } };
   }
@@ -120,7 +130,7 @@ export async function serveUploadGrants(options: {
 /** The grant service where runners need one: supabase storage with scoped credentials. */
 export function uploadGrantsFor(
   config: Config,
-  db: Pick<ControlPlaneDb, 'getJob'>,
+  db: ControlPlaneDb,
   log: Logger,
 ): Promise<UploadGrants | undefined> {
   const { SUPABASE_URL: url, SUPABASE_SERVICE_ROLE_KEY: key } = config;
@@ -134,5 +144,5 @@ export function uploadGrantsFor(
       'HD_UPLOAD_GRANT_ADDRESS is on this host loopback, which runner containers cannot reach on this network: their artifact uploads will fail; set it to an address they reach (e.g. the bridge gateway) or HD_DOCKER_NETWORK=host (see docs/containers.md)',
     );
   const signUpload = supabaseUploadSigner(url, key);
-  return serveUploadGrants({ address, db, signUpload, log });
+  return serveUploadGrants({ address, db, artifacts: artifactsOf(db), signUpload, log });
 }

@@ -248,6 +248,7 @@ describe('supabase storage (stand-in) with a job token through PostgREST, upload
     grants = await serveUploadGrants({
       address: '127.0.0.1:0',
       db: t.db,
+      artifacts: artifactsOf(t.db),
       signUpload: supabaseUploadSigner(supabase.url, supabase.serviceRoleKey),
       log: memoryLogger().log,
     });
@@ -297,7 +298,18 @@ describe('supabase storage (stand-in) with a job token through PostgREST, upload
       };
     };
     const mine = `${jobOutputPrefix(ACCOUNT_A, job.id)}page_text/p.md`;
+    const refusedUnbegun = (key: string) => ({
+      status: 403,
+      body: { error: `no artifact of job ${job.id} was begun at ${key} by this lease` },
+    });
+    // Only a key hd_begin_artifact gave this lease, until hd_record_artifact records it.
+    expect(await ask({ key: mine })).toEqual(refusedUnbegun(mine));
+    const spec = { kind: 'page_text', name: 'p.md', contentType: 'text/markdown' };
+    const declared = { ...spec, sizeBytes: 5, sha256: sha(Buffer.from('hello')) };
+    await artifactsOf(t.db).begin(job.id, job.lease_token, declared);
     expect((await ask({ key: mine })).status).toBe(200);
+    const unbegun = `${jobOutputPrefix(ACCOUNT_A, job.id)}page_text/q.md`;
+    expect(await ask({ key: unbegun })).toEqual(refusedUnbegun(unbegun));
     for (const [key, bucket] of [
       [`${jobOutputPrefix(ACCOUNT_A, other.id)}page_text/p.md`, OUTPUTS_BUCKET],
       [`${jobOutputPrefix(ACCOUNT_B, job.id)}page_text/p.md`, OUTPUTS_BUCKET],
@@ -309,6 +321,22 @@ describe('supabase storage (stand-in) with a job token through PostgREST, upload
     expect(await ask({ key: mine, lease_token: other.lease_token })).toMatchObject({ status: 403 });
     expect(await ask({ key: mine, job_id: other.id })).toMatchObject({ status: 403 });
     expect(await ask({ key: mine, extra: 1 })).toMatchObject({ status: 400 });
+    await artifactsOf(t.db).record(job.id, job.lease_token, declared);
+    expect(await ask({ key: mine })).toEqual(refusedUnbegun(mine));
+  });
+
+  it('counts begun, unrecorded artifacts against the output limit: each one could be granted', async () => {
+    const job = await leased(ACCOUNT_A, { max_output_bytes: 10 });
+    const store = artifactsOf(t.db);
+    const spec = (name: string, sizeBytes: number) =>
+      ({ kind: 'preview', name, contentType: 'text/plain', sizeBytes, sha256: sha('') }) as const;
+    await store.begin(job.id, job.lease_token, spec('a.txt', 6));
+    await expect(store.begin(job.id, job.lease_token, spec('b.txt', 5))).rejects.toMatchObject({
+      code: 'OUTPUT_LIMIT_EXCEEDED',
+      message: expect.stringContaining('(6 in use;'),
+    });
+    // Beginning the same name again replaces its own declared size.
+    await store.begin(job.id, job.lease_token, spec('a.txt', 10));
   });
 
   it('service-role storage uploads large artifacts resumably (TUS), checksum verified', async () => {

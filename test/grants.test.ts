@@ -74,6 +74,7 @@ const FUNCTIONS = parseMatrix(`
   # the scheduler's: claim, queue control, logs, batches, reports
   hd_add_webhook_endpoint             .    .             .         X            X
   hd_append_job_logs                  .    .             .         X            X
+  hd_begun_artifact_size              .    .             .         X            X
   hd_cancel_batch                     .    .             .         X            X
   hd_cancel_job                       .    .             .         X            X
   hd_claim_jobs                       .    .             .         X            X
@@ -272,13 +273,14 @@ describe('the grant matrix of the migrated database', () => {
     expect(callers(CONTRACT_ROLES.indexOf('authenticated'))).toEqual(['has_role_on_account']);
     // hd_runner: exactly the functions that take a lease token, all of them, but the
     // scheduler's own (logs, container id, making the job's login role and gateway credential,
-    // a URL input's record).
+    // a URL input's record, the upload grant's check).
     const { rows } = await t.sql.query<{ name: string }>(
       `select p.proname as name from pg_proc p
         where p.pronamespace = 'public'::regnamespace and p.proname like 'hd\\_%'
           and p.proname not like 'hd\\_\\_%' and p.proargnames[2] = 'p_lease_token'
           and p.proname not in ('hd_append_job_logs', 'hd_set_container_id', 'hd_create_job_role',
-                                'hd_grant_llm_credential', 'hd_record_url_input')
+                                'hd_grant_llm_credential', 'hd_record_url_input',
+                                'hd_begun_artifact_size')
         order by 1`,
     );
     expect(callers(CONTRACT_ROLES.indexOf('hd_runner'))).toEqual(rows.map((r) => r.name));

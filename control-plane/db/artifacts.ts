@@ -42,6 +42,11 @@ export interface ArtifactTarget {
 export interface ArtifactStore {
   begin(jobId: string, leaseToken: string, spec: ArtifactSpec): Promise<ArtifactTarget>;
   record(jobId: string, leaseToken: string, spec: ArtifactSpec): Promise<Artifact>;
+  /**
+   * hd_begun_artifact_size (scheduler only, 00025): the declared size of the artifact this
+   * lease began under `storagePath` and has not recorded, or undefined when there is none.
+   */
+  begunSize(jobId: string, leaseToken: string, storagePath: string): Promise<number | undefined>;
   /** A job's or a batch's artifacts, by job, kind and name (operator credentials). */
   list(filter: { jobId?: string; batchId?: string }): Promise<Artifact[]>;
 }
@@ -108,6 +113,14 @@ export class PostgresArtifacts implements ArtifactStore {
     return toArtifact(rows[0]);
   }
 
+  async begunSize(jobId: string, leaseToken: string, storagePath: string) {
+    const { rows } = await this.pool.query<{ size: string | null }>(
+      'select public.hd_begun_artifact_size($1, $2, $3) as size',
+      [jobId, leaseToken, storagePath],
+    );
+    return rows[0]?.size == null ? undefined : Number(rows[0].size);
+  }
+
   async list(filter: { jobId?: string; batchId?: string }) {
     const { rows } = await this.pool.query(
       `select * from public.hd_artifacts
@@ -153,6 +166,17 @@ export class SupabaseArtifacts implements ArtifactStore {
       p_sha256: s.sha256,
     });
     return toArtifact(row);
+  }
+
+  async begunSize(jobId: string, leaseToken: string, storagePath: string) {
+    const fn = 'hd_begun_artifact_size';
+    const { data, error, status } = await this.client.rpc(fn, {
+      p_job_id: jobId,
+      p_lease_token: leaseToken,
+      p_storage_path: storagePath,
+    });
+    if (error) throw classifyPostgrestError(fn, error, status);
+    return data == null ? undefined : Number(data);
   }
 
   async list(filter: { jobId?: string; batchId?: string }) {

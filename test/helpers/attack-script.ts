@@ -413,7 +413,14 @@ if (env.HD_STORAGE === 'supabase') {
   const aOutput = `accounts/${v.account}/jobs/${v.runningJobId}/page_text/planted.md`;
   let granted = '';
   await attempt("upload grant for my job's output folder", async () => {
-    granted = await grant(myJobId, 'hd_outputs', `accounts/${myAccount}/jobs/${myJobId}/p.md`);
+    // As the runner does: hd_begin_artifact first (it declares the size the limit counts).
+    await callAs('hd_begin_artifact', myJobId, myToken, {
+      p_kind: 'page_text',
+      p_name: 'p.md',
+      p_size_bytes: 7,
+    });
+    const key = `accounts/${myAccount}/jobs/${myJobId}/page_text/p.md`;
+    granted = await grant(myJobId, 'hd_outputs', key);
     return 'granted';
   });
   const put = (url: string) =>

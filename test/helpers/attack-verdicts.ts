@@ -273,18 +273,17 @@ export function expectations(
     e.set(
       'upload through my grant',
       ok(
-        (r) => String(r).includes(`hd_outputs/accounts/${ACCOUNT_B}/jobs/${mine.id}/p.md`),
+        (r) =>
+          String(r).includes(`hd_outputs/accounts/${ACCOUNT_B}/jobs/${mine.id}/page_text/p.md`),
         'stored',
       ),
     );
-    // OPEN (reported, issue 17): a grant is any key under the job's prefix, of any size; the
-    // job's output limit (max_output_bytes) counts only the sizes hd_begin_artifact was told.
-    // The object stays in B's own job folder. Make this a refusal once grants are bound to
-    // begun artifacts.
-    e.set(
-      'upload 1 MiB under a key no artifact was begun for',
-      ok((r) => String(r).includes(`/jobs/${mine.id}/x/big`), 'stored in my job folder'),
-    );
+    // Grants are bound to begun artifacts (00025): a key hd_begin_artifact never gave this
+    // lease, so never counted against the job's output limit, gets no upload URL.
+    const bigKey = `accounts/${ACCOUNT_B}/jobs/${mine.id}/x/big`;
+    e.set('upload 1 MiB under a key no artifact was begun for', {
+      refused: exactly(`403 no artifact of job ${mine.id} was begun at ${bigKey} by this lease`),
+    });
     e.set("upload grant for A's output folder", {
       refused: new RegExp(`^403 storage path .* refused: it is not inside accounts/${ACCOUNT_B}/$`),
     });
