@@ -19,7 +19,7 @@ import {
   testImage,
 } from './helpers/docker.ts';
 import { insertChunks } from './helpers/llm-stages.ts';
-import { startOpenAiStandIn, type OpenAiStandIn } from './helpers/openai-server.ts';
+import { startOpenAiStandIn, waitUntil, type OpenAiStandIn } from './helpers/openai-server.ts';
 import { ACCOUNT_A, ACCOUNT_B, tempDir, testConfig } from './helpers/runtime.ts';
 
 // Issue 19's proof, from the runners' side: six extract_interpretations jobs run in six
@@ -182,17 +182,31 @@ const attackScript = (url: string, credential: string) => `
 describe.skipIf(!d.available)(`llm gateway with six runner containers${skipNote(d)}`, () => {
   it('holds six runners to one limit, pauses all of them on a 429, and gives none the key', async () => {
     // The first requests (as many as the limit lets through) are refused 429 Retry-After: 2.
+    // The next ones are held there until every container was inspected and the limit's three
+    // are at the provider at once: no runner ends unseen, however slow the machine (the
+    // rest wait at the limiter meanwhile).
     server.respond((r) =>
       r.index < LIMIT
         ? { kind: 'status', status: 429, headers: { 'retry-after': '2' } }
-        : { kind: 'answer', delayMs: 100 },
+        : { kind: 'hang' },
     );
     const jobs = await Promise.all(
       [0, 1, 2, 3, 4, 5].map((n) => enqueueDocument(n % 2 ? ACCOUNT_B : ACCOUNT_A, n)),
     );
-    const finished = Promise.all(jobs.map((j) => ended(j.id)));
-    await inspectWhileRunning(finished);
+    let endedEarly = 0;
+    const endings = jobs.map((j) => ended(j.id).finally(() => void (endedEarly += 1)));
+    const finished = Promise.all(endings);
+    const inspecting = inspectWhileRunning(finished);
+    await waitUntil(
+      'six runners inspected and three requests at the provider',
+      () => (inspected.size === 6 && server.inFlight() === LIMIT) || endedEarly > 0,
+      300_000,
+    );
+    expect(endedEarly).toBe(0);
+    server.respond(undefined);
+    server.releaseHanging();
     const results = await finished;
+    await inspecting;
     expect(results.map((j) => `${j.status} ${j.error_code ?? ''}`)).toEqual(
       Array(6).fill('completed '),
     );
