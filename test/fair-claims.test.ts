@@ -102,7 +102,7 @@ it('holds max_running per account: the table, else the default the claimer passe
   await enqueue(B, 20);
   await t.sql.query('select public.hd_set_account_limit($1, 2)', [A]);
   expect(tally(await claim(10))).toEqual({ [A]: 2, [B]: 8 });
-  await t.sql.query('truncate public.hd_ingestion_jobs');
+  await t.sql.query('truncate public.hd_ingestion_jobs cascade');
   await enqueue(A, 20);
   await enqueue(B, 20);
   expect(tally(await claim(10, { accountMax: 3 }))).toEqual({ [A]: 2, [B]: 3 });
