@@ -100,26 +100,28 @@ it('three hosts share the queue: each job once, the tenant limit held across hos
   });
   const ids = [...(await enqueueImports(ACCOUNT_A, 16)), ...(await enqueueImports(ACCOUNT_B, 2))];
 
-  // Host 3 is killed, runner and all, while it holds a job.
+  // Host 3 is killed, runner and all, while it holds a job. It is frozen (SIGSTOP to its
+  // process group) before the look, so its runner cannot finish the job between the look
+  // and the kill; a look that finds nothing thaws it and looks again.
   const victim = hosts[2]!;
+  const group = -victim.process.pid!;
+  let orphaned: { id: string }[] = [];
   await expect
     .poll(
-      async () =>
-        (
-          await t.sql.query(
-            `select 1 from hd_ingestion_jobs where status = 'running' and locked_by = $1`,
-            [victim.workerId],
-          )
-        ).rowCount,
+      async () => {
+        process.kill(group, 'SIGSTOP');
+        ({ rows: orphaned } = await t.sql.query<{ id: string }>(
+          `select id from hd_ingestion_jobs where status = 'running' and locked_by = $1`,
+          [victim.workerId],
+        ));
+        if (orphaned.length === 0) process.kill(group, 'SIGCONT');
+        return orphaned.length;
+      },
       { timeout: 60_000, interval: 20 },
     )
     .toBeGreaterThan(0);
   victim.kill();
   await victim.process;
-  const { rows: orphaned } = await t.sql.query<{ id: string }>(
-    `select id from hd_ingestion_jobs where status = 'running' and locked_by = $1`,
-    [victim.workerId],
-  );
   expect(orphaned.length).toBeGreaterThan(0); // its runner died with it: nothing finishes them
 
   await allCompleted(120_000);
