@@ -1,9 +1,8 @@
-import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
-import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { HdError } from '../contract/errors.ts';
+import { hashingStream } from '../control-plane/storage/hash.ts';
 import { urlForLog } from '../contract/jobs.ts';
 import { AddressGuard, requestPublic, UrlRefused } from './public-http.ts';
 
@@ -65,20 +64,14 @@ export async function fetchToFile(
       response.destroy();
       throw tooLarge(shown, limits.maxBytes);
     }
-    const hash = createHash('sha256');
-    let bytes = 0;
-    const counted = new Transform({
-      transform(chunk: Buffer, _encoding, done) {
-        bytes += chunk.length;
-        if (bytes > limits.maxBytes) return done(tooLarge(shown, limits.maxBytes));
-        hash.update(chunk);
-        done(null, chunk);
-      },
+    const counted = hashingStream({
+      maxBytes: limits.maxBytes,
+      tooLarge: () => tooLarge(shown, limits.maxBytes),
     });
     await pipeline(response, counted, createWriteStream(file), { signal: both });
     return {
-      bytes,
-      sha256: hash.digest('hex'),
+      bytes: counted.bytes(),
+      sha256: counted.sha256(),
       declaredType: response.headers['content-type'] ?? null,
       finalUrl: urlForLog(final),
       redirects,

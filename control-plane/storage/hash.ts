@@ -3,15 +3,22 @@ import { createReadStream } from 'node:fs';
 import { Transform, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 
-/** A pass-through stream that counts and hashes (SHA-256) what flows through it. */
-export function hashingStream(): Transform & { sha256(): string; bytes(): number } {
+/**
+ * A pass-through stream that counts and hashes (SHA-256) what flows through it; with a
+ * limit, the chunk that would pass `maxBytes` fails the stream with `tooLarge()` instead.
+ */
+export function hashingStream(limit?: {
+  maxBytes: number;
+  tooLarge: () => Error;
+}): Transform & { sha256(): string; bytes(): number } {
   const hash = createHash('sha256');
   let bytes = 0;
   let digest: string | undefined;
   const stream = new Transform({
     transform(chunk: Buffer, _encoding, done) {
-      hash.update(chunk);
       bytes += chunk.length;
+      if (limit && bytes > limit.maxBytes) return done(limit.tooLarge());
+      hash.update(chunk);
       done(null, chunk);
     },
   });
