@@ -8,6 +8,7 @@ import { artifactsOf, type ArtifactStore } from '../control-plane/db/artifacts.t
 import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
 import { supabaseUploadSigner } from '../control-plane/storage/signed-urls.ts';
 import type { Logger } from '../control-plane/logger.ts';
+import { readBody } from './http-body.ts';
 
 /** Makes a signed upload URL for one object (Storage `POST /object/upload/sign/…`). */
 export type UploadSigner = (bucket: string, key: string) => Promise<string>;
@@ -89,28 +90,25 @@ export async function serveUploadGrants(options: {
       res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
     if (req.method !== 'POST' || req.url !== '/upload-grant')
       return reply(404, { error: 'not found' });
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > MAX_BODY_BYTES) req.destroy();
-      else chunks.push(chunk);
-    });
-    req.on('end', () => {
-      let body: unknown;
-      try {
-        body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-      } catch {
-        return reply(400, { error: 'bad request: not JSON' });
-      }
-      grant(body).then(
-        (answer) => reply(answer.status, answer.body),
-        (error: unknown) => {
-          log.warn({ err: error }, 'upload grant failed');
-          reply(503, { error: `upload grant failed: ${toHdError(error).message}` });
-        },
-      );
-    });
+    void readBody(req, MAX_BODY_BYTES).then(
+      (raw) => {
+        if (!raw) return req.destroy();
+        let body: unknown;
+        try {
+          body = JSON.parse(raw.toString('utf8'));
+        } catch {
+          return reply(400, { error: 'bad request: not JSON' });
+        }
+        grant(body).then(
+          (answer) => reply(answer.status, answer.body),
+          (error: unknown) => {
+            log.warn({ err: error }, 'upload grant failed');
+            reply(503, { error: `upload grant failed: ${toHdError(error).message}` });
+          },
+        );
+      },
+      () => req.destroy(),
+    ); // the client broke off mid-body
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

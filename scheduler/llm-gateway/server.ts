@@ -17,6 +17,7 @@ import {
   type TokenUsage,
 } from './budgets.ts';
 import { LlmLimiter } from './limiter.ts';
+import { readBody } from '../http-body.ts';
 
 /** An endpoint the gateway forwards to, with the key that stays in the scheduler. */
 export interface Upstream {
@@ -300,17 +301,6 @@ function reply(
   res
     .writeHead(status, { 'content-type': 'application/json' })
     .end(JSON.stringify({ error: { message: text, type, param: null, code } }));
-}
-
-async function readBody(req: http.IncomingMessage, limit: number): Promise<Buffer | undefined> {
-  const parts: Buffer[] = [];
-  let size = 0;
-  for await (const part of req) {
-    size += (part as Buffer).length;
-    if (size > limit) return undefined;
-    parts.push(part as Buffer);
-  }
-  return Buffer.concat(parts);
 }
 
 function parseJson(body: Buffer): Record<string, unknown> | undefined {
