@@ -231,7 +231,7 @@ async function metricsWorkAlone(): Promise<{ perJobUs: number; perScrapeMs: numb
   let t0 = performance.now();
   for (let i = 0; i < jobs; i++) {
     events.emit('job:claimed', job);
-    events.emit('runner:launched', job, 0.1);
+    events.emit('runner:launched', job, 0.1, false);
     events.emit('job:finished', done, undefined);
   }
   const perJobUs = ((performance.now() - t0) * 1000) / jobs;

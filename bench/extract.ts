@@ -7,35 +7,49 @@
  *    runner and pdftotext each pinned to core 0 (taskset). The fixed overhead (process
  *    start-up, claim, completion) is the job's wall time less the handler's own
  *    (stats.duration_ms: download, extraction, chunking, the chunks' write).
+ *    With HD_BENCH_LAUNCHER=1 (default), the same files through a scheduler's process
+ *    launcher (scheduler/launchers/process.ts), the job claimed first as a scheduler claims
+ *    it: "cold" launches a runner for the claimed job, "warm" hands it to a runner started
+ *    before (HD_WARM_RUNNERS) and loaded; claim -> completed from the job row's clock, CPU
+ *    from the runner's /proc/self/stat at exit (itself and its tools), less, for a warm
+ *    runner, what it spent before its job.
  * 2. Scanned PDFs (pages rendered to images, no text layer): OCR pages/s of the job, using
  *    both cores, against bare `pdftoppm` + `tesseract` on the same pages, as many at once
  *    as there are cores, one thread each.
  *
- * 3. With HD_BENCH_CORPUS=DIR, every *.pdf in DIR, real-world files nobody here wrote, read
- *    by the handler's PDF path (in this process) and by `pdftotext`: the outcome (error code),
- *    pages and their layers, similarity to pdftotext (character 3-grams, Dice), pages/s
- *    with and without OCR, peak RSS. The files stay out of the repository; get them with
+ * 3. With HD_BENCH_CORPUS=DIR[:DIR…], every *.pdf there, real-world files nobody here
+ *    wrote, read by the handler's extraction in this process and by `pdftotext`, file by
+ *    file (bench/extract-corpus.ts: outcomes by code and the messages a user would see,
+ *    similarity to pdftotext, pages/s with and without OCR, peak RSS; its settings there).
+ *    The files stay out of the repository; get them with
  *      git clone --depth 1 https://github.com/py-pdf/sample-files /tmp/corpus-src
  *      git clone --depth 1 https://github.com/pdfminer/pdfminer.six /tmp/pdfminer
  *      mkdir -p /tmp/corpus && find /tmp/corpus-src /tmp/pdfminer/samples -name '*.pdf' \
  *        -size +0 -exec cp {} /tmp/corpus/ \;
+ *    and pdf.js's test corpus (~970 files: Arabic, CJK, Type3 fonts, forms, fuzzed and
+ *    broken files; its *.link files name files on the web, left out):
+ *      git clone --depth 1 https://github.com/mozilla/pdf.js /tmp/pdf.js
+ *      mkdir -p /tmp/pdfjs-corpus && cp /tmp/pdf.js/test/pdfs/*.pdf /tmp/pdfjs-corpus/
  *
  *   node bench/extract.ts   # HD_BENCH_PAGES=1,200,1000 HD_BENCH_OCR_PAGES=8 HD_BENCH_RUNS=3
  *   npm run build && HD_BENCH_CLI=dist/cli/main.js node bench/extract.ts   # the built runner
- *   HD_BENCH_CORPUS=/tmp/corpus HD_BENCH_PAGES= HD_BENCH_OCR_PAGES=0 node bench/extract.ts
+ *   HD_BENCH_CORPUS=/tmp/corpus:/tmp/pdfjs-corpus HD_BENCH_CORPUS_LIMIT=300 \
+ *     HD_BENCH_PAGES= HD_BENCH_OCR_PAGES=0 node bench/extract.ts
  */
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import type { ClaimedJob } from '../contract/jobs.ts';
 import { configToEnv, loadConfig, type Config } from '../control-plane/config.ts';
 import { openDb } from '../control-plane/open.ts';
-import { extractPdf } from '../runner/extract/pdf.ts';
+import { ProcessLauncher } from '../scheduler/launchers/process.ts';
 import { findTool } from '../runner/extract/tools.ts';
 import { GERMAN, renderGray, textPdf } from '../test/fixtures/documents.ts';
 import { makePdf } from '../test/fixtures/make-pdf.ts';
+import { corpusBench } from './extract-corpus.ts';
 import * as b from './lib.ts';
 
 const ACCOUNT = 'aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa';
@@ -58,7 +72,12 @@ const corpus = process.env.HD_BENCH_CORPUS;
 const runs = b.envInt('HD_BENCH_RUNS', 3);
 // HD_BENCH_CPU_PROF=DIR: each runner writes a V8 CPU profile there (open in Chrome DevTools).
 const cpuProf = process.env.HD_BENCH_CPU_PROF;
-const profArgs = cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${cpuProf}`] : [];
+const profArgs = cpuProf
+  ? ['--cpu-prof', '--cpu-prof-interval=250', `--cpu-prof-dir=${cpuProf}`]
+  : [];
+const viaLauncher = process.env.HD_BENCH_LAUNCHER !== '0';
+// Clock ticks per second of /proc's CPU times (USER_HZ: 100 on Linux).
+const TICK_MS = 10;
 
 console.log(`# extract bench — ${b.machineLine()}, ${runs} run(s) each, pinned=${PIN.length > 0}`);
 const database = await b.startBenchDatabase();
@@ -102,6 +121,7 @@ try {
     const handlerRate = (pages * 1000) / b.median(handler);
     const overhead = b.median(ours.map((ms, i) => ms - handler[i]!));
     const cpuRatio = b.median(anchorCpu) / b.median(oursCpu);
+    if (viaLauncher) await launcherBench(pdf, file, pages, PIN);
     console.log(
       `text ${String(pages).padStart(5)} pages: pdftotext ${b.fmt(anchorRate)} pages/s (${b.fmt(b.median(anchor))} ms)` +
         ` | job ${b.fmt(rate)} pages/s = ${(rate / anchorRate).toFixed(2)}x (${b.fmt(b.median(ours))} ms)` +
@@ -113,7 +133,7 @@ try {
   }
 
   if (ocrPages > 0) await ocrBench();
-  if (corpus) await corpusBench(corpus);
+  if (corpus) await corpusBench(corpus, config, work);
 } finally {
   await db.close();
   await database.stop();
@@ -122,7 +142,9 @@ try {
 
 /** OCR: both cores, as the job gets them in a container (cpus: 2). */
 async function ocrBench() {
-  const scan = renderGray(textPdf([GERMAN.repeat(6)]), work);
+  // Scanned at HD_OCR_DPI: the job renders a scan at its own resolution (up to that), the
+  // bare anchor at HD_OCR_DPI, so both do the same work.
+  const scan = renderGray(textPdf([GERMAN.repeat(6)]), work, 1, config.HD_OCR_DPI);
   const scanned = makePdf(Array.from({ length: ocrPages }, () => scan));
   const scanFile = join(work, 'scan.pdf');
   await writeFile(scanFile, scanned);
@@ -143,111 +165,9 @@ async function ocrBench() {
   );
 }
 
-/** Real-world PDFs through the handler's PDF path and through pdftotext, file by file. */
-async function corpusBench(dir: string) {
-  const files = (await readdir(dir)).filter((f) => f.toLowerCase().endsWith('.pdf')).sort();
-  const codes: Record<string, number> = {};
-  const totals = {
-    text: { pages: 0, ms: 0 },
-    ocr: { pages: 0, ms: 0 },
-    anchor: { pages: 0, ms: 0 },
-  };
-  const similarities: number[] = [];
-  for (const file of files) {
-    const path = join(dir, file);
-    const anchor = await timed(['pdftotext', '-enc', 'UTF-8', path, join(work, 'anchor.txt')]).then(
-      async (run) => ({ ms: run.ms, text: await readFile(join(work, 'anchor.txt'), 'utf8') }),
-      () => undefined,
-    );
-    const started = performance.now();
-    let line: string;
-    try {
-      const pdf = await extractPdf(path, {
-        name: file,
-        maxPages: config.HD_EXTRACT_MAX_PAGES,
-        parseTimeoutMs: config.HD_EXTRACT_PARSE_TIMEOUT_MS,
-        textPageTimeoutMs: config.HD_EXTRACT_PAGE_TIMEOUT_MS,
-        maxMemoryMb: config.HD_EXTRACT_MAX_MEMORY_MB,
-        ocr: 'auto',
-        ocrLanguages: config.HD_OCR_LANGUAGES,
-        ocrDpi: config.HD_OCR_DPI,
-        ocrMinChars: config.HD_OCR_MIN_CHARS,
-        ocrPageTimeoutMs: config.HD_OCR_PAGE_TIMEOUT_MS,
-        ocrConcurrency: Math.min(2, availableParallelism()),
-        signal: new AbortController().signal,
-        workDir: work,
-        onProgress: async () => {},
-      });
-      const ms = performance.now() - started;
-      const bucket = pdf.ocrTried > 0 ? totals.ocr : totals.text;
-      bucket.pages += pdf.pageCount;
-      bucket.ms += ms;
-      codes.completed = (codes.completed ?? 0) + 1;
-      const similarity = anchor ? dice(pdf.text, anchor.text) : NaN;
-      if (!Number.isNaN(similarity)) similarities.push(similarity);
-      if (anchor) {
-        totals.anchor.pages += pdf.pageCount;
-        totals.anchor.ms += anchor.ms;
-      }
-      const layers = pdf.layers.reduce<Record<string, number>>(
-        (n, layer) => ({ ...n, [layer]: (n[layer] ?? 0) + 1 }),
-        {},
-      );
-      line = `completed ${pdf.pageCount} p ${JSON.stringify(layers)} ${b.fmt(ms)} ms, 3-gram similarity ${similarity.toFixed(2)}`;
-    } catch (error) {
-      const code = (error as { code?: string }).code ?? 'THROWN';
-      codes[code] = (codes[code] ?? 0) + 1;
-      line = `${code}: ${(error as Error).message}`;
-    }
-    console.log(`  ${file.padEnd(40)} ${line} | pdftotext ${anchor ? 'ok' : 'failed'}`);
-  }
-  const rate = (t: { pages: number; ms: number }) => ((t.pages * 1000) / t.ms).toFixed(1);
-  console.log(
-    `corpus ${files.length} files: ${JSON.stringify(codes)}; pages/s without OCR ${rate(totals.text)}, with OCR ${rate(totals.ocr)}, pdftotext ${rate(totals.anchor)};` +
-      ` similarity to pdftotext median ${b.median(similarities).toFixed(2)}, min ${Math.min(...similarities).toFixed(2)};` +
-      ` peak RSS of this process ${b.fmt(b.peakRssMb())} MB`,
-  );
-}
-
-/** Dice coefficient of the character 3-gram sets, white space collapsed. */
-function dice(a: string, b2: string): number {
-  const grams = (text: string) => {
-    const flat = text.replace(/\s+/g, ' ').trim();
-    const set = new Set<string>();
-    for (let i = 0; i + 3 <= flat.length; i += 1) set.add(flat.slice(i, i + 3));
-    return set;
-  };
-  const x = grams(a);
-  const y = grams(b2);
-  if (x.size + y.size === 0) return 1;
-  let shared = 0;
-  for (const gram of x) if (y.has(gram)) shared += 1;
-  return (2 * shared) / (x.size + y.size);
-}
-
 /** One extract_text job for a one-file document, run by `hd-runner run` in its own process. */
 async function runJob(config: Config, pdf: Buffer, name: string, pin: string[]) {
-  const documentId = randomUUID();
-  const key = `accounts/${ACCOUNT}/documents/${documentId}/${name}`;
-  const path = join(config.HD_STORAGE_ROOT!, BUCKET, key);
-  await mkdir(join(path, '..'), { recursive: true });
-  await writeFile(path, pdf);
-  const admin = await b.connect(config.HD_DATABASE_URL!);
-  try {
-    await admin.query(
-      `insert into hd_document_files (account_id, document_id, bucket, storage_path, mime_type, size_bytes)
-       values ($1, $2, $3, $4, 'application/pdf', $5)`,
-      [ACCOUNT, documentId, BUCKET, key, pdf.length],
-    );
-  } finally {
-    await admin.end();
-  }
-  const job = await db.enqueueJob({
-    accountId: ACCOUNT,
-    jobType: 'extract_text',
-    documentId,
-    debug: {},
-  });
+  const job = await queuedJob(pdf, name);
   const run = await timed(
     [...pin, process.execPath, ...profArgs, '--import', REPORT_RSS, CLI, 'run', '--job-id', job.id],
     configToEnv(config),
@@ -263,6 +183,139 @@ async function runJob(config: Config, pdf: Buffer, name: string, pin: string[]) 
     peakMb: peakKb / 1024,
     stats: done.debug.stats as Record<string, unknown>,
   };
+}
+
+/** A new one-file document holding `pdf`, and an extract_text job of it, queued. */
+async function queuedJob(pdf: Buffer, name: string) {
+  const documentId = randomUUID();
+  const key = `accounts/${ACCOUNT}/documents/${documentId}/${name}`;
+  const path = join(config.HD_STORAGE_ROOT!, BUCKET, key);
+  await mkdir(join(path, '..'), { recursive: true });
+  await writeFile(path, pdf);
+  const admin = await b.connect(config.HD_DATABASE_URL!);
+  try {
+    await admin.query(
+      `insert into hd_document_files (account_id, document_id, bucket, storage_path, mime_type, size_bytes)
+       values ($1, $2, $3, $4, 'application/pdf', $5)`,
+      [ACCOUNT, documentId, BUCKET, key, pdf.length],
+    );
+  } finally {
+    await admin.end();
+  }
+  return db.enqueueJob({ accountId: ACCOUNT, jobType: 'extract_text', documentId, debug: {} });
+}
+
+/**
+ * The job through the process launcher, cold and warm, `runs` times each (alternating),
+ * each right after a `pdftotext` of the same file: ratios per pair, then their median (the
+ * machine's load moves between pairs more than within one).
+ */
+async function launcherBench(pdf: Buffer, file: string, pages: number, pin: string[]) {
+  const launcher = new ProcessLauncher({
+    env: { PATH: process.env.PATH ?? '', ...configToEnv(config) },
+    command: [...pin, process.execPath, ...profArgs, '--import', REPORT_RSS, CLI],
+  });
+  const resources = { gpu: false, memoryMb: 2048, cpus: 1, timeoutMs: 600_000 };
+  const figures = { cold: [] as Run[], warm: [] as Run[] };
+  type Run = {
+    claimedMs: number;
+    wallMs: number;
+    cpuMs: number;
+    beforeMs: number;
+    idleMb: number;
+    anchorMs: number;
+    anchorCpuMs: number;
+    peakMb: number;
+  };
+  for (let run = 0; run < runs; run += 1) {
+    for (const mode of ['cold', 'warm'] as const) {
+      // A warm runner is started and loaded before its job exists.
+      const warm = mode === 'warm' ? await launcher.prestart() : undefined;
+      if (warm && !(await warm.ready)) throw new Error('the warm runner ended before it was ready');
+      const beforeMs = warm ? cpuTicks(warm.id) * TICK_MS : 0;
+      const bare = await timed([...pin, 'pdftotext', '-enc', 'UTF-8', file, '/dev/null']);
+      const idleMb = warm ? residentMb(warm.id) : 0;
+      const queued = await queuedJob(pdf, `launcher-${pages}.pdf`);
+      const [job] = await db.claimJobs({
+        workerId: 'bench-extract',
+        jobId: queued.id,
+        leaseSeconds: 300,
+      });
+      const lines: string[] = [];
+      const request = {
+        job: job as ClaimedJob,
+        resources,
+        onOutput: (line: string) => lines.push(line),
+      };
+      const started = performance.now();
+      const runner = warm ? await warm.assign(request) : await launcher.launch(request);
+      const exit = await runner.wait();
+      const wallMs = performance.now() - started;
+      const done = await db.getJob(queued.id);
+      if (exit.exitCode !== 0 || done?.status !== 'completed')
+        throw new Error(
+          `${mode} job ${done?.status}: ${done?.error} ${lines.slice(-5).join('\n')}`,
+        );
+      const report = lines
+        .map((l) => /BENCH_MAX_RSS_KB=(\d+) BENCH_CPU_TICKS=(\d+)/.exec(l))
+        .find(Boolean);
+      if (!report) throw new Error(`no BENCH_ line from the ${mode} runner`);
+      figures[mode].push({
+        claimedMs: done.finished_at!.getTime() - done.started_at!.getTime(),
+        wallMs,
+        cpuMs: Number(report[2]) * TICK_MS - beforeMs,
+        beforeMs,
+        idleMb,
+        anchorMs: bare.ms,
+        anchorCpuMs: bare.cpuMs,
+        peakMb: Number(report[1]) / 1024,
+      });
+    }
+  }
+  for (const mode of ['cold', 'warm'] as const) {
+    const all = figures[mode];
+    const m = (pick: (r: Run) => number) => b.median(all.map(pick));
+    // pdftotext's figure over the job's, pair by pair.
+    const ratio = (anchor: (r: Run) => number, ours: (r: Run) => number) =>
+      m((r) => anchor(r) / ours(r)).toFixed(2);
+    console.log(
+      `text ${String(pages).padStart(5)} pages, process launcher, ${mode}:` +
+        ` claim -> completed ${b.fmt(m((r) => r.claimedMs))} ms, pdftotext ${b.fmt(m((r) => r.anchorMs))} ms: ${ratio(
+          (r) => r.anchorMs,
+          (r) => r.claimedMs,
+        )}x` +
+        ` | launch -> exit ${b.fmt(m((r) => r.wallMs))} ms: ${ratio(
+          (r) => r.anchorMs,
+          (r) => r.wallMs,
+        )}x` +
+        ` | CPU with its job ${b.fmt(m((r) => r.cpuMs))} ms, pdftotext ${b.fmt(m((r) => r.anchorCpuMs))} ms: ${ratio(
+          (r) => r.anchorCpuMs,
+          (r) => r.cpuMs,
+        )}x` +
+        // 10 ms ticks: the means over the runs see steps the medians cannot.
+        ` (means ${mean(all.map((r) => r.cpuMs))} / ${mean(all.map((r) => r.anchorCpuMs))} ms)` +
+        (mode === 'warm'
+          ? ` | before its job ${b.fmt(m((r) => r.beforeMs))} ms of CPU, resident ${b.fmt(m((r) => r.idleMb))} MB while it waits`
+          : '') +
+        ` | runner peak RSS ${b.fmt(Math.max(...all.map((r) => r.peakMb)))} MB`,
+    );
+  }
+}
+
+function mean(values: readonly number[]): string {
+  return (values.reduce((sum, v) => sum + v, 0) / values.length).toFixed(1);
+}
+
+/** Resident memory of a live process now, in MB. */
+function residentMb(pid: string): number {
+  return Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]) / 1024;
+}
+
+/** CPU time of a live process so far, in clock ticks (utime + stime + waited-for children). */
+function cpuTicks(pid: string): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return fields.slice(11, 15).reduce((sum, f) => sum + Number(f), 0);
 }
 
 /** Renders and OCRs every page as the job does, `cores` pages at once, one thread each. */

@@ -92,7 +92,7 @@ export function ourTable(name: string, account: string, loop: Loop): Contender {
   return {
     name,
     async fill(admin, n) {
-      await admin.query('truncate public.hd_ingestion_jobs');
+      await admin.query('truncate public.hd_ingestion_jobs cascade'); // pending artifacts (00025) refer to jobs
       await admin.query(
         `insert into public.hd_ingestion_jobs (account_id, job_type)
          select $1, 'noop' from generate_series(1, $2)`,

@@ -123,7 +123,7 @@ function report(
 
 /** Enqueue → claimed, on an idle worker woken by NOTIFY (the real listen() of the transport). */
 async function wakeLatency(db: BenchDatabase, admin: pg.Client) {
-  await admin.query('truncate public.hd_ingestion_jobs');
+  await admin.query('truncate public.hd_ingestion_jobs cascade'); // pending artifacts (00025) refer to jobs
   const worker = new PostgresDb({ connectionString: db.url, poolSize: 2 });
   const enqueuer = await b.connect(db.url, 'hd-bench-enqueue');
   let waiter: ((claimed: { at: number; id: string; token: string }) => void) | undefined;

@@ -29,6 +29,9 @@ async function start(argv: string[], env: Record<string, string | undefined>): P
     const bundle = (await import(RUNNER_BUNDLE.href)) as typeof import('./runner-entry.ts');
     return bundle.runnerMain(argv, env);
   }
+  // A warm runner loads the run's code before its job, from source too.
+  if (runner && argv.includes('--warm'))
+    return (await import('./runner-entry.ts')).runnerMain(argv, env);
   const [{ main }, { COMMANDS }] = await Promise.all([
     import('./cli.ts'),
     import('./commands/index.ts'),

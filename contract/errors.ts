@@ -17,6 +17,11 @@ export const ERROR_CODES = {
     retryable: false,
     summary: "the job's uploaded results would exceed its output limit (max_output_bytes)",
   },
+  // A stored object is not the size its runner declared (00030): a hostile runner or a bug.
+  ARTIFACT_SIZE_MISMATCH: {
+    retryable: false,
+    summary: 'the object stored for an artifact is not the size its runner declared',
+  },
   STORAGE_UNAUTHORIZED: {
     retryable: false,
     summary:
@@ -31,7 +36,8 @@ export const ERROR_CODES = {
   CANCELLED: { retryable: false, summary: 'the job was cancelled' },
   WORKER_SHUTDOWN: { retryable: true, summary: 'the worker shut down during the job' },
   LLM_FAILED: { retryable: true, summary: 'the language model call failed' },
-  // Queued again for the start of the next UTC day, when the budget resets (00015's trigger).
+  // Queued again for the start of the next UTC day, when the budget resets, with the attempt
+  // refunded: a deferral, not the job's fault (00015's trigger, 00027).
   LLM_BUDGET_EXCEEDED: {
     retryable: true,
     summary: "the account's language-model budget for the day is spent; retried after it resets",

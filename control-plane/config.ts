@@ -143,6 +143,10 @@ export const configSchema = z.object({
   HD_REAP_INTERVAL_MS: positiveInt.default(15000),
   /** On SIGTERM, how long running jobs may finish before they are handed back, in ms. Default 30000. */
   HD_SHUTDOWN_GRACE_MS: z.coerce.number().int().nonnegative().default(30000),
+  /** Process launcher: runners kept started for idle slots before a job exists (no job, lease or credential in them until one is handed over on stdin), up to this many; `0`: each runner starts with its job. Ignored by the docker launcher. Default 1. */
+  HD_WARM_RUNNERS: z.coerce.number().int().nonnegative().default(1),
+  /** How long a warm runner waits for its job before it exits (and is replaced), in ms. Default 300000. */
+  HD_WARM_RUNNER_IDLE_MS: positiveInt.default(300_000),
   /** Launcher for runners: `process` (child process via execa) or `docker` (one container per job). Default process. */
   HD_LAUNCHER: z.enum(['process', 'docker']).default('process'),
   /** Runner image for CPU jobs (docker launcher). Default hd-runner:latest. */
@@ -192,7 +196,7 @@ export const configSchema = z.object({
     .string()
     .regex(/^[A-Za-z_]{3,20}(\+[A-Za-z_]{3,20}){0,7}$/, 'must look like deu+eng')
     .default('deu+eng'),
-  /** extract_text: resolution PDF pages are rendered at for OCR, in dpi; big pages get less (25 megapixels at most). Default 300. */
+  /** extract_text: resolution PDF pages are rendered at for OCR, in dpi; a page mostly covered by images at about their resolution instead (150 at least, this at most), big pages less (25 megapixels at most). Default 300. */
   HD_OCR_DPI: z.coerce.number().int().min(72).max(600).default(300),
   /** extract_text: a PDF page whose text layer has fewer non-blank characters is OCRed if it shows an image. Default 20. */
   HD_OCR_MIN_CHARS: z.coerce.number().int().nonnegative().default(20),
@@ -253,11 +257,19 @@ export const configSchema = z.object({
   HD_LLM_PRICE_OUTPUT_PER_MTOK: z.coerce.number().nonnegative().default(0),
   /** LLM gateway: the scheduler serves the LLM and transcription endpoints to its runners and keeps the API keys (docs/containers.md): `on` or `off` (runners get the endpoint and key themselves). Default on. */
   HD_LLM_GATEWAY: z.enum(['on', 'off']).default('on'),
-  /** LLM gateway: host:port it listens on (port 0: any free one). Default the Docker network's gateway address (bridge) or 127.0.0.1 (host network, process launcher), port 0. */
+  /** LLM gateway: host:port it listens on (port 0: any free one, and after a restart the port its running containers were given; a fixed port to open in a host firewall). Default the Docker network's gateway address (bridge) or 127.0.0.1 (host network, process launcher), port 0. */
   HD_LLM_GATEWAY_ADDRESS: z
     .string()
     .regex(/^(\d{1,3}(\.\d{1,3}){3}|localhost|\[[\da-fA-F:]+\]):\d{1,5}$/, 'an address:port')
     .optional(),
+  /** LLM gateway: requests one runner's credential may have in the gateway at once (being read, waiting or at the provider); more are answered 429 unread. Default twice HD_LLM_CONCURRENCY. */
+  HD_LLM_GATEWAY_RUNNER_REQUESTS: z.coerce.number().int().min(1).max(1000).optional(),
+  /** LLM gateway: bytes of request bodies it holds at once, all runners together, at least 33554432 (one transcription); a request that does not fit waits, its body unread. Default 268435456 (256 MiB). */
+  HD_LLM_GATEWAY_BUFFER_BYTES: z.coerce
+    .number()
+    .int()
+    .min(32 << 20)
+    .default(256 << 20),
   /** LLM gateway: limits of all runners together per model (`*`: any other), JSON: `{"gpt-4o-mini":{"concurrency":8,"requests_per_minute":500,"tokens_per_minute":200000}}`. Default none. */
   HD_LLM_LIMITS: jsonSetting(llmLimitsSchema).optional(),
   /** LLM gateway: prices per model in USD per million tokens, JSON: `{"gpt-4o-mini":{"input":0.15,"cached_input":0.075,"output":0.6}}`. Default HD_LLM_PRICE_* for HD_LLM_MODEL. */

@@ -20,6 +20,12 @@ const STACK_FRAME = /^\s*at .*(\(.*\)|:\d+:\d+|<anonymous>|native)\s*$/;
 const HOST_PATH = /(?<![\w:/.~-])\/(?:[^\s/'"`():,;]+\/)+([^\s/'"`():,;]+)/g;
 const MAX_TENANT_MESSAGE = 1000;
 
+/** Whether a setting holds a secret: by its name, a URL with a password, signed URLs. */
+export function holdsSecret(name: string, value: string): boolean {
+  if (SECRET_SETTING.test(name) || name === 'HD_JOB_STORAGE_URLS') return true;
+  return URL.canParse(value) && new URL(value).password !== '';
+}
+
 /** Every secret value in the configuration: keys, tokens, URL passwords, signed-URL tokens. */
 export function secretsOf(config: Partial<Config> | Record<string, string | undefined>): string[] {
   const values: string[] = [];

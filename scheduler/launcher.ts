@@ -54,6 +54,26 @@ export interface LaunchedRunner {
   outputStored?(): Promise<void>;
 }
 
+/**
+ * A runner started before its job exists (HD_WARM_RUNNERS): its code loaded, no job id,
+ * lease or credential in it until `assign` hands it exactly one job; it exits after that
+ * job as any runner does.
+ */
+export interface WarmRunner {
+  readonly id: string;
+  /** True once it is loaded and waiting; false when it ended first. */
+  readonly ready: Promise<boolean>;
+  /** Resolves when its process ended (with or without a job). */
+  readonly ended: Promise<void>;
+  /**
+   * Hands it its one job. Rejects, the job untouched, when it ended (or ends) before it
+   * acknowledged the job: the caller starts another runner for it.
+   */
+  assign(request: LaunchRequest): Promise<LaunchedRunner>;
+  /** Ends it without a job. */
+  discard(): void;
+}
+
 /** One interface, one backend per way of running a runner (`process`, `docker`). */
 export interface Launcher {
   /** Starts a runner for the leased job; throws when it cannot be started. */
@@ -63,4 +83,6 @@ export interface Launcher {
    * Docker engine is down): the scheduler claims nothing meanwhile. Absent: always.
    */
   ready?(): Promise<void>;
+  /** Starts a warm runner for a CPU job still to be claimed. Absent: no warm runners. */
+  prestart?(): Promise<WarmRunner>;
 }

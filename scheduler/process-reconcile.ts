@@ -104,6 +104,7 @@ export class ProcessReconciler implements Reconciler {
   /** Stores the output files no runner of this scheduler writes any more, then drops them. */
   async #storeLeftOutput(output: RunnerOutput): Promise<void> {
     const { outputFiles, watching, db } = this.#d;
+    await outputFiles?.removeUnassigned(watching ?? new Set());
     for (const file of (await outputFiles?.list()) ?? []) {
       if (watching?.has(file.base)) continue;
       // A folder shared by mistake with a scheduler of another queue: not ours to judge.

@@ -5,6 +5,7 @@ import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
 import type { Logger } from '../control-plane/logger.ts';
 import type { Resources } from '../runner/handler.ts';
 import type { LaunchedRunner } from './launcher.ts';
+import { removeContainer } from './launchers/docker-engine.ts';
 import { KEPT_PREFIX, LABELS, type DockerLauncher } from './launchers/docker.ts';
 
 /** A runner a previous scheduler started, handed to this one to watch to the end. */
@@ -199,12 +200,7 @@ export class DockerReconciler implements Reconciler {
     why: string,
     result: ReconcileResult,
   ): Promise<void> {
-    await this.#d.launcher.docker
-      .getContainer(c.Id)
-      .remove({ force: true, v: true })
-      .catch((error: { statusCode?: number }) => {
-        if (error.statusCode !== 404 && error.statusCode !== 409) throw error;
-      });
+    await removeContainer(this.#d.launcher.docker.getContainer(c.Id));
     result.removed.push({ containerId: c.Id, jobId, why });
     this.#d.log.warn(
       { job_id: jobId, container_id: c.Id, attempt, state: c.State, why },

@@ -25,7 +25,7 @@ export type UrlSigner = (
 
 // Settings only the scheduler reads: they stay out of runners.
 const SCHEDULER_ONLY =
-  /^HD_(DOCKER_|GPU|LAUNCHER$|SLOTS$|JOB_TYPES$|POLL_INTERVAL_MS$|REAP_INTERVAL_MS$|RECONCILE_INTERVAL_MS$|SHUTDOWN_GRACE_MS$|RUNNER_|LLM_GATEWAY|LLM_LIMITS$|LLM_PRICES$|LLM_DAILY_TOKEN_BUDGET$|URL_INPUT_|UPLOAD_GRANT_ADDRESS$)/;
+  /^HD_(DOCKER_|GPU|LAUNCHER$|SLOTS$|JOB_TYPES$|POLL_INTERVAL_MS$|REAP_INTERVAL_MS$|RECONCILE_INTERVAL_MS$|SHUTDOWN_GRACE_MS$|RUNNER_|LLM_GATEWAY|LLM_LIMITS$|LLM_PRICES$|LLM_DAILY_TOKEN_BUDGET$|URL_INPUT_|UPLOAD_GRANT_ADDRESS$|WARM_)/;
 // The provider keys the LLM gateway holds for runners (scheduler/llm-gateway/).
 const GATEWAY_KEYS = ['HD_LLM_API_KEY', 'HD_TRANSCRIBE_API_KEY'];
 // The scheduler's own credentials: a runner with a scoped credential never sees them.
@@ -153,9 +153,9 @@ export class RunnerAccess {
   }
 
   /** After the runner ended: its job role and gateway credential, and any left by runners that died, go. */
-  async release(): Promise<void> {
+  async release(job?: ClaimedJob): Promise<void> {
     if (this.#jobRoleUrl) await this.#db.dropJobRoles();
-    await this.#gateway?.dropEnded();
+    await this.#gateway?.dropEnded(job);
   }
 
   /** Signed URLs for the objects the job reads, each checked to lie in the job's account. */

@@ -9,10 +9,17 @@ import type { Resources } from '../runner/handler.ts';
 import { handlerResources } from '../runner/handlers/index.ts';
 import { planClaims, type GpuSlots } from './gpu.ts';
 import { JobLogBook, type JobLogCollector, type JobLogLimits } from './job-logs.ts';
-import type { LaunchedRunner, Launcher, RunnerExit } from './launcher.ts';
+import type {
+  LaunchedRunner,
+  Launcher,
+  LaunchRequest,
+  RunnerExit,
+  WarmRunner,
+} from './launcher.ts';
 import { OutcomeRecorder } from './outcome.ts';
 import { Backoff, isTransient, OutageNotice, sleep } from './retry.ts';
 import type { AdoptedRunner, Reconciler } from './reconcile.ts';
+import { WarmPool } from './warm-pool.ts';
 import { Wakeup } from './wakeup.ts';
 
 export { handlerResources };
@@ -44,8 +51,15 @@ export interface SchedulerEvents {
   /** A runner a previous scheduler started, taken over after a restart. */
   'job:adopted': [job: ClaimedJob];
   'job:finished': [job: Job, exit: RunnerExit | undefined];
-  /** A runner started for a claimed job; `seconds`: how long the launcher took (create + start). */
-  'runner:launched': [job: ClaimedJob, seconds: number];
+  /**
+   * A runner started for a claimed job; `seconds`: how long the launcher took (create +
+   * start, or handing it to a warm runner); `warm`: it went to a warm runner.
+   */
+  'runner:launched': [job: ClaimedJob, seconds: number, warm: boolean];
+  /** A warm runner (HD_WARM_RUNNERS) is loaded and waits for a job. */
+  'warm:ready': [runnerId: string];
+  /** A warm runner ended without a job (its idle limit, a crash, the scheduler stopping). */
+  'warm:ended': [runnerId: string];
   'job:reaped': [job: Job];
   error: [error: HdError];
 }
@@ -59,6 +73,8 @@ interface Running {
   done: Promise<void>;
   /** Ends the staging of the job's input (stageInput) at a shutdown past the grace. */
   staging?: AbortController;
+  /** The warm runner taken for the job at its claim (so that no fill ends it meanwhile). */
+  warm?: WarmRunner | undefined;
 }
 
 export interface SchedulerDeps {
@@ -86,6 +102,11 @@ export interface SchedulerDeps {
    * fetched and stored: scheduler/url-input.ts); resolves to the job as recorded after.
    */
   stageInput?: ((job: ClaimedJob, signal: AbortSignal) => Promise<ClaimedJob>) | undefined;
+  /**
+   * Runners kept started for idle slots, up to this many, when the launcher can start them
+   * before a job (`prestart`: the process launcher); CPU jobs go to them. Default 0.
+   */
+  warmRunners?: number | undefined;
 }
 
 /**
@@ -108,6 +129,8 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
   readonly #outcomes: OutcomeRecorder;
   readonly #running = new Map<string, Running>();
   readonly #wakeup = new Wakeup();
+  readonly #warm: WarmPool | undefined;
+  readonly #warmRunners: number;
   #stopping = false;
   /** Aborted by stop(): ends the waits for the database at start. */
   readonly #stopped = new AbortController();
@@ -138,6 +161,16 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
     this.#runnerEnv = deps.runnerEnv;
     this.#releaseRunner = deps.releaseRunner;
     this.#stageInput = deps.stageInput;
+    this.#warmRunners = deps.warmRunners ?? 0;
+    const prestart = deps.launcher.prestart?.bind(deps.launcher);
+    if (prestart && this.#warmRunners > 0)
+      this.#warm = new WarmPool(prestart, deps.log, {
+        ready: (id) => this.emit('warm:ready', id),
+        ended: (id) => {
+          this.emit('warm:ended', id);
+          this.#wakeup.signal(); // a slot's warm runner to replace
+        },
+      });
     this.#dbOutage = new OutageNotice(deps.log);
     this.#launcherOutage = new OutageNotice(deps.log);
     this.#logs = new JobLogBook({
@@ -214,6 +247,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
     await this.#reconciling;
     const errors: unknown[] = [];
     await this.#loop?.catch((e: unknown) => errors.push(e));
+    await this.#warm?.close();
     const allDone = () => Promise.all([...this.#running.values()].map((r) => r.done));
     if (this.#running.size > 0) {
       this.#log.info(
@@ -330,6 +364,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
         }
       }
       if (wanted > 0 && free === 0) continue;
+      this.#warm?.fill(Math.min(this.#warmRunners, this.#config.HD_SLOTS - this.#running.size));
       await this.#wakeup.wait(this.#config.HD_POLL_INTERVAL_MS);
     }
   }
@@ -347,9 +382,10 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
     if (adopted) {
       for (const id of adopted.gpuIds) this.#gpus?.claim(id);
       entry.gpuIds = [...adopted.gpuIds];
-    }
+    } else if (!this.#resourcesFor(job.job_type).gpu) entry.warm = this.#warm?.take();
     this.emit(adopted ? 'job:adopted' : 'job:claimed', job);
     entry.done = this.#runToEnd(entry).finally(() => {
+      entry.warm?.discard(); // the job ended before its runner started (its input not staged)
       for (const id of entry.gpuIds) this.#gpus?.release(id);
       this.#running.delete(job.id);
       this.#wakeup.signal();
@@ -385,15 +421,18 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
         }
         const env = await this.#runnerEnv?.(job, resources);
         const launchedFrom = performance.now();
-        entry.runner = await this.#launcher.launch({
+        const request = {
           job,
           resources,
           gpuIds: entry.gpuIds,
           env,
-          onOutput: (line) => logs.push(line),
+          onOutput: (line: string) => logs.push(line),
           logSeqBase: await logs.seqBase,
-        });
-        this.emit('runner:launched', job, (performance.now() - launchedFrom) / 1000);
+        };
+        entry.runner = await this.#toWarmRunner(entry, request);
+        const warm = entry.runner !== undefined;
+        entry.runner ??= await this.#launcher.launch(request);
+        this.emit('runner:launched', job, (performance.now() - launchedFrom) / 1000, warm);
       }
       // Launched while stopping, after the grace (or with none): it missed stop()'s call.
       if (this.#graceOver || (this.#stopping && this.#config.HD_SHUTDOWN_GRACE_MS === 0))
@@ -427,6 +466,26 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
     );
     const final = await this.#db.getJob(job.id).catch(() => undefined);
     this.emit('job:finished', final ?? lastKnown(job), exit);
+  }
+
+  /**
+   * Hands a CPU job to the warm runner taken at its claim, if any; undefined when there
+   * was none, or when it ended before it took the job (which costs the job nothing: it
+   * starts cold).
+   */
+  async #toWarmRunner(entry: Running, request: LaunchRequest): Promise<LaunchedRunner | undefined> {
+    const warm = entry.warm;
+    entry.warm = undefined;
+    if (!warm) return undefined;
+    try {
+      return await warm.assign(request);
+    } catch (error) {
+      this.#log.warn(
+        { job_id: request.job.id, runner: warm.id, err: toHdError(error) },
+        'a warm runner ended before it took its job; starting a runner for it',
+      );
+      return undefined;
+    }
   }
 
   /**

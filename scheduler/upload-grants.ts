@@ -6,12 +6,18 @@ import { assertTenantPath, jobOutputPrefix, OUTPUTS_BUCKET } from '../contract/s
 import type { Config } from '../control-plane/config.ts';
 import { artifactsOf, type ArtifactStore } from '../control-plane/db/artifacts.ts';
 import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
-import { supabaseUploadSigner } from '../control-plane/storage/signed-urls.ts';
+import {
+  supabaseObjectRemover,
+  supabaseUploadSigner,
+} from '../control-plane/storage/signed-urls.ts';
 import type { Logger } from '../control-plane/logger.ts';
 import { readBody } from './http-body.ts';
+import { capPeerConnections, RUNNER_FACING, type PeerConnectionStats } from './peer-connections.ts';
 
 /** Makes a signed upload URL for one object (Storage `POST /object/upload/sign/…`). */
 export type UploadSigner = (bucket: string, key: string) => Promise<string>;
+/** Removes objects of one bucket (Storage `DELETE /object/{bucket}`). */
+export type ObjectRemover = (bucket: string, keys: readonly string[]) => Promise<void>;
 
 /** What a runner asks for: its lease is its proof, the key what hd_begin_artifact gave it. */
 const grantRequest = z.strictObject({
@@ -25,6 +31,13 @@ const MAX_BODY_BYTES = 4096;
 export interface UploadGrants {
   /** What runners are given as HD_UPLOAD_GRANT_URL. */
   url: string;
+  /**
+   * After a job's runner ended: removes the objects of keys granted to it and never
+   * recorded (never checked against a declared size, 00030). Logs, never throws.
+   */
+  sweep(jobId: string): Promise<void>;
+  /** Its connections (peer-connections.ts): what a flood of them costs it. */
+  connections(): PeerConnectionStats;
   close(): Promise<void>;
 }
 
@@ -37,16 +50,19 @@ export interface UploadGrants {
  * not expired), so a runner whose lease ended, or that names another job, gets nothing.
  * And the key must be one hd_begin_artifact began for this lease and hd_record_artifact
  * has not recorded yet (00025), so whatever is stored was declared against the job's output
- * limit first; a signed URL cannot carry that size, though (docs/containers.md).
+ * limit first. A signed URL cannot carry that size, so the key is marked granted and
+ * hd_record_artifact compares the stored object's size with the declared one (00030); the
+ * URL creates the object once (no upsert), after what was at the key is removed here.
  */
 export async function serveUploadGrants(options: {
   address: string;
   db: Pick<ControlPlaneDb, 'getJob'>;
-  artifacts: Pick<ArtifactStore, 'begunSize'>;
+  artifacts: Pick<ArtifactStore, 'grantUpload' | 'takeUnrecordedUploads'>;
   signUpload: UploadSigner;
+  removeObjects: ObjectRemover;
   log: Logger;
 }): Promise<UploadGrants> {
-  const { db, artifacts, signUpload, log } = options;
+  const { db, artifacts, signUpload, removeObjects, log } = options;
   const address = options.address;
   const host = address.slice(0, address.lastIndexOf(':')).replace(/^\[|\]$/g, '');
   const port = Number(address.split(':').pop());
@@ -77,15 +93,17 @@ export async function serveUploadGrants(options: {
         status: 403,
         body: { error: `uploads of job ${job.id} go to ${OUTPUTS_BUCKET}/${prefix} only` },
       };
-    if ((await artifacts.begunSize(job.id, lease_token, checked)) === undefined)
+    if ((await artifacts.grantUpload(job.id, lease_token, checked)) === undefined)
       return {
         status: 403,
         body: { error: `no artifact of job ${job.id} was begun at ${checked} by this lease` },
       };
+    // An earlier attempt's object (its row is gone since this begin) would refuse the URL.
+    await removeObjects(bucket, [checked]);
     return { status: 200, body: { url: await signUpload(bucket, checked) } };
   }
 
-  const server = http.createServer((req, res) => {
+  const server = http.createServer(RUNNER_FACING, (req, res) => {
     const reply = (status: number, body: object) =>
       res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
     if (req.method !== 'POST' || req.url !== '/upload-grant')
@@ -110,6 +128,7 @@ export async function serveUploadGrants(options: {
       () => req.destroy(),
     ); // the client broke off mid-body
   });
+  const peers = capPeerConnections(server);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, resolve);
@@ -117,6 +136,24 @@ export async function serveUploadGrants(options: {
   const bound = (server.address() as { port: number }).port;
   return {
     url: `http://${host.includes(':') ? `[${host}]` : host}:${bound}/upload-grant`,
+    connections: peers,
+    async sweep(jobId) {
+      let keys: string[] = [];
+      try {
+        keys = await artifacts.takeUnrecordedUploads(jobId);
+        await removeObjects(OUTPUTS_BUCKET, keys);
+        if (keys.length > 0)
+          log.warn(
+            { job_id: jobId, keys },
+            'removed objects uploaded through a grant and never recorded (their size was never checked)',
+          );
+      } catch (error) {
+        log.warn(
+          { job_id: jobId, keys, err: error },
+          'could not remove objects uploaded through a grant and never recorded: remove them by hand',
+        );
+      }
+    },
     close: () =>
       new Promise((resolve) => {
         server.closeAllConnections();
@@ -142,5 +179,7 @@ export function uploadGrantsFor(
       'HD_UPLOAD_GRANT_ADDRESS is on this host loopback, which runner containers cannot reach on this network: their artifact uploads will fail; set it to an address they reach (e.g. the bridge gateway) or HD_DOCKER_NETWORK=host (see docs/containers.md)',
     );
   const signUpload = supabaseUploadSigner(url, key);
-  return serveUploadGrants({ address, db, artifacts: artifactsOf(db), signUpload, log });
+  const removeObjects = supabaseObjectRemover(url, key);
+  const artifacts = artifactsOf(db);
+  return serveUploadGrants({ address, db, artifacts, signUpload, removeObjects, log });
 }

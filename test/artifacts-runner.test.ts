@@ -9,7 +9,11 @@ import { RunnerAccess } from '../scheduler/runner-access.ts';
 import { uploadGrantsFor, type UploadGrants } from '../scheduler/upload-grants.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
 import { ACCOUNT_A, memoryLogger } from './helpers/runtime.ts';
-import { startLocalSupabase, type LocalSupabase } from './helpers/supabase-proxy.ts';
+import {
+  startLocalSupabase,
+  type LocalSupabase,
+  supabaseSettings,
+} from './helpers/supabase-proxy.ts';
 
 // The production path of an artifact on Supabase: `hd-runner run` as a child process
 // holding only what a scheduler hands it (its job token, a signed download URL per input,
@@ -28,12 +32,7 @@ beforeAll(async () => {
   const config = loadConfig({
     HD_WORKER_ID: 'artifacts-runner',
     HD_LOG_LEVEL: 'silent',
-    HD_TRANSPORT: 'supabase',
-    HD_STORAGE: 'supabase',
-    SUPABASE_URL: supabase.url,
-    SUPABASE_SERVICE_ROLE_KEY: supabase.serviceRoleKey,
-    SUPABASE_ANON_KEY: supabase.anonKey,
-    SUPABASE_JWT_SECRET: supabase.postgrest.jwtSecret,
+    ...supabaseSettings(supabase),
   });
   grants = (await uploadGrantsFor(config, t.db, memoryLogger().log))!;
   access = new RunnerAccess(

@@ -13,15 +13,20 @@ import type { StorageBackend } from '../control-plane/storage/storage.ts';
 import { SupabaseStorage } from '../control-plane/storage/supabase.ts';
 import { ArtifactUploader } from '../runner/artifacts.ts';
 import { serveUploadGrants, type UploadGrants } from '../scheduler/upload-grants.ts';
-import { supabaseUploadSigner } from '../control-plane/storage/signed-urls.ts';
+import {
+  supabaseObjectRemover,
+  supabaseUploadSigner,
+} from '../control-plane/storage/signed-urls.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
 import { ACCOUNT_A, ACCOUNT_B, memoryLogger, tempDir } from './helpers/runtime.ts';
 import { startLocalSupabase, type LocalSupabase } from './helpers/supabase-proxy.ts';
 
 // Artifacts (migration 00017, runner/artifacts.ts) on both storage backends: fs, and
 // Supabase Storage through the stand-in (test/helpers/storage-server.ts: Storage itself
-// cannot run here), with the database reached as a runner reaches it (role hd_runner on
-// PostgreSQL; its job token through a real PostgREST).
+// cannot run here, so a local server replaces its wire format, and writes each object's
+// storage.objects row into the test database as Storage does, which 00030's size check
+// reads), with the database reached as a runner reaches it (role hd_runner on PostgreSQL;
+// its job token through a real PostgREST).
 let t: TestDatabase;
 let work: string;
 
@@ -250,6 +255,7 @@ describe('supabase storage (stand-in) with a job token through PostgREST, upload
       db: t.db,
       artifacts: artifactsOf(t.db),
       signUpload: supabaseUploadSigner(supabase.url, supabase.serviceRoleKey),
+      removeObjects: supabaseObjectRemover(supabase.url, supabase.serviceRoleKey),
       log: memoryLogger().log,
     });
   });
@@ -307,7 +313,8 @@ describe('supabase storage (stand-in) with a job token through PostgREST, upload
     const spec = { kind: 'page_text', name: 'p.md', contentType: 'text/markdown' };
     const declared = { ...spec, sizeBytes: 5, sha256: sha(Buffer.from('hello')) };
     await artifactsOf(t.db).begin(job.id, job.lease_token, declared);
-    expect((await ask({ key: mine })).status).toBe(200);
+    const granted = await ask({ key: mine });
+    expect(granted.status).toBe(200);
     const unbegun = `${jobOutputPrefix(ACCOUNT_A, job.id)}page_text/q.md`;
     expect(await ask({ key: unbegun })).toEqual(refusedUnbegun(unbegun));
     for (const [key, bucket] of [
@@ -321,8 +328,39 @@ describe('supabase storage (stand-in) with a job token through PostgREST, upload
     expect(await ask({ key: mine, lease_token: other.lease_token })).toMatchObject({ status: 403 });
     expect(await ask({ key: mine, job_id: other.id })).toMatchObject({ status: 403 });
     expect(await ask({ key: mine, extra: 1 })).toMatchObject({ status: 400 });
+    const put = await fetch(granted.body.url!, { method: 'PUT', body: 'hello' });
+    expect(put.status).toBe(200);
     await artifactsOf(t.db).record(job.id, job.lease_token, declared);
     expect(await ask({ key: mine })).toEqual(refusedUnbegun(mine));
+    // The URL creates the object once: what was checked and recorded stays as it was.
+    const again = await fetch(granted.body.url!, { method: 'PUT', body: 'hello, overwritten' });
+    expect(await again.json()).toMatchObject({ statusCode: '409', error: 'Duplicate' });
+    expect(await supabase.storage.readObject(OUTPUTS_BUCKET, mine)).toEqual(Buffer.from('hello'));
+  });
+
+  it('uploads a large artifact resumably (TUS) on its grant token, size checked at record', async () => {
+    const job = await leased(ACCOUNT_B);
+    const big = Buffer.alloc(300_000, 9);
+    const before = supabase.storage.requests.length;
+    const row = await new ArtifactUploader(
+      artifactsOf(runnerDb(job)),
+      new SignedUrlStorage({}, grants.url, 100_000),
+      job,
+    ).upload({
+      kind: 'page_image',
+      name: 'p1.png',
+      path: await localFile('big-signed.png', big),
+      contentType: 'image/png',
+    });
+    expect(row).toMatchObject({ size_bytes: big.length, sha256: sha(big) });
+    const seen = supabase.storage.requests.slice(before);
+    expect(seen.map((r) => `${r.method} ${r.path.replace(/sign\/[\w-]+=*$/, 'sign/ID')}`)).toEqual([
+      'DELETE /object/hd_outputs', // the grant service clears the key first
+      `POST /object/upload/sign/hd_outputs/${row.storage_path}`,
+      'POST /upload/resumable/sign',
+      'PATCH /upload/resumable/sign/ID', // one 6 MiB chunk holds it
+    ]);
+    expect(await supabase.storage.readObject(OUTPUTS_BUCKET, row.storage_path)).toEqual(big);
   });
 
   it('counts begun, unrecorded artifacts against the output limit: each one could be granted', async () => {

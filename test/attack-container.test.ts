@@ -687,6 +687,33 @@ describe.skipIf(!d.available)(
         expect(rows).toEqual([{ account_id: ACCOUNT_B }]);
       });
 
+      it('records only what was stored as declared; the scheduler removes the unchecked rest', async () => {
+        const { job } = result;
+        const key = (name: string) => `accounts/${ACCOUNT_B}/jobs/${job.id}/page_text/${name}`;
+        const { rows } = await t.sql.query(
+          `select name, size_bytes::int from hd_artifacts where job_id = $1 order by name`,
+          [job.id],
+        );
+        expect(rows).toEqual([{ name: 'p.md', size_bytes: 7 }]);
+        expect(await supabase.storage.readObject('hd_outputs', key('p.md'))).toEqual(
+          Buffer.from('planted'),
+        );
+        // The 1 MiB stays only until the runner's lease ended: the scheduler's sweep on
+        // job:finished (cli/commands/scheduler.ts) removes what was granted, never recorded.
+        expect((await supabase.storage.readObject('hd_outputs', key('more.md')))?.length).toBe(
+          1 << 20,
+        );
+        await t.db.releaseJob(job.id, job.lease_token);
+        await grants.sweep(job.id);
+        expect(await supabase.storage.readObject('hd_outputs', key('more.md'))).toBeUndefined();
+        const { rows: objects } = await t.sql.query(
+          `select name, (metadata->>'size')::int as size from storage.objects
+            where bucket_id = 'hd_outputs' and name like $1 order by name`,
+          [`accounts/${ACCOUNT_B}/jobs/${job.id}/%`],
+        );
+        expect(objects).toEqual([{ name: key('p.md'), size: 7 }]);
+      });
+
       it('holds its job token and signed URL only, as docker inspect of the live container shows', () => {
         const env = envOf(result.info);
         const all = result.info.Config.Env.join('\n');

@@ -177,6 +177,34 @@ describe('batch counts and status', () => {
     });
   });
 
+  it('counts a statement whose row trigger writes another batch job in between (00028)', async () => {
+    // The mark is set by a BEFORE row trigger and read by the statement's count; a trigger
+    // named to run after it writes a second job of the batch from inside the first's
+    // UPDATE: that nested statement's count must not take the outer statement's mark.
+    const batch = await batches.enqueueBatch({ accountId: ACCOUNT_B, name: 'n', jobs: probe(2) });
+    const [outer, inner] = await batches.listBatchJobs(batch.id, 2);
+    await t.sql.query(
+      `create function public.test_nested_write() returns trigger language plpgsql as $$
+       begin
+         update public.hd_ingestion_jobs set status = 'completed' where id = '${inner!.id}';
+         return new;
+       end $$;
+       create trigger hd_zz_test_nested before update on public.hd_ingestion_jobs
+         for each row when (new.id = '${outer!.id}') execute function public.test_nested_write()`,
+    );
+    try {
+      await t.sql.query(`update hd_ingestion_jobs set status = 'completed' where id = $1`, [
+        outer!.id,
+      ]);
+    } finally {
+      await t.sql.query(`drop trigger hd_zz_test_nested on public.hd_ingestion_jobs;
+        drop function public.test_nested_write()`);
+    }
+    const now = (await batches.getBatch(batch.id))!;
+    expect(countsOf(now)).toEqual(await recount(batch.id));
+    expect(now).toMatchObject({ total: 2, completed: 2, status: 'completed' });
+  });
+
   it('stays exact under many concurrent completions, retries, cancels and requeues', async () => {
     const n = 60;
     const [x, y] = await Promise.all([

@@ -288,6 +288,38 @@ describe.skipIf(!d.available)(`docker launcher${skipNote(d)}`, () => {
     expect(await gone(leftover.id)).toBe(true);
   });
 
+  it('a leftover removed by its own watcher first (404 on our removal) costs the launch nothing', async () => {
+    // The race the chaos run showed: a handed-back attempt's container is removed by the
+    // scheduler that watched it (after storing its output) between our create's 409 and our
+    // removal. The engine is real; the wrapper only lets that removal win, every time.
+    const job = await claimed();
+    const name = `hd-job-${job.id}-1`;
+    const leftover = await docker.createContainer({
+      name,
+      Image: image,
+      Labels: { [LABELS.jobId]: job.id, [LABELS.schedulerId]: SCHEDULER_ID },
+    });
+    const racing = Object.create(docker) as typeof docker;
+    racing.getContainer = (id: string) => {
+      const container = docker.getContainer(id);
+      if (id !== name) return container;
+      const remove = container.remove.bind(container);
+      container.remove = (async (opts?: object) => {
+        await leftover.remove({ force: true, v: true }); // its own watcher, first
+        return remove(opts);
+      }) as typeof container.remove;
+      return container;
+    };
+    const exit = await (
+      await launcher({ docker: racing, command: ['node', '-e', '0'] }).launch({
+        job,
+        resources: limits,
+      })
+    ).wait();
+    expect(exit.exitCode).toBe(0);
+    expect(await gone(leftover.id)).toBe(true);
+  });
+
   it('counts V8 heap exhaustion (exit 134/139, OOMKilled false) as out of memory', async () => {
     const job = await claimed();
     const l = launcher({ command: ['node', '--max-old-space-size=24', '-e', HEAP_HOG] });

@@ -1,4 +1,7 @@
 import { randomBytes } from 'node:crypto';
+import { rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import Docker from 'dockerode';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { LeasedJob } from '../contract/jobs.ts';
 import { createLogger } from '../control-plane/logger.ts';
@@ -14,11 +17,14 @@ import {
   skipNote,
   testImage,
 } from './helpers/docker.ts';
-import { ACCOUNT_A } from './helpers/runtime.ts';
+import { startDockerRelay } from './helpers/outage-relay.ts';
+import { ACCOUNT_A, tempDir } from './helpers/runtime.ts';
 
 // Real Docker containers and PostgreSQL: what a runner container prints while no
 // scheduler watches it (its scheduler was SIGKILLed) reaches hd_job_logs through the
-// next scheduler's reconcile, each line once, numbered as its launch numbered it.
+// next scheduler's reconcile, each line once, numbered as its launch numbered it; and
+// what a watched container prints while the scheduler's log stream is cut, before the
+// container is removed.
 const d = await requireDocker();
 const docker = d.docker!;
 const SCHEDULER_ID = `hd-test-${randomBytes(4).toString('hex')}`;
@@ -142,5 +148,54 @@ describe.skipIf(!d.available)(`runner output while no scheduler watched${skipNot
     expect(result.removed.map((r) => r.jobId)).toContain(job.id);
     expect(await storedLines(job.id)).toEqual(['1 one', '2 two', '3 three']);
     await expect(container.inspect()).rejects.toMatchObject({ statusCode: 404 });
+  });
+});
+
+describe.skipIf(!d.available)(`runner output the followed log stream missed${skipNote(d)}`, () => {
+  it('lines printed while the engine connection was cut are stored before the container goes', async () => {
+    const job = await claimed();
+    // The scheduler reaches the engine through a relay the test cuts: an engine restart
+    // as the scheduler sees it (the machine's engine serves others: never stopped).
+    const dir = await tempDir();
+    const socketPath = join(dir, 'docker.sock');
+    const engine = await startDockerRelay(socketPath);
+    try {
+      const l = new DockerLauncher({
+        db: t.db,
+        docker: new Docker({ socketPath }),
+        schedulerId: SCHEDULER_ID,
+        image,
+        command: PRINT_AND_WAIT,
+        env: {},
+      });
+      const logs = new JobLogBook({ db: t.db, log: silent }).open(job);
+      const followed: string[] = [];
+      const runner = await l.launch({
+        job,
+        resources: limits,
+        logSeqBase: await logs.seqBase,
+        onOutput: (line) => {
+          followed.push(line);
+          logs.push(line);
+        },
+      });
+      await expect.poll(() => followed, { timeout: 30_000 }).toEqual(['one', 'two', 'three']);
+      await engine.down(); // the followed stream drops
+      // Through the machine's engine: the runner prints its last line and exits.
+      const container = docker.getContainer(runner.id);
+      await container.kill({ signal: 'SIGTERM' });
+      await container.wait({ condition: 'not-running' });
+      await engine.up();
+      // Its end is seen (a wait cut by the outage once hung here for good).
+      expect((await runner.wait()).exitCode).toBe(0);
+      // As the scheduler does: the output stored, then the container goes.
+      expect(await logs.done()).toBe(0);
+      await runner.outputStored?.();
+      expect(await storedLines(job.id)).toEqual(['1 one', '2 two', '3 three', '4 bye']);
+      await expect(container.inspect()).rejects.toMatchObject({ statusCode: 404 });
+    } finally {
+      await engine.close();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

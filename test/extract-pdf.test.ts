@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
 import { configToEnv } from '../control-plane/config.ts';
-import { OCR_MAX_PIXELS, ocrDpi } from '../runner/extract/ocr.ts';
+import { OCR_MAX_PIXELS, ocrDpi, ocrPageDpi } from '../runner/extract/ocr.ts';
 import { judgePageText } from '../runner/extract/page-quality.ts';
 import { pdfToText } from '../runner/extract/poppler.ts';
 import { ACCOUNT_A, testConfig } from './helpers/runtime.ts';
@@ -12,7 +12,8 @@ import { GERMAN, renderGray, textPdf } from './fixtures/documents.ts';
 import { attachmentOnlyEncryptedPdf } from './fixtures/encrypted-attachment.ts';
 import { extractHarness } from './fixtures/extract-harness.ts';
 import { makePdf, nestedFormsPage, wrap } from './fixtures/make-pdf.ts';
-import { childrenOf } from './fixtures/processes.ts';
+import { XFA_PLACEHOLDER, xfaFormPdf } from './fixtures/xfa-pdf.ts';
+import { childrenOf, pngSize, withInputsOf } from './fixtures/processes.ts';
 
 // Real-world PDF behaviour (issue 13): the text layer from poppler, a quality gate per
 // page, OCR only where a page shows an image or its text is junk, failed pages skipped.
@@ -22,7 +23,9 @@ const { addDocument, extract, chunksOf, statsOf, expectFailure } = h;
 
 const textOf = async (doc: string) => (await chunksOf(doc)).map((c) => c.content).join('\n');
 const layersOf = (stats: Record<string, unknown>) =>
-  (stats.page_layers as Record<string, string>[]).map(({ file: _, ...layers }) => layers);
+  (stats.page_layers as Record<string, string>[]).map(
+    ({ file: _, ocr_dpi: __, ...layers }) => layers,
+  );
 
 describe('extract_text: PDF text layer and OCR per page', () => {
   it('reads the values of filled-in form fields (pdf.js alone skips them)', async () => {
@@ -34,6 +37,33 @@ describe('extract_text: PDF text layer and OCR per page', () => {
     expect(await textOf(doc)).toMatch(/Antrag auf Urlaub, Name:\s+Erika Mustermann/);
     expect(stats).toMatchObject({ pages: 1, ocr_pages: 0 });
   });
+
+  it('reads a dynamic XFA form from its layout, filled-in values included, not its placeholder page', async () => {
+    // pdf.js's xfa_filled_imm1344e.pdf (a government form, 7 pages of fields) came back as
+    // "Please wait... your PDF viewer may not be able to display this type of document".
+    const pdf = xfaFormPdf('Antrag auf Urlaub', [
+      { name: 'Name', caption: 'Name der Antragstellerin:', value: 'Erika Mustermann' },
+      { name: 'Ort', caption: 'Wohnort:', value: 'München' },
+    ]);
+    const doc = await addDocument(ACCOUNT_A, [{ name: 'xfa-antrag.pdf', content: pdf }]);
+    const stats = statsOf(await extract(doc));
+    expect(stats).toMatchObject({ pages: 1, ocr_pages_tried: 0 });
+    const text = await textOf(doc);
+    expect(text).toMatch(
+      /^Antrag auf Urlaub\s+Name der Antragstellerin:\s+Erika Mustermann\s+Wohnort:\s+München/,
+    );
+    expect(text).not.toContain(XFA_PLACEHOLDER.slice(0, 30));
+
+    // A form pdf.js cannot lay out (pdf.js's xfa_issue14315.pdf): its placeholder is no
+    // text of the document, and the user is told what to do.
+    const empty = await addDocument(ACCOUNT_A, [{ name: 'leer.pdf', content: xfaFormPdf('', []) }]);
+    await expectFailure(
+      await extract(empty),
+      empty,
+      'UNSUPPORTED_FILE',
+      /^leer\.pdf: the PDF is a dynamic XFA form whose pages could not be laid out, and its PDF pages are only a placeholder; save it as an ordinary PDF \(print to PDF\) and upload that$/,
+    );
+  }, 60_000);
 
   it('a PDF whose only encrypted part is an attachment is read, not refused as password-protected', async () => {
     // pdf.js alone refuses this file (PasswordException); qpdf confirms the password.
@@ -68,6 +98,41 @@ describe('extract_text: PDF text layer and OCR per page', () => {
     expect(await textOf(doc)).not.toMatch(/Straßenbahnfahrer/);
   }, 60_000);
 
+  it('a PDF whose header line is lost is read, as poppler reads it', async () => {
+    // pdf.js's bug1606566.pdf: refused as "declared as application/pdf but its content is text".
+    const whole = textPdf([`Ohne Kopfzeile. ${GERMAN}`]);
+    const headerless = whole.subarray(whole.indexOf('\n') + 1);
+    expect(headerless.subarray(0, 12).toString('latin1')).not.toContain('%PDF');
+    const doc = await addDocument(ACCOUNT_A, [
+      { name: 'ohne-kopf.pdf', content: headerless, mime: 'application/pdf' },
+    ]);
+    expect(statsOf(await extract(doc))).toMatchObject({ pages: 1, ocr_pages_tried: 0 });
+    expect(await textOf(doc)).toMatch(/^Ohne Kopfzeile\. Grüße aus München/);
+  }, 60_000);
+
+  it('a table of contents is text: dot leaders are no junk, nothing is OCRed', async () => {
+    // Seen in pdf.js's test corpus (basicapi.pdf): the dots made the page "garbled", and
+    // OCR read them as "oo. ccc nn".
+    const leaders = (entry: string, page: number) =>
+      `${entry} ${'.'.repeat(70 - entry.length)} ${page}`;
+    const pdf = makePdf([
+      {
+        kind: 'text',
+        lines: [
+          'Inhalt',
+          leaders('Kapitel 1', 2),
+          leaders('Abschnitt 1.1', 3),
+          leaders('Kapitel 2', 5),
+        ],
+      },
+    ]);
+    const doc = await addDocument(ACCOUNT_A, [{ name: 'inhalt.pdf', content: pdf }]);
+    const stats = statsOf(await extract(doc));
+    expect(stats).toMatchObject({ pages: 1, ocr_pages_tried: 0 });
+    expect(layersOf(stats)).toEqual([{ text: '1', ocr: '', blank: '', failed: '' }]);
+    expect(await textOf(doc)).toMatch(/^Inhalt\s+Kapitel 1 \.{61} 2\s+Abschnitt 1\.1 \.{57} 3/);
+  }, 60_000);
+
   it('OCRs only pages without usable text that show an image: blank pages and titles stay as they are', async () => {
     const scan = renderGray(textPdf([GERMAN]), h.work);
     const pdf = makePdf([
@@ -93,6 +158,38 @@ describe('extract_text: PDF text layer and OCR per page', () => {
     expect(chunks.at(-1)).toMatchObject({ page_end: 4 });
     expect(await textOf(doc)).toMatch(/Grüße aus München/);
   }, 60_000);
+
+  it("renders a scanned page for OCR at its images' resolution: a big page with a 72 ppi picture at 150 dpi, a 300 ppi scan at 300", async () => {
+    // pdf.js's issue5567.pdf: a 1500 × 1125 pt page holding a 72 ppi picture was rendered
+    // to 25 MP by its size alone and took 53 s of tesseract.
+    const text = textPdf([GERMAN]);
+    const picture = renderGray(text, h.work, 1, 150); // 1241 × 1754 px
+    // One pixel per point: 72 ppi on a 17 × 24 inch page (by size alone: 243 dpi, 25 MP).
+    const big = { ...picture, pageWidth: picture.width, pageHeight: picture.height };
+    const scan = renderGray(text, h.work, 1, 300); // A4 at 300 ppi
+    const doc = await addDocument(ACCOUNT_A, [
+      { name: 'plakat-und-scan.pdf', content: makePdf([big, scan]) },
+    ]);
+    const { result: stats, inputs } = await withInputsOf('tesseract', h.work, async () =>
+      statsOf(await extract(doc)),
+    );
+    expect(stats).toMatchObject({ pages: 2, ocr_pages: 2 });
+    expect((stats.page_layers as Record<string, unknown>[])[0]).toMatchObject({
+      ocr: '1-2',
+      ocr_dpi: { '150': '1', '300': '2' },
+    });
+    // What tesseract got, in dots per inch of each page.
+    const dpiOf = (name: string, widthPt: number) =>
+      Math.round((pngSize(inputs.get(name)!).width * 72) / widthPt);
+    expect([...inputs.keys()].sort()).toEqual(['ocr-page-1.png', 'ocr-page-2.png']);
+    expect(dpiOf('ocr-page-1.png', big.pageWidth)).toBe(150);
+    expect(dpiOf('ocr-page-2.png', 595)).toBe(300);
+    const chunks = await chunksOf(doc);
+    for (const page of [1, 2]) {
+      const read = chunks.filter((c) => c.page_start <= page && c.page_end >= page);
+      expect(read.map((c) => c.content).join('\n')).toMatch(/Grüße aus München/);
+    }
+  }, 120_000);
 
   it("OCRs pages in parallel, up to the job's CPUs (one tesseract thread each)", async () => {
     const scan = renderGray(textPdf([GERMAN]), h.work);
@@ -234,6 +331,12 @@ describe('page quality gate and OCR resolution', () => {
     expect(judgePageText('مرحبا بالعالم، هذا نص عربي')).toMatchObject({ usable: true });
     expect(judgePageText('東京は日本の首都です。')).toMatchObject({ usable: true });
     expect(judgePageText('Summe: 1.234,56 € | 7 %')).toMatchObject({ usable: true });
+    expect(judgePageText('Kapitel 1 ................................ 2')).toMatchObject({
+      usable: true,
+    });
+    expect(judgePageText('Name: ______________________ Datum: ________')).toMatchObject({
+      usable: true,
+    });
     expect(judgePageText('3')).toMatchObject({ usable: true, visible: 1 });
     expect(judgePageText(' \n\f ')).toMatchObject({ usable: false, why: 'empty' });
     expect(judgePageText('\u0015\u0003\b\u0001 \u0004\u0018ab')).toMatchObject({
@@ -244,7 +347,29 @@ describe('page quality gate and OCR resolution', () => {
       usable: false,
     });
     expect(judgePageText('\ue001\ue002\ue003\ue004\ue005\ue006')).toMatchObject({ usable: false });
+    expect(judgePageText('\uffff\uffff\uffff\uffff')).toMatchObject({ usable: false });
     expect(judgePageText('!!!"§$%&/()=?*+#-.,;:_<>')).toMatchObject({ usable: false });
+  });
+
+  it('renders a page mostly covered by images at about their resolution, within [150, configured], under the cap', () => {
+    const a4 = { width: 595, height: 842 }; // 8.3 × 11.7 in, 96.6 square inches
+    const scanAt = (ppi: number) => ({ ppi, squareInches: 96.6 });
+    expect(ocrPageDpi(a4, scanAt(72), 300)).toBe(150);
+    expect(ocrPageDpi(a4, scanAt(200), 300)).toBe(200);
+    expect(ocrPageDpi(a4, scanAt(199.5), 300)).toBe(200);
+    expect(ocrPageDpi(a4, scanAt(600), 300)).toBe(300);
+    expect(ocrPageDpi(a4, scanAt(72), 100)).toBe(100); // never above the configured
+    // No images, their resolution unknown, or a small picture on a page that may carry
+    // drawn text: the configured resolution.
+    expect(ocrPageDpi(a4, undefined, 300)).toBe(300);
+    expect(ocrPageDpi(a4, { ppi: 0, squareInches: 0 }, 300)).toBe(300);
+    expect(ocrPageDpi(a4, { ppi: 72, squareInches: 20 }, 300)).toBe(300);
+    expect(ocrPageDpi(undefined, scanAt(72), 300)).toBe(300);
+    // A 36 × 48 inch plan scanned at 150 ppi: the pixel cap still holds.
+    const plan = { width: 36 * 72, height: 48 * 72 };
+    const dpi = ocrPageDpi(plan, { ppi: 150, squareInches: 36 * 48 }, 300);
+    expect(dpi).toBe(ocrDpi(plan.width, plan.height, 300));
+    expect(36 * dpi * 48 * dpi).toBeLessThanOrEqual(OCR_MAX_PIXELS);
   });
 
   it('renders a big page at a lower resolution, never above the pixel cap', () => {

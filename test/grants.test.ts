@@ -29,10 +29,10 @@ const FUNCTIONS = parseMatrix(`
   hd__cut_off_at                      .    .             .         .            .
   hd__delete_orphan_nodes             .    .             .         .            .
   hd__enqueue_batch_webhook           .    .             .         .            .
-  hd__enqueue_job_webhooks            .    .             .         .            .
   hd__forget_deleted_graph_sources    .    .             .         .            .
   hd__forget_graph_evidence           .    .             .         .            .
   hd__job_event_data                  .    .             .         .            .
+  hd__job_or_lease_ended              .    .             .         .            .
   hd__job_role_name                   .    .             .         .            .
   hd__lock                            .    .             .         .            .
   hd__lock_current_lease              .    .             .         .            .
@@ -43,6 +43,7 @@ const FUNCTIONS = parseMatrix(`
   hd__queued_groups                   .    .             .         .            .
   hd__reap_not_before                 .    .             .         .            .
   hd__refuse_distant_lease            .    .             .         .            .
+  hd__release_llm_reservations        .    .             .         .            .
   hd__remember_ended_lease            .    .             .         .            .
   hd__retry_after_budget_reset        .    .             .         .            .
   hd__settle_failed_attempt           .    .             .         .            .
@@ -74,7 +75,6 @@ const FUNCTIONS = parseMatrix(`
   # the scheduler's: claim, queue control, logs, batches, reports
   hd_add_webhook_endpoint             .    .             .         X            X
   hd_append_job_logs                  .    .             .         X            X
-  hd_begun_artifact_size              .    .             .         X            X
   hd_cancel_batch                     .    .             .         X            X
   hd_cancel_job                       .    .             .         X            X
   hd_claim_jobs                       .    .             .         X            X
@@ -87,8 +87,10 @@ const FUNCTIONS = parseMatrix(`
   hd_drop_llm_credentials             .    .             .         X            X
   hd_enqueue_batch                    .    .             .         X            X
   hd_enqueue_job                      .    .             .         X            X
+  hd_grant_artifact_upload            .    .             .         X            X
   hd_grant_llm_credential             .    .             .         X            X
   hd_llm_admit                        .    .             .         X            X
+  hd_llm_credential                   .    .             .         X            X
   hd_llm_record                       .    .             .         X            X
   hd_queue_metrics                    .    .             .         X            X
   hd_reap_expired_leases              .    .             .         X            X
@@ -102,6 +104,7 @@ const FUNCTIONS = parseMatrix(`
   hd_set_container_id                 .    .             .         X            X
   hd_set_job_type_limit               .    .             .         X            X
   hd_set_llm_budget                   .    .             .         X            X
+  hd_take_unrecorded_uploads          .    .             .         X            X
   hd_webhook_signing_secret           .    .             .         X            X
 `);
 
@@ -208,16 +211,17 @@ async function contractViolations(sql: pg.Pool | pg.ClientBase): Promise<string[
   found.push(...extra.map((p) => `policy not in the contract: ${p}`));
 
   // Functions anyone may call run as their owner: no caller's search_path may redirect
-  // them, and internal helpers (hd__*) are never called by a role directly.
+  // them (other settings, e.g. the claim's plan_cache_mode, may sit beside it), and
+  // internal helpers (hd__*) are never called by a role directly.
   const { rows: definers } = await sql.query<{ name: string; problem: string }>(
     `select p.proname as name,
             concat_ws(', ', case when not p.prosecdef then 'not security definer' end,
-                      case when p.proconfig is distinct from array['search_path=""'] then
+                      case when not coalesce('search_path=""' = any (p.proconfig), false) then
                         'config ' || coalesce(array_to_string(p.proconfig, ' '), '(none)') end) as problem
        from pg_proc p
       where p.pronamespace = 'public'::regnamespace and p.proname like 'hd\\_%'
         and p.proname not like 'hd\\_\\_%'
-        and (not p.prosecdef or p.proconfig is distinct from array['search_path=""'])
+        and (not p.prosecdef or not coalesce('search_path=""' = any (p.proconfig), false))
       order by 1`,
   );
   found.push(...definers.map((d) => `function ${d.name}: ${d.problem}`));
@@ -280,7 +284,7 @@ describe('the grant matrix of the migrated database', () => {
           and p.proname not like 'hd\\_\\_%' and p.proargnames[2] = 'p_lease_token'
           and p.proname not in ('hd_append_job_logs', 'hd_set_container_id', 'hd_create_job_role',
                                 'hd_grant_llm_credential', 'hd_record_url_input',
-                                'hd_begun_artifact_size')
+                                'hd_grant_artifact_upload')
         order by 1`,
     );
     expect(callers(CONTRACT_ROLES.indexOf('hd_runner'))).toEqual(rows.map((r) => r.name));

@@ -1,12 +1,12 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { chmod } from 'node:fs/promises';
-import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createScheduler } from '../cli/commands/scheduler.ts';
 import type { Job, LeasedJob } from '../contract/jobs.ts';
 import type { Config } from '../control-plane/config.ts';
 import { createLogger } from '../control-plane/logger.ts';
 import { LABELS } from '../scheduler/launchers/docker.ts';
+import { chatTokenCeiling } from '../scheduler/llm-gateway/budgets.ts';
 import type { LlmGateway } from '../scheduler/llm-gateway/server.ts';
 import { startLlmGateway } from '../scheduler/llm-gateway/start.ts';
 import type { Scheduler } from '../scheduler/scheduler.ts';
@@ -15,6 +15,7 @@ import {
   containersOf,
   removeContainersOf,
   requireDocker,
+  runNodeScript,
   skipNote,
   testImage,
 } from './helpers/docker.ts';
@@ -150,24 +151,13 @@ const envValue = (env: string[], name: string) =>
   env.find((e) => e.startsWith(`${name}=`))?.slice(name.length + 1);
 
 /** Runs `script` with node in a runner-image container on the host network; its stdout. */
-async function runInContainer(script: string): Promise<string> {
-  let out = '';
-  const sink = new Writable({
-    write(chunk, _enc, next) {
-      out += String(chunk);
-      next();
-    },
+const runInContainer = (script: string) =>
+  runNodeScript(docker, {
+    image: config.HD_DOCKER_IMAGE,
+    script,
+    network: 'host',
+    schedulerId: SCHEDULER_ID,
   });
-  const [result, container] = (await docker.run(config.HD_DOCKER_IMAGE, ['-e', script], sink, {
-    Entrypoint: ['node'],
-    User: '1000:1000',
-    Labels: { [LABELS.jobId]: 'attacker', [LABELS.schedulerId]: SCHEDULER_ID },
-    HostConfig: { NetworkMode: 'host' },
-  })) as [{ StatusCode: number }, { remove(): Promise<void> }];
-  await container.remove();
-  expect(result.StatusCode, out).toBe(0);
-  return out;
-}
 
 /** A chat request exactly as a runner's client sends it, from inside a container. */
 const attackScript = (url: string, credential: string) => `
@@ -268,13 +258,19 @@ describe.skipIf(!d.available)(`llm gateway with six runner containers${skipNote(
 
   it('stops the job that would exceed its account budget, and nothing reaches the provider after', async () => {
     const account = randomUUID();
-    // Room for four or five of this job's requests (each reserves its prompt + 200 output
-    // tokens until it is answered); it has twelve.
-    const { rows } = await t.sql.query<{ per_request: number }>(
-      `select max((prompt_tokens + completion_tokens) / requests)::int as per_request
-         from hd_llm_usage where requests > 0`,
+    // Room for four or five of this job's requests (each reserves what the gateway's
+    // chatTokenCeiling makes of it until it is answered: its whole body, json_schema
+    // included, at 4 bytes a token, + its output limit); it has twelve. Their bodies are
+    // read off the same job run first for an account without a budget.
+    server.reset();
+    const probe = await enqueueDocument(randomUUID(), 7, 12);
+    expect((await ended(probe.id)).status).toBe('completed');
+    const perRequest = Math.max(
+      ...server.requests.map((r) =>
+        chatTokenCeiling(r.body, Buffer.byteLength(JSON.stringify(r.body)), 200),
+      ),
     );
-    const budget = Math.round(4.5 * (rows[0]!.per_request + 200));
+    const budget = Math.round(4.5 * perRequest);
     await t.sql.query('select public.hd_set_llm_budget($1, $2)', [account, budget]);
     server.reset();
     const job = await enqueueDocument(account, 7, 12);

@@ -1,12 +1,15 @@
 import { randomUUID } from 'node:crypto';
+import { createServer, type AddressInfo } from 'node:net';
 import { execa } from 'execa';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { HdError } from '../contract/errors.ts';
 import type { LeasedJob } from '../contract/jobs.ts';
-import { configToEnv } from '../control-plane/config.ts';
+import { ConfigError, configToEnv } from '../control-plane/config.ts';
 import { createLogger } from '../control-plane/logger.ts';
 import { LlmClient, llmSettings } from '../runner/llm/client.ts';
 import { SchedulerMetrics } from '../scheduler/metrics.ts';
+import { BodyBuffer } from '../scheduler/llm-gateway/body-buffer.ts';
+import { CredentialTable } from '../scheduler/llm-gateway/credentials.ts';
 import { LlmLimiter } from '../scheduler/llm-gateway/limiter.ts';
 import type { LlmGateway } from '../scheduler/llm-gateway/server.ts';
 import { startLlmGateway } from '../scheduler/llm-gateway/start.ts';
@@ -144,6 +147,37 @@ describe.each(['postgres', 'supabase'] as const)('llm gateway (%s transport)', (
     expect(server.requests).toHaveLength(1);
   });
 
+  it('accepts a credential it did not issue once SQL shows its lease current (a restarted scheduler), refuses it unread once ended', async () => {
+    const before = await gateway();
+    const job = await leasedJob();
+    const credential = await before.issue(job, inAnHour());
+    // The gateway of the scheduler started next: it never saw the credential issued.
+    const g = await gateway();
+    expect((await chat(g, credential, question())).status).toBe(200);
+    expect((await chat(g, credential, question())).status).toBe(200);
+    await t.db.completeJob(job.id, job.lease_token, {});
+    expect((await chat(g, credential, question())).status).toBe(401);
+    // From now on it is refused before its body is read: 8 MiB sent, not read.
+    const read = g.intake.receivedBytes;
+    const big = await chat(g, credential, question('x'.repeat(8 << 20)));
+    expect(big.status).toBe(401);
+    expect(g.intake.receivedBytes - read).toBeLessThan(1 << 20);
+    expect(server.requests).toHaveLength(2);
+  });
+
+  it("refuses the credential of a runner that ended unread, before the lease's end reaches SQL", async () => {
+    const g = await gateway();
+    const job = await leasedJob();
+    const credential = await g.issue(job, inAnHour());
+    expect((await chat(g, credential, question())).status).toBe(200);
+    await g.dropEnded(job); // what the scheduler does once the job's runner ended
+    const read = g.intake.receivedBytes;
+    const res = await chat(g, credential, question('x'.repeat(8 << 20)));
+    expect(res.status).toBe(401);
+    expect(g.intake.receivedBytes - read).toBeLessThan(1 << 20);
+    expect(server.requests).toHaveLength(1);
+  });
+
   it("passes the provider's refusal through unchanged (a 400 for an unsupported parameter)", async () => {
     const g = await gateway();
     const credential = await g.issue(await leasedJob(), inAnHour());
@@ -168,8 +202,9 @@ describe.each(['postgres', 'supabase'] as const)('llm gateway (%s transport)', (
     const credential = await g.issue(job, inAnHour());
     server.enqueue({ kind: 'answer', usage: false });
     expect((await chat(g, credential, question('x'))).status).toBe(200);
-    // [{"role":"user","content":"x"}] is 32 bytes: 8 tokens, and max_tokens 50.
-    await expect.poll(() => usageOf(job.id)).toMatchObject({ prompt_tokens: 58 });
+    // The whole body (79 bytes of JSON, tools and the rest count too): 20 tokens, and
+    // max_tokens 50.
+    await expect.poll(() => usageOf(job.id)).toMatchObject({ prompt_tokens: 70 });
     const streamed = await chat(g, credential, question('x', { stream: true }));
     expect(streamed.status).toBe(400);
     expect(server.requests).toHaveLength(1);
@@ -371,6 +406,70 @@ describe('llm limiter', () => {
     limiter.pause('p', 'm', 0); // looks at the lane again, as its timer would a minute on
     (await pending).release(900);
     expect(granted).toEqual(['one', 'two']);
+  });
+});
+
+describe('llm gateway address', () => {
+  it('a port another process holds is a configuration error naming it', async () => {
+    const holder = createServer();
+    await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
+    const { port } = holder.address() as AddressInfo;
+    try {
+      const taken = await gateway({ HD_LLM_GATEWAY_ADDRESS: `127.0.0.1:${port}` }).catch(
+        (e: unknown) => e,
+      );
+      expect(taken).toBeInstanceOf(ConfigError);
+      expect((taken as Error).message).toBe(
+        `invalid configuration: HD_LLM_GATEWAY_ADDRESS: 127.0.0.1:${port} is in use by another process (another scheduler on this host?); give each scheduler its own port`,
+      );
+    } finally {
+      holder.close();
+    }
+  });
+});
+
+describe('admission before the body', () => {
+  it('looks up at most 2 credentials it did not issue at once, 64 waiting, and answers busy beyond', async () => {
+    const pending: (() => void)[] = [];
+    const lookups: string[] = [];
+    const table = new CredentialTable(async (hash) => {
+      lookups.push(hash);
+      await new Promise<void>((resolve) => pending.push(resolve));
+      return null;
+    });
+    const token = (i: number) => `hdgw_${String(i).padStart(43, '0')}`;
+    const checks = Array.from({ length: 66 }, (_, i) => table.check(token(i), `h${i}`));
+    expect(await table.check(token(66), 'h66')).toEqual({ verdict: 'busy' });
+    expect(lookups).toEqual(['h0', 'h1']);
+    // Not the shape of a credential: refused without a look-up.
+    expect(await table.check('sk-provider', 'hx')).toEqual({ verdict: 'unknown' });
+    while (lookups.length < 66 || pending.length > 0) {
+      pending.splice(0).forEach((resolve) => resolve());
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    expect((await Promise.all(checks)).every((c) => c.verdict === 'unknown')).toBe(true);
+    // Refused once, remembered: no second look-up.
+    expect(await table.check(token(0), 'h0')).toEqual({ verdict: 'unknown' });
+    expect(lookups).toHaveLength(66);
+  });
+
+  it('gives room to bodies first come first served; one that gives up lets the next in', async () => {
+    const buffer = new BodyBuffer(100);
+    const never = new AbortController().signal;
+    const first = await buffer.reserve(60, never);
+    const leaving = new AbortController();
+    const large = buffer.reserve(50, leaving.signal);
+    let small = false;
+    const next = buffer.reserve(30, never).then((place) => ((small = true), place));
+    await Promise.resolve();
+    expect(buffer.stats).toEqual({ reservedBytes: 60, peakBytes: 60, waiting: 2 });
+    expect(small).toBe(false); // it would fit, but waits behind the large one
+    leaving.abort(new Error('gave up'));
+    await expect(large).rejects.toThrow('gave up');
+    (await next).shrink(10);
+    expect(buffer.stats).toEqual({ reservedBytes: 70, peakBytes: 90, waiting: 0 });
+    first.release();
+    expect(buffer.stats.reservedBytes).toBe(10);
   });
 });
 

@@ -44,7 +44,6 @@ describe('process launcher after its scheduler was SIGKILLed', () => {
       );
     }
     const config = testConfig(h.db.url, h.root, {
-      HD_OCR_DPI: '600',
       HD_SLOTS: '2',
       HD_WORKER_ID: WORKER,
       HD_POLL_INTERVAL_MS: '200',

@@ -24,7 +24,8 @@ const alive = (pid: number) =>
 
 describe('hd-runner run under SIGTERM', () => {
   it('hands the job back (exit 13, attempt refunded) while a child tool runs', async () => {
-    // Enough 600 dpi scanned pages that OCR runs far longer than the test needs.
+    // Enough scanned pages that OCR runs far longer than the test needs (40 renders and
+    // OCRs at the scan's 150 dpi).
     const scan = renderGray(textPdf([GERMAN]), h.work);
     const pdf = makePdf(Array.from({ length: 40 }, () => scan));
     const doc = await h.addDocument(ACCOUNT_A, [{ name: 'long-scan.pdf', content: pdf }]);
@@ -34,7 +35,7 @@ describe('hd-runner run under SIGTERM', () => {
       documentId: doc,
       debug: {},
     });
-    const config = testConfig(h.db.url, h.root, { HD_OCR_DPI: '600' });
+    const config = testConfig(h.db.url, h.root);
     const runner = execa(process.execPath, ['cli/main.ts', 'run', '--job-id', job.id], {
       env: { PATH: process.env.PATH ?? '', ...configToEnv(config) },
       extendEnv: false,

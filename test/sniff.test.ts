@@ -6,6 +6,11 @@ const bytes = (s: string) => Buffer.from(s, 'latin1');
 describe('sniff: the file type comes from the bytes', () => {
   it('recognises documents, images and audio by their magic bytes', () => {
     expect(sniff(bytes('junk\n%PDF-1.7\n'), null)).toEqual({ kind: 'pdf' });
+    // The header line lost, the body intact: readers take it.
+    expect(sniff(bytes('%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>'), null)).toEqual({
+      kind: 'pdf',
+    });
+    expect(sniff(bytes('Table 1 0 objects'), null)).toMatchObject({ kind: 'text' });
     expect(sniff(bytes('\x89PNG\r\n\x1a\n....'), 'application/pdf')).toEqual({
       kind: 'image',
       mime: 'image/png',

@@ -31,6 +31,16 @@ import { createStorageStandIn, type StorageStandIn } from './helpers/storage-ser
  *  8. TUS: errors are plain text with the real HTTP status; a missing bucket on create
  *     is 404; `Location` is absolute, from X-Forwarded-Host/-Proto/-Prefix; chunks of
  *     any size (file backend); each PATCH checks overwrite with its OWN x-upsert (409).
+ *
+ * Not measured side by side, read from Storage's source (supabase/storage, src/http/routes:
+ * tus/lifecycle.ts, object/deleteObjects.ts) and reproduced here for the artifact grants:
+ *  9. TUS on a signed upload URL's token: /upload/resumable/sign, the token in
+ *     `x-signature` on every request, checked against the upload's bucket/key (another
+ *     key: 400 InvalidSignature); overwrite follows the token's upsert, not a header.
+ * 10. DELETE /object/{bucket} with `{prefixes}` removes those objects (absent ones are
+ *     no error) and answers what it removed.
+ * With a database (test/helpers/storage-rows.ts), every stored object also has its
+ * `storage.objects` row, metadata size included, as test/artifacts.test.ts relies on.
  */
 const SECRET = 'stand-in-contract-secret-0123456789abcdef';
 const SERVICE = signJwt(SECRET, { role: 'service_role' });
@@ -235,5 +245,58 @@ describe('the Storage stand-in, as real Storage answers', () => {
     expect([refused.status, await refused.text()]).toEqual([409, 'The resource already exists']);
     expect((await patch(3, 'defghij', 'true')).status).toBe(204);
     expect((await standIn.readObject('b', 'tus.txt'))?.toString()).toBe('abcdefghij');
+  });
+
+  it('9. speaks TUS on a signed upload token: x-signature for its own key, its upsert', async () => {
+    const tokenFor = async (key: string) => {
+      const answer = (await (await call('POST', `/object/upload/sign/b/${key}`)).json()) as {
+        url: string;
+      };
+      return new URL(answer.url, 'http://x').searchParams.get('token')!;
+    };
+    const create = (key: string, signature: string) =>
+      call('POST', '/upload/resumable/sign', {
+        token: null,
+        headers: {
+          'tus-resumable': '1.0.0',
+          'upload-length': '5',
+          'upload-metadata': `bucketName ${btoa('b')},objectName ${btoa(key)}`,
+          'x-signature': signature,
+        },
+      });
+    const other = await create('signed-a.txt', await tokenFor('signed-b.txt'));
+    expect([other.status, await other.text()]).toEqual([400, 'The signature is invalid']);
+    const token = await tokenFor('signed-a.txt');
+    const created = await create('signed-a.txt', token);
+    expect(created.headers.get('location')).toMatch(/\/upload\/resumable\/sign\/[\w-]+$/);
+    const patched = await call(
+      'PATCH',
+      new URL(created.headers.get('location')!).pathname.slice(11),
+      {
+        token: null,
+        body: 'hello',
+        headers: {
+          'tus-resumable': '1.0.0',
+          'upload-offset': '0',
+          'content-type': 'application/offset+octet-stream',
+          'x-signature': token,
+        },
+      },
+    );
+    expect(patched.status).toBe(204);
+    expect((await standIn.readObject('b', 'signed-a.txt'))?.toString()).toBe('hello');
+    // Signed without upsert: the key now holds an object, whatever x-upsert says.
+    const again = await create('signed-a.txt', token);
+    expect([again.status, await again.text()]).toEqual([409, 'The resource already exists']);
+  });
+
+  it('10. removes objects by prefixes list, absent ones no error', async () => {
+    await standIn.putObject('b', 'gone.txt', 'x');
+    const removed = await call('DELETE', '/object/b', {
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ prefixes: ['gone.txt', 'never.txt'] }),
+    });
+    expect(await removed.json()).toEqual([{ name: 'gone.txt', bucket_id: 'b' }]);
+    expect(await standIn.readObject('b', 'gone.txt')).toBeUndefined();
   });
 });

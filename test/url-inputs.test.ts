@@ -13,7 +13,11 @@ import { openDb } from '../control-plane/open.ts';
 import type { Scheduler } from '../scheduler/scheduler.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
 import { ACCOUNT_A, ACCOUNT_B, tempDir } from './helpers/runtime.ts';
-import { startLocalSupabase, type LocalSupabase } from './helpers/supabase-proxy.ts';
+import {
+  startLocalSupabase,
+  type LocalSupabase,
+  supabaseSettings,
+} from './helpers/supabase-proxy.ts';
 import {
   ASSETS,
   ASSETS_JSONL,
@@ -79,12 +83,7 @@ beforeAll(async () => {
   });
   const sbConfig = loadConfig({
     ...LIMITS,
-    HD_TRANSPORT: 'supabase',
-    HD_STORAGE: 'supabase',
-    SUPABASE_URL: supabase.url,
-    SUPABASE_SERVICE_ROLE_KEY: supabase.serviceRoleKey,
-    SUPABASE_ANON_KEY: supabase.anonKey,
-    SUPABASE_JWT_SECRET: supabase.postgrest.jwtSecret,
+    ...supabaseSettings(supabase),
   });
   backends.push({
     name: 'supabase storage (stand-in), supabase transport (PostgREST)',

@@ -23,12 +23,16 @@ HD_DOCKER_IMAGE (HD_DOCKER_GPU_IMAGE for GPU jobs, pinned to a GPU of HD_GPUS); 
 and every HD_RECONCILE_INTERVAL_MS the scheduler re-adopts or removes the containers
 labelled with its HD_WORKER_ID (default here: the hostname, so a restart finds them).
 With --launcher process a restart stops the runners the killed scheduler left and hands
-their jobs back.
+their jobs back; HD_WARM_RUNNERS (default 1) runners are kept started for idle slots,
+each handed one CPU job and its credentials on stdin when it is claimed (no job id, lease
+or credential in it before), so the job skips the runner's start-up.
 
 With an LLM or transcription endpoint configured it serves an OpenAI-compatible gateway
 to its runners (HD_LLM_GATEWAY, HD_LLM_GATEWAY_ADDRESS): they get its URL and a credential
-of their job's lease, never the provider key; HD_LLM_LIMITS holds all runners to one set
-of limits per model, and hd_llm_budgets caps each account's tokens per UTC day.`,
+of their job's lease, never the provider key (a restart listens again on the port its
+running containers were given); HD_LLM_LIMITS holds all runners to one set of limits per
+model, and hd_llm_budgets caps each account's tokens per UTC day (a refused job waits for
+the next day without spending an attempt).`,
     options: {
       slots: { type: 'string' },
       'job-types': { type: 'string' },

@@ -50,11 +50,15 @@ export function createScheduler(
   // What the scheduler needs of RunnerAccess, the redactor and the stager, either launcher.
   const runnersOf = (access: RunnerAccess) => ({
     runnerEnv: access.envFor.bind(access),
-    releaseRunner: () => access.release(),
+    releaseRunner: access.release.bind(access),
     stageInput: stager.stage.bind(stager),
     redactor,
   });
   if (config.HD_LAUNCHER === 'docker') {
+    if (Number(env.HD_WARM_RUNNERS) > 0)
+      log.warn(
+        'HD_WARM_RUNNERS is ignored by the docker launcher: a container is made for its job (its mounts, limits and image are the job’s); see docs/containers.md',
+      );
     const access = runnerAccess(config, db, log, gateway);
     warnIfUnreachable(config, log);
     const launcher = new DockerLauncher({
@@ -105,6 +109,7 @@ export function createScheduler(
     onOutput: output,
     db,
     outputFiles,
+    warmIdleMs: config.HD_WARM_RUNNER_IDLE_MS,
   });
   // Finds the runners a killed scheduler left (recorded in their job rows) and stops them,
   // and stores the output they left.
@@ -115,7 +120,16 @@ export function createScheduler(
     outputFiles,
     watching: launcher.watching,
   });
-  return new Scheduler({ db, launcher, config, log, gpus, reconciler, ...runnersOf(access) });
+  return new Scheduler({
+    db,
+    launcher,
+    config,
+    log,
+    gpus,
+    reconciler,
+    warmRunners: config.HD_WARM_RUNNERS,
+    ...runnersOf(access),
+  });
 }
 
 function runnerAccess(
@@ -197,6 +211,8 @@ export async function schedulerCommand(args: ParsedArgs, env: Env): Promise<numb
     gpus,
     gateway,
   );
+  // What a runner stored through a grant and never recorded goes once it ended (00030).
+  if (grants) scheduler.on('job:finished', (job) => void grants.sweep(job.id));
   const stopAsked = new Promise<void>((resolve) => {
     const onSignal = (signal: NodeJS.Signals) => {
       log.info({ signal }, 'shutting down');

@@ -43,10 +43,16 @@ export interface ArtifactStore {
   begin(jobId: string, leaseToken: string, spec: ArtifactSpec): Promise<ArtifactTarget>;
   record(jobId: string, leaseToken: string, spec: ArtifactSpec): Promise<Artifact>;
   /**
-   * hd_begun_artifact_size (scheduler only, 00025): the declared size of the artifact this
-   * lease began under `storagePath` and has not recorded, or undefined when there is none.
+   * hd_grant_artifact_upload (scheduler only, 00030): the declared size of the artifact this
+   * lease began under `storagePath` and has not recorded, or undefined when there is none;
+   * the key is then marked granted, so hd_record_artifact checks what is stored there.
    */
-  begunSize(jobId: string, leaseToken: string, storagePath: string): Promise<number | undefined>;
+  grantUpload(jobId: string, leaseToken: string, storagePath: string): Promise<number | undefined>;
+  /**
+   * hd_take_unrecorded_uploads (scheduler only, 00030): keys granted to the job's ended
+   * leases and never recorded, taken off the list for the caller to remove.
+   */
+  takeUnrecordedUploads(jobId: string): Promise<string[]>;
   /** A job's or a batch's artifacts, by job, kind and name (operator credentials). */
   list(filter: { jobId?: string; batchId?: string }): Promise<Artifact[]>;
 }
@@ -57,11 +63,15 @@ export function artifactsOf(db: ControlPlaneDb): ArtifactStore {
   throw new Error('artifacts: unknown database transport');
 }
 
-/** HDA01 (over the job's max_output_bytes) and 22023 (a bad name) get their codes. */
+/**
+ * HDA01 (over the job's max_output_bytes), HDA02 (the stored object is not what was
+ * declared) and 22023 (a bad name) get their codes.
+ */
 function classify(error: unknown): Error {
   const code = (error as { code?: unknown }).code;
   const message = (error as Error).message;
   if (code === 'HDA01') return new HdError('OUTPUT_LIMIT_EXCEEDED', message, { cause: error });
+  if (code === 'HDA02') return new HdError('ARTIFACT_SIZE_MISMATCH', message, { cause: error });
   if (code === '22023') return new HdError('INVALID_INPUT', message, { cause: error });
   return toHdError(error);
 }
@@ -113,12 +123,20 @@ export class PostgresArtifacts implements ArtifactStore {
     return toArtifact(rows[0]);
   }
 
-  async begunSize(jobId: string, leaseToken: string, storagePath: string) {
+  async grantUpload(jobId: string, leaseToken: string, storagePath: string) {
     const { rows } = await this.pool.query<{ size: string | null }>(
-      'select public.hd_begun_artifact_size($1, $2, $3) as size',
+      'select public.hd_grant_artifact_upload($1, $2, $3) as size',
       [jobId, leaseToken, storagePath],
     );
     return rows[0]?.size == null ? undefined : Number(rows[0].size);
+  }
+
+  async takeUnrecordedUploads(jobId: string) {
+    const { rows } = await this.pool.query<{ storage_path: string }>(
+      'select storage_path from public.hd_take_unrecorded_uploads($1)',
+      [jobId],
+    );
+    return rows.map((r) => r.storage_path);
   }
 
   async list(filter: { jobId?: string; batchId?: string }) {
@@ -168,8 +186,8 @@ export class SupabaseArtifacts implements ArtifactStore {
     return toArtifact(row);
   }
 
-  async begunSize(jobId: string, leaseToken: string, storagePath: string) {
-    const fn = 'hd_begun_artifact_size';
+  async grantUpload(jobId: string, leaseToken: string, storagePath: string) {
+    const fn = 'hd_grant_artifact_upload';
     const { data, error, status } = await this.client.rpc(fn, {
       p_job_id: jobId,
       p_lease_token: leaseToken,
@@ -177,6 +195,13 @@ export class SupabaseArtifacts implements ArtifactStore {
     });
     if (error) throw classifyPostgrestError(fn, error, status);
     return data == null ? undefined : Number(data);
+  }
+
+  async takeUnrecordedUploads(jobId: string) {
+    const fn = 'hd_take_unrecorded_uploads';
+    const { data, error, status } = await this.client.rpc(fn, { p_job_id: jobId });
+    if (error) throw classifyPostgrestError(fn, error, status);
+    return (data as { storage_path: string }[]).map((r) => r.storage_path);
   }
 
   async list(filter: { jobId?: string; batchId?: string }) {

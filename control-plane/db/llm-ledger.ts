@@ -12,6 +12,8 @@ export type Admission =
       day: string;
       /** Whether tokens were reserved (the account has a budget) for hd_llm_record to release. */
       reserved: boolean;
+      /** The lease the credential is bound to: its reservations end with it (00027). */
+      lease_token?: string;
     }
   | {
       verdict: 'budget';
@@ -24,11 +26,20 @@ export type Admission =
       budget_cost_usd: number | null;
     };
 
+/** hd_llm_credential's answer (00026): a credential whose lease is current. */
+export interface CurrentCredential {
+  job_id: string;
+  account_id: string;
+  valid_until: string;
+}
+
 /** What one request used, as the provider reported it, and what its admission reserved. */
 export interface LlmUsageRecord {
   accountId: string;
   day: string;
   jobId: string;
+  /** The admission's lease: hd_llm_record takes back only what it still holds (00027; absent: the job's current lease). */
+  leaseToken?: string | undefined;
   model: string;
   reservedTokens: number;
   reservedCostUsd: number;
@@ -47,6 +58,8 @@ export interface LlmLedger {
     validUntil: Date,
   ): Promise<void>;
   dropCredentials(): Promise<number>;
+  /** The credential's job while its lease is current (no budget read, nothing written). */
+  credential(tokenSha256: string): Promise<CurrentCredential | null>;
   admit(
     tokenSha256: string,
     model: string,
@@ -91,6 +104,10 @@ function ledger(call: Call): LlmLedger {
     async dropCredentials() {
       return Number(await call('hd_drop_llm_credentials', {}));
     },
+    async credential(tokenSha256) {
+      return ((await call('hd_llm_credential', { p_token_sha256: tokenSha256 })) ??
+        null) as CurrentCredential | null;
+    },
     async admit(tokenSha256, model, tokens, costUsd, defaultDailyTokens) {
       return (await call('hd_llm_admit', {
         p_token_sha256: tokenSha256,
@@ -106,6 +123,7 @@ function ledger(call: Call): LlmLedger {
           account_id: u.accountId,
           day: u.day,
           job_id: u.jobId,
+          lease_token: u.leaseToken,
           model: u.model,
           reserved_tokens: u.reservedTokens,
           reserved_cost_usd: u.reservedCostUsd,

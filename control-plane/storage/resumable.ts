@@ -1,6 +1,8 @@
 import { open } from 'node:fs/promises';
 import { assertBucketName, assertStorageKey } from '../../contract/storage-paths.ts';
-import type { StorageFailure } from './supabase-errors.ts';
+import { hashFile } from './hash.ts';
+import { verifySent } from './send-file.ts';
+import { mapStorageError, type StorageFailure } from './supabase-errors.ts';
 import { authHeaders, noAnswer, readFailure } from './supabase-http.ts';
 
 /**
@@ -15,7 +17,12 @@ const UPLOAD_ID = /^[A-Za-z0-9_-]+=*$/;
 export interface ResumableUpload {
   /** `{SUPABASE_URL}/storage/v1`. */
   storageUrl: string;
-  serviceRoleKey: string;
+  /**
+   * Who uploads: the service-role key, or the token of a signed upload URL for this one
+   * key (Storage's `/upload/resumable/sign` route, the token in `x-signature`; whether it
+   * may overwrite is the token's, not a header's).
+   */
+  auth: { serviceRoleKey: string } | { signature: string };
   bucket: string;
   key: string;
   localPath: string;
@@ -30,27 +37,30 @@ const b64 = (value: string) => Buffer.from(value, 'utf8').toString('base64');
  * X-Forwarded-* headers, which a proxy may set to an internal host; the service-role
  * key goes only to SUPABASE_URL, so only the upload id is taken from it.
  */
-function uploadUrlFrom(location: string, storageUrl: string): string | undefined {
-  const id = new URL(location, `${storageUrl}/`).pathname.split('/').pop() ?? '';
-  return UPLOAD_ID.test(id) ? `${storageUrl}/upload/resumable/${id}` : undefined;
+function uploadUrlFrom(location: string, endpoint: string): string | undefined {
+  const id = new URL(location, `${endpoint}/`).pathname.split('/').pop() ?? '';
+  return UPLOAD_ID.test(id) ? `${endpoint}/${id}` : undefined;
 }
 
 /**
  * Uploads a large file with Supabase Storage's resumable (TUS 1.0.0) protocol, reading
  * one 6 MiB chunk at a time into a reused buffer (memory stays flat). A chunk that
  * fails is retried after asking the server where it stands (HEAD Upload-Offset).
- * Every request says `x-upsert: true`: Storage checks overwrite on each PATCH with that
- * PATCH's own header. Throws a StorageFailure.
+ * With the service-role key every request says `x-upsert: true`: Storage checks
+ * overwrite on each PATCH with that PATCH's own header. Throws a StorageFailure.
  */
 export async function uploadResumable(u: ResumableUpload): Promise<void> {
+  const signed = 'signature' in u.auth;
+  const endpoint = `${u.storageUrl}/upload/resumable${signed ? '/sign' : ''}`;
   const headers = {
-    ...authHeaders(u.serviceRoleKey),
+    ...('signature' in u.auth
+      ? { 'x-signature': u.auth.signature }
+      : { ...authHeaders(u.auth.serviceRoleKey), 'x-upsert': 'true' }),
     'tus-resumable': '1.0.0',
-    'x-upsert': 'true',
   };
   let response: Response | undefined;
   try {
-    response = await fetch(`${u.storageUrl}/upload/resumable`, {
+    response = await fetch(endpoint, {
       method: 'POST',
       headers: {
         ...headers,
@@ -70,7 +80,7 @@ export async function uploadResumable(u: ResumableUpload): Promise<void> {
   if (response.status !== 201 || !location)
     throw await readFailure(response, 'resumable upload: create');
   await response.body?.cancel();
-  const uploadUrl = uploadUrlFrom(location, u.storageUrl);
+  const uploadUrl = uploadUrlFrom(location, endpoint);
   if (!uploadUrl) {
     throw {
       status: 502,
@@ -118,4 +128,15 @@ export async function uploadResumable(u: ResumableUpload): Promise<void> {
   } finally {
     await file.close();
   }
+}
+
+/**
+ * uploadResumable with its failure mapped (UPLOAD_FAILED, …) and, given `sha256`, the file
+ * hashed again afterwards: chunks are read at their offsets, so it must not have changed.
+ */
+export async function uploadResumableChecked(u: ResumableUpload, sha256?: string): Promise<void> {
+  await uploadResumable(u).catch((failure: StorageFailure) => {
+    throw mapStorageError('upload', u.bucket, u.key, failure);
+  });
+  if (sha256) verifySent(u.bucket, u.key, (await hashFile(u.localPath)).sha256, sha256);
 }

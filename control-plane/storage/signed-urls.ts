@@ -7,6 +7,7 @@ import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { z } from 'zod';
 import { HdError } from '../../contract/errors.ts';
 import { assertBucketName, assertStorageKey } from '../../contract/storage-paths.ts';
+import { TUS_CHUNK_BYTES, uploadResumableChecked } from './resumable.ts';
 import { sendFile } from './send-file.ts';
 import type { LocalFile, StorageBackend, UploadCheck } from './storage.ts';
 import { mapStorageError } from './supabase-errors.ts';
@@ -27,10 +28,13 @@ export const signedUrlKey = (bucket: string, key: string) => `${bucket}/${key}`;
 export class SignedUrlStorage implements StorageBackend {
   readonly #urls: ReadonlyMap<string, string>;
   readonly #uploadGrantUrl: string | undefined;
+  readonly #resumableAboveBytes: number;
 
-  constructor(urls: Record<string, string>, uploadGrantUrl?: string) {
+  /** `resumableAboveBytes`: files larger go by resumable upload (default 6 MiB, as Supabase advises). */
+  constructor(urls: Record<string, string>, uploadGrantUrl?: string, resumableAboveBytes?: number) {
     this.#urls = new Map(Object.entries(urls));
     this.#uploadGrantUrl = uploadGrantUrl;
+    this.#resumableAboveBytes = resumableAboveBytes ?? TUS_CHUNK_BYTES;
   }
 
   async download(bucket: string, key: string, workDir: string): Promise<LocalFile> {
@@ -52,8 +56,9 @@ export class SignedUrlStorage implements StorageBackend {
 
   /**
    * Asks the scheduler (HD_UPLOAD_GRANT_URL) for a signed upload URL for this one key,
-   * showing the job's lease, then streams the file to it. The scheduler grants keys under
-   * the job's own prefix of the outputs bucket only.
+   * showing the job's lease, then streams the file to it (one PUT), or above 6 MiB sends
+   * it in chunks by resumable upload with the URL's token. The scheduler grants keys
+   * under the job's own prefix of the outputs bucket only.
    */
   async upload(
     bucket: string,
@@ -70,10 +75,18 @@ export class SignedUrlStorage implements StorageBackend {
       );
     const { size } = await stat(localPath);
     const url = await this.#grant(bucket, assertStorageKey(key), check.lease);
+    // Large files by resumable upload on the grant's token (Storage's /upload/resumable/sign).
+    if (size > this.#resumableAboveBytes) {
+      const signature = new URL(url).searchParams.get('token') ?? '';
+      const storageUrl = url.slice(0, url.indexOf('/object/upload/sign/'));
+      const upload = { storageUrl, auth: { signature }, bucket, key, localPath, size };
+      return uploadResumableChecked({ ...upload, contentType }, check.sha256);
+    }
+    // No upsert: the scheduler removed what was at the key before it granted it.
     await sendFile({
       url,
       method: 'PUT',
-      headers: { 'content-type': contentType, 'x-upsert': 'true' },
+      headers: { 'content-type': contentType },
       ...{ localPath, size, bucket, key, sha256: check.sha256 },
     });
   }
@@ -134,7 +147,8 @@ export function supabaseUrlSigner(supabaseUrl: string, serviceRoleKey: string) {
 /**
  * The scheduler's side: a signed upload URL for one object (Storage's
  * `POST /object/upload/sign/{bucket}/{key}`, as supabase-js `createSignedUploadUrl`),
- * replacing what is there (a re-run uploads the same key again).
+ * without upsert: it creates the object once and cannot overwrite it (00030: an object
+ * checked at record time stays as it was checked).
  */
 export function supabaseUploadSigner(supabaseUrl: string, serviceRoleKey: string) {
   const storageUrl = storageBaseUrl(supabaseUrl);
@@ -142,7 +156,7 @@ export function supabaseUploadSigner(supabaseUrl: string, serviceRoleKey: string
     const target = objectUrl(storageUrl, bucket, key).replace('/object/', '/object/upload/sign/');
     const response = await fetch(target, {
       method: 'POST',
-      headers: { ...authHeaders(serviceRoleKey), 'x-upsert': 'true' },
+      headers: authHeaders(serviceRoleKey),
     }).catch((cause: unknown) => {
       throw mapStorageError('upload', bucket, key, noAnswer('sign upload', cause));
     });
@@ -152,6 +166,30 @@ export function supabaseUploadSigner(supabaseUrl: string, serviceRoleKey: string
       .object({ url: z.string().startsWith('/object/upload/sign/') })
       .parse(await response.json());
     return `${storageUrl}${url}`;
+  };
+}
+
+/**
+ * The scheduler's side: removes objects of one bucket (Storage's `DELETE /object/{bucket}`
+ * with `{prefixes}`, as supabase-js `remove`); absent ones are no error.
+ */
+export function supabaseObjectRemover(supabaseUrl: string, serviceRoleKey: string) {
+  const storageUrl = storageBaseUrl(supabaseUrl);
+  return async (bucket: string, keys: readonly string[]): Promise<void> => {
+    if (keys.length === 0) return;
+    const response = await fetch(
+      `${storageUrl}/object/${encodeURIComponent(assertBucketName(bucket))}`,
+      {
+        method: 'DELETE',
+        headers: { ...authHeaders(serviceRoleKey), 'content-type': 'application/json' },
+        body: JSON.stringify({ prefixes: keys.map((key) => assertStorageKey(key)) }),
+      },
+    ).catch((cause: unknown) => {
+      throw mapStorageError('upload', bucket, keys[0]!, noAnswer('remove', cause));
+    });
+    if (!response.ok)
+      throw mapStorageError('upload', bucket, keys[0]!, await readFailure(response, 'remove'));
+    await response.body?.cancel();
   };
 }
 

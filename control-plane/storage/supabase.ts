@@ -3,9 +3,8 @@ import type { SupabaseClient } from '@supabase/supabase-js';
 import { assertBucketName } from '../../contract/storage-paths.ts';
 import { createServiceClient } from '../supabase-client.ts';
 import { saveDownload } from './signed-urls.ts';
-import { TUS_CHUNK_BYTES, uploadResumable } from './resumable.ts';
-import { hashFile } from './hash.ts';
-import { sendFile, verifySent } from './send-file.ts';
+import { TUS_CHUNK_BYTES, uploadResumableChecked } from './resumable.ts';
+import { sendFile } from './send-file.ts';
 import type { LocalFile, StorageBackend, UploadCheck } from './storage.ts';
 import {
   isMissingBucket,
@@ -97,16 +96,9 @@ export class SupabaseStorage implements StorageBackend {
     const { size } = await stat(localPath);
     const url = objectUrl(this.#storageUrl, bucket, key);
     if (size > (this.#options.resumableAboveBytes ?? TUS_CHUNK_BYTES)) {
-      const { serviceRoleKey } = this.#options;
-      await uploadResumable({
-        storageUrl: this.#storageUrl,
-        ...{ serviceRoleKey, bucket, key, localPath, size, contentType },
-      }).catch((failure: StorageFailure) => {
-        throw mapStorageError('upload', bucket, key, failure);
-      });
-      // Chunks are read at their offsets: the file must not have changed meanwhile.
-      if (check.sha256) verifySent(bucket, key, (await hashFile(localPath)).sha256, check.sha256);
-      return;
+      const auth = { serviceRoleKey: this.#options.serviceRoleKey };
+      const upload = { storageUrl: this.#storageUrl, auth, bucket, key, localPath, size };
+      return uploadResumableChecked({ ...upload, contentType }, check.sha256);
     }
     await sendFile({
       url,

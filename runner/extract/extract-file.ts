@@ -39,6 +39,8 @@ export interface FileExtraction {
   layers?: PageLayer[];
   /** PDF pages rendered for OCR (ocrPages of them gave text). */
   ocrTried?: number;
+  /** The resolution each of those pages was rendered at, in dpi. */
+  ocrDpis?: Map<number, number>;
   /** Peak resident memory of the PDF parser process, in KiB. */
   parserPeakRssKb?: number;
   /** The whole text and its page starts (PDFs and images), for per-page outputs. */
@@ -129,6 +131,7 @@ export async function extractFile(
         ocrPages,
         layers: pdf.layers,
         ocrTried: pdf.ocrTried,
+        ocrDpis: pdf.ocrDpis,
         parserPeakRssKb: pdf.parserPeakRssKb,
         paged: { text: pdf.text, pages: pdf.pages },
       };

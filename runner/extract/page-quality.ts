@@ -10,8 +10,10 @@ export type PageText =
 // C0/C1 controls other than the white space a layout holds (tab, line ends, form feed).
 // eslint-disable-next-line no-control-regex
 const CONTROL = /[\u0000-\u0008\u000b\u000e-\u001f\u007f-\u009f]/gu;
-// Replacement character, private use areas: glyphs without a mapping to Unicode.
-const UNMAPPED = /[\ufffd\ue000-\uf8ff\u{f0000}-\u{10ffff}]/gu;
+// Replacement character, private use areas, noncharacters (pdf.js gives U+FFFF for glyphs
+// a broken CID font cannot map: pdf.js's arial_unicode_ab_cidfont.pdf): glyphs without a
+// mapping to Unicode.
+const UNMAPPED = /[\ufffd\ue000-\uf8ff\ufdd0-\ufdef\ufffe\uffff\u{f0000}-\u{10ffff}]/gu;
 // Counted by what is not a letter or digit: few matches on real text, so cheap.
 const NOT_LETTER_OR_DIGIT = /[^\p{L}\p{N}]/gu;
 
@@ -20,8 +22,15 @@ export const MAX_JUNK_SHARE = 0.1;
 /** Share of letters and digits a real text has at least (tables, formulas included). */
 export const MIN_LETTER_SHARE = 0.35;
 
+// Three or more of the same punctuation or symbol in a row: dot leaders of a table of
+// contents ("Chapter 1 ........ 2"), rules, fill-in lines. Counted as one character, or a
+// contents page would be judged garbled and OCRed (issue 13's corpus: OCR read the dots as
+// "oo. ccc nn").
+// U+FFFD (a symbol too) stays: unmapped glyphs are counted one by one.
+const LEADER = /((?!\ufffd)[\p{P}\p{S}])\1{2,}/gu;
+
 export function judgePageText(raw: string): PageText {
-  const visible = raw.replace(/\s+/gu, '');
+  const visible = raw.replace(/\s+/gu, '').replace(LEADER, '$1');
   const length = visible.length;
   if (length === 0) return { usable: false, visible: 0, why: 'empty' };
   const count = (pattern: RegExp) => visible.match(pattern)?.length ?? 0;

@@ -1,12 +1,15 @@
 /**
  * Child-process entry of the PDF parser (see pdf-text.ts, which starts it with a heap
- * limit, a memory watchdog and a timeout): `node pdf-child.ts FILE MAX_PAGES [PAGES]`.
- * Writes one JSON message per line to stdout: `pages`, then `page` for each page in
- * order (only those of PAGES, a comma-separated list, where given), then `done`; or an
- * `error` with a reason. Nothing else is written to stdout.
+ * limit, a memory watchdog and a timeout): `node pdf-child.ts [--xfa] FILE MAX_PAGES
+ * [PAGES]`. Writes one JSON message per line to stdout: `pages`, then `page` for each page
+ * in order (only those of PAGES, a comma-separated list, where given), then `done`; or an
+ * `error` with a reason. Nothing else is written to stdout. With --xfa, the pages are
+ * those of a pure XFA form's layout (pdf-xfa.ts); a file that is none has 0 pages.
  */
 import { readFile } from 'node:fs/promises';
 import { PDFParse } from 'pdf-parse';
+import { inLogicalOrder, type BidiItem } from './pdf-bidi.ts';
+import { xfaPageTexts, type XfaNode } from './pdf-xfa.ts';
 
 export type PdfChildMessage =
   | { type: 'pages'; total: number }
@@ -28,19 +31,42 @@ function reasonOf(error: unknown): 'password' | 'invalid' | 'other' {
 }
 
 async function main(): Promise<number> {
-  const [file, maxPagesArg, pagesArg] = process.argv.slice(2);
+  const args = process.argv.slice(2);
+  const xfa = args[0] === '--xfa';
+  const [file, maxPagesArg, pagesArg] = xfa ? args.slice(1) : args;
   if (!file || !maxPagesArg) {
-    process.stderr.write('usage: pdf-child FILE MAX_PAGES [PAGES]\n');
+    process.stderr.write('usage: pdf-child [--xfa] FILE MAX_PAGES [PAGES]\n');
     return 2;
   }
   const maxPages = Number(maxPagesArg);
   // verbosity 0: pdf.js warnings about recoverable quirks stay out of stderr.
-  const parser = new PDFParse({ data: new Uint8Array(await readFile(file)), verbosity: 0 });
+  const parser = new PDFParse({
+    data: new Uint8Array(await readFile(file)),
+    verbosity: 0,
+    ...(xfa ? { enableXfa: true } : {}),
+  });
   try {
-    // The first page's text also gives the page count (cheaper than getInfo(), which
-    // reads the outline and metadata too).
-    const first = await parser.getText({ first: 1, last: 1, pageJoiner: '' });
-    const total = first.total;
+    const doc = await loadDocument(parser);
+    let total: number;
+    let pageText: (num: number) => Promise<string>;
+    if (xfa) {
+      // Only a pure XFA form is read from its layout; any other file has no such pages.
+      const texts = doc.isPureXfa && doc.allXfaHtml ? xfaPageTexts(doc.allXfaHtml) : [];
+      total = texts.length;
+      pageText = async (num) => texts[num - 1] ?? '';
+    } else {
+      readRightToLeftInOrder(doc);
+      // The first page's text also gives the page count (cheaper than getInfo(), which
+      // reads the outline and metadata too).
+      const first = await parser.getText({ first: 1, last: 1, pageJoiner: '' });
+      total = first.total;
+      // One page per call keeps memory flat: pdf.js drops the page after each one.
+      pageText = async (num) =>
+        num === 1
+          ? (first.pages[0]?.text ?? '')
+          : ((await parser.getText({ first: num, last: num, pageJoiner: '' })).pages[0]?.text ??
+            '');
+    }
     await send({ type: 'pages', total });
     if (total > maxPages) {
       await send({
@@ -56,15 +82,7 @@ async function main(): Promise<number> {
           .map(Number)
           .filter((n) => n >= 1 && n <= total)
       : Array.from({ length: total }, (_, i) => i + 1);
-    for (const num of wanted) {
-      if (num === 1) {
-        await send({ type: 'page', num: 1, text: first.pages[0]?.text ?? '' });
-        continue;
-      }
-      // One page per call keeps memory flat: pdf.js drops the page after each one.
-      const result = await parser.getText({ first: num, last: num, pageJoiner: '' });
-      await send({ type: 'page', num, text: result.pages[0]?.text ?? '' });
-    }
+    for (const num of wanted) await send({ type: 'page', num, text: await pageText(num) });
     await send({ type: 'done', max_rss_kb: process.resourceUsage().maxRSS });
     return 0;
   } catch (error) {
@@ -74,6 +92,37 @@ async function main(): Promise<number> {
   } finally {
     await parser.destroy();
   }
+}
+
+/** What pdf-parse (2.4.5, pinned) keeps private: its pdf.js document, loaded once. */
+interface PdfJsDocument {
+  isPureXfa: boolean;
+  allXfaHtml: XfaNode | null;
+  getPage(num: number): Promise<PdfJsPage>;
+}
+interface PdfJsPage {
+  getTextContent(options?: unknown): Promise<{ items: BidiItem[] }>;
+}
+
+async function loadDocument(parser: PDFParse): Promise<PdfJsDocument> {
+  return (parser as unknown as { load(): Promise<PdfJsDocument> }).load();
+}
+
+/**
+ * Every page pdf-parse reads hands over its text items with right-to-left lines in
+ * reading order (pdf-bidi.ts); pdf-parse's own line and cell logic then runs as before.
+ */
+function readRightToLeftInOrder(doc: PdfJsDocument): void {
+  const getPage = doc.getPage.bind(doc);
+  doc.getPage = async (num) => {
+    const page = await getPage(num);
+    const read = page.getTextContent.bind(page);
+    page.getTextContent = async (options) => {
+      const content = await read(options);
+      return { ...content, items: inLogicalOrder(content.items) };
+    };
+    return page;
+  };
 }
 
 process.exitCode = await main();

@@ -18,6 +18,8 @@ export interface PdfTextOptions {
   signal: AbortSignal;
   /** Only these pages (1-based, increasing); default all. */
   pages?: readonly number[];
+  /** The pages of a pure XFA form's layout instead (none where the file is no such form). */
+  xfa?: boolean;
   /** Called once the page count is known, then for each page in order. */
   onPages?: (total: number) => void;
   onPage?: (page: { num: number; text: string }, total: number) => void | Promise<void>;
@@ -53,6 +55,7 @@ export async function extractPdfText(
     [
       `--max-old-space-size=${maxMemoryMb}`,
       CHILD,
+      ...(options.xfa ? ['--xfa'] : []),
       path,
       String(options.maxPages),
       ...(options.pages ? [options.pages.join(',')] : []),

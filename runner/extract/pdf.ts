@@ -1,9 +1,9 @@
 import { HdError } from '../../contract/errors.ts';
 import type { PageStart } from './chunker.ts';
-import { ocrDpi, ocrPdfPage } from './ocr.ts';
+import { ocrPageDpi, ocrPdfPage } from './ocr.ts';
 import { judgePageText } from './page-quality.ts';
 import { damagedPdf, isDamagedPdf, passwordProtected } from './pdf-errors.ts';
-import { PdfPasswordError, pagesWithImages, readPages } from './poppler.ts';
+import { imagesOnPages, type PageImages, PdfPasswordError, readPages } from './poppler.ts';
 import { joinPages, normalizeText, visibleLength } from './text.ts';
 import { ToolFailure, type ToolLimits } from './tools.ts';
 
@@ -42,6 +42,8 @@ export interface PdfText {
   layers: PageLayer[];
   /** Pages rendered and read by OCR, whatever came of it. */
   ocrTried: number;
+  /** The resolution each of those pages was rendered at, in dpi. */
+  ocrDpis: Map<number, number>;
   /** Peak RSS of the pdf-parse process where it ran, in KiB. */
   parserPeakRssKb: number;
 }
@@ -52,8 +54,9 @@ export interface PdfText {
  * cannot and gives a second opinion on pages poppler found empty or garbled. A page
  * whose text fails the quality gate is OCRed; one with (almost) no text is OCRed only if
  * it shows an image, so blank pages and slide titles cost nothing. OCR runs pages in
- * parallel, each rendered at a resolution its size allows. A page that cannot be rendered
- * or read is skipped and counted; the file fails only when no page yields text.
+ * parallel, each rendered at about the resolution of the images it shows (ocrPageDpi),
+ * under a pixel cap for its size. A page that cannot be rendered or read is skipped and
+ * counted; the file fails only when no page yields text.
  */
 export async function extractPdf(path: string, settings: PdfSettings): Promise<PdfText> {
   const { name } = settings;
@@ -103,30 +106,35 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
     (j) => j.usable === false || j.visible < settings.ocrMinChars,
   ).filter((num) => !garbled.includes(num) && !hung.has(num));
   let toOcr: number[] = [];
-  if (settings.ocr === 'always') {
-    toOcr = texts.map((_, i) => i + 1).filter((num) => !hung.has(num));
-  } else if (settings.ocr === 'auto') {
-    const withImages = await pagesWithImages(
+  let images = new Map<number, PageImages>();
+  // An XFA form's pages are not the file's: poppler would render the placeholder.
+  const renderable = layer.source !== 'xfa';
+  if (renderable && settings.ocr !== 'off') {
+    const always = settings.ocr === 'always';
+    const all = texts.map((_, i) => i + 1).filter((num) => !hung.has(num));
+    const listed = await imagesOnPages(
       path,
-      short,
+      always ? all : [...garbled, ...short],
       limits(`${name}: listing the images`),
       hung,
-    )
-      // Unknown: try OCR on the pages without text; those that cannot be rendered count as failed.
-      .catch((error: unknown) => {
-        if (settings.signal.aborted) throw error;
-        return new Set(short.filter((num) => texts[num - 1] === ''));
-      });
-    toOcr = [...garbled, ...short.filter((num) => withImages.has(num))].sort((a, b) => a - b);
+    ).catch((error: unknown) => {
+      if (settings.signal.aborted) throw error;
+      return undefined; // unknown: OCR at the configured resolution
+    });
+    images = listed ?? images;
+    // Unknown: try OCR on the pages without text; those that cannot be rendered count as failed.
+    const showsImage = (num: number) => (listed ? listed.has(num) : texts[num - 1] === '');
+    toOcr = always ? all : [...garbled, ...short.filter(showsImage)].sort((a, b) => a - b);
   } else {
     for (const num of garbled) layers[num - 1] = 'failed';
   }
 
   let done = total - toOcr.length;
+  const ocrDpis = new Map<number, number>();
   await settings.onProgress(done, total);
   await forEachLimit(toOcr, settings.ocrConcurrency, settings.signal, async (num) => {
-    const size = layer.info?.sizes.get(num);
-    const dpi = size ? ocrDpi(size.width, size.height, settings.ocrDpi) : settings.ocrDpi;
+    const dpi = ocrPageDpi(layer.info?.sizes.get(num), images.get(num), settings.ocrDpi);
+    ocrDpis.set(num, dpi);
     try {
       const text = normalizeText(
         await ocrPdfPage(path, num, name, {
@@ -157,7 +165,14 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
     if (isDamagedPdf(secondOpinionFailed)) throw damagedPdf(name, secondOpinionFailed);
     throw noText(name, total, layers, toOcr.length, settings);
   }
-  return { ...joined, pageCount: total, layers, ocrTried: toOcr.length, parserPeakRssKb };
+  return {
+    ...joined,
+    pageCount: total,
+    layers,
+    ocrTried: toOcr.length,
+    ocrDpis,
+    parserPeakRssKb,
+  };
 }
 
 /** The raw text layer of every page: poppler, or pdf-parse where poppler fails on the file. */
@@ -171,6 +186,10 @@ async function readTextLayer(path: string, settings: PdfSettings, limits: ToolLi
     } = await readPages(path, maxPages, limits, settings.textPageTimeoutMs, (pages) =>
       assertPageCount(name, pages, maxPages),
     );
+    if (info.xfa) {
+      const form = await readXfaForm(path, settings);
+      if (form) return form;
+    }
     return { source: 'poppler' as const, info, total: info.pages, raw, failed, parserPeakRssKb: 0 };
   } catch (error) {
     if (error instanceof PdfPasswordError) throw passwordProtected(name, error);
@@ -197,7 +216,43 @@ async function readTextLayer(path: string, settings: PdfSettings, limits: ToolLi
   }
 }
 
-async function readWithPdfParse(path: string, settings: PdfSettings, pages?: readonly number[]) {
+/**
+ * The pages of a pure XFA form, read from its layout (pdf-xfa.ts); undefined where the
+ * file is no such form or pdf.js fails on it: poppler's reading stands. A pure XFA form
+ * whose layout holds no text is refused: its PDF pages are only the placeholder for
+ * viewers without XFA ("requires Adobe Reader 8 or higher"), no text of the document.
+ */
+async function readXfaForm(path: string, settings: PdfSettings) {
+  const read = await readWithPdfParse(path, settings, undefined, true).catch((error: unknown) => {
+    if (settings.signal.aborted) throw error;
+    return undefined;
+  });
+  if (!read || read.total === 0) return undefined;
+  assertPageCount(settings.name, read.total, settings.maxPages);
+  const raw = Array.from({ length: read.total }, (_, i) => read.texts.get(i + 1) ?? '');
+  if (!raw.some((text) => judgePageText(text).usable)) {
+    throw new HdError(
+      'UNSUPPORTED_FILE',
+      `${settings.name}: the PDF is a dynamic XFA form whose pages could not be laid out, and its PDF pages are only a placeholder; save it as an ordinary PDF (print to PDF) and upload that`,
+      { details: { pdf: 'xfa' } },
+    );
+  }
+  return {
+    source: 'xfa' as const,
+    info: undefined,
+    total: read.total,
+    raw,
+    failed: [],
+    parserPeakRssKb: read.peakRssKb,
+  };
+}
+
+async function readWithPdfParse(
+  path: string,
+  settings: PdfSettings,
+  pages?: readonly number[],
+  xfa = false,
+) {
   // Loaded only when poppler is not enough: most files never need it.
   const { extractPdfText } = await import('./pdf-text.ts');
   const texts = new Map<number, string>();
@@ -208,6 +263,7 @@ async function readWithPdfParse(path: string, settings: PdfSettings, pages?: rea
     maxMemoryMb: settings.maxMemoryMb,
     signal: settings.signal,
     ...(pages ? { pages } : {}),
+    xfa,
     onPage: (page) => {
       texts.set(page.num, page.text);
     },

@@ -13,6 +13,8 @@ import {
 export interface PdfInfo {
   pages: number;
   sizes: Map<number, { width: number; height: number }>;
+  /** The file holds an XFA form (its pages may be only a placeholder: pdf-xfa.ts). */
+  xfa: boolean;
 }
 
 /** poppler refused the file for want of a password (the document itself is encrypted). */
@@ -31,7 +33,7 @@ export async function pdfInfo(path: string, lastPage: number, limits: ToolLimits
   for (const m of stdout.matchAll(/^Page\s+(\d+) size:\s+([\d.]+) x ([\d.]+) pts/gm)) {
     sizes.set(Number(m[1]), { width: Number(m[2]), height: Number(m[3]) });
   }
-  return { pages, sizes } satisfies PdfInfo;
+  return { pages, sizes, xfa: /^Form:\s+XFA\s*$/m.test(stdout) } satisfies PdfInfo;
 }
 
 /**
@@ -193,17 +195,26 @@ async function textPass(
 /** Smallest image that can carry text worth OCR, in pixels per side (logos, rules are less). */
 const MIN_IMAGE_SIDE = 64;
 
+/** The images a page shows that are big enough to hold text. */
+export interface PageImages {
+  /** The highest resolution among them, in pixels per inch as drawn (x or y). */
+  ppi: number;
+  /** The page area they cover together, in square inches (overlaps counted twice). */
+  squareInches: number;
+}
+
 /**
- * The pages among `pages` that show at least one image big enough to hold text. One
- * `pdfimages -list` over their span, split around the `skip` pages (those poppler hung on).
+ * The pages among `pages` that show at least one image big enough to hold text, with
+ * those images' resolution and area. One `pdfimages -list` over their span, split around
+ * the `skip` pages (those poppler hung on).
  */
-export async function pagesWithImages(
+export async function imagesOnPages(
   path: string,
   pages: readonly number[],
   limits: ToolLimits,
   skip: ReadonlySet<number> = new Set(),
-) {
-  const found = new Set<number>();
+): Promise<Map<number, PageImages>> {
+  const found = new Map<number, PageImages>();
   for (const [first, last] of spansAround(
     [...pages].sort((a, b) => a - b),
     skip,
@@ -213,13 +224,28 @@ export async function pagesWithImages(
       ['-q', '-list', '-f', String(first), '-l', String(last), path],
       limits,
     );
-    // page num type width height …, after two header lines.
-    for (const line of stdout.split('\n').slice(2)) {
-      const [page, , , width, height] = line.trim().split(/\s+/).map(Number);
-      if (page && width! >= MIN_IMAGE_SIDE && height! >= MIN_IMAGE_SIDE) found.add(page);
+    // A header line (page num type width height … x-ppi y-ppi size ratio), a rule, rows.
+    const [header = '', , ...rows] = stdout.split('\n');
+    const column = (name: string) => header.trim().split(/\s+/).indexOf(name);
+    const [xPpiAt, yPpiAt] = [column('x-ppi'), column('y-ppi')];
+    for (const row of rows) {
+      const cells = row.trim().split(/\s+/);
+      const [page, width, height, xPpi, yPpi] = [0, 3, 4, xPpiAt, yPpiAt].map((at) =>
+        Number(cells[at]),
+      );
+      // A soft mask or mask is listed besides the image it belongs to: counted once.
+      if (!page || cells[2] === 'smask' || cells[2] === 'mask') continue;
+      if (!(width! >= MIN_IMAGE_SIDE && height! >= MIN_IMAGE_SIDE)) continue;
+      const seen = found.get(page) ?? { ppi: 0, squareInches: 0 };
+      if (xPpi! > 0 && yPpi! > 0) {
+        seen.ppi = Math.max(seen.ppi, xPpi!, yPpi!);
+        seen.squareInches += (width! / xPpi!) * (height! / yPpi!);
+      }
+      found.set(page, seen);
     }
   }
-  return new Set(pages.filter((p) => found.has(p)));
+  const wanted = new Set(pages);
+  return new Map([...found].filter(([page]) => wanted.has(page)));
 }
 
 /** [first, last] spans covering the sorted `pages`, none of which holds a page of `skip`. */

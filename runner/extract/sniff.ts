@@ -33,6 +33,7 @@ const at = (head: Buffer, offset: number, ascii: string) =>
 export function sniff(head: Buffer, declaredMime: string | null): FileKind {
   // The PDF header may follow some junk; readers look for it in the first 1024 bytes.
   if (head.subarray(0, 1024).includes('%PDF-')) return { kind: 'pdf' };
+  if (HEADERLESS_PDF.test(head.subarray(0, 1024).toString('latin1'))) return { kind: 'pdf' };
   if (at(head, 0, '\x89PNG\r\n\x1a\n')) return { kind: 'image', mime: 'image/png' };
   if (head[0] === 0xff && head[1] === 0xd8 && head[2] === 0xff)
     return { kind: 'image', mime: 'image/jpeg' };
@@ -60,6 +61,11 @@ export function sniff(head: Buffer, declaredMime: string | null): FileKind {
     return { kind: 'text', format: 'markdown' };
   return { kind: 'text', format: 'plain' };
 }
+
+// A PDF whose header line is lost (cut off, overwritten; pdf.js's bug1606566.pdf) but
+// whose body begins, after comments, with an object: poppler and pdf.js read it, and no
+// text file starts so.
+const HEADERLESS_PDF = /^\s*(?:%[^\r\n]*[\r\n]+\s*)*\d+\s+\d+\s+obj\b/;
 
 const BINARY_SIGNATURES: [string, string][] = [
   ['PK\x03\x04', 'a ZIP container (DOCX, XLSX, ODT, ZIP …), not supported yet'],

@@ -22,8 +22,18 @@ interface ExtractStats {
   blank_pages: number;
   /** PDF pages that could not be read or rendered, skipped. */
   pages_failed: number;
-  /** Per PDF file, its pages by where their text came from, as page ranges ("1-3,7"). */
-  page_layers: { file: string; text: string; ocr: string; blank: string; failed: string }[];
+  /**
+   * Per PDF file, its pages by where their text came from, as page ranges ("1-3,7"), and
+   * the pages rendered for OCR by the resolution they were rendered at ({"150": "2,5"}).
+   */
+  page_layers: {
+    file: string;
+    text: string;
+    ocr: string;
+    blank: string;
+    failed: string;
+    ocr_dpi: Record<string, string>;
+  }[];
   chunks: number;
   characters: number;
   bytes: number;
@@ -112,6 +122,7 @@ export const extractText: Handler<'extract_text'> = {
             ocr: pageRanges(layers, 'ocr'),
             blank: pageRanges(layers, 'blank'),
             failed: pageRanges(layers, 'failed'),
+            ocr_dpi: pagesByDpi(layers.length, extraction.ocrDpis),
           });
         }
         stats.characters += extraction.characters;
@@ -264,6 +275,13 @@ function extractArtifacts(ctx: HandlerContext<'extract_text'>, workDir: string) 
       what,
     }),
   });
+}
+
+/** The pages rendered for OCR grouped by their resolution: {"150": "1-2", "300": "4"}. */
+function pagesByDpi(pages: number, dpis = new Map<number, number>()): Record<string, string> {
+  const dpiOf = Array.from({ length: pages }, (_, i) => String(dpis.get(i + 1) ?? ''));
+  const distinct = [...new Set(dpis.values())].sort((a, b) => a - b).map(String);
+  return Object.fromEntries(distinct.map((dpi) => [dpi, pageRanges(dpiOf, dpi)]));
 }
 
 /** The pages of one layer as ranges: [text, text, ocr, text] → "1-2,4" for text. */

@@ -19,3 +19,12 @@ const LOADERS = {
 export function loadHandler(jobType: JobType): Promise<Handler<JobType>> {
   return LOADERS[jobType]() as Promise<Handler<JobType>>;
 }
+
+/**
+ * Every handler's modules, loaded before a job exists (a warm runner, cli/warm-start.ts):
+ * its job then starts without loading any. Libraries a handler loads on its first call
+ * (the OpenAI client, pdf.js in its own process) stay unloaded.
+ */
+export async function preloadHandlers(): Promise<void> {
+  await Promise.all(Object.values(LOADERS).map((load) => load()));
+}

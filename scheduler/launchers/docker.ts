@@ -14,6 +14,7 @@ import type {
   RunnerExit,
   StopReason,
 } from '../launcher.ts';
+import { containerRequest, removeContainer } from './docker-engine.ts';
 import { demuxLogBuffer, LogLineSplitter, splitLogBuffer } from './docker-logs.ts';
 
 /** Labels on every runner container: how a restarted scheduler finds its containers. */
@@ -207,11 +208,16 @@ export class DockerLauncher implements Launcher {
       await chown(dir, uid!, Number.isInteger(gid) ? gid! : uid!);
   }
 
-  /** Everything a container printed so far, split into lines as a followed stream is. */
-  async readOutput(containerId: string): Promise<string[]> {
-    const buffer = await this.docker
-      .getContainer(containerId)
-      .logs({ stdout: true, stderr: true, follow: false });
+  /**
+   * Everything a container printed so far (since `since`, in epoch seconds), split into
+   * lines as a followed stream is.
+   */
+  async readOutput(containerId: string, since = 0): Promise<string[]> {
+    const buffer = await containerRequest(this.docker.getContainer(containerId), {
+      method: 'GET',
+      what: 'logs',
+      query: { stdout: true, stderr: true, follow: false, since },
+    });
     return splitLogBuffer(buffer);
   }
 
@@ -221,7 +227,8 @@ export class DockerLauncher implements Launcher {
       return await this.docker.createContainer(options);
     } catch (error) {
       if ((error as { statusCode?: number }).statusCode !== 409) throw error;
-      await this.docker.getContainer(options.name!).remove({ force: true, v: true });
+      // The leftover's own watcher may remove it first: removeContainer takes that as done.
+      await removeContainer(this.docker.getContainer(options.name!));
       return this.docker.createContainer(options);
     }
   }
@@ -238,13 +245,13 @@ export class DockerLauncher implements Launcher {
     let stoppedFor: StopReason | null = null;
     let timedOut = false;
     const launcherOutput = o.onOutput;
-    const streamed =
+    const output =
       launcherOutput || onOutput
-        ? this.#streamOutput(container, outputSince, (line) => {
+        ? this.#followOutput(container, outputSince, (line) => {
             launcherOutput?.(job.id, line);
             onOutput?.(line);
           })
-        : Promise.resolve();
+        : undefined;
     const limit = resources.timeoutMs + (o.timeoutBackstopMs ?? TIMEOUT_BACKSTOP_MS);
     const timer = setTimeout(
       () => {
@@ -264,7 +271,7 @@ export class DockerLauncher implements Launcher {
       const info = await inspectAfterExit(container);
       const exitCode = info?.State.ExitCode ?? null;
       const tail = await this.#tail(container);
-      await Promise.race([streamed, new Promise((r) => setTimeout(r, 2000).unref())]);
+      await output?.catchUp();
       // A followed runner's container stays until its output is stored (outputStored):
       // a scheduler killed meanwhile leaves it to the next one, which reads it again.
       if (!onOutput) await this.#dispose(container, job, exitCode);
@@ -297,36 +304,48 @@ export class DockerLauncher implements Launcher {
     };
   }
 
-  /** Follows the container's output and hands each line to `onLine`. */
-  async #streamOutput(
-    container: Docker.Container,
-    since: number,
-    onLine: (line: string) => void,
-  ): Promise<void> {
-    try {
-      const stream = await container.logs({ follow: true, stdout: true, stderr: true, since });
-      const out = new LogLineSplitter(onLine);
-      const err = new LogLineSplitter(onLine);
-      this.docker.modem.demuxStream(stream, out, err);
-      await new Promise<void>((resolve) => {
-        stream.once('end', resolve);
-        stream.once('close', resolve);
-        stream.once('error', () => resolve());
-      });
-      out.end();
-      err.end();
-    } catch {
-      // Output is a convenience; the tail is read again from the engine at exit.
-    }
+  /**
+   * Follows the container's output and hands each line to `onLine` as it is printed; once
+   * the container has exited, `catchUp()` ends the following and hands on, from the
+   * container's log, the lines the stream did not: those printed while it was cut (an
+   * engine restart drops it) and those it had not passed on yet (a loaded engine). Lines
+   * are counted by their place in the output, which both readings split alike.
+   */
+  #followOutput(container: Docker.Container, since: number, onLine: (line: string) => void) {
+    let handedOn = 0;
+    let following = true;
+    const take = (line: string) => {
+      if (!following) return;
+      handedOn++;
+      onLine(line);
+    };
+    let stream: NodeJS.ReadableStream | undefined;
+    const started = container.logs({ follow: true, stdout: true, stderr: true, since }).then(
+      (s) => {
+        stream = s;
+        s.on('error', () => {}); // dropped by the engine, or by the catch-up
+        // A last line without its newline comes with the catch-up, whole.
+        this.docker.modem.demuxStream(s, new LogLineSplitter(take), new LogLineSplitter(take));
+      },
+      () => {}, // the catch-up reads it all
+    );
+    return {
+      catchUp: async () => {
+        await started;
+        following = false;
+        (stream as { destroy?: () => void } | undefined)?.destroy?.();
+        const lines = await retriedWhileUnreachable(() => this.readOutput(container.id, since));
+        for (const line of lines?.slice(handedOn) ?? []) onLine(line);
+      },
+    };
   }
 
   async #tail(container: Docker.Container): Promise<string[]> {
     try {
-      const buffer = await container.logs({
-        stdout: true,
-        stderr: true,
-        follow: false,
-        tail: OUTPUT_TAIL_LINES,
+      const buffer = await containerRequest(container, {
+        method: 'GET',
+        what: 'logs',
+        query: { stdout: true, stderr: true, follow: false, tail: OUTPUT_TAIL_LINES },
       });
       return demuxLogBuffer(buffer).slice(-OUTPUT_TAIL_LINES);
     } catch {
@@ -343,10 +362,7 @@ export class DockerLauncher implements Launcher {
       );
       if (renamed) return;
     }
-    await container.remove({ force: true, v: true }).catch((error: { statusCode?: number }) => {
-      // 404: already gone; 409: removal already in progress.
-      if (error.statusCode !== 404 && error.statusCode !== 409) throw error;
-    });
+    await removeContainer(container);
   }
 }
 
@@ -380,34 +396,37 @@ export function jobOutputBind(storageRoot: string, job: Pick<ClaimedJob, 'id' | 
 }
 
 /**
- * `container.wait()`, retried while the engine is out of reach (it restarts; the
- * container runs on): giving up would classify a live runner as crashed.
+ * `call()`, retried while the engine is out of reach (it restarts; the container runs on);
+ * undefined once the engine answers with an error (the container is gone).
  */
-async function waitForExit(container: Docker.Container): Promise<void> {
+async function retriedWhileUnreachable<T>(call: () => Promise<T>): Promise<T | undefined> {
   for (;;) {
     try {
-      await container.wait({ condition: 'not-running' });
-      return;
-    } catch (error) {
-      if ((error as { statusCode?: number }).statusCode !== undefined) return; // the engine's answer
-      await new Promise((r) => setTimeout(r, 1000));
-    }
-  }
-}
-
-/** `inspect()` of an exited container, retried the same way; undefined once it is gone. */
-async function inspectAfterExit(
-  container: Docker.Container,
-): Promise<Docker.ContainerInspectInfo | undefined> {
-  for (;;) {
-    try {
-      return await container.inspect();
+      return await call();
     } catch (error) {
       if ((error as { statusCode?: number }).statusCode !== undefined) return undefined;
       await new Promise((r) => setTimeout(r, 1000));
     }
   }
 }
+
+/**
+ * Until the container has stopped, through an engine that restarts meanwhile: giving up
+ * would classify a live runner as crashed.
+ */
+async function waitForExit(container: Docker.Container): Promise<void> {
+  await retriedWhileUnreachable(() =>
+    containerRequest(container, {
+      method: 'POST',
+      what: 'wait',
+      query: { condition: 'not-running' },
+    }),
+  );
+}
+
+/** `inspect()` of an exited container, retried the same way; undefined once it is gone. */
+const inspectAfterExit = (container: Docker.Container) =>
+  retriedWhileUnreachable(() => container.inspect());
 
 function signalName(signo: number): string | null {
   for (const [name, value] of Object.entries(constants.signals)) if (value === signo) return name;

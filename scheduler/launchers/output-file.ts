@@ -13,6 +13,7 @@ import {
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { z } from 'zod';
+import { jsonOrUndefined } from '../../contract/json.ts';
 import type { ClaimedJob } from '../../contract/jobs.ts';
 import { sleep } from '../retry.ts';
 import { LogLineSplitter } from './docker-logs.ts';
@@ -67,6 +68,28 @@ export class OutputFiles {
     return { base, meta, log };
   }
 
+  /**
+   * An output file for a warm runner, before its job: the log only. A file without meta
+   * is not listed; it gets its meta (assign) once the runner is handed a job.
+   */
+  async createUnassigned(): Promise<OutputFile & { log: FileHandle }> {
+    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    const base = join(this.dir, `warm-${randomUUID()}`);
+    const log = await open(`${base}.log`, 'a', 0o600);
+    return { base, meta: { job_id: '', attempt: 0, lease_token: '', seq_base: 0 }, log };
+  }
+
+  /** Writes the meta of a warm runner's file once it is handed `job`. */
+  async assign(file: OutputFile, job: ClaimedJob, seqBase: number): Promise<void> {
+    file.meta = {
+      job_id: job.id,
+      attempt: job.attempts,
+      lease_token: job.lease_token,
+      seq_base: seqBase,
+    };
+    await writeMeta(file.base, file.meta);
+  }
+
   /** Records the runner's process, so that a restarted scheduler can wait for its end. */
   async setRunner(file: OutputFile, runner: string): Promise<void> {
     file.meta = { ...file.meta, runner };
@@ -78,6 +101,19 @@ export class OutputFiles {
     await rm(`${file.base}.json`, { force: true });
   }
 
+  /**
+   * Removes the files of warm runners that never got a job and that no runner of this
+   * launcher writes (`watching`): left by a killed scheduler (its warm runners exited).
+   */
+  async removeUnassigned(watching: ReadonlySet<string>): Promise<void> {
+    const names = await readdir(this.dir).catch(() => [] as string[]);
+    for (const name of names.filter((n) => n.startsWith('warm-') && n.endsWith('.log'))) {
+      const base = join(this.dir, name.slice(0, -'.log'.length));
+      if (!watching.has(base) && !names.includes(`${name.slice(0, -'.log'.length)}.json`))
+        await rm(`${base}.log`, { force: true });
+    }
+  }
+
   /** Every output file in the folder (a file whose meta cannot be read is skipped). */
   async list(): Promise<OutputFile[]> {
     const names = await readdir(this.dir).catch(() => [] as string[]);
@@ -85,7 +121,7 @@ export class OutputFiles {
     for (const name of names.filter((n) => n.endsWith('.json'))) {
       const base = join(this.dir, name.slice(0, -'.json'.length));
       const text = await readFile(`${base}.json`, 'utf8').catch(() => '');
-      const meta = OutputMeta.safeParse(safeJson(text));
+      const meta = OutputMeta.safeParse(jsonOrUndefined(text));
       if (meta.success) files.push({ base, meta: meta.data });
     }
     return files;
@@ -146,12 +182,4 @@ async function writeMeta(base: string, meta: OutputMeta): Promise<void> {
   const temp = `${base}.json.${process.pid}.tmp`;
   await writeFile(temp, JSON.stringify(meta), { mode: 0o600 });
   await rename(temp, `${base}.json`);
-}
-
-function safeJson(text: string): unknown {
-  try {
-    return JSON.parse(text);
-  } catch {
-    return undefined;
-  }
 }

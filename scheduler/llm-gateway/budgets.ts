@@ -47,8 +47,15 @@ export function costUsd(price: Price | undefined, usage: TokenUsage): number {
  * it names none) for each of the
  * `n` choices it asks for (the limit is per choice: n: 100 of 50 tokens is 5,000).
  */
-export function chatTokenCeiling(body: Record<string, unknown>, defaultOutput: number): number {
-  const prompt = Math.ceil(Buffer.byteLength(JSON.stringify(body.messages ?? [])) / 4);
+export function chatTokenCeiling(
+  body: Record<string, unknown>,
+  bodyBytes: number,
+  defaultOutput: number,
+): number {
+  // The whole body, not only `messages`: a provider bills tools, functions and a
+  // response_format schema as prompt tokens too, so a runner could otherwise put its
+  // prompt there and be reserved next to nothing (docs/containers.md, residual: the ratio).
+  const prompt = Math.ceil(bodyBytes / 4);
   // Both limits may be sent, and providers read different ones (Ollama max_tokens only):
   // the larger counts.
   const limits = [body.max_completion_tokens, body.max_tokens].map(count).filter((l) => l > 0);

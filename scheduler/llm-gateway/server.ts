@@ -1,11 +1,17 @@
 import { EventEmitter } from 'node:events';
 import http from 'node:http';
-import https from 'node:https';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { ClaimedJob } from '../../contract/jobs.ts';
 import type { Admission, LlmLedger, LlmUsageRecord } from '../../control-plane/db/llm-ledger.ts';
 import type { Logger } from '../../control-plane/logger.ts';
 import { retryAfterMs } from '../../runner/llm/retry.ts';
+import { readBody } from '../http-body.ts';
+import {
+  capPeerConnections,
+  RUNNER_FACING,
+  type PeerConnectionStats,
+} from '../peer-connections.ts';
+import { BodyBuffer, type BodyBufferStats, type BodyPlace } from './body-buffer.ts';
 import {
   chatTokenCeiling,
   costUsd,
@@ -16,15 +22,11 @@ import {
   type Price,
   type TokenUsage,
 } from './budgets.ts';
+import { CredentialTable } from './credentials.ts';
 import { LlmLimiter } from './limiter.ts';
-import { readBody } from '../http-body.ts';
+import { forward, passedHeaders, type Answer, type Upstream } from './upstream.ts';
 
-/** An endpoint the gateway forwards to, with the key that stays in the scheduler. */
-export interface Upstream {
-  /** OpenAI-compatible base URL (…/v1). */
-  baseURL: string;
-  apiKey: string | undefined;
-}
+export type { Upstream } from './upstream.ts';
 
 export interface LlmGatewayOptions {
   ledger: LlmLedger;
@@ -44,6 +46,10 @@ export interface LlmGatewayOptions {
   defaultDailyTokens: number | undefined;
   /** Longest one forwarded request may take (HD_LLM_TIMEOUT_MS). */
   timeoutMs: number;
+  /** Requests one credential may have in the gateway at once (HD_LLM_GATEWAY_RUNNER_REQUESTS). */
+  runnerRequests: number;
+  /** Bytes of request bodies held at once, all runners (HD_LLM_GATEWAY_BUFFER_BYTES). */
+  bufferBytes: number;
 }
 
 export interface LlmGatewayEvents {
@@ -51,28 +57,64 @@ export interface LlmGatewayEvents {
   usage: [model: string, usage: TokenUsage];
 }
 
-const MAX_BODY_BYTES = { chat: 16 << 20, audio: 32 << 20 } as const; // OpenAI's audio limit: 25 MB
-// Response headers a client may act on (rate-limit hints, request ids); the rest stay here.
-const PASSED_HEADERS = /^(content-type|retry-after|retry-after-ms|x-ratelimit-.*|x-request-id)$/i;
-const agents = {
-  http: new http.Agent({ keepAlive: true, maxSockets: Infinity }),
-  https: new https.Agent({ keepAlive: true, maxSockets: Infinity }),
-};
+/** What the gateway holds and has read of requests: BodyBuffer's counts, and the wire's. */
+export interface GatewayIntake extends BodyBufferStats, PeerConnectionStats {
+  /** Bytes read off its connections since the start (headers and bodies). */
+  receivedBytes: number;
+  /** Requests in the gateway now (read, waiting or at the provider), all credentials. */
+  requests: number;
+  /** Requests refused 429 unread since the start: a runner's or an account's share was held. */
+  sharesRefused: number;
+}
+
+// How long a refused connection stays open, unread, after its answer (refuse()).
+const LINGER_MS = 2000;
+export const MAX_BODY_BYTES = { chat: 16 << 20, audio: 32 << 20 } as const; // OpenAI's audio limit: 25 MB
+
+/**
+ * Body bytes one account's runners may hold or wait for at once: a quarter of the buffer,
+ * at least two of the largest bodies. Without it one runner (8 requests of 32 MiB declared,
+ * their bodies trickled) held the whole default buffer and every other tenant's requests
+ * waited behind it (red team, test/llm-gateway-red-team.test.ts).
+ */
+export function accountShare(bufferBytes: number): number {
+  return Math.max(Math.floor(bufferBytes / 4), 2 * MAX_BODY_BYTES.audio);
+}
+
+/** A request past the admission that comes before its body: whose it is, and its body. */
+interface Admitted {
+  tokenSha256: string;
+  body: Buffer;
+}
 
 /**
  * The scheduler's OpenAI-compatible gateway (POST /v1/chat/completions, structured output
  * included, and POST /v1/audio/transcriptions): runners send their job's credential
- * instead of the provider's key. Each request is admitted in SQL (credential bound to the
- * job's current lease, the account's daily budget: hd_llm_admit), waits for its place
- * under the limits of its provider + model (limiter.ts), goes to the provider with the
- * scheduler's key, and comes back as the provider sent it (status, body, Retry-After), so
- * the runner's client adapts as it would talking to the provider itself. Bodies are
- * forwarded byte for byte.
+ * instead of the provider's key. Before a byte of a body is read, the credential must be
+ * one the gateway knows (credentials.ts), the body within its limit by Content-Length,
+ * the credential under its requests in flight and the body within the room left for
+ * bodies (body-buffer.ts); a refusal there closes the connection with the body unread.
+ * Then each request is admitted in SQL (credential bound to the job's current lease, the
+ * account's daily budget: hd_llm_admit), waits for its place under the limits of its
+ * provider + model (limiter.ts), goes to the provider with the scheduler's key, and comes
+ * back as the provider sent it (status, body, Retry-After), so the runner's client adapts
+ * as it would talking to the provider itself. Bodies are forwarded byte for byte.
  */
 export class LlmGateway extends EventEmitter<LlmGatewayEvents> {
   readonly #o: LlmGatewayOptions;
   readonly #server: http.Server;
   readonly #usage: UsageRecorder<LlmUsageRecord>;
+  readonly #credentials: CredentialTable;
+  readonly #bodies: BodyBuffer;
+  /** Requests in the gateway per credential (by hash): read, waiting or at the provider. */
+  readonly #perCredential = new Map<string, number>();
+  /** Body bytes per account: held, or waiting for room (accountShare). */
+  readonly #perAccount = new Map<string, number>();
+  #sharesRefused = 0;
+  readonly #sockets = new Set<Socket>();
+  readonly #peers: () => PeerConnectionStats;
+  /** Bytes read by connections that closed. */
+  #receivedClosed = 0;
   #url: string | undefined;
 
   constructor(options: LlmGatewayOptions) {
@@ -86,7 +128,9 @@ export class LlmGateway extends EventEmitter<LlmGatewayEvents> {
           'llm usage not recorded',
         ),
     );
-    this.#server = http.createServer((req, res) => {
+    this.#credentials = new CredentialTable((hash) => options.ledger.credential(hash));
+    this.#bodies = new BodyBuffer(options.bufferBytes);
+    this.#server = http.createServer(RUNNER_FACING, (req, res) => {
       this.#handle(req, res).catch((error: unknown) => {
         this.#o.log.error({ err: error }, 'llm gateway: request failed');
         if (!res.headersSent) reply(res, 500, 'server_error', 'the gateway failed');
@@ -94,11 +138,31 @@ export class LlmGateway extends EventEmitter<LlmGatewayEvents> {
       });
     });
     this.#server.keepAliveTimeout = 65_000;
+    this.#peers = capPeerConnections(this.#server, (socket) => {
+      this.#sockets.add(socket);
+      socket.once('close', () => {
+        this.#sockets.delete(socket);
+        this.#receivedClosed += socket.bytesRead;
+      });
+    });
   }
 
   /** The limits its requests wait under (their counts: limiter.inFlight, limiter.waiting). */
   get limiter(): LlmLimiter {
     return this.#o.limiter;
+  }
+
+  /** Bodies held and bytes read: what a flood of requests costs it (and a test reads). */
+  get intake(): GatewayIntake {
+    let live = 0;
+    for (const socket of this.#sockets) live += socket.bytesRead;
+    return {
+      ...this.#bodies.stats,
+      receivedBytes: this.#receivedClosed + live,
+      ...this.#peers(),
+      requests: [...this.#perCredential.values()].reduce((sum, n) => sum + n, 0),
+      sharesRefused: this.#sharesRefused,
+    };
   }
 
   /** Base URL runners use (…/v1); set once listening. */
@@ -127,17 +191,20 @@ export class LlmGateway extends EventEmitter<LlmGatewayEvents> {
   /** A new credential for the job's runner, accepted while this lease is the job's. */
   async issue(job: ClaimedJob, validUntil: Date): Promise<string> {
     const token = newCredential();
-    await this.#o.ledger.grantCredential(
-      job.id,
-      job.lease_token,
-      credentialHash(token),
-      validUntil,
-    );
+    const hash = credentialHash(token);
+    await this.#o.ledger.grantCredential(job.id, job.lease_token, hash, validUntil);
+    this.#credentials.remember(hash, {
+      jobId: job.id,
+      accountId: job.account_id,
+      validUntil: validUntil.getTime(),
+    });
     return token;
   }
 
-  /** Forgets the credentials of leases that ended. */
-  async dropEnded(): Promise<void> {
+  /** Forgets the credentials of leases that ended (`job`'s: its runner just ended). */
+  async dropEnded(job?: Pick<ClaimedJob, 'id'>): Promise<void> {
+    if (job) this.#credentials.forgetJob(job.id);
+    this.#credentials.dropExpired();
     await this.#o.ledger.dropCredentials();
   }
 
@@ -146,15 +213,86 @@ export class LlmGateway extends EventEmitter<LlmGatewayEvents> {
     const kind =
       path === '/v1/chat/completions' ? 'chat' : path === '/v1/audio/transcriptions' ? 'audio' : '';
     if (req.method !== 'POST' || !kind)
-      return reply(res, 404, 'invalid_request_error', `no route ${req.method} ${path}`);
+      return refuse(req, 404, 'invalid_request_error', `no route ${req.method} ${path}`);
     const upstream = kind === 'chat' ? this.#o.chat : this.#o.transcribe;
     if (!upstream)
-      return reply(res, 404, 'invalid_request_error', `no ${kind} endpoint is configured`);
+      return refuse(req, 404, 'invalid_request_error', `no ${kind} endpoint is configured`);
     const token = /^Bearer (\S+)$/.exec(req.headers.authorization ?? '')?.[1];
-    if (!token) return reply(res, 401, 'invalid_request_error', 'no credential', 'invalid_api_key');
-    const body = await readBody(req, MAX_BODY_BYTES[kind]);
-    if (!body) return reply(res, 413, 'invalid_request_error', 'request body too large');
+    if (!token)
+      return refuse(req, 401, 'invalid_request_error', 'no credential', 'invalid_api_key');
+    const tokenSha256 = credentialHash(token);
+    const known = await this.#credentials.check(token, tokenSha256);
+    if (known.verdict === 'busy')
+      return refuse(req, 503, 'server_error', 'the gateway is busy checking credentials', null, {
+        'retry-after': '1',
+      });
+    if (known.verdict === 'unknown') return refuse(req, 401, ...invalidCredential);
+    const declared = Number(req.headers['content-length']);
+    if (declared > MAX_BODY_BYTES[kind])
+      return refuse(req, 413, 'invalid_request_error', tooLarge(kind));
+    const count = this.#perCredential.get(tokenSha256) ?? 0;
+    if (count >= this.#o.runnerRequests) {
+      this.#sharesRefused += 1;
+      return refuse(
+        req,
+        429,
+        'rate_limit_error',
+        `this runner's credential has ${count} requests in the gateway, its most (HD_LLM_GATEWAY_RUNNER_REQUESTS); retry once one is answered`,
+        'runner_requests_exceeded',
+        { 'retry-after': '1' },
+      );
+    }
+    const account = known.credential.accountId;
+    // Room for the body before its first byte is read: its declared length, else its most.
+    const expected = declared >= 0 ? declared : MAX_BODY_BYTES[kind];
+    let accountHeld = expected;
+    const accountBytes = this.#perAccount.get(account) ?? 0;
+    if (accountBytes + accountHeld > accountShare(this.#o.bufferBytes)) {
+      this.#sharesRefused += 1;
+      return refuse(
+        req,
+        429,
+        'rate_limit_error',
+        `this runner's account has ${accountBytes} bytes of request bodies in the gateway, its share (a quarter of HD_LLM_GATEWAY_BUFFER_BYTES, at least 64 MiB); retry once one is answered`,
+        'account_buffer_exceeded',
+        { 'retry-after': '1' },
+      );
+    }
+    addToCount(this.#perAccount, account, accountHeld);
+    addToCount(this.#perCredential, tokenSha256, 1);
+    const gone = new AbortController();
+    // 'close' comes after every answer too: only one that was not sent is a runner giving up
+    // (an Error and an abort per request: ~8% of the request path in a CPU profile).
+    res.on('close', () => {
+      if (!res.writableFinished) gone.abort(new Error('the runner closed the request'));
+    });
+    let place: BodyPlace | undefined;
+    try {
+      place = await this.#bodies.reserve(expected, gone.signal);
+      const body = await readBody(req, MAX_BODY_BYTES[kind]);
+      if (!body) return refuse(req, 413, 'invalid_request_error', tooLarge(kind));
+      place.shrink(body.length);
+      addToCount(this.#perAccount, account, body.length - accountHeld);
+      accountHeld = body.length;
+      await this.#serve(req, res, kind, upstream, { tokenSha256, body }, gone);
+    } catch (error) {
+      if (!gone.signal.aborted) throw error;
+    } finally {
+      place?.release();
+      addToCount(this.#perAccount, account, -accountHeld);
+      addToCount(this.#perCredential, tokenSha256, -1);
+    }
+  }
 
+  /** A request whose body was read: checked, admitted in SQL, sent, answered, counted. */
+  async #serve(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    kind: 'chat' | 'audio',
+    upstream: Upstream,
+    { tokenSha256, body }: Admitted,
+    gone: AbortController,
+  ): Promise<void> {
     let model = this.#o.transcribeModel;
     let ceiling = 0; // a transcription's tokens are not known before it is made
     if (kind === 'chat') {
@@ -171,7 +309,7 @@ export class LlmGateway extends EventEmitter<LlmGatewayEvents> {
           'stream is not supported through the gateway (its usage could not be counted)',
         );
       model = json.model;
-      ceiling = chatTokenCeiling(json, this.#o.defaultOutputTokens);
+      ceiling = chatTokenCeiling(json, body.length, this.#o.defaultOutputTokens);
     } else {
       const named = multipartFields(body, 'model', req.headers['content-type']);
       if (named.length > 1)
@@ -191,24 +329,18 @@ export class LlmGateway extends EventEmitter<LlmGatewayEvents> {
     const price = this.#o.prices[model];
     const reservedCost = costUsd(price, { prompt: ceiling, completion: 0, cached: 0 });
     const admission = await this.#o.ledger.admit(
-      credentialHash(token),
+      tokenSha256,
       model,
       ceiling,
       reservedCost,
       this.#o.defaultDailyTokens,
     );
-    if (admission.verdict === 'refused')
-      return reply(
-        res,
-        401,
-        'invalid_request_error',
-        'the credential is not valid: its job ended or its lease is no longer current',
-        'invalid_api_key',
-      );
+    if (admission.verdict === 'refused') {
+      this.#credentials.forget(tokenSha256); // its next request is refused unread
+      return reply(res, 401, ...invalidCredential);
+    }
     if (admission.verdict === 'budget') return reply(res, 402, ...budgetRefusal(admission));
 
-    const gone = new AbortController();
-    res.on('close', () => gone.abort(new Error('the runner closed the request')));
     let answer: Answer | undefined;
     let usage: TokenUsage | undefined;
     let permit;
@@ -265,6 +397,7 @@ export class LlmGateway extends EventEmitter<LlmGatewayEvents> {
       accountId: admission.account_id,
       day: admission.day,
       jobId: admission.job_id,
+      leaseToken: admission.lease_token,
       model,
       reservedTokens: admission.reserved ? ceiling : 0,
       reservedCostUsd: admission.reserved ? reservedCost : 0,
@@ -290,6 +423,45 @@ function budgetRefusal(a: Extract<Admission, { verdict: 'budget' }>) {
   ] as const;
 }
 
+const invalidCredential = [
+  'invalid_request_error',
+  'the credential is not valid: its job ended or its lease is no longer current',
+  'invalid_api_key',
+] as const;
+
+const tooLarge = (kind: 'chat' | 'audio') =>
+  `request body too large (the most for ${kind === 'chat' ? 'a chat completion' : 'a transcription'}: ${MAX_BODY_BYTES[kind]} bytes)`;
+
+/**
+ * An error answered before the body was read, written on the socket itself with
+ * `connection: close`: through the response object, Node would read the body off the wire
+ * (to reuse the connection) or reset it at once, and a client still sending may then see
+ * the reset instead of the answer. Here nothing more is read (Node's parser stops at its
+ * buffer's high-water mark once nobody reads the request) and the connection is ended at
+ * once, then destroyed after LINGER_MS, by when the client has read the answer.
+ */
+function refuse(
+  req: http.IncomingMessage,
+  status: number,
+  type: string,
+  text: string,
+  code: string | null = null,
+  headers: Record<string, string> = {},
+): void {
+  const body = JSON.stringify({ error: { message: text, type, param: null, code } });
+  const head = Object.entries({
+    'content-type': 'application/json',
+    'content-length': String(Buffer.byteLength(body)),
+    connection: 'close',
+    ...headers,
+  })
+    .map(([name, value]) => `${name}: ${value}\r\n`)
+    .join('');
+  const socket = req.socket;
+  socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\n${head}\r\n${body}`);
+  setTimeout(() => socket.destroy(), LINGER_MS).unref();
+}
+
 /** An error as OpenAI words it: `{ error: { message, type, code } }`. */
 function reply(
   res: http.ServerResponse,
@@ -301,6 +473,13 @@ function reply(
   res
     .writeHead(status, { 'content-type': 'application/json' })
     .end(JSON.stringify({ error: { message: text, type, param: null, code } }));
+}
+
+/** Adds `delta` to `key`'s count; a count down to 0 leaves the map (it stays small). */
+function addToCount(counts: Map<string, number>, key: string, delta: number): void {
+  const count = (counts.get(key) ?? 0) + delta;
+  if (count > 0) counts.set(key, count);
+  else counts.delete(key);
 }
 
 function parseJson(body: Buffer): Record<string, unknown> | undefined {
@@ -365,66 +544,6 @@ function unescapeOr(text: string | undefined): string | undefined {
   } catch {
     return text;
   }
-}
-
-interface Answer {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  body: Buffer;
-}
-
-/** Sends the runner's body to the provider with the scheduler's key; reads the whole answer. */
-function forward(
-  upstream: Upstream,
-  kind: 'chat' | 'audio',
-  req: http.IncomingMessage,
-  body: Buffer,
-  timeoutMs: number,
-  signal: AbortSignal,
-): Promise<Answer> {
-  const url = new URL(
-    `${upstream.baseURL.replace(/\/$/, '')}/${kind === 'chat' ? 'chat/completions' : 'audio/transcriptions'}`,
-  );
-  const secure = url.protocol === 'https:';
-  return new Promise((resolve, reject) => {
-    const outgoing = (secure ? https : http).request(
-      url,
-      {
-        method: 'POST',
-        agent: secure ? agents.https : agents.http,
-        headers: {
-          'content-type': req.headers['content-type'] ?? 'application/json',
-          'content-length': body.length,
-          accept: 'application/json',
-          ...(upstream.apiKey && { authorization: `Bearer ${upstream.apiKey}` }),
-        },
-        timeout: timeoutMs,
-        signal,
-      },
-      (incoming) => {
-        const parts: Buffer[] = [];
-        incoming.on('data', (part: Buffer) => parts.push(part));
-        incoming.on('error', reject);
-        incoming.on('end', () =>
-          resolve({
-            status: incoming.statusCode ?? 502,
-            headers: incoming.headers,
-            body: Buffer.concat(parts),
-          }),
-        );
-      },
-    );
-    outgoing.on('timeout', () => outgoing.destroy(new Error(`no answer within ${timeoutMs} ms`)));
-    outgoing.on('error', reject);
-    outgoing.end(body);
-  });
-}
-
-function passedHeaders(headers: http.IncomingHttpHeaders): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [name, value] of Object.entries(headers))
-    if (PASSED_HEADERS.test(name) && typeof value === 'string') out[name] = value;
-  return out;
 }
 
 function message(error: unknown): string {

@@ -6,6 +6,7 @@ import type { Logger } from '../../control-plane/logger.ts';
 import { llmSettings } from '../../runner/llm/client.ts';
 import { priceTable } from './budgets.ts';
 import { LlmLimiter } from './limiter.ts';
+import { LABELS } from '../launchers/docker.ts';
 import { LlmGateway } from './server.ts';
 
 /**
@@ -38,9 +39,12 @@ export async function startLlmGateway(
     defaultOutputTokens: config.HD_LLM_MAX_OUTPUT_TOKENS,
     defaultDailyTokens: config.HD_LLM_DAILY_TOKEN_BUDGET,
     timeoutMs: config.HD_LLM_TIMEOUT_MS,
+    // A runner sends at most HD_LLM_CONCURRENCY at once; twice that leaves room for
+    // requests it gave up on whose connections the gateway has not yet seen close.
+    runnerRequests: config.HD_LLM_GATEWAY_RUNNER_REQUESTS ?? 2 * config.HD_LLM_CONCURRENCY,
+    bufferBytes: config.HD_LLM_GATEWAY_BUFFER_BYTES,
   });
-  const { host, port } = await listenAddress(config);
-  await gateway.listen(host, port);
+  await listenWhereRunnersReach(gateway, config, log);
   log.info({ url: gateway.url, limits: config.HD_LLM_LIMITS ?? {} }, 'llm gateway listening');
   return gateway;
 }
@@ -52,6 +56,57 @@ export function offeredModels(config: Config): Set<string> {
     config.HD_TRANSCRIBE_MODEL,
     ...Object.keys(priceTable(config)),
   ]);
+}
+
+/**
+ * Listens at listenAddress. With port 0, a restarted scheduler listens again on the port
+ * its running containers were given (HD_LLM_BASE_URL in their environment): they keep
+ * the URL they were started with, and the new process re-adopts them (reconcile.ts).
+ * A port taken by another process is a ConfigError naming it; a remembered port that is
+ * taken falls back to any free one, with a warning.
+ */
+async function listenWhereRunnersReach(
+  gateway: LlmGateway,
+  config: Config,
+  log: Logger,
+): Promise<void> {
+  const { host, port } = await listenAddress(config);
+  const remembered = port === 0 ? await portOfRunningContainers(config, host) : undefined;
+  try {
+    await gateway.listen(host, remembered ?? port);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw error;
+    if (remembered === undefined)
+      throw new ConfigError(
+        `invalid configuration: HD_LLM_GATEWAY_ADDRESS: ${host}:${port} is in use by another process (another scheduler on this host?); give each scheduler its own port`,
+      );
+    log.warn(
+      { port: remembered },
+      "llm gateway: the port this scheduler's running containers were given is taken; listening on another, so their model requests fail (LLM_FAILED, retried)",
+    );
+    await gateway.listen(host, 0);
+  }
+}
+
+/** The gateway port in the environment of this scheduler's running containers, if any. */
+async function portOfRunningContainers(config: Config, host: string): Promise<number | undefined> {
+  if (config.HD_LAUNCHER !== 'docker') return undefined; // process runners are not re-adopted
+  const docker = new Docker();
+  const containers = await docker
+    .listContainers({ filters: { label: [`${LABELS.schedulerId}=${config.HD_WORKER_ID}`] } })
+    .catch(() => []);
+  for (const c of containers) {
+    const info = await docker
+      .getContainer(c.Id)
+      .inspect()
+      .catch(() => undefined);
+    for (const entry of info?.Config.Env ?? []) {
+      const url = /^HD_(?:LLM|TRANSCRIBE)_BASE_URL=(.*)$/.exec(entry)?.[1];
+      const at = url && URL.canParse(url) ? new URL(url) : undefined;
+      if (at?.port && at.hostname.replace(/^\[|\]$/g, '') === host) return Number(at.port);
+    }
+  }
+  return undefined;
 }
 
 /**

@@ -12,6 +12,8 @@ const myToken = process.env.HD_LEASE_TOKEN!;
 const env = process.env;
 const v = plan.victim;
 const ZERO = '00000000-0000-0000-0000-000000000000';
+/** SHA-256 of the 7 bytes 'planted', what the upload attempts store. */
+const plantedSha256 = '372eb3774802a8d97badd0f3afdabbf7a17ef8a1f900b394db99a460b893406c';
 
 function report(line: AttemptLine) {
   const result = line.result === undefined ? {} : { result: cut(line.result) };
@@ -426,6 +428,81 @@ if (env.HD_STORAGE === 'supabase') {
   const put = (url: string) =>
     fetch(url, { method: 'PUT', headers: { 'content-type': 'text/plain' }, body: 'planted' });
   await attempt('upload through my grant', async () => storageAnswer(await put(granted)));
+  // What is stored must be what is declared (00030): Storage's own row of the object
+  // (storage.objects) is read when the artifact is recorded.
+  const record = (name: string, sizeBytes: number) =>
+    callAs('hd_record_artifact', myJobId, myToken, {
+      p_kind: 'page_text',
+      p_name: name,
+      p_content_type: 'text/markdown',
+      p_size_bytes: sizeBytes,
+      p_sha256: plantedSha256,
+    });
+  await attempt('record my artifact as stored', async () => {
+    await record('p.md', 7);
+    return 'recorded';
+  });
+  const MiB = Buffer.alloc(1 << 20, 0x61);
+  await attempt('overwrite my recorded artifact with 1 MiB through its grant', async () =>
+    storageAnswer(await fetch(granted, { method: 'PUT', body: MiB })),
+  );
+  const begunAs7 = async (name: string) => {
+    await callAs('hd_begin_artifact', myJobId, myToken, {
+      p_kind: 'page_text',
+      p_name: name,
+      p_size_bytes: 7,
+    });
+    return grant(myJobId, 'hd_outputs', `accounts/${myAccount}/jobs/${myJobId}/page_text/${name}`);
+  };
+  await attempt('store 1 MiB under an artifact begun as 7 bytes, record it as 7', async () => {
+    const url = await begunAs7('more.md');
+    await storageAnswer(await fetch(url, { method: 'PUT', body: MiB }));
+    return record('more.md', 7);
+  });
+  // The same through Storage's resumable route on the grant's token (x-signature).
+  const tusCreate = (url: string, key: string, length: number) =>
+    fetch(`${storage}/upload/resumable/sign`, {
+      method: 'POST',
+      headers: {
+        'tus-resumable': '1.0.0',
+        'upload-length': String(length),
+        'upload-metadata': `bucketName ${btoa('hd_outputs')},objectName ${btoa(key)}`,
+        'x-signature': new URL(url).searchParams.get('token') ?? '',
+      },
+    });
+  await attempt(
+    'store 1 MiB resumably under an artifact begun as 7 bytes, record it as 7',
+    async () => {
+      const url = await begunAs7('more-tus.md');
+      const key = `accounts/${myAccount}/jobs/${myJobId}/page_text/more-tus.md`;
+      const created = await tusCreate(url, key, MiB.length);
+      if (created.status !== 201) throw new Error(`${created.status} ${await created.text()}`);
+      const patched = await fetch(
+        `${storage}/upload/resumable/sign/${created.headers.get('location')!.split('/').pop()}`,
+        {
+          method: 'PATCH',
+          headers: {
+            'tus-resumable': '1.0.0',
+            'upload-offset': '0',
+            'content-type': 'application/offset+octet-stream',
+            'x-signature': new URL(url).searchParams.get('token') ?? '',
+          },
+          body: MiB,
+        },
+      );
+      if (patched.status !== 204) throw new Error(`${patched.status} ${await patched.text()}`);
+      return record('more-tus.md', 7);
+    },
+  );
+  await attempt("resumable upload to A's output folder with my grant's token", async () => {
+    const created = await tusCreate(granted, aOutput, 7);
+    if (created.status !== 201) throw new Error(`${created.status} ${await created.text()}`);
+    return 'created';
+  });
+  await attempt('record an artifact begun as 7 bytes before storing it', async () => {
+    await begunAs7('early.md');
+    return record('early.md', 7);
+  });
   // No hd_begin_artifact for this key: nothing held it against the job's output limit.
   await attempt('upload 1 MiB under a key no artifact was begun for', async () => {
     const url = await grant(myJobId, 'hd_outputs', `accounts/${myAccount}/jobs/${myJobId}/x/big`);
@@ -603,6 +680,56 @@ if (env.HD_LLM_API_KEY?.startsWith('hdgw_')) {
   );
   await attempt('gateway: a body over its limit (17 MiB)', () =>
     send('/v1/chat/completions', Buffer.alloc(17 << 20, 0x20)),
+  );
+  // A provider bills tools as prompt tokens: a ceiling read from `messages` alone would
+  // reserve ~10 tokens for ~3,000 (red team, test/llm-gateway-red-team.test.ts).
+  await attempt(
+    "gateway: the prompt in a tool's description (12,000 bytes), 'hi' as messages",
+    () =>
+      send(
+        '/v1/chat/completions',
+        chat({
+          max_tokens: 10,
+          tools: [{ type: 'function', function: { name: 'f', description: 'x'.repeat(12_000) } }],
+        }),
+      ),
+  );
+  // JSON.parse keeps the last of two keys, as the provider's parser does: the one checked.
+  await attempt('gateway: two "model" keys, an offered one first', () =>
+    send(
+      '/v1/chat/completions',
+      '{"model":"stand-in","model":"o1-pro","messages":[{"role":"user","content":"hi"}],"max_tokens":10}',
+    ),
+  );
+  // Raw HTTP: each status line the gateway wrote before it closed; refused unless a 200.
+  const { connect } = await import('node:net');
+  const raw = (text: string) =>
+    new Promise<string>((resolve, reject) => {
+      const socket = connect(Number(gateway.port), gateway.hostname);
+      let heard = '';
+      socket.on('data', (part: Buffer) => (heard += part.toString('latin1')));
+      socket.on('error', reject);
+      socket.on('close', () => {
+        const statuses = heard.match(/^HTTP\/1\.1 \d{3}/gm) ?? [];
+        if (statuses.some((line) => line.endsWith('200'))) resolve(statuses.join('; '));
+        else reject(new Error(statuses.join('; ') || 'closed without an answer'));
+      });
+      socket.end(text);
+    });
+  const head = (headers: string) =>
+    `POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n${headers}\r\n`;
+  const mine = `Authorization: Bearer ${env.HD_LLM_API_KEY}\r\n`;
+  const smuggled = chat({ model: 'o1-pro', max_tokens: 10 });
+  // Content-Length says 2; what follows is parsed as a request of its own, admitted alone.
+  await attempt('gateway: a request smuggled behind a Content-Length of 2', () =>
+    raw(
+      `${head(`${mine}Content-Length: 2\r\n`)}{}${head(`Content-Length: ${smuggled.length}\r\n`)}${smuggled}`,
+    ),
+  );
+  await attempt('gateway: Transfer-Encoding chunked and a Content-Length both', () =>
+    raw(
+      `${head(`${mine}Content-Length: 4\r\nTransfer-Encoding: chunked\r\n`)}2\r\n{}\r\n0\r\n\r\n`,
+    ),
   );
 }
 

@@ -233,10 +233,27 @@ export function expectations(
       e.set(`gateway: a streamed answer, ${how}`, {
         refused: exactly('400 stream is not supported through the gateway'),
       });
-    // The gateway stops reading at 16 MiB and closes the connection: the client may see
-    // the 413 or the closed socket, whichever comes first.
+    // Refused by its Content-Length before a byte of it is read; the answer comes before
+    // the connection is closed (test/llm-gateway-admission.test.ts).
     e.set('gateway: a body over its limit (17 MiB)', {
-      refused: /^(413 request body too large|write EPIPE|read ECONNRESET|socket hang up)$/,
+      refused: exactly(
+        '413 request body too large (the most for a chat completion: 16777216 bytes)',
+      ),
+    });
+    e.set("gateway: the prompt in a tool's description (12,000 bytes), 'hi' as messages", {
+      refused: overBudget,
+    });
+    e.set('gateway: two "model" keys, an offered one first', {
+      refused: exactly("400 model 'o1-pro' is not offered through this gateway"),
+    });
+    // The one behind is admitted alone: 401 (no credential), and that refusal closes the
+    // connection at once, the first one's answer lost with it (the sender's own connection).
+    e.set('gateway: a request smuggled behind a Content-Length of 2', {
+      refused: /^(HTTP\/1\.1 400; )?HTTP\/1\.1 401$/,
+    });
+    // Node's parser refuses the pair (request smuggling) before the gateway sees it.
+    e.set('gateway: Transfer-Encoding chunked and a Content-Length both', {
+      refused: exactly('HTTP/1.1 400'),
     });
   } else {
     // PostgREST checks the signature before it reads a claim.
@@ -278,6 +295,34 @@ export function expectations(
         'stored',
       ),
     );
+    // The stored object is checked against the declared size at record time (00030), and a
+    // grant creates its object once (no upsert): what was checked cannot be replaced.
+    const ownKey = (name: string) => `accounts/${ACCOUNT_B}/jobs/${mine.id}/page_text/${name}`;
+    e.set(
+      'record my artifact as stored',
+      ok((r) => r === 'recorded', 'recorded'),
+    );
+    e.set('overwrite my recorded artifact with 1 MiB through its grant', {
+      refused: /^400 409 Duplicate: The resource already exists$/,
+    });
+    e.set('store 1 MiB under an artifact begun as 7 bytes, record it as 7', {
+      refused: exactly(
+        `artifact page_text/more.md of job ${mine.id}: the object stored at hd_outputs/${ownKey('more.md')} is 1048576 bytes, not the 7 bytes declared; nothing recorded`,
+      ),
+    });
+    e.set('store 1 MiB resumably under an artifact begun as 7 bytes, record it as 7', {
+      refused: exactly(
+        `artifact page_text/more-tus.md of job ${mine.id}: the object stored at hd_outputs/${ownKey('more-tus.md')} is 1048576 bytes, not the 7 bytes declared; nothing recorded`,
+      ),
+    });
+    e.set("resumable upload to A's output folder with my grant's token", {
+      refused: /^400 The signature is invalid$/,
+    });
+    e.set('record an artifact begun as 7 bytes before storing it', {
+      refused: exactly(
+        `artifact page_text/early.md of job ${mine.id}: nothing is stored at hd_outputs/${ownKey('early.md')} (an upload URL was granted for it); nothing recorded`,
+      ),
+    });
     // Grants are bound to begun artifacts (00025): a key hd_begin_artifact never gave this
     // lease, so never counted against the job's output limit, gets no upload URL.
     const bigKey = `accounts/${ACCOUNT_B}/jobs/${mine.id}/x/big`;

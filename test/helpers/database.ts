@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { inject } from 'vitest';
 import { PostgresDb } from '../../control-plane/db/postgres.ts';
+import type { LeasedJob } from '../../contract/jobs.ts';
 
 export interface TestDatabase {
   name: string;
@@ -68,4 +69,15 @@ export async function createEmptyDatabase(): Promise<{ url: string; drop(): Prom
       await c.end();
     },
   };
+}
+
+/** A new extract_interpretations job of `account`, claimed by `workerId` for 10 minutes. */
+export async function leasedJob(t: TestDatabase, account: string, workerId: string) {
+  const queued = await t.db.enqueueJob({
+    accountId: account,
+    jobType: 'extract_interpretations',
+    debug: {},
+  });
+  const [job] = await t.db.claimJobs({ workerId, jobId: queued.id, leaseSeconds: 600 });
+  return job as LeasedJob;
 }

@@ -3,6 +3,7 @@ import { existsSync } from 'node:fs';
 import { open, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
+import { Writable } from 'node:stream';
 import Docker from 'dockerode';
 import { execa } from 'execa';
 import { PACKAGE_ROOT } from '../../control-plane/package-root.ts';
@@ -144,6 +145,40 @@ async function removeOtherTestImages(docker: Docker, keep: string) {
 export async function containersOf(docker: Docker, schedulerIds: readonly string[]) {
   const all = await docker.listContainers({ all: true, filters: { label: [LABELS.jobId] } });
   return all.filter((c) => schedulerIds.includes(c.Labels[LABELS.schedulerId] ?? ''));
+}
+
+/**
+ * Runs `script` with node (uid 1000, as a runner) in a container of `image` on `network`,
+ * labelled as a runner of `schedulerId` (so a failed test's cleanup finds it); its
+ * stdout. The script must exit 0.
+ */
+export async function runNodeScript(
+  docker: Docker,
+  o: { image: string; script: string; network: string; schedulerId: string },
+): Promise<string> {
+  let out = '';
+  const sink = new Writable({
+    write(chunk, _enc, next) {
+      out += String(chunk);
+      next();
+    },
+  });
+  const [result, container] = (await docker.run(o.image, ['-e', o.script], sink, {
+    Entrypoint: ['node'],
+    User: '1000:1000',
+    Labels: { [LABELS.jobId]: 'attacker', [LABELS.schedulerId]: o.schedulerId },
+    HostConfig: { NetworkMode: o.network },
+  })) as [{ StatusCode: number }, { remove(): Promise<void> }];
+  await container.remove();
+  if (result.StatusCode !== 0) throw new Error(`the script exited ${result.StatusCode}: ${out}`);
+  return out;
+}
+
+/** A Docker network's IPv4 gateway address (`docker network inspect`): this host, as its containers reach it. */
+export function gatewayAddressOf(network: { IPAM?: { Config?: { Gateway?: string }[] } }): string {
+  const address = network.IPAM?.Config?.map((c) => c.Gateway).find((g) => g && !g.includes(':'));
+  if (!address) throw new Error('the Docker network shows no IPv4 gateway address');
+  return address;
 }
 
 /** Force-removes what a failed test left behind; returns how many there were. */

@@ -64,8 +64,8 @@ export interface OpenAiStandIn {
   enqueue(...replies: Reply[]): void;
   /** Decides replies when the queue is empty; undefined gives the stand-in answer. */
   respond(responder: Responder | undefined): void;
-  /** Answers every hanging request normally. */
-  releaseHanging(): void;
+  /** Answers every hanging request normally (those `which` picks, where given). */
+  releaseHanging(which?: (request: RecordedRequest) => boolean): void;
   inFlight(): number;
   /** The most requests in flight at once since the start (or reset). */
   maxInFlight(): number;
@@ -237,9 +237,12 @@ export async function startOpenAiStandIn(
     requests,
     enqueue: (...replies) => void queue.push(...replies),
     respond: (fn) => void (responder = fn),
-    releaseHanging() {
-      for (const release of [...hanging.values()]) release();
-      hanging.clear();
+    releaseHanging(which) {
+      for (const [request, release] of [...hanging])
+        if (!which || which(request)) {
+          hanging.delete(request);
+          release();
+        }
     },
     inFlight,
     maxInFlight: () => peak,

@@ -55,10 +55,16 @@ async function startRelay(target: Endpoint, listenOn: Endpoint): Promise<OutageR
   return { up, down, close: down };
 }
 
-/** A relay to the PostgreSQL of `databaseUrl`; `url` connects through it. */
-export async function startDbRelay(databaseUrl: string): Promise<OutageRelay & { url: string }> {
+/**
+ * A relay to the PostgreSQL of `databaseUrl`, listening on `host` (loopback, or a Docker
+ * network's gateway address for containers on that network); `url` connects through it.
+ */
+export async function startDbRelay(
+  databaseUrl: string,
+  host = '127.0.0.1',
+): Promise<OutageRelay & { url: string }> {
   const target = new URL(databaseUrl);
-  const listenOn = { host: '127.0.0.1', port: 0 };
+  const listenOn = { host, port: 0 };
   const relay = await startRelay(
     { host: target.hostname, port: Number(target.port || 5432) },
     listenOn,

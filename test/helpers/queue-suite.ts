@@ -354,10 +354,28 @@ export function describeQueueSuite(name: string, open: () => Promise<QueueSuiteT
           jobType: 'batch_pipeline_probe',
           debug: { next_stages: ['text2kg'] },
         });
+        // A plain job in the same call: one UPDATE takes it, the pipeline job goes its own way.
+        const plain = await enqueue({ jobType: 'batch_pipeline_probe' });
         const claimed = await claimOne(job.id);
-        const lease = [{ jobId: job.id, leaseToken: claimed.lease_token }];
-        expect(await t.db.completeJobs(lease, {})).toEqual([{ jobId: job.id, completed: true }]);
-        expect(await t.db.completeJobs(lease, {})).toEqual([{ jobId: job.id, completed: false }]);
+        const claimedPlain = await claimOne(plain.id);
+        const lease = [
+          { jobId: job.id, leaseToken: claimed.lease_token },
+          { jobId: plain.id, leaseToken: claimedPlain.lease_token },
+        ];
+        expect(await t.db.completeJobs(lease, { n: 1 })).toEqual([
+          { jobId: job.id, completed: true },
+          { jobId: plain.id, completed: true },
+        ]);
+        expect(await t.db.completeJobs(lease, {})).toEqual([
+          { jobId: job.id, completed: false },
+          { jobId: plain.id, completed: false },
+        ]);
+        for (const id of [job.id, plain.id]) {
+          expect(await t.db.getJob(id)).toMatchObject({
+            status: 'completed',
+            debug: { stats: { n: 1 } },
+          });
+        }
         const next = await at(
           `select job_type, status from hd_ingestion_jobs where debug #>> '{pipeline,parent_job_id}' = $1`,
           [job.id],

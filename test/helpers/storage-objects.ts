@@ -87,6 +87,11 @@ export class StandInObjects {
     return this.#objects.get(`${bucket}\u0000${key}`);
   }
 
+  /** Forgets an object (its file goes with the stand-in's root); whether it was there. */
+  remove(bucket: string, key: string): boolean {
+    return this.#objects.delete(`${bucket}\u0000${key}`);
+  }
+
   /** A fresh file to write an upload into before commit. */
   partialFile(): string {
     return join(this.#root, `partial-${randomUUID()}`);

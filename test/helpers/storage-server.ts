@@ -11,14 +11,16 @@ import {
   storageErrors as E,
 } from './storage-objects.ts';
 import { signJwt } from './postgrest.ts';
+import { StorageRows } from './storage-rows.ts';
 import { createTusHandler } from './storage-tus.ts';
 
 /**
  * A stand-in for Supabase Storage, which cannot run here (it needs its own service,
  * database schema and object backend). It speaks the part of the Storage API that
  * hd-runner and supabase-js use — upload (POST, x-upsert; raw or multipart), update
- * (PUT), download, list, get bucket, resumable (TUS) upload, signed download and upload
- * URLs — and answers as the real
+ * (PUT), download, list, remove, get bucket, resumable (TUS) upload, signed download and
+ * upload URLs, resumable uploads on a signed URL's token — and, given the project's database, keeps `storage.buckets` and
+ * `storage.objects` rows there as Storage does (test/helpers/storage-rows.ts); it answers as the real
  * server does where it was measured side by side; the behaviours, each with the one it
  * mirrors, are listed and tested in test/storage-standin.test.ts.
  * No storage RLS policies: the service role may do anything, other roles nothing.
@@ -50,6 +52,7 @@ export interface StorageStandIn {
   readonly requests: StorageRequest[];
   /** Content type each object was stored with, by `bucket/key`. */
   readonly contentTypes: Map<string, string>;
+  close(): Promise<void>;
 }
 
 export type Caller = { valid: false; reason: string } | { valid: true; role: string };
@@ -85,8 +88,14 @@ const decode = (segment: string, whole: string) => {
   }
 };
 
-export function createStorageStandIn(options: { root: string; jwtSecret: string }): StorageStandIn {
+export function createStorageStandIn(options: {
+  root: string;
+  jwtSecret: string;
+  /** The project's database: object rows go to its `storage` schema, as Storage keeps them. */
+  databaseUrl?: string;
+}): StorageStandIn {
   const objects = new StandInObjects(options.root);
+  const rows = options.databaseUrl ? new StorageRows(options.databaseUrl) : undefined;
   const contentTypes = new Map<string, string>();
   const requests: StorageRequest[] = [];
   let faults: { count: number; status: number; error: string; method?: string } | undefined;
@@ -95,6 +104,7 @@ export function createStorageStandIn(options: { root: string; jwtSecret: string 
 
   const commit = async (bucket: string, key: string, partial: string, type: string, n: number) => {
     await objects.commit(bucket, key, partial, type, n);
+    await rows?.put(bucket, key, n, type);
     contentTypes.set(`${bucket}/${key}`, type);
   };
   const tus = createTusHandler({ objects, commit });
@@ -275,6 +285,17 @@ export function createStorageStandIn(options: { root: string; jwtSecret: string 
     }
     const caller = callerOf(req, options.jwtSecret);
     const [area, ...rest] = parts;
+    if (area === 'upload' && rest[0] === 'resumable' && rest[1] === 'sign') {
+      // Signed (`x-signature`: a signed upload URL's token): whoever holds it, its one key.
+      const token = req.headers['x-signature'];
+      const signature = (bucket: string, key: string) => {
+        const claims = verifyJwt(typeof token === 'string' ? token : '', options.jwtSecret);
+        if (typeof claims === 'string' || claims.url !== `${bucket}/${key}`)
+          throw new StorageHttpError(400, 'InvalidSignature', 'The signature is invalid', '', true);
+        return { upsert: claims.upsert === true };
+      };
+      return tus(req, res, rest[2], { valid: true, role: 'service_role' }, seen, signature);
+    }
     if (area === 'upload' && rest[0] === 'resumable') {
       if (!caller.valid) throw E.accessDenied(caller.reason);
       return tus(req, res, rest[1], caller, seen);
@@ -302,6 +323,23 @@ export function createStorageStandIn(options: { root: string; jwtSecret: string 
       return json(res, 200, caller.role === 'service_role' ? listed : []);
     }
     if (rest[0] === 'sign') return signed(req, res, rest.slice(1), path, caller, seen);
+    if (method === 'DELETE' && rest.length === 1) {
+      // Remove (supabase-js `remove`): `{prefixes}` in the body; answers what it removed.
+      if (!caller.valid) throw E.accessDenied(caller.reason);
+      const bucket = decode(rest[0]!, pathname);
+      const { prefixes = [] } = JSON.parse((await readBody(req)).toString('utf8') || '{}') as {
+        prefixes?: string[];
+      };
+      objects.bucket(bucket);
+      if (caller.role !== 'service_role') return json(res, 200, []);
+      const removed = prefixes.filter((key) => objects.remove(bucket, key));
+      await rows?.remove(bucket, removed);
+      return json(
+        res,
+        200,
+        removed.map((name) => ({ name, bucket_id: bucket })),
+      );
+    }
     if (rest[0] === 'upload' && rest[1] === 'sign')
       return signedUpload(req, res, rest.slice(2), path, caller, seen);
     const [bucketPart, ...keyParts] = rest[0] === 'authenticated' ? rest.slice(1) : rest;
@@ -341,6 +379,10 @@ export function createStorageStandIn(options: { root: string; jwtSecret: string 
     },
     async createBucket(name, bucketOptions = {}) {
       objects.createBucket(name, bucketOptions.fileSizeLimit);
+      await rows?.bucket(name, bucketOptions.fileSizeLimit);
+    },
+    async close() {
+      await rows?.close();
     },
     async putObject(bucket, key, content, type = 'application/octet-stream') {
       await ready;

@@ -12,7 +12,11 @@ import type { Caller, StorageRequest } from './storage-server.ts';
  * size, as on Storage's file backend), and where-am-I (HEAD). As Storage does, every
  * create and PATCH checks overwrite with its OWN `x-upsert` header, errors are plain
  * text with the real HTTP status, and Location is absolute (from X-Forwarded-*).
+ * Signed (/upload/resumable/sign, Storage's tus lifecycle `onIncomingRequest`): every
+ * request carries a signed upload URL's token in `x-signature`, checked against the
+ * upload's bucket/key; overwrite then follows the token's `upsert`, not a header.
  */
+export type Signature = (bucket: string, key: string) => { upsert: boolean };
 interface Upload {
   bucket: string;
   key: string;
@@ -40,19 +44,26 @@ function metadata(header: string | undefined): Record<string, string> {
 }
 
 /** The absolute upload URL, from the forwarded host and protocol as Storage builds it. */
-function locationOf(req: IncomingMessage, id: string): string {
+function locationOf(req: IncomingMessage, id: string, signed: boolean): string {
   const proto = (req.headers['x-forwarded-proto'] as string | undefined) ?? 'http';
   const host = (req.headers['x-forwarded-host'] as string | undefined) ?? req.headers.host;
   const prefix = (req.headers['x-forwarded-prefix'] as string | undefined) ?? '/storage/v1';
-  return `${proto}://${host}${prefix.replace(/\/+$/, '')}/upload/resumable/${id}`;
+  const path = `/upload/resumable${signed ? '/sign' : ''}/${id}`;
+  return `${proto}://${host}${prefix.replace(/\/+$/, '')}${path}`;
 }
 
 export function createTusHandler(ctx: TusContext) {
   const uploads = new Map<string, Upload>();
 
-  /** Storage's overwrite check, with the header of THIS request. */
-  const checkOverwrite = (req: IncomingMessage, bucket: string, key: string) => {
-    if (ctx.objects.get(bucket, key) && req.headers['x-upsert'] !== 'true') {
+  /** Storage's overwrite check, with the header of THIS request (or its signed token). */
+  const checkOverwrite = (
+    req: IncomingMessage,
+    bucket: string,
+    key: string,
+    signature?: Signature,
+  ) => {
+    const upsert = signature ? signature(bucket, key).upsert : req.headers['x-upsert'] === 'true';
+    if (ctx.objects.get(bucket, key) && !upsert) {
       throw tusError(409, 'The resource already exists');
     }
   };
@@ -68,6 +79,7 @@ export function createTusHandler(ctx: TusContext) {
     id: string | undefined,
     caller: Caller,
     seen: StorageRequest,
+    signature?: Signature,
   ): Promise<void> {
     const method = req.method ?? 'GET';
     if (method === 'POST' && !id) {
@@ -81,6 +93,7 @@ export function createTusHandler(ctx: TusContext) {
         );
       }
       Object.assign(seen, { bucket, key });
+      signature?.(bucket, key); // checked first, as Storage's onIncomingRequest does
       if (!STORAGE_KEY.test(key)) throw tusError(400, `Invalid key: ${key}`);
       const found = (() => {
         try {
@@ -93,18 +106,20 @@ export function createTusHandler(ctx: TusContext) {
       if (found.limit !== undefined && length > found.limit) {
         throw tusError(413, 'The object exceeded the maximum allowed size');
       }
-      checkOverwrite(req, bucket, key);
+      checkOverwrite(req, bucket, key, signature);
       const uploadId = Buffer.from(`${bucket}/${key}/${randomUUID()}`).toString('base64url');
       const file = ctx.objects.partialFile();
       await pipeline(req, createWriteStream(file));
       const contentType = meta.contentType ?? 'application/octet-stream';
       uploads.set(uploadId, { bucket, key, file, length, offset: 0, contentType });
-      res.writeHead(201, { location: locationOf(req, uploadId), 'tus-resumable': '1.0.0' });
+      const location = locationOf(req, uploadId, !!signature);
+      res.writeHead(201, { location, 'tus-resumable': '1.0.0' });
       res.end();
       return;
     }
     const upload = id ? uploads.get(id) : undefined;
     if (!upload) throw tusError(404, 'The file for this url was not found');
+    signature?.(upload.bucket, upload.key);
     if (method === 'HEAD') {
       req.resume();
       res.writeHead(200, {
@@ -118,7 +133,7 @@ export function createTusHandler(ctx: TusContext) {
     }
     if (method !== 'PATCH') throw tusError(405, `${method} is not allowed`);
     checkRole(caller);
-    checkOverwrite(req, upload.bucket, upload.key);
+    checkOverwrite(req, upload.bucket, upload.key, signature);
     if (Number(req.headers['upload-offset']) !== upload.offset) {
       throw tusError(409, 'The Upload-Offset header does not match the current offset');
     }

@@ -8,7 +8,8 @@ import { createStorageStandIn, type StorageStandIn } from './storage-server.ts';
 
 /**
  * A local "Supabase project" for tests: one HTTP origin, as SUPABASE_URL is, serving
- * `/rest/v1` from a real PostgREST and `/storage/v1` from the Storage stand-in.
+ * `/rest/v1` from a real PostgREST and `/storage/v1` from the Storage stand-in, which keeps
+ * its object rows in the same database (`storage.objects`), as Supabase Storage does.
  * Realtime and Auth are not served (hd-runner polls; tests sign their own JWTs).
  */
 export interface LocalSupabase {
@@ -41,10 +42,29 @@ function forward(target: string, req: IncomingMessage, res: ServerResponse, path
   pipeline(req, upstream).catch(() => upstream.destroy());
 }
 
+/**
+ * The settings of a scheduler on this project, both ways: supabase transport and storage,
+ * runner tokens signed with its JWT secret.
+ */
+export function supabaseSettings(supabase: LocalSupabase): Record<string, string> {
+  return {
+    HD_TRANSPORT: 'supabase',
+    HD_STORAGE: 'supabase',
+    SUPABASE_URL: supabase.url,
+    SUPABASE_SERVICE_ROLE_KEY: supabase.serviceRoleKey,
+    SUPABASE_ANON_KEY: supabase.anonKey,
+    SUPABASE_JWT_SECRET: supabase.postgrest.jwtSecret,
+  };
+}
+
 export async function startLocalSupabase(databaseUrl: string): Promise<LocalSupabase> {
   const postgrest = await startPostgrest({ databaseUrl });
   const storageRoot = await tempDir('hd-test-storage-');
-  const storage = createStorageStandIn({ root: storageRoot, jwtSecret: postgrest.jwtSecret });
+  const storage = createStorageStandIn({
+    root: storageRoot,
+    jwtSecret: postgrest.jwtSecret,
+    databaseUrl,
+  });
   const server = createServer((req, res) => {
     const url = req.url ?? '/';
     if (url.startsWith('/rest/v1/'))
@@ -69,6 +89,7 @@ export async function startLocalSupabase(databaseUrl: string): Promise<LocalSupa
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
       await postgrest.stop();
+      await storage.close();
       await rm(storageRoot, { recursive: true, force: true });
     },
   };
