@@ -1,4 +1,5 @@
 import type { IncomingMessage } from 'node:http';
+import { networkInterfaces } from 'node:os';
 import type Docker from 'dockerode';
 
 /** The engine dropped the connection before its answer was whole (it restarted). */
@@ -67,4 +68,44 @@ interface DockerModem {
     options: Record<string, unknown>,
     callback: (error: Error | null, res?: IncomingMessage) => void,
   ): void;
+}
+
+/** What `docker network inspect` says that networkGatewayAddress reads. */
+export interface NetworkAddressInfo {
+  Id?: string;
+  Driver?: string;
+  IPAM?: { Config?: { Gateway?: string; Subnet?: string }[] | null } | null;
+  Options?: Record<string, string> | null;
+}
+
+/**
+ * A bridge network's IPv4 gateway address: this host, as the network's containers reach
+ * it. IPAM's Gateway where the engine lists it. A freshly started engine lists only the
+ * default bridge's Subnet: then the bridge interface's address, or, while the interface is
+ * down (no container yet: Node lists only interfaces that are up), the subnet's first
+ * address, which is the one the engine gives its bridge. Undefined for a network without
+ * one (host, none, overlay).
+ */
+export function networkGatewayAddress(network: NetworkAddressInfo): string | undefined {
+  const configs = network.IPAM?.Config ?? [];
+  const listed = configs.map((c) => c.Gateway).find((g) => g && !g.includes(':'));
+  if (listed) return listed;
+  if (network.Driver !== 'bridge') return undefined;
+  const name =
+    network.Options?.['com.docker.network.bridge.name'] ??
+    (network.Id ? `br-${network.Id.slice(0, 12)}` : undefined);
+  const up = name ? networkInterfaces()[name]?.find((a) => a.family === 'IPv4') : undefined;
+  if (up) return up.address;
+  const subnet = configs.map((c) => c.Subnet).find((s) => s && !s.includes(':'));
+  return subnet ? firstHostOf(subnet) : undefined;
+}
+
+function firstHostOf(cidr: string): string | undefined {
+  const match = /^(\d+)\.(\d+)\.(\d+)\.(\d+)\/(\d+)$/.exec(cidr);
+  if (!match || Number(match[5]) > 30) return undefined;
+  const bits = Number(match[5]);
+  const base = match.slice(1, 5).reduce((n, octet) => n * 256 + Number(octet), 0);
+  const network = bits === 0 ? 0 : base - (base % 2 ** (32 - bits));
+  const host = network + 1;
+  return [24, 16, 8, 0].map((shift) => Math.floor(host / 2 ** shift) % 256).join('.');
 }

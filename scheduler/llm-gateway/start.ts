@@ -7,6 +7,7 @@ import { llmSettings } from '../../runner/llm/client.ts';
 import { priceTable } from './budgets.ts';
 import { LlmLimiter } from './limiter.ts';
 import { LABELS } from '../launchers/docker.ts';
+import { networkGatewayAddress, type NetworkAddressInfo } from '../launchers/docker-engine.ts';
 import { LlmGateway } from './server.ts';
 
 /**
@@ -130,8 +131,7 @@ async function listenAddress(config: Config): Promise<{ host: string; port: numb
         `invalid configuration: HD_LLM_GATEWAY_ADDRESS: not set, and the address of Docker network ${config.HD_DOCKER_NETWORK} could not be read (${(error as Error).message}); set it, or HD_LLM_GATEWAY=off`,
       );
     });
-  const ipam = (network as { IPAM?: { Config?: { Gateway?: string }[] } }).IPAM;
-  const host = ipam?.Config?.map((c) => c.Gateway).find((g) => g && !g.includes(':'));
+  const host = networkGatewayAddress(network as NetworkAddressInfo);
   if (!host)
     throw new ConfigError(
       `invalid configuration: HD_LLM_GATEWAY_ADDRESS: not set, and Docker network ${config.HD_DOCKER_NETWORK} shows no IPv4 gateway address; set it, or HD_LLM_GATEWAY=off`,

@@ -8,6 +8,10 @@ import Docker from 'dockerode';
 import { execa } from 'execa';
 import { PACKAGE_ROOT } from '../../control-plane/package-root.ts';
 import { LABELS } from '../../scheduler/launchers/docker.ts';
+import {
+  networkGatewayAddress,
+  type NetworkAddressInfo,
+} from '../../scheduler/launchers/docker-engine.ts';
 
 export type DockerForTests =
   | { available: true; docker: Docker; reason: undefined }
@@ -175,8 +179,8 @@ export async function runNodeScript(
 }
 
 /** A Docker network's IPv4 gateway address (`docker network inspect`): this host, as its containers reach it. */
-export function gatewayAddressOf(network: { IPAM?: { Config?: { Gateway?: string }[] } }): string {
-  const address = network.IPAM?.Config?.map((c) => c.Gateway).find((g) => g && !g.includes(':'));
+export function gatewayAddressOf(network: NetworkAddressInfo): string {
+  const address = networkGatewayAddress(network);
   if (!address) throw new Error('the Docker network shows no IPv4 gateway address');
   return address;
 }
