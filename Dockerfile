@@ -28,9 +28,9 @@ RUN npm run build --silent \
 # --- runtime: root-owned, read-only code; runs as uid 1000 (works with a read-only rootfs)
 FROM ${BASE_IMAGE}
 # Native tools the handlers call (extract_text: poppler with the CJK encoding data,
-# tesseract with German and English data; prlimit comes with util-linux). Empty to
-# leave them out.
-ARG RUNNER_APT_PACKAGES="poppler-utils poppler-data tesseract-ocr tesseract-ocr-deu tesseract-ocr-eng"
+# tesseract with German, English, Arabic and Hebrew data, its script detection data
+# osd.traineddata coming with it; prlimit comes with util-linux). Empty to leave them out.
+ARG RUNNER_APT_PACKAGES="poppler-utils poppler-data tesseract-ocr tesseract-ocr-deu tesseract-ocr-eng tesseract-ocr-ara tesseract-ocr-heb"
 RUN if [ -n "$RUNNER_APT_PACKAGES" ]; then \
       apt-get update -qq \
       && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $RUNNER_APT_PACKAGES \

@@ -24,7 +24,7 @@ const { addDocument, extract, chunksOf, statsOf, expectFailure } = h;
 const textOf = async (doc: string) => (await chunksOf(doc)).map((c) => c.content).join('\n');
 const layersOf = (stats: Record<string, unknown>) =>
   (stats.page_layers as Record<string, string>[]).map(
-    ({ file: _, ocr_dpi: __, ...layers }) => layers,
+    ({ file: _, ocr_dpi: __, failed_why: ___, ocr_language: ____, ...layers }) => layers,
   );
 
 describe('extract_text: PDF text layer and OCR per page', () => {

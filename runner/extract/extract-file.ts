@@ -8,12 +8,12 @@ import {
   type TextChunk,
 } from './chunker.ts';
 import { ChunkBudget, checkTypeSize } from './limits.ts';
-import { ocrImage, type OcrOptions } from './ocr.ts';
+import { readImage, type OcrOptions } from './ocr.ts';
 import { extractPdf, type PageLayer, type PdfSettings } from './pdf.ts';
 import { assertDeclaredMime, describe, readHead, sniff, type FileKind } from './sniff.ts';
 import { readTextPieces } from './text-stream.ts';
 import { ToolFailure } from './tools.ts';
-import { normalizeText, visibleLength } from './text.ts';
+import { visibleLength } from './text.ts';
 import { chunkSeconds, type Transcriber } from './transcribe.ts';
 
 /** What a PDF needs (pdf.ts), and what the other types and the chunking need besides. */
@@ -41,6 +41,10 @@ export interface FileExtraction {
   ocrTried?: number;
   /** The resolution each of those pages was rendered at, in dpi. */
   ocrDpis?: Map<number, number>;
+  /** Why each failed PDF page failed. */
+  failedWhy?: Map<number, string>;
+  /** PDF pages OCRed in their script's language, not the job's: page → language. */
+  ocrScriptLanguages?: Map<number, string>;
   /** Peak resident memory of the PDF parser process, in KiB. */
   parserPeakRssKb?: number;
   /** The whole text and its page starts (PDFs and images), for per-page outputs. */
@@ -83,7 +87,7 @@ export async function extractFile(
           `${name}: an image needs OCR, which this job turned off`,
         );
       }
-      const ocr = await ocrImage(path, `${name}: OCR`, ocrOptions(settings)).catch(
+      const read = await readImage(path, `${name}: OCR`, ocrOptions(settings)).catch(
         (error: unknown) => {
           // tesseract's (leptonica's) own words stay in the cause, for the log.
           if (!(error instanceof ToolFailure)) throw error;
@@ -94,7 +98,13 @@ export async function extractFile(
           );
         },
       );
-      const text = normalizeText(ocr);
+      if (read.skipped !== undefined) {
+        throw new HdError(
+          'UNSUPPORTED_FILE',
+          `${name}: no text read: the image is in ${read.skipped}`,
+        );
+      }
+      const { text } = read;
       if (visibleLength(text) === 0) throw noText(`OCR, languages ${settings.ocrLanguages}`);
       const paged = { text, pages: [{ page: 1, start: 0 }] };
       return { kind, ...chunked(text, paged.pages), pageCount: 1, ocrPages: 1, paged };
@@ -132,6 +142,8 @@ export async function extractFile(
         layers: pdf.layers,
         ocrTried: pdf.ocrTried,
         ocrDpis: pdf.ocrDpis,
+        failedWhy: pdf.failedWhy,
+        ocrScriptLanguages: pdf.ocrScriptLanguages,
         parserPeakRssKb: pdf.parserPeakRssKb,
         paged: { text: pdf.text, pages: pdf.pages },
       };

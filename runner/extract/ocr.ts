@@ -1,7 +1,9 @@
-import { rm } from 'node:fs/promises';
+import { randomUUID } from 'node:crypto';
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HdError } from '../../contract/errors.ts';
 import type { PageImages } from './poppler.ts';
+import { normalizeText, visibleLength } from './text.ts';
 import { runTool, ToolFailure } from './tools.ts';
 
 export interface OcrOptions {
@@ -59,45 +61,232 @@ export function ocrPageDpi(
   return ocrDpi(size.width, size.height, wanted);
 }
 
-/** Text of one image file by Tesseract. */
+/** A tesseract language this runner lacks (no `<language>.traineddata`). */
+export class OcrLanguageMissing extends HdError {
+  readonly language: string;
+  constructor(language: string, languages: string, cause: unknown) {
+    super(
+      'INVALID_INPUT',
+      `OCR language "${language}" is not installed on this runner (languages asked for: ${languages}; apt-get install ${languagePackage(language)})`,
+      { cause },
+    );
+    this.language = language;
+  }
+}
+
+/** The Debian package of a tesseract language: chi_sim → tesseract-ocr-chi-sim. */
+export function languagePackage(language: string): string {
+  return `tesseract-ocr-${language.toLowerCase().replaceAll('_', '-')}`;
+}
+
+/** Text of one image by Tesseract, and its words' mean confidence (0–100; NaN: none). */
+export interface OcrResult {
+  text: string;
+  confidence: number;
+}
+
+/**
+ * Text of one image file by Tesseract, in `options.languages` (or `languages`), with the
+ * mean confidence of its words (one run writes both, txt and tsv).
+ */
 export async function ocrImage(
   imagePath: string,
   what: string,
   options: OcrOptions,
-): Promise<string> {
+  languages = options.languages,
+): Promise<OcrResult> {
+  const out = join(options.workDir, `ocr-${randomUUID()}`);
   try {
-    const { stdout } = await runTool(
+    await runTool(
       'tesseract',
-      [imagePath, 'stdout', '-l', options.languages],
+      [imagePath, out, '-l', languages, 'txt', 'tsv'],
       { ...options, what },
-      // One thread each: pages run in parallel, one per CPU of the job.
-      { env: { OMP_THREAD_LIMIT: '1' } },
+      { env: tesseractEnv() },
     );
-    return stdout;
+    const [text, tsv] = await Promise.all([
+      readFile(`${out}.txt`, 'utf8'),
+      readFile(`${out}.tsv`, 'utf8'),
+    ]);
+    return { text, confidence: meanWordConfidence(tsv) };
   } catch (error) {
     const missing =
       error instanceof ToolFailure && /Failed loading language '([^']+)'/.exec(error.stderr);
-    if (missing) {
-      throw new HdError(
-        'INVALID_INPUT',
-        `OCR language "${missing[1]}" is not installed on this runner (languages asked for: ${options.languages}; apt-get install tesseract-ocr-${missing[1]})`,
-        { cause: error },
-      );
-    }
+    if (missing) throw new OcrLanguageMissing(missing[1]!, languages, error);
+    throw error;
+  } finally {
+    await Promise.all([rm(`${out}.txt`, { force: true }), rm(`${out}.tsv`, { force: true })]);
+  }
+}
+
+/** The mean of tesseract's word confidences in its TSV output (level 5 rows with text). */
+export function meanWordConfidence(tsv: string): number {
+  let sum = 0;
+  let words = 0;
+  for (const line of tsv.split('\n')) {
+    const cells = line.split('\t');
+    const confidence = Number(cells[10]);
+    if (cells[0] !== '5' || !(confidence >= 0) || !cells[11]?.trim()) continue;
+    sum += confidence;
+    words += 1;
+  }
+  return words > 0 ? sum / words : Number.NaN;
+}
+
+/**
+ * What tesseract runs with: one thread (pages run in parallel, one per CPU of the job),
+ * and the runner's TESSDATA_PREFIX where it has one (language data installed elsewhere
+ * than Debian's folder, e.g. tessdata_best).
+ */
+function tesseractEnv(): Record<string, string> {
+  const prefix = process.env.TESSDATA_PREFIX;
+  return { OMP_THREAD_LIMIT: '1', ...(prefix ? { TESSDATA_PREFIX: prefix } : {}) };
+}
+
+/**
+ * Writing systems tesseract's script detection (OSD, osd.traineddata) names, the language
+ * a page in it is OCRed with when the job's languages do not cover it, and the languages
+ * that do cover it. Small on purpose: the scripts of languages commonly installed;
+ * a language not listed here counts as Latin (deu, eng, fra, …). OSD's other scripts
+ * (Bengali, Tamil, …) are left to the job's languages, as before.
+ */
+export const OCR_SCRIPTS: Readonly<Record<string, { language: string; coveredBy: string[] }>> = {
+  Arabic: { language: 'ara', coveredBy: ['ara', 'fas', 'urd', 'pus', 'snd', 'uig'] },
+  Hebrew: { language: 'heb', coveredBy: ['heb', 'yid'] },
+  Cyrillic: {
+    language: 'rus',
+    coveredBy: ['rus', 'ukr', 'bel', 'bul', 'mkd', 'srp', 'kaz', 'kir', 'mon', 'tgk', 'tat'],
+  },
+  Greek: { language: 'ell', coveredBy: ['ell', 'grc'] },
+  Han: { language: 'chi_sim', coveredBy: ['chi_sim', 'chi_tra', 'jpn'] },
+  Japanese: { language: 'jpn', coveredBy: ['jpn'] },
+  Korean: { language: 'kor', coveredBy: ['kor'] },
+  Thai: { language: 'tha', coveredBy: ['tha'] },
+  Devanagari: { language: 'hin', coveredBy: ['hin', 'mar', 'nep', 'san'] },
+};
+
+/** OSD's names for Latin-script pages (blackletter is Fraktur). */
+const LATIN_SCRIPTS = ['Latin', 'Fraktur'];
+/** A Latin page where the job's languages are all of other scripts is read in English. */
+const LATIN_LANGUAGE = 'eng';
+
+/**
+ * Least OSD script confidence acted on: its margin of the best script over the next.
+ * Pages of a few lines gave 2–43; below 1 it is a guess (0.67 "Bengali" on a halftone).
+ */
+export const OSD_MIN_CONFIDENCE = 1;
+
+/**
+ * Fewest characters OSD judges a page on (tesseract's default is 50): two lines of Arabic
+ * are fewer, its letters join into few shapes. Short lines mislead OSD more, which the
+ * confidence gate before it (OCR_DOUBT_CONFIDENCE) makes up for.
+ */
+const OSD_MIN_CHARACTERS = 20;
+
+/** The script's language as a job's language list names it: chi_sim_vert → chi_sim. */
+function coversLanguage(covered: readonly string[], language: string): boolean {
+  return covered.some((c) => language === c || language.startsWith(`${c}_`));
+}
+
+/**
+ * The language a page in `script` is to be OCRed with instead of `languages`, or
+ * undefined where `languages` cover it or the script is not one OCR_SCRIPTS knows.
+ */
+export function languageForScript(script: string, languages: string): string | undefined {
+  const list = languages.split('+');
+  const entries = Object.values(OCR_SCRIPTS);
+  if (LATIN_SCRIPTS.includes(script)) {
+    const latin = list.some((l) => !entries.some((e) => coversLanguage(e.coveredBy, l)));
+    return latin ? undefined : LATIN_LANGUAGE;
+  }
+  const entry = OCR_SCRIPTS[script];
+  if (!entry || list.some((l) => coversLanguage(entry.coveredBy, l))) return undefined;
+  return entry.language;
+}
+
+/** The script tesseract's OSD sees on an image, or undefined where it cannot tell. */
+export async function detectScript(
+  imagePath: string,
+  what: string,
+  options: OcrOptions,
+): Promise<{ script: string; confidence: number } | undefined> {
+  try {
+    const { stdout } = await runTool(
+      'tesseract',
+      [imagePath, 'stdout', '--psm', '0', '-c', `min_characters_to_try=${OSD_MIN_CHARACTERS}`],
+      { ...options, what },
+      { env: tesseractEnv() },
+    );
+    const script = /^Script: (\S+)/m.exec(stdout)?.[1];
+    const confidence = Number(/^Script confidence: ([\d.]+)/m.exec(stdout)?.[1]);
+    return script && Number.isFinite(confidence) ? { script, confidence } : undefined;
+  } catch (error) {
+    // Too few characters to tell (tesseract's minimum is 50), or no osd.traineddata.
+    if (error instanceof ToolFailure) return undefined;
     throw error;
   }
 }
 
+/** One page (or image) read by OCR: its text, or why it was skipped. */
+export interface PageReading {
+  text: string;
+  /** The language it was read in where that is not the job's (its script's). */
+  language?: string;
+  /** Set where the page was not read: its script is one no installed language reads. */
+  skipped?: string;
+}
+
 /**
- * Renders one PDF page to a grey-scale PNG (poppler) at `options.dpi` and reads it with
- * Tesseract.
+ * Mean word confidence below which a reading in the job's languages is doubted and the
+ * page's script checked. Clean pages in a script the languages read gave 95–97; Arabic
+ * read with deu+eng 32–42, Hebrew 43, Cyrillic 49–60 (its letters look Latin); a poor
+ * real scan of Latin text about 50, so such scans are checked too (and stay as read).
+ */
+export const OCR_DOUBT_CONFIDENCE = 75;
+
+/**
+ * Reads an image by OCR in the job's languages. Where that found text but doubts it
+ * (OCR_DOUBT_CONFIDENCE), tesseract's script detection (OSD) looks at the page: one in a
+ * script the languages do not cover (Arabic read with deu+eng comes back as Latin junk,
+ * and its confidence alone does not tell it from a poor scan) is read again in its
+ * script's language (OCR_SCRIPTS), or, where that language is not installed, skipped
+ * with the reason: never stored as junk. OSD, one more tesseract run, is off the path of
+ * pages read with confidence (most) and of pages where OCR found nothing; it is not
+ * trusted alone, because all-capital Latin ("TABLE OF CONTENTS") looks Cyrillic to it.
+ */
+export async function readImage(
+  imagePath: string,
+  what: string,
+  options: OcrOptions,
+): Promise<PageReading> {
+  const first = await ocrImage(imagePath, what, options);
+  const text = normalizeText(first.text);
+  if (visibleLength(text) === 0 || !(first.confidence < OCR_DOUBT_CONFIDENCE)) return { text };
+  const seen = await detectScript(imagePath, `script detection for ${what}`, options);
+  if (!seen || seen.confidence < OSD_MIN_CONFIDENCE) return { text };
+  const language = languageForScript(seen.script, options.languages);
+  if (!language) return { text };
+  try {
+    const again = await ocrImage(imagePath, what, options, language);
+    return { text: normalizeText(again.text), language };
+  } catch (error) {
+    if (!(error instanceof OcrLanguageMissing)) throw error;
+    return {
+      text: '',
+      skipped: `${seen.script} script, which the OCR languages ${options.languages} do not read, and ${language} is not installed (apt-get install ${languagePackage(language)})`,
+    };
+  }
+}
+
+/**
+ * Renders one PDF page to a grey-scale PNG (poppler) at `options.dpi` and reads it
+ * (readImage).
  */
 export async function ocrPdfPage(
   pdfPath: string,
   page: number,
   name: string,
   options: OcrOptions,
-): Promise<string> {
+): Promise<PageReading> {
   const base = join(options.workDir, `ocr-page-${page}`);
   const png = `${base}.png`;
   try {
@@ -108,7 +297,7 @@ export async function ocrPdfPage(
         '-singlefile', pdfPath, base],
       { ...options, what: `rendering page ${page} of ${name}` },
     );
-    return await ocrImage(png, `OCR of page ${page} of ${name}`, options);
+    return await readImage(png, `OCR of page ${page} of ${name}`, options);
   } finally {
     await rm(png, { force: true });
   }

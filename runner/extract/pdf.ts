@@ -44,6 +44,10 @@ export interface PdfText {
   ocrTried: number;
   /** The resolution each of those pages was rendered at, in dpi. */
   ocrDpis: Map<number, number>;
+  /** Why each failed page failed, in a few words ("Arabic script, … not installed …"). */
+  failedWhy: Map<number, string>;
+  /** Pages OCRed in their script's language, not the job's (readImage): page → language. */
+  ocrScriptLanguages: Map<number, string>;
   /** Peak RSS of the pdf-parse process where it ran, in KiB. */
   parserPeakRssKb: number;
 }
@@ -100,6 +104,7 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
   const layers: PageLayer[] = texts.map((text, i) =>
     hung.has(i + 1) ? 'failed' : text === '' ? 'blank' : 'text',
   );
+  const failedWhy = new Map<number, string>([...hung].map((num) => [num, WHY.hung]));
   const garbled = pagesWhere(judged, (j) => !j.usable && j.why === 'garbled');
   const short = pagesWhere(
     judged,
@@ -126,34 +131,45 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
     const showsImage = (num: number) => (listed ? listed.has(num) : texts[num - 1] === '');
     toOcr = always ? all : [...garbled, ...short.filter(showsImage)].sort((a, b) => a - b);
   } else {
-    for (const num of garbled) layers[num - 1] = 'failed';
+    for (const num of garbled) {
+      layers[num - 1] = 'failed';
+      failedWhy.set(num, WHY.junkNoOcr);
+    }
   }
 
   let done = total - toOcr.length;
   const ocrDpis = new Map<number, number>();
+  const ocrScriptLanguages = new Map<number, string>();
   await settings.onProgress(done, total);
   await forEachLimit(toOcr, settings.ocrConcurrency, settings.signal, async (num) => {
     const dpi = ocrPageDpi(layer.info?.sizes.get(num), images.get(num), settings.ocrDpi);
     ocrDpis.set(num, dpi);
     try {
-      const text = normalizeText(
-        await ocrPdfPage(path, num, name, {
-          languages: settings.ocrLanguages,
-          dpi,
-          timeoutMs: settings.ocrPageTimeoutMs,
-          maxMemoryMb: settings.maxMemoryMb,
-          signal: settings.signal,
-          workDir: settings.workDir,
-        }),
-      );
+      const read = await ocrPdfPage(path, num, name, {
+        languages: settings.ocrLanguages,
+        dpi,
+        timeoutMs: settings.ocrPageTimeoutMs,
+        maxMemoryMb: settings.maxMemoryMb,
+        signal: settings.signal,
+        workDir: settings.workDir,
+      });
+      const { text } = read;
+      if (read.skipped !== undefined && texts[num - 1] === '') {
+        layers[num - 1] = 'failed';
+        failedWhy.set(num, read.skipped);
+      }
       const longer = visibleLength(text) > visibleLength(texts[num - 1]!);
       if (longer || (settings.ocr === 'always' && visibleLength(text) > 0)) {
         texts[num - 1] = text;
         layers[num - 1] = 'ocr';
+        if (read.language) ocrScriptLanguages.set(num, read.language);
       }
     } catch (error) {
       if (!pageFailure(error) || settings.signal.aborted) throw error;
-      if (texts[num - 1] === '') layers[num - 1] = 'failed';
+      if (texts[num - 1] === '') {
+        layers[num - 1] = 'failed';
+        failedWhy.set(num, WHY.render);
+      }
     }
     done += 1;
     await settings.onProgress(done, total);
@@ -163,7 +179,7 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
   if (joined.text === '') {
     // poppler found pages but no text on them, and pdf.js could not read the file at all.
     if (isDamagedPdf(secondOpinionFailed)) throw damagedPdf(name, secondOpinionFailed);
-    throw noText(name, total, layers, toOcr.length, settings);
+    throw noText(name, total, layers, failedWhy, toOcr.length, settings);
   }
   return {
     ...joined,
@@ -171,6 +187,8 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
     layers,
     ocrTried: toOcr.length,
     ocrDpis,
+    failedWhy,
+    ocrScriptLanguages,
     parserPeakRssKb,
   };
 }
@@ -289,15 +307,36 @@ function pageFailure(error: unknown): boolean {
   );
 }
 
+/** Why a page failed, where it is one of these (stats: page_layers[].failed_why). */
+const WHY = {
+  hung: 'reading its text layer took longer than its limit',
+  junkNoOcr: 'its text layer is junk, and OCR is off for this job',
+  render: 'it could not be rendered or read by OCR in its time and memory',
+};
+
 function noText(
   name: string,
   total: number,
   layers: readonly PageLayer[],
+  failedWhy: ReadonlyMap<number, string>,
   ocrTried: number,
   settings: PdfSettings,
 ): HdError {
   const failed = layers.filter((l) => l === 'failed').length;
   const [pages, have] = total === 1 ? ['its one page', 'has'] : [`its ${total} pages`, 'have'];
+  // Pages OCR found in a script no installed language reads: the runner, not the file.
+  const known: string[] = Object.values(WHY);
+  const scripts = [...failedWhy.values()].filter((why) => !known.includes(why));
+  if (scripts.length > 0) {
+    const some =
+      total === 1
+        ? 'its one page is'
+        : `${scripts.length === 1 ? 'one' : scripts.length} of its ${total} pages ${scripts.length === 1 ? 'is' : 'are'}`;
+    const script = scripts[0]!;
+    return new HdError('UNSUPPORTED_FILE', `${name}: no text read: ${some} in ${script}`, {
+      details: { pages: total, pages_failed: failed, ocr_pages_tried: ocrTried },
+    });
+  }
   const why =
     failed === total
       ? `${pages} could not be read or rendered; the file may be damaged`

@@ -23,8 +23,10 @@ interface ExtractStats {
   /** PDF pages that could not be read or rendered, skipped. */
   pages_failed: number;
   /**
-   * Per PDF file, its pages by where their text came from, as page ranges ("1-3,7"), and
-   * the pages rendered for OCR by the resolution they were rendered at ({"150": "2,5"}).
+   * Per PDF file, its pages by where their text came from, as page ranges ("1-3,7"), the
+   * pages rendered for OCR by the resolution they were rendered at ({"150": "2,5"}), the
+   * failed pages by why ({"Arabic script, … not installed (apt-get install …)": "4"}),
+   * and the pages OCRed in their script's language instead of the job's ({"ara": "4"}).
    */
   page_layers: {
     file: string;
@@ -33,6 +35,8 @@ interface ExtractStats {
     blank: string;
     failed: string;
     ocr_dpi: Record<string, string>;
+    failed_why: Record<string, string>;
+    ocr_language: Record<string, string>;
   }[];
   chunks: number;
   characters: number;
@@ -122,7 +126,9 @@ export const extractText: Handler<'extract_text'> = {
             ocr: pageRanges(layers, 'ocr'),
             blank: pageRanges(layers, 'blank'),
             failed: pageRanges(layers, 'failed'),
-            ocr_dpi: pagesByDpi(layers.length, extraction.ocrDpis),
+            ocr_dpi: pagesBy(layers.length, extraction.ocrDpis),
+            failed_why: pagesBy(layers.length, extraction.failedWhy),
+            ocr_language: pagesBy(layers.length, extraction.ocrScriptLanguages),
           });
         }
         stats.characters += extraction.characters;
@@ -146,6 +152,9 @@ export const extractText: Handler<'extract_text'> = {
             pages: extraction.pageCount,
             ocr: extraction.ocrPages,
             failed: extraction.layers?.filter((layer) => layer === 'failed').length,
+            failed_why: extraction.failedWhy?.size
+              ? [...new Set(extraction.failedWhy.values())]
+              : undefined,
           },
           'file extracted',
         );
@@ -277,11 +286,19 @@ function extractArtifacts(ctx: HandlerContext<'extract_text'>, workDir: string) 
   });
 }
 
-/** The pages rendered for OCR grouped by their resolution: {"150": "1-2", "300": "4"}. */
-function pagesByDpi(pages: number, dpis = new Map<number, number>()): Record<string, string> {
-  const dpiOf = Array.from({ length: pages }, (_, i) => String(dpis.get(i + 1) ?? ''));
-  const distinct = [...new Set(dpis.values())].sort((a, b) => a - b).map(String);
-  return Object.fromEntries(distinct.map((dpi) => [dpi, pageRanges(dpiOf, dpi)]));
+/**
+ * Pages grouped by a value of theirs, as page ranges: the resolution they were rendered
+ * at ({"150": "1-2", "300": "4"}), why they failed.
+ */
+function pagesBy(
+  pages: number,
+  values = new Map<number, number | string>(),
+): Record<string, string> {
+  const valueOf = Array.from({ length: pages }, (_, i) => String(values.get(i + 1) ?? ''));
+  const distinct = [...new Set(values.values())]
+    .sort((a, b) => (typeof a === 'number' && typeof b === 'number' ? a - b : 0))
+    .map(String);
+  return Object.fromEntries(distinct.map((value) => [value, pageRanges(valueOf, value)]));
 }
 
 /** The pages of one layer as ranges: [text, text, ocr, text] → "1-2,4" for text. */
