@@ -33,8 +33,14 @@ async function settle(admin: pg.Client, table: string): Promise<void> {
  * The textbook SKIP LOCKED queue as a loop: claim `batch` ids (status to 'running'), then
  * set them 'completed'. No lease, no attempts, no fencing, no fairness.
  */
-export function rawLoop(q: { table: string; runAt: string; order: string }, batch: number): Loop {
+export function rawLoop(
+  q: { table: string; runAt: string; order: string },
+  batch: number,
+  prepared = false,
+): Loop {
   const { table, runAt, order } = q;
+  // prepared: named statements, planned once per connection (as a PL/pgSQL function's are).
+  const name = (step: string) => (prepared ? `raw-${step}-${table}-${batch}` : undefined);
   const claim = `with c as (select id from ${table}
      where status = 'queued' and ${runAt} <= now()
      order by ${order} limit ${batch} for update skip locked)
@@ -45,10 +51,14 @@ export function rawLoop(q: { table: string; runAt: string; order: string }, batc
       : `update ${table} set status = 'completed' where id = any($1)`;
   return async (c) => {
     for (let done = 0; ;) {
-      const { rows } = await c.query<{ id: string }>(claim);
+      const { rows } = await c.query<{ id: string }>({ name: name('claim'), text: claim });
       if (rows.length === 0) return done;
       const ids = rows.map((r) => r.id);
-      const result = await c.query(complete, batch === 1 ? [ids[0]] : [ids]);
+      const result = await c.query({
+        name: name('complete'),
+        text: complete,
+        values: batch === 1 ? [ids[0]] : [ids],
+      });
       done += result.rowCount ?? 0;
     }
   };
@@ -62,7 +72,7 @@ export const MINIMAL_TABLE = `create table bench_min_jobs (
   run_at timestamptz not null default now());
 create index bench_min_jobs_queued_idx on bench_min_jobs (run_at, id) where status = 'queued'`;
 
-export function minimalTable(batch: number): Contender {
+export function minimalTable(batch: number, prepared = false): Contender {
   return {
     name: 'raw loop, minimal table',
     async fill(admin, n) {
@@ -75,7 +85,7 @@ export function minimalTable(batch: number): Contender {
     },
     drain: (clients) =>
       drainWith(
-        rawLoop({ table: 'bench_min_jobs', runAt: 'run_at', order: 'run_at, id' }, batch),
+        rawLoop({ table: 'bench_min_jobs', runAt: 'run_at', order: 'run_at, id' }, batch, prepared),
         clients,
       ),
     async done(admin) {
