@@ -85,7 +85,7 @@ describe('extract_text: OCR in the script of the page', () => {
       const doc = await addDocument(ACCOUNT_A, [{ name: 'ohne-ara.pdf', content: pdf }]);
       const stats = statsOf(await extract(doc));
       const why =
-        'Arabic script, which the OCR languages deu+eng do not read, and ara is not installed (apt-get install tesseract-ocr-ara)';
+        'script detected: Arabic, which the OCR languages deu+eng do not read, and ara is not installed (apt-get install tesseract-ocr-ara)';
       expect(stats).toMatchObject({ pages: 2, ocr_pages: 0, ocr_pages_tried: 1, pages_failed: 1 });
       expect((stats.page_layers as Record<string, unknown>[])[0]).toMatchObject({
         text: '1',
@@ -106,14 +106,18 @@ describe('extract_text: OCR in the script of the page', () => {
         await extract(only),
         only,
         'UNSUPPORTED_FILE',
-        new RegExp(`^nur-arabisch\\.pdf: no text read: its one page is in ${escape(why)}$`),
+        new RegExp(
+          `^nur-arabisch\\.pdf: no text read: its one page is in a script OCR on this runner cannot read; ${escape(why)}$`,
+        ),
       );
       const image = await addDocument(ACCOUNT_A, [{ name: 'scan.tif', content: scan.tiff }]);
       await expectFailure(
         await extract(image),
         image,
         'UNSUPPORTED_FILE',
-        new RegExp(`^scan\\.tif: no text read: the image is in ${escape(why)}$`),
+        new RegExp(
+          `^scan\\.tif: no text read: the image is in a script OCR on this runner cannot read; ${escape(why)}$`,
+        ),
       );
     } finally {
       vi.unstubAllEnvs();

@@ -101,7 +101,7 @@ export async function extractFile(
       if (read.skipped !== undefined) {
         throw new HdError(
           'UNSUPPORTED_FILE',
-          `${name}: no text read: the image is in ${read.skipped}`,
+          `${name}: no text read: the image is in a script OCR on this runner cannot read; ${read.skipped}`,
         );
       }
       const { text } = read;

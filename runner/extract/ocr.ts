@@ -171,9 +171,12 @@ const LATIN_LANGUAGE = 'eng';
 
 /**
  * Least OSD script confidence acted on: its margin of the best script over the next.
- * Pages of a few lines gave 2–43; below 1 it is a guess (0.67 "Bengali" on a halftone).
+ * Generated pages of a few lines gave 2–43, a Russian scan 7.2 and 0.95 (pdf.js's
+ * issue7229.pdf at 200 dpi); OSD's guesses on pictures were mostly 0.00–0.67 ("Katakana",
+ * "Cyrillic" on the capitals of a drawing's labels), once 1.43 ("Han" on a photo of
+ * balloons, whose deu+eng reading was junk too: skipped rather than stored).
  */
-export const OSD_MIN_CONFIDENCE = 1;
+export const OSD_MIN_CONFIDENCE = 0.5;
 
 /**
  * Fewest characters OSD judges a page on (tesseract's default is 50): two lines of Arabic
@@ -272,7 +275,7 @@ export async function readImage(
     if (!(error instanceof OcrLanguageMissing)) throw error;
     return {
       text: '',
-      skipped: `${seen.script} script, which the OCR languages ${options.languages} do not read, and ${language} is not installed (apt-get install ${languagePackage(language)})`,
+      skipped: `script detected: ${seen.script}, which the OCR languages ${options.languages} do not read, and ${language} is not installed (apt-get install ${languagePackage(language)})`,
     };
   }
 }

@@ -44,7 +44,7 @@ export interface PdfText {
   ocrTried: number;
   /** The resolution each of those pages was rendered at, in dpi. */
   ocrDpis: Map<number, number>;
-  /** Why each failed page failed, in a few words ("Arabic script, … not installed …"). */
+  /** Why each failed page failed, in a few words ("script detected: Arabic, … not installed …"). */
   failedWhy: Map<number, string>;
   /** Pages OCRed in their script's language, not the job's (readImage): page → language. */
   ocrScriptLanguages: Map<number, string>;
@@ -331,9 +331,12 @@ function noText(
     const some =
       total === 1
         ? 'its one page is'
-        : `${scripts.length === 1 ? 'one' : scripts.length} of its ${total} pages ${scripts.length === 1 ? 'is' : 'are'}`;
+        : scripts.length === total
+          ? `its ${total} pages are`
+          : `${scripts.length === 1 ? 'one' : scripts.length} of its ${total} pages ${scripts.length === 1 ? 'is' : 'are'}`;
     const script = scripts[0]!;
-    return new HdError('UNSUPPORTED_FILE', `${name}: no text read: ${some} in ${script}`, {
+    const why = `${some} in a script OCR on this runner cannot read; ${script}`;
+    return new HdError('UNSUPPORTED_FILE', `${name}: no text read: ${why}`, {
       details: { pages: total, pages_failed: failed, ocr_pages_tried: ocrTried },
     });
   }

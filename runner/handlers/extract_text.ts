@@ -25,7 +25,7 @@ interface ExtractStats {
   /**
    * Per PDF file, its pages by where their text came from, as page ranges ("1-3,7"), the
    * pages rendered for OCR by the resolution they were rendered at ({"150": "2,5"}), the
-   * failed pages by why ({"Arabic script, … not installed (apt-get install …)": "4"}),
+   * failed pages by why ({"script detected: Arabic, … (apt-get install …)": "4"}),
    * and the pages OCRed in their script's language instead of the job's ({"ara": "4"}).
    */
   page_layers: {
