@@ -12,6 +12,16 @@
  * N files spread over the corpus (by a hash of the name, the same sample every run);
  * HD_BENCH_CORPUS_TIMEOUT_S, per file and per tool (default 120); HD_BENCH_CORPUS_OCR=off
  * to leave OCR out; HD_BENCH_CORPUS_OUT=FILE.jsonl, one record per file.
+ *
+ * How to get the corpus: bench/extract.ts's comment. A real book of 1,000+ pages, kept out
+ * of the repository too: the PGF/TikZ manual (1,321 pages, 10 MB, LuaTeX; sha256 ac16c575…)
+ * from Debian's texlive-pictures-doc (a 233 MB package, bookworm 2022.20230122-3):
+ *   cd /tmp && apt-get download texlive-pictures-doc
+ *   dpkg-deb --fsys-tarfile texlive-pictures-doc_*_all.deb \
+ *     | tar -x ./usr/share/doc/texlive-doc/generic/pgf/pgfmanual.pdf
+ *   mkdir -p /tmp/book-corpus && mv usr/share/doc/texlive-doc/generic/pgf/pgfmanual.pdf /tmp/book-corpus/
+ *   HD_BENCH_CORPUS=/tmp/book-corpus HD_BENCH_CORPUS_TIMEOUT_S=1200 HD_BENCH_PAGES= \
+ *     HD_BENCH_OCR_PAGES=0 node bench/extract.ts
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
