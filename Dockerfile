@@ -30,7 +30,7 @@ FROM ${BASE_IMAGE}
 # Native tools the handlers call (extract_text: poppler with the CJK encoding data,
 # tesseract with German, English, Arabic and Hebrew data, its script detection data
 # osd.traineddata coming with it; prlimit comes with util-linux). Empty to leave them out.
-ARG RUNNER_APT_PACKAGES="poppler-utils poppler-data tesseract-ocr tesseract-ocr-deu tesseract-ocr-eng tesseract-ocr-ara tesseract-ocr-heb"
+ARG RUNNER_APT_PACKAGES="poppler-utils poppler-data tesseract-ocr tesseract-ocr-deu tesseract-ocr-eng tesseract-ocr-ara tesseract-ocr-heb tesseract-ocr-rus"
 RUN if [ -n "$RUNNER_APT_PACKAGES" ]; then \
       apt-get update -qq \
       && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $RUNNER_APT_PACKAGES \
