@@ -75,6 +75,8 @@ interface Running {
   staging?: AbortController;
   /** The warm runner taken for the job at its claim (so that no fill ends it meanwhile). */
   warm?: WarmRunner | undefined;
+  /** A cancel notice came before its runner was launched: looked at once it is. */
+  cancelNoticed?: boolean;
 }
 
 export interface SchedulerDeps {
@@ -289,7 +291,11 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
    */
   async #stopIfCancelled(jobId: string) {
     const running = this.#running.get(jobId);
-    if (!running?.runner) return;
+    if (!running) return;
+    if (!running.runner) {
+      running.cancelNoticed = true; // still launching: #runToEnd looks again once launched
+      return;
+    }
     const job = await this.#db.getJob(jobId).catch(() => undefined);
     if (!job || (job.status === 'running' && job.lease_token === running.job.lease_token)) return;
     this.#log.info({ job_id: jobId }, 'job cancelled; stopping its runner');
@@ -433,6 +439,8 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
         const warm = entry.runner !== undefined;
         entry.runner ??= await this.#launcher.launch(request);
         this.emit('runner:launched', job, (performance.now() - launchedFrom) / 1000, warm);
+        // A runner that does not heartbeat (hung) would never learn of that cancel itself.
+        if (entry.cancelNoticed) void this.#stopIfCancelled(job.id);
       }
       // Launched while stopping, after the grace (or with none): it missed stop()'s call.
       if (this.#graceOver || (this.#stopping && this.#config.HD_SHUTDOWN_GRACE_MS === 0))

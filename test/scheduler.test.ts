@@ -1,6 +1,7 @@
 import { on } from 'node:events';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Job } from '../contract/jobs.ts';
+import type { WakeReason } from '../control-plane/db/transport.ts';
 import { configToEnv, type Config } from '../control-plane/config.ts';
 import { createLogger } from '../control-plane/logger.ts';
 import { ProcessLauncher } from '../scheduler/launchers/process.ts';
@@ -198,6 +199,51 @@ describe('scheduler with the process launcher', () => {
       error: 'no longer needed',
     });
     expect(exit).toMatchObject({ stoppedFor: 'cancelled', exitCode: null, signal: 'SIGTERM' });
+  });
+
+  it('stops the runner of a job cancelled while its runner was being launched', async () => {
+    // The cancel notice (a NOTIFY) lands while the launcher is still starting the runner:
+    // this test holds the real notices back and delivers one inside launch(), so the
+    // order is the test's, not the machine's load's (it flaked that way in the full suite).
+    const job = await enqueueForStandIn();
+    let deliver: ((reason: WakeReason) => void) | undefined;
+    const listen: typeof t.db.listen = (onWake) => {
+      deliver = onWake;
+      return t.db.listen((reason) => {
+        if (reason.kind !== 'cancelled' || reason.jobId !== job.id) onWake(reason);
+      });
+    };
+    const db = new Proxy(t.db, {
+      get: (target, key) =>
+        key === 'listen'
+          ? listen
+          : (Reflect.get(target, key) as unknown) instanceof Function
+            ? (Reflect.get(target, key) as (...a: unknown[]) => unknown).bind(target)
+            : Reflect.get(target, key),
+    });
+    const launcher = new ProcessLauncher({
+      env: { PATH: process.env.PATH ?? '', ...configToEnv(config) },
+      command: HANGING_RUNNER,
+      killGraceMs: 2000,
+    });
+    const launch = launcher.launch.bind(launcher);
+    launcher.launch = async (request) => {
+      await t.db.cancelJob(request.job.id, 'cancelled during launch');
+      deliver?.({ kind: 'cancelled', jobId: request.job.id });
+      return launch(request);
+    };
+    const scheduler = new Scheduler({
+      db,
+      launcher,
+      config,
+      log: createLogger({ level: 'silent' }),
+    });
+    running.push(scheduler);
+    const done = next(scheduler, 'job:finished', job.id);
+    await scheduler.start();
+    const [ended, exit] = await done;
+    expect(ended).toMatchObject({ status: 'failed', error_code: 'CANCELLED' });
+    expect(exit).toMatchObject({ stoppedFor: 'cancelled', signal: 'SIGTERM' });
   });
 
   it('hands running jobs back to the queue when stopped without grace', async () => {
