@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { DEFAULT_BUCKET } from '../contract/jobs.ts';
 import { parseFamilyRules } from '../runner/llm/families.ts';
 import { parseRanges } from '../scheduler/public-http.ts';
+import { DEFAULT_GRANT_RATE } from '../scheduler/upload-grant-limits.ts';
 import { combinationError } from './config-rules.ts';
 import { SECRET_SETTING } from './redact.ts';
 
@@ -109,6 +110,10 @@ export const configSchema = z.object({
       'an IP address (or localhost) and port, host:port',
     )
     .default('127.0.0.1:0'),
+  /** Scheduler, upload grants: grants one runner (one job lease) may ask for a second, on average; more are answered 429 with Retry-After, and Storage is not asked. Default 10. */
+  HD_UPLOAD_GRANT_RATE: z.coerce.number().positive().max(10_000).default(DEFAULT_GRANT_RATE.rate),
+  /** Scheduler, upload grants: grants one runner may ask for at once beyond HD_UPLOAD_GRANT_RATE (the size of its token bucket). Default 20. */
+  HD_UPLOAD_GRANT_BURST: positiveInt.max(10_000).default(DEFAULT_GRANT_RATE.burst),
   /** Longest one REST call of the supabase transport may take, in ms. Default 30000. */
   HD_SUPABASE_TIMEOUT_MS: positiveInt.default(30_000),
   /** Supabase Realtime wake-ups on new/cancelled jobs (supabase transport; polling stays on): `true`/`false`. Default false. */

@@ -13,6 +13,7 @@ import {
 import type { Logger } from '../control-plane/logger.ts';
 import { readBody } from './http-body.ts';
 import { capPeerConnections, RUNNER_FACING, type PeerConnectionStats } from './peer-connections.ts';
+import { DEFAULT_GRANT_RATE, GrantLimits, type GrantRate } from './upload-grant-limits.ts';
 
 /** Makes a signed upload URL for one object (Storage `POST /object/upload/sign/…`). */
 export type UploadSigner = (bucket: string, key: string) => Promise<string>;
@@ -60,14 +61,20 @@ export async function serveUploadGrants(options: {
   artifacts: Pick<ArtifactStore, 'grantUpload' | 'takeUnrecordedUploads'>;
   signUpload: UploadSigner;
   removeObjects: ObjectRemover;
+  /** Grants one lease may ask for (HD_UPLOAD_GRANT_RATE, HD_UPLOAD_GRANT_BURST). */
+  limits?: GrantRate;
   log: Logger;
+  now?: () => number;
 }): Promise<UploadGrants> {
   const { db, artifacts, signUpload, removeObjects, log } = options;
+  const limits = new GrantLimits(options.limits ?? DEFAULT_GRANT_RATE, options.now);
   const address = options.address;
   const host = address.slice(0, address.lastIndexOf(':')).replace(/^\[|\]$/g, '');
   const port = Number(address.split(':').pop());
 
-  async function grant(body: unknown): Promise<{ status: number; body: object }> {
+  async function grant(
+    body: unknown,
+  ): Promise<{ status: number; body: object; headers?: Record<string, string> }> {
     const parsed = grantRequest.safeParse(body);
     if (!parsed.success)
       return { status: 400, body: { error: `bad request: ${parsed.error.issues[0]!.message}` } };
@@ -81,6 +88,16 @@ export async function serveUploadGrants(options: {
       timingSafeEqual(Buffer.from(job.lease_token), Buffer.from(lease_token.toLowerCase()));
     if (!job || !held)
       return { status: 403, body: { error: `job ${job_id} is not held by this lease` } };
+    // Each ask of a live lease counts, before anything else is asked (Storage least of all).
+    const waitMs = limits.take(job.id, lease_token);
+    if (waitMs > 0) {
+      const seconds = Math.ceil(waitMs / 1000);
+      return {
+        status: 429,
+        headers: { 'retry-after': String(seconds) },
+        body: { error: `too many upload grants for job ${job.id}: retry after ${seconds} s` },
+      };
+    }
     const prefix = jobOutputPrefix(job.account_id, job.id);
     let checked: string;
     try {
@@ -98,14 +115,21 @@ export async function serveUploadGrants(options: {
         status: 403,
         body: { error: `no artifact of job ${job.id} was begun at ${checked} by this lease` },
       };
-    // An earlier attempt's object (its row is gone since this begin) would refuse the URL.
+    // An earlier attempt's object (its row is gone since this begin) would refuse the URL;
+    // so would this lease's own, stored before a network error or recorded before a re-run.
     await removeObjects(bucket, [checked]);
-    return { status: 200, body: { url: await signUpload(bucket, checked) } };
+    // Asked again while its URL lasts: the same URL, Storage is not asked to sign again.
+    const url = await limits.signOnce(job.id, lease_token, checked, () =>
+      signUpload(bucket, checked),
+    );
+    return { status: 200, body: { url } };
   }
 
   const server = http.createServer(RUNNER_FACING, (req, res) => {
-    const reply = (status: number, body: object) =>
-      res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
+    const reply = (status: number, body: object, headers: Record<string, string> = {}) =>
+      res
+        .writeHead(status, { 'content-type': 'application/json', ...headers })
+        .end(JSON.stringify(body));
     if (req.method !== 'POST' || req.url !== '/upload-grant')
       return reply(404, { error: 'not found' });
     void readBody(req, MAX_BODY_BYTES).then(
@@ -118,7 +142,7 @@ export async function serveUploadGrants(options: {
           return reply(400, { error: 'bad request: not JSON' });
         }
         grant(body).then(
-          (answer) => reply(answer.status, answer.body),
+          (answer) => reply(answer.status, answer.body, answer.headers),
           (error: unknown) => {
             log.warn({ err: error }, 'upload grant failed');
             reply(503, { error: `upload grant failed: ${toHdError(error).message}` });
@@ -138,6 +162,7 @@ export async function serveUploadGrants(options: {
     url: `http://${host.includes(':') ? `[${host}]` : host}:${bound}/upload-grant`,
     connections: peers,
     async sweep(jobId) {
+      limits.forget(jobId);
       let keys: string[] = [];
       try {
         keys = await artifacts.takeUnrecordedUploads(jobId);
@@ -181,5 +206,6 @@ export function uploadGrantsFor(
   const signUpload = supabaseUploadSigner(url, key);
   const removeObjects = supabaseObjectRemover(url, key);
   const artifacts = artifactsOf(db);
-  return serveUploadGrants({ address, db, artifacts, signUpload, removeObjects, log });
+  const limits = { rate: config.HD_UPLOAD_GRANT_RATE, burst: config.HD_UPLOAD_GRANT_BURST };
+  return serveUploadGrants({ address, db, artifacts, signUpload, removeObjects, limits, log });
 }

@@ -7,11 +7,17 @@ import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import { z } from 'zod';
 import { HdError } from '../../contract/errors.ts';
 import { assertBucketName, assertStorageKey } from '../../contract/storage-paths.ts';
+import { retryAfterMs } from '../../runner/llm/retry.ts';
 import { TUS_CHUNK_BYTES, uploadResumableChecked } from './resumable.ts';
 import { sendFile } from './send-file.ts';
 import type { LocalFile, StorageBackend, UploadCheck } from './storage.ts';
 import { mapStorageError } from './supabase-errors.ts';
 import { authHeaders, noAnswer, objectUrl, readFailure, storageBaseUrl } from './supabase-http.ts';
+
+// Asks of one upload grant answered 429 before the upload fails (retryable), and the
+// longest wait between two, whatever Retry-After says.
+const GRANT_TRIES = 30;
+const MAX_GRANT_WAIT_MS = 30_000;
 
 /** HD_JOB_STORAGE_URLS: `{"bucket/key": "https://…/object/sign/bucket/key?token=…"}`. */
 export const signedUrlMapSchema = z.record(z.string(), z.url());
@@ -91,8 +97,24 @@ export class SignedUrlStorage implements StorageBackend {
     });
   }
 
+  /**
+   * The grant, asked again after the scheduler's Retry-After while it answers 429 (this
+   * runner asked for more grants than HD_UPLOAD_GRANT_RATE lets through), at most
+   * GRANT_TRIES times.
+   */
   async #grant(bucket: string, key: string, lease: NonNullable<UploadCheck['lease']>) {
-    const response = await fetch(this.#uploadGrantUrl!, {
+    for (let tries = 1; ; tries++) {
+      const response = await this.#askGrant(bucket, key, lease);
+      if (response.status !== 429 || tries >= GRANT_TRIES)
+        return this.#grantUrl(bucket, key, response);
+      await response.body?.cancel();
+      const wait = Math.min(retryAfterMs(response.headers) ?? 1000, MAX_GRANT_WAIT_MS);
+      await new Promise((resolve) => setTimeout(resolve, wait + Math.random() * 250));
+    }
+  }
+
+  #askGrant(bucket: string, key: string, lease: NonNullable<UploadCheck['lease']>) {
+    return fetch(this.#uploadGrantUrl!, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ job_id: lease.jobId, lease_token: lease.leaseToken, bucket, key }),
@@ -103,13 +125,17 @@ export class SignedUrlStorage implements StorageBackend {
         { cause },
       );
     });
+  }
+
+  async #grantUrl(bucket: string, key: string, response: Response) {
     const body = (await response.json().catch(() => ({}))) as { url?: unknown; error?: unknown };
     if (!response.ok || typeof body.url !== 'string')
       throw new HdError(
         'UPLOAD_FAILED',
         `upload grant for ${bucket}/${key} refused (HTTP ${response.status}): ${String(body.error ?? 'no URL')}`,
-        // Refused (4xx) stays refused; the scheduler's own trouble (5xx) may pass.
-        { retryable: response.status >= 500 },
+        // Refused (4xx) stays refused; the scheduler's own trouble (5xx, or 429 after
+        // GRANT_TRIES asks) may pass.
+        { retryable: response.status >= 500 || response.status === 429 },
       );
     return body.url;
   }

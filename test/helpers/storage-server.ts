@@ -36,6 +36,8 @@ export interface StorageRequest {
   /** The declared Content-Length, if any. */
   length?: string;
   upsert?: string;
+  /** The keys a remove (`DELETE /object/{bucket}`) named. */
+  keys?: string[];
 }
 
 export interface StorageStandIn {
@@ -330,6 +332,7 @@ export function createStorageStandIn(options: {
       const { prefixes = [] } = JSON.parse((await readBody(req)).toString('utf8') || '{}') as {
         prefixes?: string[];
       };
+      seen.keys = prefixes;
       objects.bucket(bucket);
       if (caller.role !== 'service_role') return json(res, 200, []);
       const removed = prefixes.filter((key) => objects.remove(bucket, key));
