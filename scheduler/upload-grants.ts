@@ -64,10 +64,9 @@ export async function serveUploadGrants(options: {
   /** Grants one lease may ask for (HD_UPLOAD_GRANT_RATE, HD_UPLOAD_GRANT_BURST). */
   limits?: GrantRate;
   log: Logger;
-  now?: () => number;
 }): Promise<UploadGrants> {
   const { db, artifacts, signUpload, removeObjects, log } = options;
-  const limits = new GrantLimits(options.limits ?? DEFAULT_GRANT_RATE, options.now);
+  const limits = new GrantLimits(options.limits ?? DEFAULT_GRANT_RATE);
   const address = options.address;
   const host = address.slice(0, address.lastIndexOf(':')).replace(/^\[|\]$/g, '');
   const port = Number(address.split(':').pop());
