@@ -125,8 +125,11 @@ export async function readPages(
   if (failure) throw failure.error;
   return {
     info,
-    texts: layers.flatMap((layer) => layer!.texts).slice(0, pages),
-    failed: layers.flatMap((layer) => layer!.failed).filter((p) => p <= pages),
+    // Each run's own range: the first may have ended before pdfinfo counted the pages.
+    texts: layers.flatMap((layer, i) => layer!.texts.slice(0, ranges[i]![1] - ranges[i]![0] + 1)),
+    failed: layers.flatMap((layer, i) =>
+      layer!.failed.filter((p) => p >= ranges[i]![0] && p <= ranges[i]![1]),
+    ),
   };
 }
 
