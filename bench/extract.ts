@@ -4,8 +4,7 @@
  * PostgreSQL, completion), as a scheduler starts it.
  *
  * 1. Text PDFs (generated, ~2,500 characters a page) against `pdftotext` on the same file;
- *    pdftotext (one thread) pinned to core 0, the runner to its CPU share, cores 0..1
- *    (taskset; HD_BENCH_JOB_CPUS=1: core 0 as well). The fixed overhead (process
+ *    runner and pdftotext each pinned to core 0 (taskset). The fixed overhead (process
  *    start-up, claim, completion) is the job's wall time less the handler's own
  *    (stats.duration_ms: download, extraction, chunking, the chunks' write).
  *    With HD_BENCH_LAUNCHER=1 (default), the same files through a scheduler's process
@@ -48,7 +47,6 @@ import { configToEnv, loadConfig, type Config } from '../control-plane/config.ts
 import { openDb } from '../control-plane/open.ts';
 import { ProcessLauncher } from '../scheduler/launchers/process.ts';
 import { findTool } from '../runner/extract/tools.ts';
-import { extractText } from '../runner/handlers/extract_text.ts';
 import { GERMAN, renderGray, textPdf } from '../test/fixtures/documents.ts';
 import { makePdf } from '../test/fixtures/make-pdf.ts';
 import { corpusBench } from './extract-corpus.ts';
@@ -61,14 +59,6 @@ const BUCKET = 'hd_uploads_raw';
 const CLI = resolve(process.env.HD_BENCH_CLI ?? join(import.meta.dirname, '..', 'cli', 'main.ts'));
 const REPORT_RSS = join(import.meta.dirname, 'report-rss.mjs');
 const PIN = findTool('taskset') ? ['taskset', '-c', '0'] : [];
-// The job runs on its CPU share (extract_text asks for 2: a long PDF's pdftotext runs over
-// page ranges at once, poppler.ts readPages), cores 0..n-1; HD_BENCH_JOB_CPUS=1 pins it to
-// core 0 beside pdftotext, as this bench did before 2026-12-01 (late evening).
-const jobCpus = Math.min(
-  b.envInt('HD_BENCH_JOB_CPUS', extractText.resources.cpus),
-  availableParallelism(),
-);
-const JOB_PIN = PIN.length > 0 ? ['taskset', '-c', jobCpus > 1 ? `0-${jobCpus - 1}` : '0'] : [];
 // GNU time (Debian: the `time` package), for CPU seconds; the shell's builtin will not do.
 const TIME = ['/usr/bin/time'].find((path) => existsSync(path));
 
@@ -86,18 +76,10 @@ const profArgs = cpuProf
   ? ['--cpu-prof', '--cpu-prof-interval=250', `--cpu-prof-dir=${cpuProf}`]
   : [];
 const viaLauncher = process.env.HD_BENCH_LAUNCHER !== '0';
-// HD_BENCH_MODES=warm: the launcher's warm runner only; HD_BENCH_DIRECT=0: no `run --job-id`
-// runs (the "text N pages:" line), for more alternations of two builds in one session.
-const modes = (process.env.HD_BENCH_MODES ?? 'cold,warm')
-  .split(',')
-  .filter((mode): mode is 'cold' | 'warm' => mode === 'cold' || mode === 'warm');
-const direct = process.env.HD_BENCH_DIRECT !== '0';
 // Clock ticks per second of /proc's CPU times (USER_HZ: 100 on Linux).
 const TICK_MS = 10;
 
-console.log(
-  `# extract bench — ${b.machineLine()}, ${runs} run(s) each, pinned=${PIN.length > 0} (pdftotext core 0, the job ${JOB_PIN.at(-1) ?? 'any'})`,
-);
+console.log(`# extract bench — ${b.machineLine()}, ${runs} run(s) each, pinned=${PIN.length > 0}`);
 const database = await b.startBenchDatabase();
 const work = await mkdtemp(join(tmpdir(), 'hd-bench-extract-'));
 const config = loadConfig({
@@ -121,11 +103,11 @@ try {
     const anchorCpu: number[] = [];
     let peak = 0;
     let chunks = 0;
-    for (let run = 0; direct && run < runs; run += 1) {
+    for (let run = 0; run < runs; run += 1) {
       const bare = await timed([...PIN, 'pdftotext', '-enc', 'UTF-8', file, '/dev/null']);
       anchor.push(bare.ms);
       anchorCpu.push(bare.cpuMs);
-      const job = await runJob(config, pdf, `text-${pages}.pdf`, JOB_PIN);
+      const job = await runJob(config, pdf, `text-${pages}.pdf`, PIN);
       ours.push(job.ms);
       oursCpu.push(job.cpuMs);
       // The handler's own time: download, extraction, chunking, the chunks' write.
@@ -139,8 +121,7 @@ try {
     const handlerRate = (pages * 1000) / b.median(handler);
     const overhead = b.median(ours.map((ms, i) => ms - handler[i]!));
     const cpuRatio = b.median(anchorCpu) / b.median(oursCpu);
-    if (viaLauncher) await launcherBench(pdf, file, pages, JOB_PIN);
-    if (!direct) continue;
+    if (viaLauncher) await launcherBench(pdf, file, pages, PIN);
     console.log(
       `text ${String(pages).padStart(5)} pages: pdftotext ${b.fmt(anchorRate)} pages/s (${b.fmt(b.median(anchor))} ms)` +
         ` | job ${b.fmt(rate)} pages/s = ${(rate / anchorRate).toFixed(2)}x (${b.fmt(b.median(ours))} ms)` +
@@ -247,7 +228,7 @@ async function launcherBench(pdf: Buffer, file: string, pages: number, pin: stri
     peakMb: number;
   };
   for (let run = 0; run < runs; run += 1) {
-    for (const mode of modes) {
+    for (const mode of ['cold', 'warm'] as const) {
       // A warm runner is started and loaded before its job exists.
       const warm = mode === 'warm' ? await launcher.prestart() : undefined;
       if (warm && !(await warm.ready)) throw new Error('the warm runner ended before it was ready');
@@ -291,7 +272,7 @@ async function launcherBench(pdf: Buffer, file: string, pages: number, pin: stri
       });
     }
   }
-  for (const mode of modes) {
+  for (const mode of ['cold', 'warm'] as const) {
     const all = figures[mode];
     const m = (pick: (r: Run) => number) => b.median(all.map(pick));
     // pdftotext's figure over the job's, pair by pair.

@@ -1,5 +1,4 @@
 import { writeFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -7,17 +6,12 @@ import { describe, expect, it } from 'vitest';
 import { configToEnv } from '../control-plane/config.ts';
 import { OCR_MAX_PIXELS, ocrDpi, ocrPageDpi } from '../runner/extract/ocr.ts';
 import { judgePageText, notLetterOrDigit, withoutLeaders } from '../runner/extract/page-quality.ts';
-import {
-  MIN_PAGES_PER_PROCESS,
-  pdfToText,
-  readPages,
-  splitPages,
-} from '../runner/extract/poppler.ts';
+import { pdfToText } from '../runner/extract/poppler.ts';
 import { ACCOUNT_A, testConfig } from './helpers/runtime.ts';
 import { GERMAN, renderGray, textPdf } from './fixtures/documents.ts';
 import { attachmentOnlyEncryptedPdf } from './fixtures/encrypted-attachment.ts';
 import { extractHarness } from './fixtures/extract-harness.ts';
-import { makePdf, nestedFormsPage, type PdfPage, wrap } from './fixtures/make-pdf.ts';
+import { makePdf, nestedFormsPage, wrap } from './fixtures/make-pdf.ts';
 import { XFA_PLACEHOLDER, xfaFormPdf } from './fixtures/xfa-pdf.ts';
 import { childrenOf, pngSize, withInputsOf } from './fixtures/processes.ts';
 
@@ -329,154 +323,6 @@ describe('extract_text: PDF text layer and OCR per page', () => {
       await expectFailure(await extract(doc), doc, 'INVALID_INPUT', message);
     }
   }, 60_000);
-});
-
-describe("a long PDF's text layer, read by pdftotext runs over page ranges at once", () => {
-  // 320 pages: text on every page but the ones below, a filled-in form field, blank pages
-  // about where the ranges meet (empty between two form feeds), and every 4th page slow
-  // (nested forms drawn 1,000 times, ~20 ms of poppler each, no text), so each run lasts.
-  const page = (num: number): PdfPage =>
-    num % 4 === 0
-      ? nestedFormsPage(3)
-      : num >= 158 && num <= 163
-        ? { kind: 'text', lines: [] }
-        : num === 7
-          ? { kind: 'form', label: 'Name:', field: 'name', value: 'Erika Mustermann' }
-          : { kind: 'text', lines: wrap(`Seite ${num}. ${GERMAN} ${'Zahl '.repeat(num % 9)}`) };
-  const PAGES = 320;
-  const longPdf = (pages = Array.from({ length: PAGES }, (_, i) => page(i + 1))) => makePdf(pages);
-  const limits = () => ({
-    timeoutMs: 120_000,
-    maxMemoryMb: 1024,
-    signal: new AbortController().signal,
-    what: 'lang.pdf',
-  });
-  /** Runs `task`, sampling the pdftotext processes this process runs meanwhile. */
-  async function watchingPdftotext<T>(task: Promise<T>) {
-    let most = 0;
-    const ranges = new Set<string>();
-    let done = false;
-    void task.finally(() => (done = true)).catch(() => undefined);
-    while (!done) {
-      const running = (await childrenOf(process.pid)).filter(
-        (c) => c.name === 'pdftotext' && c.state !== 'Z',
-      );
-      most = Math.max(most, running.length);
-      for (const { pid } of running) {
-        const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0');
-        const [f, l] = ['-f', '-l'].map((flag) => argv[argv.indexOf(flag) + 1]);
-        if (f && l) ranges.add(`${f}-${l}`);
-      }
-    }
-    return { result: await task, most, ranges };
-  }
-
-  it('shares out the pages pdfinfo counted and the first run has not read yet', () => {
-    expect(MIN_PAGES_PER_PROCESS).toBe(150);
-    expect(splitPages(0, 300, 2)).toEqual([
-      [1, 150],
-      [151, 300],
-    ]);
-    expect(splitPages(30, 1000, 2)).toEqual([
-      [1, 515],
-      [516, 1000],
-    ]);
-    expect(splitPages(0, 450, 3)).toEqual([
-      [1, 150],
-      [151, 300],
-      [301, 450],
-    ]);
-    // Fewer than 150 pages a run: fewer runs.
-    expect(splitPages(0, 200, 2)).toEqual([[1, 200]]);
-    expect(splitPages(0, 299, 2)).toEqual([[1, 299]]);
-    expect(splitPages(0, 449, 3)).toEqual([
-      [1, 225],
-      [226, 449],
-    ]);
-    expect(splitPages(80, 320, 2)).toEqual([[1, 320]]);
-    expect(splitPages(0, 1000, 1)).toEqual([[1, 1000]]);
-    expect(splitPages(0, 1, 2)).toEqual([[1, 1]]);
-  });
-
-  it('two runs at once give the same text as one pdftotext run, page by page', async () => {
-    const path = join(h.work, 'lang.pdf');
-    writeFileSync(path, longPdf());
-    const { stdout } = await execa('pdftotext', ['-q', '-enc', 'UTF-8', path, '-'], {
-      stripFinalNewline: false,
-    });
-    const once = stdout.split('\f');
-    // Every page ends in a form feed: 320 pages, then nothing.
-    expect(once).toHaveLength(PAGES + 1);
-    expect(once[PAGES]).toBe('');
-    expect(once[6]).toMatch(/Name:\s+Erika Mustermann/);
-    expect(once.slice(157, 163)).toEqual(['', '', '', '', '', '']);
-
-    const { result, most, ranges } = await watchingPdftotext(
-      readPages(path, 1000, limits(), {
-        pageTimeoutMs: 30_000,
-        check: () => undefined,
-        processes: 2,
-      }),
-    );
-    expect(result.info.pages).toBe(PAGES);
-    expect(result.failed).toEqual([]);
-    expect(result.texts).toEqual(once.slice(0, PAGES));
-    expect(most).toBe(2);
-    // The first run starts on all the pages there may be and is stopped at its share; the
-    // second reads from there to the last page.
-    expect([...ranges].filter((r) => r.startsWith('1-'))).toEqual(['1-1000']);
-    expect([...ranges].filter((r) => !r.startsWith('1-'))).toEqual([
-      expect.stringMatching(/^\d+-320$/),
-    ]);
-
-    // One run, as on a job with one CPU: the same pages.
-    const alone = await watchingPdftotext(
-      readPages(path, 1000, limits(), {
-        pageTimeoutMs: 30_000,
-        check: () => undefined,
-        processes: 1,
-      }),
-    );
-    expect(alone.result.texts).toEqual(result.texts);
-    expect(alone.most).toBe(1);
-  }, 120_000);
-
-  it('a page that hangs poppler in a later range is skipped and counted there; the rest is read', async () => {
-    const pages = Array.from({ length: PAGES }, (_, i) => page(i + 1));
-    pages[299] = nestedFormsPage(9); // page 300: 10^9 forms, hours of pdftotext
-    const path = join(h.work, 'lang-haengt.pdf');
-    writeFileSync(path, longPdf(pages));
-    const read = await readPages(path, 1000, limits(), {
-      pageTimeoutMs: 3000,
-      check: () => undefined,
-      processes: 2,
-    });
-    expect(read.failed).toEqual([300]);
-    expect(read.texts).toHaveLength(PAGES);
-    expect(read.texts[0]).toMatch(/^Seite 1\. Grüße aus München/);
-    expect(read.texts[298]).toMatch(/^Seite 299\./);
-    expect(read.texts[299]).toBe('');
-    expect(read.texts[300]).toMatch(/^Seite 301\./);
-  }, 120_000);
-
-  it("an extract_text job reads a long PDF over the job's CPUs, every page in order", async () => {
-    const doc = await addDocument(ACCOUNT_A, [{ name: 'lang.pdf', content: longPdf() }]);
-    const { result, most } = await watchingPdftotext(extract(doc));
-    const stats = statsOf(result);
-    expect(stats).toMatchObject({ pages: PAGES, ocr_pages: 0, pages_failed: 0 });
-    // Blank: every 4th page (no text) and 158-163.
-    expect(layersOf(stats)[0]!.blank).toMatch(/^4,8,12,.*,156,158-164,168,.*,320$/);
-    // extract_text asks for 2 CPUs; a machine with one reads the pages in one run.
-    expect(most).toBe(Math.min(2, availableParallelism()));
-    const text = await textOf(doc);
-    const numbers = [...text.matchAll(/Seite (\d+)\./g)].map((m) => Number(m[1]));
-    const expected = Array.from({ length: PAGES }, (_, i) => i + 1).filter(
-      (num) => num % 4 !== 0 && (num < 158 || num > 163) && num !== 7,
-    );
-    // Chunks overlap: each page's number in order, none missing, none out of place.
-    expect([...new Set(numbers)]).toEqual(expected);
-    expect(text).toMatch(/Name:\s+Erika Mustermann/);
-  }, 120_000);
 });
 
 describe('page quality gate and OCR resolution', () => {

@@ -1,7 +1,7 @@
 import { HdError } from '../../contract/errors.ts';
 import type { PageStart } from './chunker.ts';
 import { ocrPageDpi, ocrPdfPage } from './ocr.ts';
-import { judgePageText, type PageText } from './page-quality.ts';
+import { judgePageText } from './page-quality.ts';
 import { damagedPdf, isDamagedPdf, passwordProtected } from './pdf-errors.ts';
 import { imagesOnPages, type PageImages, PdfPasswordError, readPages } from './poppler.ts';
 import { joinPages, normalizeText, visibleLength } from './text.ts';
@@ -25,11 +25,8 @@ export interface PdfSettings {
   /** Pages with fewer visible characters that show an image are OCRed. */
   ocrMinChars: number;
   ocrPageTimeoutMs: number;
-  /**
-   * The job's CPUs: pages OCRed at once (tesseract runs one thread each), and pdftotext
-   * processes over the pages of a long PDF (each reads one range; poppler.ts readPages).
-   */
-  cpus: number;
+  /** Pages OCRed at once: the job's CPUs (tesseract runs one thread each). */
+  ocrConcurrency: number;
   signal: AbortSignal;
   /** Where rendered pages go (the job's scratch folder). */
   workDir: string;
@@ -57,8 +54,7 @@ export interface PdfText {
 
 /**
  * The text of a PDF, page by page. The text layer comes from poppler (`pdftotext`, one
- * pass, or a long PDF's page ranges in one pass per CPU of the job, each page judged as it
- * comes), pdf-parse (pdf.js, in a bounded child process) reads the file when poppler
+ * pass), pdf-parse (pdf.js, in a bounded child process) reads the file when poppler
  * cannot and gives a second opinion on pages poppler found empty or garbled. A page
  * whose text fails the quality gate is OCRed; one with (almost) no text is OCRed only if
  * it shows an image, so blank pages and slide titles cost nothing. OCR runs pages in
@@ -81,13 +77,7 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
   // Pages poppler hung on: pdf.js, rendering and OCR would hang on them as well.
   const hung = new Set(layer.failed);
 
-  // Judged and normalised while pdftotext was still printing (readTextLayer), where the
-  // page's text is still the one read then.
-  const early = (i: number) => {
-    const seen = layer.early.get(i + 1);
-    return seen?.raw === raw[i] ? seen : undefined;
-  };
-  let judged = raw.map((text, i) => early(i)?.judged ?? judgePageText(text));
+  let judged = raw.map(judgePageText);
   let secondOpinionFailed: unknown;
   const doubtful = pagesWhere(judged, (j) => !j.usable).filter((num) => !hung.has(num));
   if (layer.source === 'poppler' && doubtful.length > 0) {
@@ -106,13 +96,11 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
           judged[num - 1] = better;
         }
       }
-      judged = raw.map((text, i) => early(i)?.judged ?? judgePageText(text));
+      judged = raw.map(judgePageText);
     }
   }
 
-  const texts = raw.map((text, i) =>
-    judged[i]!.usable ? (early(i)?.normalized ?? normalizeText(text)) : '',
-  );
+  const texts = raw.map((text, i) => (judged[i]!.usable ? normalizeText(text) : ''));
   const layers: PageLayer[] = texts.map((text, i) =>
     hung.has(i + 1) ? 'failed' : text === '' ? 'blank' : 'text',
   );
@@ -153,7 +141,7 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
   const ocrDpis = new Map<number, number>();
   const ocrScriptLanguages = new Map<number, string>();
   await settings.onProgress(done, total);
-  await forEachLimit(toOcr, settings.cpus, settings.signal, async (num) => {
+  await forEachLimit(toOcr, settings.ocrConcurrency, settings.signal, async (num) => {
     const dpi = ocrPageDpi(layer.info?.sizes.get(num), images.get(num), settings.ocrDpi);
     ocrDpis.set(num, dpi);
     try {
@@ -205,49 +193,22 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
   };
 }
 
-/** A page's raw text as poppler printed it, judged, and normalised where usable. */
-interface EarlyPage {
-  raw: string;
-  judged: PageText;
-  normalized: string | undefined;
-}
-
-/**
- * The raw text layer of every page: poppler, or pdf-parse where poppler fails on the file.
- * Pages from poppler are judged and normalised as they come (`early`), while pdftotext
- * reads the next ones.
- */
+/** The raw text layer of every page: poppler, or pdf-parse where poppler fails on the file. */
 async function readTextLayer(path: string, settings: PdfSettings, limits: ToolLimits) {
   const { name, maxPages } = settings;
-  const early = new Map<number, EarlyPage>();
-  const onPage = (num: number, raw: string) => {
-    const judged = judgePageText(raw);
-    early.set(num, { raw, judged, normalized: judged.usable ? normalizeText(raw) : undefined });
-  };
   try {
     const {
       info,
       texts: raw,
       failed,
-    } = await readPages(path, maxPages, limits, {
-      pageTimeoutMs: settings.textPageTimeoutMs,
-      check: (pages) => assertPageCount(name, pages, maxPages),
-      processes: settings.cpus,
-      onPage,
-    });
+    } = await readPages(path, maxPages, limits, settings.textPageTimeoutMs, (pages) =>
+      assertPageCount(name, pages, maxPages),
+    );
     if (info.xfa) {
       const form = await readXfaForm(path, settings);
       if (form) return form;
     }
-    return {
-      source: 'poppler' as const,
-      info,
-      total: info.pages,
-      raw,
-      failed,
-      parserPeakRssKb: 0,
-      early,
-    };
+    return { source: 'poppler' as const, info, total: info.pages, raw, failed, parserPeakRssKb: 0 };
   } catch (error) {
     if (error instanceof PdfPasswordError) throw passwordProtected(name, error);
     // Timeouts, memory, too many pages, an abort: final. A refusal: pdf.js may read it.
@@ -262,7 +223,6 @@ async function readTextLayer(path: string, settings: PdfSettings, limits: ToolLi
         raw,
         failed: [],
         parserPeakRssKb: read.peakRssKb,
-        early: new Map<number, EarlyPage>(),
       };
     } catch (second) {
       // Both readers refused: say it once, keep both reasons for the log.
@@ -302,7 +262,6 @@ async function readXfaForm(path: string, settings: PdfSettings) {
     raw,
     failed: [],
     parserPeakRssKb: read.peakRssKb,
-    early: new Map<number, EarlyPage>(),
   };
 }
 
