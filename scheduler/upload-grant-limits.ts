@@ -13,6 +13,8 @@ export const DEFAULT_GRANT_RATE: GrantRate = { rate: 10, burst: 20 };
 // at least this long before its end, or a new one is signed.
 export const SIGNED_UPLOAD_URL_MS = 2 * 60 * 60_000;
 const REUSE_MARGIN_MS = 5 * 60_000;
+/** Signed URLs kept per lease, the oldest dropped first: memory stays bounded for a long job. */
+export const MAX_URLS_PER_LEASE = 256;
 
 /** The claims of a signed upload URL's token that say when it ends. */
 const tokenClaims = z.object({ exp: z.number().int().positive() });
@@ -104,6 +106,11 @@ export class GrantLimits {
       reuseUntil: signedUrlEnd(url, now) - REUSE_MARGIN_MS,
     }));
     urls.set(key, signing);
+    // A key dropped here is only signed again if asked again (the bucket bounds that).
+    for (const oldest of urls.keys()) {
+      if (urls.size <= MAX_URLS_PER_LEASE) break;
+      urls.delete(oldest);
+    }
     try {
       return (await signing).url;
     } catch (error) {

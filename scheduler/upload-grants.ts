@@ -88,7 +88,9 @@ export async function serveUploadGrants(options: {
     if (!job || !held)
       return { status: 403, body: { error: `job ${job_id} is not held by this lease` } };
     // Each ask of a live lease counts, before anything else is asked (Storage least of all).
-    const waitMs = limits.take(job.id, lease_token);
+    // Keyed by the row's token, not as sent: a UUID's other spellings (upper case) are the
+    // same lease to the database and must share its bucket and its URLs.
+    const waitMs = limits.take(job.id, job.lease_token!);
     if (waitMs > 0) {
       const seconds = Math.ceil(waitMs / 1000);
       return {
@@ -118,7 +120,7 @@ export async function serveUploadGrants(options: {
     // so would this lease's own, stored before a network error or recorded before a re-run.
     await removeObjects(bucket, [checked]);
     // Asked again while its URL lasts: the same URL, Storage is not asked to sign again.
-    const url = await limits.signOnce(job.id, lease_token, checked, () =>
+    const url = await limits.signOnce(job.id, job.lease_token!, checked, () =>
       signUpload(bucket, checked),
     );
     return { status: 200, body: { url } };

@@ -8,7 +8,7 @@ import { loadConfig } from '../control-plane/config.ts';
 import { artifactsOf } from '../control-plane/db/artifacts.ts';
 import { SignedUrlStorage } from '../control-plane/storage/signed-urls.ts';
 import { ArtifactUploader } from '../runner/artifacts.ts';
-import { GrantLimits, signedUrlEnd } from '../scheduler/upload-grant-limits.ts';
+import { GrantLimits, MAX_URLS_PER_LEASE, signedUrlEnd } from '../scheduler/upload-grant-limits.ts';
 import { uploadGrantsFor, type UploadGrants } from '../scheduler/upload-grants.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
 import { ACCOUNT_A, memoryLogger, tempDir } from './helpers/runtime.ts';
@@ -68,6 +68,18 @@ describe('GrantLimits', () => {
     ).rejects.toThrow('storage down');
     expect(await limits.signOnce('j', 'l', 'k2', sign)).toMatch(/\.4$/);
   });
+
+  it('keeps at most MAX_URLS_PER_LEASE URLs per lease, dropping the oldest', async () => {
+    const limits = new GrantLimits({ rate: 1, burst: 1 }, clock().now);
+    let signed = 0;
+    const sign = async () => `https://s/object/upload/sign/b/k?token=x.${++signed}`;
+    for (let i = 0; i <= MAX_URLS_PER_LEASE; i += 1) await limits.signOnce('j', 'l', `k${i}`, sign);
+    expect(signed).toBe(MAX_URLS_PER_LEASE + 1);
+    await limits.signOnce('j', 'l', `k${MAX_URLS_PER_LEASE}`, sign); // the newest: kept
+    expect(signed).toBe(MAX_URLS_PER_LEASE + 1);
+    await limits.signOnce('j', 'l', 'k0', sign); // the oldest: dropped, signed again
+    expect(signed).toBe(MAX_URLS_PER_LEASE + 2);
+  });
 });
 
 describe('the grant service (Storage stand-in)', () => {
@@ -121,12 +133,12 @@ describe('the grant service (Storage stand-in)', () => {
     };
     const key = `${jobOutputPrefix(ACCOUNT_A, job.id)}preview/a.txt`;
     await store.begin(job.id, job.lease_token, hello);
-    const ask = async () => {
+    const ask = async (leaseToken = job.lease_token) => {
       const res = await fetch(grants.url, {
         method: 'POST',
         body: JSON.stringify({
           job_id: job.id,
-          lease_token: job.lease_token,
+          lease_token: leaseToken,
           bucket: OUTPUTS_BUCKET,
           key,
         }),
@@ -138,7 +150,12 @@ describe('the grant service (Storage stand-in)', () => {
       };
     };
     const before = supabase.storage.requests.length;
-    const [first, second, third] = [await ask(), await ask(), await ask()];
+    // The third in upper case: the same lease to the database, so the same bucket.
+    const [first, second, third] = [
+      await ask(),
+      await ask(),
+      await ask(job.lease_token.toUpperCase()),
+    ];
     expect(second.body).toEqual(first.body); // the same URL (a runner retrying after an error)
     expect(third).toEqual({
       status: 429,

@@ -23,7 +23,15 @@ import { uploadGrantsFor } from '../../scheduler/upload-grants.ts';
 import { configFrom, loggerFor, stringOption, type Env, type ParsedArgs } from '../command.ts';
 
 // Runners inherit only these from the scheduler's own environment, plus hd-runner's config.
-const INHERITED_ENV = ['PATH', 'HOME', 'TMPDIR', 'LANG', 'TZ', 'NODE_EXTRA_CA_CERTS'];
+const INHERITED_ENV = [
+  'PATH',
+  'HOME',
+  'TMPDIR',
+  'LANG',
+  'TZ',
+  'NODE_EXTRA_CA_CERTS',
+  'TESSDATA_PREFIX',
+];
 
 /**
  * A scheduler wired to the configured launcher (HD_LAUNCHER); runner output goes to
