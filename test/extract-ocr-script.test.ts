@@ -1,7 +1,8 @@
-import { mkdirSync, symlinkSync } from 'node:fs';
+import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it, vi } from 'vitest';
-import { languageForScript, meanWordConfidence } from '../runner/extract/ocr.ts';
+import { languageForScript, meanWordConfidence, readImage } from '../runner/extract/ocr.ts';
+import { findTool } from '../runner/extract/tools.ts';
 import { ACCOUNT_A } from './helpers/runtime.ts';
 import { GERMAN, requireTools } from './fixtures/documents.ts';
 import { extractHarness } from './fixtures/extract-harness.ts';
@@ -49,6 +50,39 @@ function withoutArabic(): string {
 }
 
 describe('extract_text: OCR in the script of the page', () => {
+  it('a second reading past its memory limit skips the page with why; the Latin junk is not kept', async () => {
+    requireTools('text2image');
+    scriptScan(ARABIC, h.work, 'arabisch-oom');
+    // A tesseract that runs out of memory reading Arabic only (as a slower model past the
+    // runner's bound would); the first reading and the script check are the real ones.
+    const bin = join(h.work, 'oom-bin');
+    mkdirSync(bin, { recursive: true });
+    writeFileSync(
+      join(bin, 'tesseract'),
+      `#!/bin/sh\ncase " $* " in *" -l ara "*) echo "std::bad_alloc" >&2; exit 1;; esac\nexec ${findTool('tesseract')} "$@"\n`,
+      { mode: 0o755 },
+    );
+    vi.stubEnv('PATH', `${bin}:${process.env.PATH}`);
+    try {
+      const read = await readImage(join(h.work, 'arabisch-oom.tif'), 'arabisch-oom.tif', {
+        languages: 'deu+eng',
+        dpi: 300,
+        timeoutMs: 120_000,
+        maxMemoryMb: 1024,
+        signal: new AbortController().signal,
+        workDir: h.work,
+      });
+      expect(read).toEqual({
+        text: '',
+        skipped: expect.stringMatching(
+          /^script detected: Arabic; reading it in ara failed: .*memory/,
+        ),
+      });
+    } finally {
+      vi.unstubAllEnvs();
+    }
+  }, 120_000);
+
   it('a scanned page of Arabic is read in Arabic, not stored as Latin junk', async () => {
     requireTools('text2image');
     const scan = scriptScan(ARABIC, h.work, 'arabisch');

@@ -229,6 +229,17 @@ export async function detectScript(
   }
 }
 
+/** A tool run that failed, ran past its time limit or its memory limit: not the job's own end. */
+function isToolLimit(error: unknown, signal: AbortSignal): boolean {
+  if (signal.aborted) return false; // the job's own end (cancelled, its time limit)
+  return (
+    error instanceof ToolFailure ||
+    (error instanceof HdError &&
+      (error.code === 'PROCESSING_TIMEOUT' || error.code === 'OOM_KILLED') &&
+      !(error instanceof OcrLanguageMissing))
+  );
+}
+
 /** One page (or image) read by OCR: its text, or why it was skipped. */
 export interface PageReading {
   text: string;
@@ -264,7 +275,12 @@ export async function readImage(
   const first = await ocrImage(imagePath, what, options);
   const text = normalizeText(first.text);
   if (visibleLength(text) === 0 || !(first.confidence < OCR_DOUBT_CONFIDENCE)) return { text };
-  const seen = await detectScript(imagePath, `script detection for ${what}`, options);
+  const seen = await detectScript(imagePath, `script detection for ${what}`, options).catch(
+    (error: unknown) => {
+      if (isToolLimit(error, options.signal)) return undefined; // the first reading stands, as before the check
+      throw error;
+    },
+  );
   if (!seen || seen.confidence < OSD_MIN_CONFIDENCE) return { text };
   const language = languageForScript(seen.script, options.languages);
   if (!language) return { text };
@@ -272,6 +288,14 @@ export async function readImage(
     const again = await ocrImage(imagePath, what, options, language);
     return { text: normalizeText(again.text), language };
   } catch (error) {
+    // Past a tool's time or memory limit (a slower model, chi_sim): the page is skipped
+    // with why, as where the language is missing; the first reading is junk in the wrong
+    // script, and one page must not end the job.
+    if (isToolLimit(error, options.signal))
+      return {
+        text: '',
+        skipped: `script detected: ${seen.script}; reading it in ${language} failed: ${(error as Error).message}`,
+      };
     if (!(error instanceof OcrLanguageMissing)) throw error;
     return {
       text: '',
