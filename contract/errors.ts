@@ -37,7 +37,7 @@ export const ERROR_CODES = {
   WORKER_SHUTDOWN: { retryable: true, summary: 'the worker shut down during the job' },
   LLM_FAILED: { retryable: true, summary: 'the language model call failed' },
   // Queued again for the start of the next UTC day, when the budget resets, with the attempt
-  // refunded: a deferral, not the job's fault (00015's trigger, 00027).
+  // refunded: a deferral, not the job's fault (00015's trigger, 00027); at most 7 (00031).
   LLM_BUDGET_EXCEEDED: {
     retryable: true,
     summary: "the account's language-model budget for the day is spent; retried after it resets",

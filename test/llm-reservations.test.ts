@@ -245,6 +245,26 @@ describe('a budget refusal is no attempt', () => {
     expect([before, nextMidnight()]).toContain(new Date(deferred.run_after!).getTime());
   });
 
+  it('defers a job at most 7 times; the 8th refusal spends its attempt and fails it', async () => {
+    const job = await budgetedJob(1);
+    const refuse = (leased: LeasedJob) =>
+      t.db.failJob(leased.id, leased.lease_token, {
+        code: 'LLM_BUDGET_EXCEEDED',
+        message: "the account's language-model budget would be exceeded",
+        retryable: true,
+      });
+    let leased = job;
+    for (let day = 1; day <= 7; day += 1) {
+      const deferred = await refuse(leased);
+      expect(deferred).toMatchObject({ status: 'queued', attempts: 0 });
+      expect(deferred.debug).toMatchObject({ llm_budget_deferrals: day });
+      // The next UTC day, without waiting for it.
+      await t.sql.query('update hd_ingestion_jobs set run_after = now() where id = $1', [job.id]);
+      leased = await claim(job.id);
+    }
+    expect(await refuse(leased)).toMatchObject({ status: 'failed', attempts: 1 });
+  });
+
   it('other retryable failures still spend the attempt', async () => {
     const job = await budgetedJob(1);
     const failed = await t.db.failJob(job.id, job.lease_token, {
