@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { HdError } from '../../contract/errors.ts';
 import type { PageImages } from './poppler.ts';
 import { normalizeText, visibleLength } from './text.ts';
-import { runTool, ToolFailure } from './tools.ts';
+import { isToolGiveUp, runTool, ToolFailure } from './tools.ts';
 
 export interface OcrOptions {
   /** Tesseract languages, `+`-separated (deu+eng). */
@@ -223,21 +223,11 @@ export async function detectScript(
     const confidence = Number(/^Script confidence: ([\d.]+)/m.exec(stdout)?.[1]);
     return script && Number.isFinite(confidence) ? { script, confidence } : undefined;
   } catch (error) {
-    // Too few characters to tell (tesseract's minimum is 50), or no osd.traineddata.
-    if (error instanceof ToolFailure) return undefined;
+    // Too few characters to tell (tesseract's minimum is 50), no osd.traineddata, or past
+    // its time or memory limit: the reading there stands, as before the check.
+    if (isToolGiveUp(error) && !options.signal.aborted) return undefined;
     throw error;
   }
-}
-
-/** A tool run that failed, ran past its time limit or its memory limit: not the job's own end. */
-function isToolLimit(error: unknown, signal: AbortSignal): boolean {
-  if (signal.aborted) return false; // the job's own end (cancelled, its time limit)
-  return (
-    error instanceof ToolFailure ||
-    (error instanceof HdError &&
-      (error.code === 'PROCESSING_TIMEOUT' || error.code === 'OOM_KILLED') &&
-      !(error instanceof OcrLanguageMissing))
-  );
 }
 
 /** One page (or image) read by OCR: its text, or why it was skipped. */
@@ -275,12 +265,7 @@ export async function readImage(
   const first = await ocrImage(imagePath, what, options);
   const text = normalizeText(first.text);
   if (visibleLength(text) === 0 || !(first.confidence < OCR_DOUBT_CONFIDENCE)) return { text };
-  const seen = await detectScript(imagePath, `script detection for ${what}`, options).catch(
-    (error: unknown) => {
-      if (isToolLimit(error, options.signal)) return undefined; // the first reading stands, as before the check
-      throw error;
-    },
-  );
+  const seen = await detectScript(imagePath, `script detection for ${what}`, options);
   if (!seen || seen.confidence < OSD_MIN_CONFIDENCE) return { text };
   const language = languageForScript(seen.script, options.languages);
   if (!language) return { text };
@@ -291,7 +276,7 @@ export async function readImage(
     // Past a tool's time or memory limit (a slower model, chi_sim): the page is skipped
     // with why, as where the language is missing; the first reading is junk in the wrong
     // script, and one page must not end the job.
-    if (isToolLimit(error, options.signal))
+    if (isToolGiveUp(error) && !options.signal.aborted)
       return {
         text: '',
         skipped: `script detected: ${seen.script}; reading it in ${language} failed: ${(error as Error).message}`,

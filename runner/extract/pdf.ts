@@ -5,7 +5,7 @@ import { judgePageText } from './page-quality.ts';
 import { damagedPdf, isDamagedPdf, passwordProtected } from './pdf-errors.ts';
 import { imagesOnPages, type PageImages, PdfPasswordError, readPages } from './poppler.ts';
 import { joinPages, normalizeText, visibleLength } from './text.ts';
-import { ToolFailure, type ToolLimits } from './tools.ts';
+import { isToolGiveUp, ToolFailure, type ToolLimits } from './tools.ts';
 
 /** Where a page's text came from: its text layer, OCR, nowhere (blank), or it failed. */
 export type PageLayer = 'text' | 'ocr' | 'blank' | 'failed';
@@ -165,7 +165,7 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
         if (read.language) ocrScriptLanguages.set(num, read.language);
       }
     } catch (error) {
-      if (!pageFailure(error) || settings.signal.aborted) throw error;
+      if (!isToolGiveUp(error) || settings.signal.aborted) throw error;
       if (texts[num - 1] === '') {
         layers[num - 1] = 'failed';
         failedWhy.set(num, WHY.render);
@@ -297,14 +297,6 @@ function assertPageCount(name: string, pages: number, maxPages: number): void {
       { details: { pages, max_pages: maxPages } },
     );
   }
-}
-
-/** A failure of one page's rendering or OCR, as opposed to one that ends the job. */
-function pageFailure(error: unknown): boolean {
-  return (
-    error instanceof ToolFailure ||
-    (error instanceof HdError && ['PROCESSING_TIMEOUT', 'OOM_KILLED'].includes(error.code))
-  );
 }
 
 /** Why a page failed, where it is one of these (stats: page_layers[].failed_why). */

@@ -54,6 +54,18 @@ export class ToolFailure extends HdError {
   }
 }
 
+/**
+ * A tool run that failed, or ran past its time or memory limit (runTool): one page's or
+ * one reading's failure, as opposed to one that ends the job. The job's own end
+ * (cancelled, its time limit) throws the same codes: callers check their signal too.
+ */
+export function isToolGiveUp(error: unknown): boolean {
+  return (
+    error instanceof ToolFailure ||
+    (error instanceof HdError && ['PROCESSING_TIMEOUT', 'OOM_KILLED'].includes(error.code))
+  );
+}
+
 export interface ToolRun {
   env?: Record<string, string>;
   /** Output passed on as it comes (then `stdout` comes back empty). */
