@@ -8,6 +8,7 @@ import { z } from 'zod';
 import { HdError } from '../../contract/errors.ts';
 import { assertBucketName, assertStorageKey } from '../../contract/storage-paths.ts';
 import { retryAfterMs } from '../../runner/llm/retry.ts';
+import { sleep } from '../../scheduler/retry.ts';
 import { TUS_CHUNK_BYTES, uploadResumableChecked } from './resumable.ts';
 import { sendFile } from './send-file.ts';
 import type { LocalFile, StorageBackend, UploadCheck } from './storage.ts';
@@ -109,7 +110,7 @@ export class SignedUrlStorage implements StorageBackend {
         return this.#grantUrl(bucket, key, response);
       await response.body?.cancel();
       const wait = Math.min(retryAfterMs(response.headers) ?? 1000, MAX_GRANT_WAIT_MS);
-      await new Promise((resolve) => setTimeout(resolve, wait + Math.random() * 250));
+      await sleep(wait + Math.random() * 250);
     }
   }
 
