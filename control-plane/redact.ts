@@ -2,7 +2,8 @@ import type { Config } from './config.ts';
 
 const CENSOR = '[redacted]';
 /** Settings whose value is a secret, by name (also config.ts's rule for its error messages). */
-export const SECRET_SETTING = /KEY|SECRET|PASSWORD|TOKEN/i;
+// TOKEN, but not a count of them (HD_LLM_MAX_OUTPUT_TOKENS, HD_LLM_DAILY_TOKEN_BUDGET).
+export const SECRET_SETTING = /KEY|SECRET|PASSWORD|TOKEN(?![S_])/i;
 // Secrets recognised by their look wherever they come from (an echoed key in an error
 // body, a token in a URL): JWTs, OpenAI-style and Supabase secret keys, URL passwords.
 const SECRET_SHAPES: readonly [RegExp, string][] = [

@@ -35,7 +35,14 @@ it('takes every secret setting and URL password from the configuration', () => {
     HD_LLM_API_KEY: 'llm-key-value',
     HD_JOB_STORAGE_URLS: JSON.stringify({ 'b/k': 'http://s/object/sign/b/k?token=signed-tok' }),
     HD_LOG_LEVEL: 'info',
+    HD_JOB_TOKEN: 'job-token-value',
+    // Counts of tokens are no secrets: taken as ones, every "4096" in a log went.
+    HD_LLM_MAX_OUTPUT_TOKENS: '4096',
+    HD_LLM_DAILY_TOKEN_BUDGET: '250000',
   });
+  expect(secrets).not.toContain('4096');
+  expect(secrets).not.toContain('250000');
+  expect(secrets).toContain('job-token-value');
   expect(secrets).toEqual(
     expect.arrayContaining([
       'superuser-pw',
