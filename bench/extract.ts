@@ -10,7 +10,9 @@
  *    With HD_BENCH_LAUNCHER=1 (default), the same files through a scheduler's process
  *    launcher (scheduler/launchers/process.ts), the job claimed first as a scheduler claims
  *    it: "cold" launches a runner for the claimed job, "warm" hands it to a runner started
- *    before (HD_WARM_RUNNERS) and loaded; claim -> completed from the job row's clock, CPU
+ *    before (HD_WARM_RUNNERS), loaded and logged in with a role of its own (bound to the
+ *    job at the hand-over; a cold runner's role is made for its job, as under `hd-runner
+ *    scheduler`: launch -> exit includes it); claim -> completed from the job row's clock, CPU
  *    from the runner's /proc/self/stat at exit (itself and its tools), less, for a warm
  *    runner, what it spent before its job.
  * 2. Scanned PDFs (pages rendered to images, no text layer): OCR pages/s of the job, using
@@ -46,6 +48,7 @@ import type { ClaimedJob } from '../contract/jobs.ts';
 import { configToEnv, loadConfig, type Config } from '../control-plane/config.ts';
 import { openDb } from '../control-plane/open.ts';
 import { ProcessLauncher } from '../scheduler/launchers/process.ts';
+import { RunnerAccess } from '../scheduler/runner-access.ts';
 import { findTool } from '../runner/extract/tools.ts';
 import { GERMAN, renderGray, textPdf } from '../test/fixtures/documents.ts';
 import { makePdf } from '../test/fixtures/make-pdf.ts';
@@ -76,6 +79,11 @@ const profArgs = cpuProf
   ? ['--cpu-prof', '--cpu-prof-interval=250', `--cpu-prof-dir=${cpuProf}`]
   : [];
 const viaLauncher = process.env.HD_BENCH_LAUNCHER !== '0';
+// HD_BENCH_DIRECT=0: without the `run --job-id` runs (the runner claiming its job itself).
+const direct = process.env.HD_BENCH_DIRECT !== '0';
+// HD_BENCH_WARM_LOGIN=0: a warm runner gets its job's role at the hand-over, as before
+// warm roles (migration 00032), and connects after it (for a build older than them too).
+const warmLogin = process.env.HD_BENCH_WARM_LOGIN !== '0';
 // Clock ticks per second of /proc's CPU times (USER_HZ: 100 on Linux).
 const TICK_MS = 10;
 
@@ -103,6 +111,8 @@ try {
     const anchorCpu: number[] = [];
     let peak = 0;
     let chunks = 0;
+    if (viaLauncher) await launcherBench(pdf, file, pages, PIN);
+    if (!direct) continue;
     for (let run = 0; run < runs; run += 1) {
       const bare = await timed([...PIN, 'pdftotext', '-enc', 'UTF-8', file, '/dev/null']);
       anchor.push(bare.ms);
@@ -121,7 +131,6 @@ try {
     const handlerRate = (pages * 1000) / b.median(handler);
     const overhead = b.median(ours.map((ms, i) => ms - handler[i]!));
     const cpuRatio = b.median(anchorCpu) / b.median(oursCpu);
-    if (viaLauncher) await launcherBench(pdf, file, pages, PIN);
     console.log(
       `text ${String(pages).padStart(5)} pages: pdftotext ${b.fmt(anchorRate)} pages/s (${b.fmt(b.median(anchor))} ms)` +
         ` | job ${b.fmt(rate)} pages/s = ${(rate / anchorRate).toFixed(2)}x (${b.fmt(b.median(ours))} ms)` +
@@ -211,8 +220,11 @@ async function queuedJob(pdf: Buffer, name: string) {
  * machine's load moves between pairs more than within one).
  */
 async function launcherBench(pdf: Buffer, file: string, pages: number, pin: string[]) {
+  // Credentials as `hd-runner scheduler` gives them: a role made for each cold runner's
+  // job; a warm runner's role made before its job and bound to it at the hand-over.
+  const access = new RunnerAccess(config, db);
   const launcher = new ProcessLauncher({
-    env: { PATH: process.env.PATH ?? '', ...configToEnv(config) },
+    env: { PATH: process.env.PATH ?? '', ...access.baseEnv },
     command: [...pin, process.execPath, ...profArgs, '--import', REPORT_RSS, CLI],
   });
   const resources = { gpu: false, memoryMb: 2048, cpus: 1, timeoutMs: 600_000 };
@@ -229,8 +241,9 @@ async function launcherBench(pdf: Buffer, file: string, pages: number, pin: stri
   };
   for (let run = 0; run < runs; run += 1) {
     for (const mode of ['cold', 'warm'] as const) {
-      // A warm runner is started and loaded before its job exists.
-      const warm = mode === 'warm' ? await launcher.prestart() : undefined;
+      // A warm runner is started, loaded and logged in before its job exists.
+      const login = mode === 'warm' && warmLogin ? await access.warmLogin(600_000) : undefined;
+      const warm = mode === 'warm' ? await launcher.prestart(login?.env) : undefined;
       if (warm && !(await warm.ready)) throw new Error('the warm runner ended before it was ready');
       const beforeMs = warm ? cpuTicks(warm.id) * TICK_MS : 0;
       const bare = await timed([...pin, 'pdftotext', '-enc', 'UTF-8', file, '/dev/null']);
@@ -242,15 +255,17 @@ async function launcherBench(pdf: Buffer, file: string, pages: number, pin: stri
         leaseSeconds: 300,
       });
       const lines: string[] = [];
+      const started = performance.now();
       const request = {
         job: job as ClaimedJob,
         resources,
+        env: await access.envFor(job as ClaimedJob, resources, login),
         onOutput: (line: string) => lines.push(line),
       };
-      const started = performance.now();
       const runner = warm ? await warm.assign(request) : await launcher.launch(request);
       const exit = await runner.wait();
       const wallMs = performance.now() - started;
+      await access.release();
       const done = await db.getJob(queued.id);
       if (exit.exitCode !== 0 || done?.status !== 'completed')
         throw new Error(

@@ -1,6 +1,8 @@
 import { main } from './cli.ts';
-import { configFrom, loggerFor } from './command.ts';
-import { runCommand } from './commands/run.ts';
+import { configFrom, loggerFor, type Env, type ParsedArgs } from './command.ts';
+import { runCommand, type ConnectedDb } from './commands/run.ts';
+import { PostgresDb } from '../control-plane/db/postgres.ts';
+import { openDb } from '../control-plane/open.ts';
 import { RUN_SPEC } from './commands/run-spec.ts';
 import { warmStart } from './warm-start.ts';
 import { preloadHandlers } from '../runner/handlers/load.ts';
@@ -15,10 +17,35 @@ import { warmUpCode } from './warm-up.ts';
  * handlers loaded, and then runs it as `run --job-id` would, credentials from stdin.
  */
 export async function runnerMain(argv: string[], env: Record<string, string | undefined>) {
-  const warm = await warmStart(argv, env, () => warmUp(env));
+  let connected: ConnectedDb | undefined;
+  const warm = await warmStart(
+    argv,
+    env,
+    () => warmUp(env),
+    (loginEnv) => (connected = connectAhead(loginEnv)),
+  );
   if (warm && 'exitCode' in warm) return warm.exitCode;
   const [args, runEnv] = warm ? [['run', '--job-id', warm.jobId], warm.env] : [argv, env];
-  return main(args, runEnv, [{ ...RUN_SPEC, load: async () => runCommand }]);
+  const run = (parsed: ParsedArgs, runEnv: Env) => runCommand(parsed, runEnv, connected);
+  return main(args, runEnv, [{ ...RUN_SPEC, load: async () => run }]);
+}
+
+/**
+ * A warm runner's database connection, opened with its login while it waits for its job
+ * (postgres transport): the job's calls then start without a server process to fork and a
+ * SCRAM log-in (50-160 ms of wall time on a busy host, bench/RESULTS.md, issue 13).
+ */
+function connectAhead(env: Env): ConnectedDb | undefined {
+  let config;
+  try {
+    config = configFrom(env);
+  } catch {
+    return undefined; // the job's own parse says what is wrong
+  }
+  if (config.HD_TRANSPORT !== 'postgres' || !config.HD_DATABASE_URL) return undefined;
+  const db = openDb(config, { runner: true });
+  if (!(db instanceof PostgresDb)) return undefined;
+  return { url: config.HD_DATABASE_URL, db, open: db.connectAhead() };
 }
 
 /**

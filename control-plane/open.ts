@@ -14,7 +14,11 @@ import { projectMismatch } from './supabase-target.ts';
  */
 export function openDb(
   config: Config,
-  options: { checkProject?: boolean } = {},
+  options: {
+    checkProject?: boolean;
+    /** A runner's: idle connections kept for the job's life (its heartbeats come seconds apart). */
+    runner?: boolean;
+  } = {},
 ): ControlPlaneDb & { close(): Promise<void> } {
   const mismatch = options.checkProject === false ? undefined : projectMismatch(config);
   if (mismatch) throw new ConfigError(`invalid configuration: ${mismatch}`);
@@ -44,6 +48,7 @@ export function openDb(
     poolSize: config.HD_DATABASE_POOL_SIZE,
     listenConnectionString:
       config.HD_LISTEN_DATABASE_URL === 'off' ? null : config.HD_LISTEN_DATABASE_URL,
+    ...(options.runner && { idleTimeoutMs: 0 }),
   });
 }
 

@@ -55,9 +55,9 @@ export interface LaunchedRunner {
 }
 
 /**
- * A runner started before its job exists (HD_WARM_RUNNERS): its code loaded, no job id,
- * lease or credential in it until `assign` hands it exactly one job; it exits after that
- * job as any runner does.
+ * A runner started before its job exists (HD_WARM_RUNNERS): its code loaded, no job id or
+ * lease in it until `assign` hands it exactly one job (at most a database login that
+ * reaches no job before that); it exits after that job as any runner does.
  */
 export interface WarmRunner {
   readonly id: string;
@@ -74,6 +74,18 @@ export interface WarmRunner {
   discard(): void;
 }
 
+/**
+ * A warm runner's database login, made before its job exists (RunnerAccess.warmLogin),
+ * so that the runner connects while it waits; it reaches no job until the runner's job
+ * environment is made with it (RunnerAccess.envFor binds it to that job).
+ */
+export interface WarmLogin {
+  /** What the runner is sent before its job (contract/warm-assignment.ts, WarmCredentials). */
+  readonly env: Record<string, string>;
+  /** Ends it if it was never bound to a job (its runner ended without one). */
+  release(): Promise<void>;
+}
+
 /** One interface, one backend per way of running a runner (`process`, `docker`). */
 export interface Launcher {
   /** Starts a runner for the leased job; throws when it cannot be started. */
@@ -83,6 +95,10 @@ export interface Launcher {
    * Docker engine is down): the scheduler claims nothing meanwhile. Absent: always.
    */
   ready?(): Promise<void>;
-  /** Starts a warm runner for a CPU job still to be claimed. Absent: no warm runners. */
-  prestart?(): Promise<WarmRunner>;
+  /**
+   * Starts a warm runner for a CPU job still to be claimed, sending it `login` (settings
+   * of a database login that reaches no job yet: RunnerAccess.warmLogin) to connect with
+   * while it waits. Absent: no warm runners.
+   */
+  prestart?(login?: Record<string, string>): Promise<WarmRunner>;
 }

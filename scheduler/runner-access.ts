@@ -14,6 +14,7 @@ import { signedUrlKey } from '../control-plane/storage/signed-urls.ts';
 import type { Resources } from '../runner/handler.ts';
 import { llmSettings } from '../runner/llm/client.ts';
 import { providerHint } from '../runner/llm/families.ts';
+import type { WarmLogin } from './launcher.ts';
 import type { LlmGateway } from './llm-gateway/server.ts';
 
 /** Makes signed download URLs (Supabase Storage `createSignedUrls`); absent objects are left out. */
@@ -55,7 +56,37 @@ const MAX_SIGNED_URLS_BYTES = 100_000;
  * their job's lease, never the provider's key (in either mode).
  */
 type GatewayAccess = Pick<LlmGateway, 'url' | 'issue' | 'dropEnded'>;
-type AccessDb = Pick<ControlPlaneDb, 'listDocumentFiles' | 'createJobRole' | 'dropJobRoles'>;
+type AccessDb = Pick<
+  ControlPlaneDb,
+  | 'listDocumentFiles'
+  | 'createJobRole'
+  | 'dropJobRoles'
+  | 'createWarmRole'
+  | 'bindWarmRole'
+  | 'dropWarmRole'
+>;
+
+/**
+ * A warm runner's login that is a role of its own (postgres transport, a role per job):
+ * it reaches no job until `envFor` binds it to the one its runner is handed (migration
+ * 00032); dropped by `release` if never bound.
+ */
+class WarmRole implements WarmLogin {
+  readonly role: string;
+  readonly env: Record<string, string>;
+  bound = false;
+  readonly #db: Pick<AccessDb, 'dropWarmRole'>;
+
+  constructor(url: URL, db: Pick<AccessDb, 'dropWarmRole'>) {
+    this.role = url.username;
+    this.env = { HD_DATABASE_URL: url.toString() };
+    this.#db = db;
+  }
+
+  async release(): Promise<void> {
+    if (!this.bound) await this.#db.dropWarmRole(this.role);
+  }
+}
 
 export class RunnerAccess {
   readonly #db: AccessDb;
@@ -120,8 +151,29 @@ export class RunnerAccess {
     }
   }
 
-  /** The job's own environment: its credential, and its storage grants. */
-  async envFor(job: ClaimedJob, resources: Resources): Promise<Record<string, string>> {
+  /**
+   * A login for a warm runner, valid for `validForMs` (its idle limit and its longest
+   * job); undefined where runners get no role of their own (the runner then connects
+   * with what its launcher sends it, or with its job's credential).
+   */
+  async warmLogin(validForMs: number): Promise<WarmLogin | undefined> {
+    if (!this.#jobRoleUrl) return undefined;
+    const password = randomBytes(24).toString('base64url');
+    const url = new URL(this.#jobRoleUrl);
+    url.username = await this.#db.createWarmRole(password, new Date(Date.now() + validForMs));
+    url.password = password;
+    return new WarmRole(url, this.#db);
+  }
+
+  /**
+   * The job's own environment: its credential, and its storage grants. Given a warm
+   * runner's login (`warmLogin`), that login is bound to the job instead of a role made.
+   */
+  async envFor(
+    job: ClaimedJob,
+    resources: Resources,
+    warm?: WarmLogin,
+  ): Promise<Record<string, string>> {
     const env: Record<string, string> = {};
     const now = Math.floor(Date.now() / 1000);
     const lifetime = Math.ceil(resources.timeoutMs / 1000) + TOKEN_GRACE_SECONDS;
@@ -136,7 +188,10 @@ export class RunnerAccess {
         },
         this.#tokenKey,
       );
-    if (this.#jobRoleUrl) {
+    if (this.#jobRoleUrl && warm instanceof WarmRole) {
+      await this.#db.bindWarmRole(warm.role, job.id, job.lease_token);
+      warm.bound = true;
+    } else if (this.#jobRoleUrl) {
       const password = randomBytes(24).toString('base64url');
       const validUntil = new Date((now + lifetime) * 1000);
       const url = new URL(this.#jobRoleUrl);

@@ -15,6 +15,7 @@ import type {
   LaunchRequest,
   RunnerExit,
   WarmRunner,
+  WarmLogin,
 } from './launcher.ts';
 import { OutcomeRecorder } from './outcome.ts';
 import { Backoff, isTransient, OutageNotice, sleep } from './retry.ts';
@@ -23,6 +24,10 @@ import { WarmPool } from './warm-pool.ts';
 import { Wakeup } from './wakeup.ts';
 
 export { handlerResources };
+
+// A warm runner's login outlives its idle limit and its longest job by this much (the
+// launcher's kill backstop, clocks), as a job's own credential does its time limit.
+const WARM_LOGIN_GRACE_MS = 120_000;
 
 /**
  * A job the scheduler cannot read back at its end (the database is gone): what the claim
@@ -96,9 +101,15 @@ export interface SchedulerDeps {
   redactor?: Redactor | undefined;
   /** Called once a job's runner has ended: drops what runnerEnv made for it (a job role). */
   releaseRunner?: ((job: ClaimedJob) => Promise<void>) | undefined;
-  /** The job's own runner environment: credentials scoped to it (scheduler/runner-access.ts). */
+  /**
+   * The job's own runner environment: credentials scoped to it (scheduler/runner-access.ts);
+   * with the login its warm runner was started with, when it goes to one.
+   */
   runnerEnv?:
-    ((job: ClaimedJob, resources: Resources) => Promise<Record<string, string>>) | undefined;
+    | ((job: ClaimedJob, resources: Resources, warm?: WarmLogin) => Promise<Record<string, string>>)
+    | undefined;
+  /** A database login for a warm runner, valid for `validForMs` (RunnerAccess.warmLogin). */
+  warmLogin?: ((validForMs: number) => Promise<WarmLogin | undefined>) | undefined;
   /**
    * Readies the job's input before its runner starts, within its slot (an input by URL
    * fetched and stored: scheduler/url-input.ts); resolves to the job as recorded after.
@@ -132,6 +143,9 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
   readonly #running = new Map<string, Running>();
   readonly #wakeup = new Wakeup();
   readonly #warm: WarmPool | undefined;
+  /** The login each warm runner was started with, where runners get roles of their own. */
+  readonly #warmLogins = new Map<WarmRunner, WarmLogin>();
+  readonly #warmLoginsDropping = new Set<Promise<void>>();
   readonly #warmRunners: number;
   #stopping = false;
   /** Aborted by stop(): ends the waits for the database at start. */
@@ -166,7 +180,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
     this.#warmRunners = deps.warmRunners ?? 0;
     const prestart = deps.launcher.prestart?.bind(deps.launcher);
     if (prestart && this.#warmRunners > 0)
-      this.#warm = new WarmPool(prestart, deps.log, {
+      this.#warm = new WarmPool(() => this.#prestart(prestart, deps.warmLogin), deps.log, {
         ready: (id) => this.emit('warm:ready', id),
         ended: (id) => {
           this.emit('warm:ended', id);
@@ -250,6 +264,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
     const errors: unknown[] = [];
     await this.#loop?.catch((e: unknown) => errors.push(e));
     await this.#warm?.close();
+    await Promise.all(this.#warmLoginsDropping); // before the caller closes the database
     const allDone = () => Promise.all([...this.#running.values()].map((r) => r.done));
     if (this.#running.size > 0) {
       this.#log.info(
@@ -425,7 +440,8 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
           if (gpu === undefined) throw new Error('no free GPU slot for a GPU job');
           entry.gpuIds = [gpu];
         }
-        const env = await this.#runnerEnv?.(job, resources);
+        const warmLogin = entry.warm && this.#warmLogins.get(entry.warm);
+        const env = await this.#runnerEnv?.(job, resources, warmLogin);
         const launchedFrom = performance.now();
         const request = {
           job,
@@ -437,6 +453,8 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
         };
         entry.runner = await this.#toWarmRunner(entry, request);
         const warm = entry.runner !== undefined;
+        // A runner started for it instead needs a credential of its own.
+        if (!warm && warmLogin) request.env = await this.#runnerEnv?.(job, resources);
         entry.runner ??= await this.#launcher.launch(request);
         this.emit('runner:launched', job, (performance.now() - launchedFrom) / 1000, warm);
         // A runner that does not heartbeat (hung) would never learn of that cancel itself.
@@ -474,6 +492,44 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
     );
     const final = await this.#db.getJob(job.id).catch(() => undefined);
     this.emit('job:finished', final ?? lastKnown(job), exit);
+  }
+
+  /**
+   * Starts a warm runner with a login of its own where runners get one, dropped when the
+   * runner ends without a job. Its lifetime covers the idle limit and the longest CPU job.
+   */
+  async #prestart(
+    prestart: NonNullable<Launcher['prestart']>,
+    warmLogin: SchedulerDeps['warmLogin'],
+  ): Promise<WarmRunner> {
+    const longestJobMs = Math.max(
+      ...JOB_TYPES.map((type) => this.#resourcesFor(type))
+        .filter((resources) => !resources.gpu)
+        .map((resources) => resources.timeoutMs),
+    );
+    const login = await warmLogin?.(
+      this.#config.HD_WARM_RUNNER_IDLE_MS + longestJobMs + WARM_LOGIN_GRACE_MS,
+    );
+    const release = async () =>
+      login
+        ?.release()
+        .catch((error: unknown) => this.#report(error, "could not drop a warm runner's login"));
+    let runner: WarmRunner;
+    try {
+      runner = await prestart(login?.env);
+    } catch (error) {
+      await release();
+      throw error;
+    }
+    if (login) {
+      this.#warmLogins.set(runner, login);
+      void runner.ended.then(() => {
+        this.#warmLogins.delete(runner);
+        const dropping = release().finally(() => this.#warmLoginsDropping.delete(dropping));
+        this.#warmLoginsDropping.add(dropping);
+      });
+    }
+    return runner;
   }
 
   /**

@@ -21,7 +21,8 @@ export class WarmPool {
   readonly #events: WarmPoolEvents;
   /** Started, not yet taken (ready or still loading). */
   readonly #idle: WarmRunner[] = [];
-  #starting = 0;
+  /** Runners being started (prestart not settled). */
+  readonly #starting = new Set<Promise<WarmRunner>>();
   #closed = false;
   readonly #backoff = new Backoff(1000, 60_000);
   #pausedUntil = 0;
@@ -34,16 +35,14 @@ export class WarmPool {
 
   /** Warm runners started and not taken. */
   get size(): number {
-    return this.#idle.length + this.#starting;
+    return this.#idle.length + this.#starting.size;
   }
 
   /** Starts runners until `wanted` are warm; ends the ones past it. */
   fill(wanted: number): void {
     while (!this.#closed && this.#idle.length > wanted) this.#idle.pop()!.discard();
-    while (!this.#closed && this.size < wanted && Date.now() >= this.#pausedUntil) {
-      this.#starting += 1;
+    while (!this.#closed && this.size < wanted && Date.now() >= this.#pausedUntil)
       void this.#start();
-    }
   }
 
   /** A warm runner for a job, the longest ready first; undefined when there is none. */
@@ -51,24 +50,31 @@ export class WarmPool {
     return this.#idle.shift();
   }
 
-  /** Ends every warm runner (their stdin closes; they exit without a job). */
+  /**
+   * Ends every warm runner (their stdin closes; they exit without a job), those still
+   * starting too: resolves once all have ended.
+   */
   async close(): Promise<void> {
     this.#closed = true;
+    const starting = await Promise.all([...this.#starting].map((p) => p.catch(() => undefined)));
     const idle = this.#idle.splice(0);
     for (const runner of idle) runner.discard();
-    await Promise.all(idle.map((runner) => runner.ended));
+    // Those still starting are discarded by #start as they come.
+    await Promise.all([...idle, ...starting].map((runner) => runner?.ended));
   }
 
   async #start(): Promise<void> {
     let runner: WarmRunner;
+    const starting = this.#prestart();
+    this.#starting.add(starting);
     try {
-      runner = await this.#prestart();
+      runner = await starting;
     } catch (error) {
-      this.#starting -= 1;
       this.#pause(`a warm runner could not be started: ${(error as Error).message}`);
       return;
+    } finally {
+      this.#starting.delete(starting);
     }
-    this.#starting -= 1;
     if (this.#closed) return runner.discard();
     this.#idle.push(runner);
     const ready = await runner.ready;

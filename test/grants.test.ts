@@ -75,6 +75,7 @@ const FUNCTIONS = parseMatrix(`
   # the scheduler's: claim, queue control, logs, batches, reports
   hd_add_webhook_endpoint             .    .             .         X            X
   hd_append_job_logs                  .    .             .         X            X
+  hd_bind_warm_role                   .    .             .         X            X
   hd_cancel_batch                     .    .             .         X            X
   hd_cancel_job                       .    .             .         X            X
   hd_claim_jobs                       .    .             .         X            X
@@ -82,8 +83,10 @@ const FUNCTIONS = parseMatrix(`
   hd_claim_webhook_deliveries         .    .             .         X            X
   hd_complete_jobs                    .    .             .         X            X
   hd_create_job_role                  .    .             .         X            X
+  hd_create_warm_role                 .    .             .         X            X
   hd_doctor_report                    .    .             .         X            X
   hd_drop_job_roles                   .    .             .         X            X
+  hd_drop_warm_role                   .    .             .         X            X
   hd_drop_llm_credentials             .    .             .         X            X
   hd_enqueue_batch                    .    .             .         X            X
   hd_enqueue_job                      .    .             .         X            X

@@ -265,3 +265,91 @@ describe('a runner with a role of its own job (postgres transport)', () => {
     await expect(connect(url)).rejects.toThrow(/password authentication failed|does not exist/);
   });
 });
+
+describe('a warm runner’s role, made before its job (postgres transport, migration 00032)', () => {
+  // Tried as the runner holding it would: real connections with its login.
+  const pgAccess = () =>
+    new RunnerAccess(loadConfig({ HD_DATABASE_URL: t.url, HD_WORKER_ID: 'creds-test' }), t.db);
+  async function claimed(account: string): Promise<LeasedJob> {
+    const job = await t.db.enqueueJob({ accountId: account, jobType: 'probe', debug: {} });
+    const [leased] = await t.db.claimJobs({ workerId: 'w', jobId: job.id, leaseSeconds: 600 });
+    return leased as LeasedJob;
+  }
+  const clients: pg.Client[] = [];
+  async function connect(url: string) {
+    const client = new pg.Client(url);
+    client.on('error', () => {}); // a terminated session reports here too
+    await client.connect();
+    clients.push(client);
+    return client;
+  }
+  afterAll(() => Promise.all(clients.map((c) => c.end().catch(() => {}))));
+  const roleExists = async (role: string) =>
+    (await t.sql.query('select 1 from pg_roles where rolname = $1', [role])).rows.length > 0;
+  const adopt = 'select id from public.hd_adopt_lease($1, $2, 600)';
+  const files = 'select * from public.hd_list_document_files($1, $2)';
+
+  it('reaches no job until it is bound to one, then that job only; it is bound once', async () => {
+    const access = pgAccess();
+    const login = (await access.warmLogin(60_000))!;
+    const url = login.env.HD_DATABASE_URL!;
+    const role = new URL(url).username;
+    expect(role).toMatch(/^hd_job_warm_[0-9a-f]{32}$/);
+    expect(url).not.toContain(new URL(t.url).password);
+    const [a, b] = [await claimed(ACCOUNT_A), await claimed(ACCOUNT_B)];
+    const runner = await connect(url); // logged in before any job is its
+    for (const job of [a, b])
+      for (const call of [adopt, files])
+        await expect(runner.query(call, [job.id, job.lease_token])).rejects.toThrow(
+          `permission denied: this runner credential (${role}) is not for job ${job.id}`,
+        );
+
+    // Handed job a: its environment carries no database login (the runner has one).
+    const env = await access.envFor(a, LIMITS, login);
+    expect(env.HD_DATABASE_URL).toBeUndefined();
+    expect((await runner.query(adopt, [a.id, a.lease_token])).rows).toEqual([{ id: a.id }]);
+    await expect(runner.query(adopt, [b.id, b.lease_token])).rejects.toThrow(
+      `permission denied: this runner credential (${role}) is not for job ${b.id}`,
+    );
+    // Never rebound, not even by its scheduler.
+    await expect(access.envFor(b, LIMITS, login)).rejects.toThrow(
+      /is not an unbound warm runner role/,
+    );
+    await expect(runner.query(adopt, [b.id, b.lease_token])).rejects.toThrow(/permission denied/);
+    // It goes with its job, as a job's own role does.
+    await login.release();
+    expect(await roleExists(role)).toBe(true);
+    await t.db.completeJob(a.id, a.lease_token, {});
+    await access.release();
+    expect(await roleExists(role)).toBe(false);
+    await expect(runner.query('select 1')).rejects.toThrow(/terminat|Connection/i);
+  });
+
+  it('is dropped unused by its scheduler; one a dead scheduler left, by any sweep once past its validity', async () => {
+    const access = pgAccess();
+    const unused = (await access.warmLogin(60_000))!;
+    const unusedRole = new URL(unused.env.HD_DATABASE_URL!).username;
+    const waiting = await connect(unused.env.HD_DATABASE_URL!);
+    await unused.release();
+    expect(await roleExists(unusedRole)).toBe(false);
+    await expect(waiting.query('select 1')).rejects.toThrow(/terminat|Connection/i);
+
+    // Another scheduler's runner may still wait with it: a sweep leaves it while valid.
+    const left = (await access.warmLogin(60_000))!;
+    const leftRole = new URL(left.env.HD_DATABASE_URL!).username;
+    await access.release();
+    expect(await roleExists(leftRole)).toBe(true);
+    await t.sql.query(
+      `update hd_private.job_roles set expires_at = now() - interval '1 second' where role_name = $1`,
+      [leftRole],
+    );
+    await access.release();
+    expect(await roleExists(leftRole)).toBe(false);
+
+    // Only unbound warm roles are dropped by name: never another role.
+    const { rows } = await t.sql.query<{ dropped: boolean }>(
+      'select public.hd_drop_warm_role(current_user) as dropped',
+    );
+    expect(rows).toEqual([{ dropped: false }]);
+  });
+});

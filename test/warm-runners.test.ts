@@ -106,7 +106,7 @@ const PDF = textPdf([GERMAN.repeat(3), 'Seite zwei: Grüße aus München.', GERM
 describe('warm runners (process launcher)', () => {
   it('hold no job id, lease or credential before their job; take exactly one; write what a cold runner writes', async () => {
     // Runners share one hd_runner login here (HD_RUNNER_DATABASE_URL): a credential in the
-    // environment of every cold runner; a warm one is given it with its job.
+    // environment of every cold runner; a warm one is given it on its stdin.
     const shared = { HD_WARM_RUNNERS: '1', HD_RUNNER_DATABASE_URL: h.db.runnerUrl };
     const password = decodeURIComponent(new URL(h.db.runnerUrl).password);
     expect(password.length).toBeGreaterThan(0);
@@ -180,6 +180,44 @@ describe('warm runners (process launcher)', () => {
         ([key]) => !TIMES.includes(key) && !key.endsWith('_ms'),
       );
     expect(stats(coldRun.job)).toEqual(stats(warmRun.job));
+  }, 120_000);
+
+  it('log in before their job with a role of their own (the default), bound to the job they take; none is left', async () => {
+    const scheduler = createScheduler(config({ HD_WARM_RUNNERS: '1' }), h.db.db, silent, env);
+    const [warmPid] = (await Promise.all([once(scheduler, 'warm:ready'), started(scheduler)]))[0];
+    const warmRoles = async () =>
+      (
+        await h.db.sql.query<{ role_name: string; job_id: string | null }>(
+          `select role_name, job_id from hd_private.job_roles where role_name like 'hd\\_job\\_warm\\_%'`,
+        )
+      ).rows;
+    const sessions = async () =>
+      (
+        await h.db.sql.query<{ usename: string }>(
+          `select usename from pg_stat_activity
+            where datname = current_database() and usename like 'hd\\_job\\_warm\\_%'`,
+        )
+      ).rows.map((r) => r.usename);
+    // Connected while it waits, with a role bound to no job, named nowhere a process reads.
+    await expect.poll(sessions).toHaveLength(1);
+    const [waiting] = await warmRoles();
+    expect(waiting).toEqual({ role_name: (await sessions())[0], job_id: null });
+    expect(seenFromOutside(warmPid)).not.toMatch(/HD_DATABASE_URL|postgres:\/\/|hd_job_warm_/);
+    // Its job runs on that connection: no log-in after the hand-over (none would succeed).
+    await h.db.sql.query(`alter role "${waiting!.role_name}" nologin`);
+
+    const job = await extractJob(PDF);
+    const run = await ended(scheduler, job.id);
+    expect(run).toMatchObject({ warm: true, job: { status: 'completed', attempts: 1 } });
+    expect(pidOf(run.job)).toBe(warmPid);
+    expect((await chunksOf(job.document_id!)).length).toBeGreaterThan(0);
+    // Its role went with its job; the next warm runner's, unbound, with the scheduler.
+    const roles = await h.db.sql.query('select 1 from pg_roles where rolname = $1', [
+      waiting!.role_name,
+    ]);
+    expect(roles.rows).toEqual([]);
+    await scheduler.stop(0);
+    expect(await warmRoles()).toEqual([]);
   }, 120_000);
 
   it('a warm runner killed before its job costs the job nothing', async () => {

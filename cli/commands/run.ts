@@ -6,14 +6,34 @@ import {
   type Env,
   type ParsedArgs,
 } from '../command.ts';
+import type { ControlPlaneDb } from '../../control-plane/db/transport.ts';
 import { openDb, openStorage } from '../../control-plane/open.ts';
 import { OUTCOME_EXIT_CODE, runJob } from '../../runner/run-job.ts';
 
-export async function runCommand(args: ParsedArgs, env: Env): Promise<number> {
+/** A database connection a warm runner opened before its job (runner-entry.ts). */
+export interface ConnectedDb {
+  /** The login it was opened with. */
+  url: string;
+  db: ControlPlaneDb & { close(): Promise<void> };
+  /** Settles once the connection is open (or failed: the job's first call reconnects). */
+  open: Promise<void>;
+}
+
+export async function runCommand(
+  args: ParsedArgs,
+  env: Env,
+  connected?: ConnectedDb,
+): Promise<number> {
   const jobId = uuidArg(requiredOption(args, 'job-id', 'run'), '--job-id');
   const config = configFrom(env);
   const log = loggerFor(config, 'runner');
-  const db = openDb(config);
+  // Taken only for the very login the job is configured with.
+  const reuse =
+    connected && config.HD_TRANSPORT === 'postgres' && config.HD_DATABASE_URL === connected.url;
+  if (connected && !reuse) await connected.db.close();
+  // Waited for: a call made while it is still opening would open a second connection.
+  if (reuse) await connected.open;
+  const db = reuse ? connected.db : openDb(config, { runner: true });
   const interrupt = new AbortController();
   const onSignal = () => interrupt.abort();
   // Kept (on, not once) until the job is settled: execa's exit-cleanup listener, while a

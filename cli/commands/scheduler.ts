@@ -58,6 +58,7 @@ export function createScheduler(
   // What the scheduler needs of RunnerAccess, the redactor and the stager, either launcher.
   const runnersOf = (access: RunnerAccess) => ({
     runnerEnv: access.envFor.bind(access),
+    warmLogin: access.warmLogin.bind(access),
     releaseRunner: access.release.bind(access),
     stageInput: stager.stage.bind(stager),
     redactor,

@@ -58,6 +58,8 @@ export class PostgresDb implements ControlPlaneDb {
     poolSize?: number;
     pool?: pg.Pool;
     listenConnectionString?: string | null;
+    /** How long an idle connection is kept; 0: for as long as the process lives (a runner). */
+    idleTimeoutMs?: number;
   }) {
     this.#listenConnectionString =
       options.listenConnectionString === undefined
@@ -68,11 +70,25 @@ export class PostgresDb implements ControlPlaneDb {
       new pg.Pool({
         connectionString: options.connectionString,
         max: options.poolSize ?? 4,
+        idleTimeoutMillis: options.idleTimeoutMs ?? 10_000,
         application_name: 'hd-runner',
       });
     // An idle client losing its connection must not crash the process; the next query
     // reconnects and fails with a classified error if the database is still gone.
     this.pool.on('error', () => {});
+  }
+
+  /**
+   * Opens one connection now and keeps it idle for the first query (a warm runner, while
+   * it waits for its job): resolves when it is open, or failed, which the first query
+   * then reports itself.
+   */
+  async connectAhead(): Promise<void> {
+    try {
+      (await this.pool.connect()).release();
+    } catch {
+      // the job's first call connects again, and says why it cannot
+    }
   }
 
   async #rows(sql: string, params: unknown[]): Promise<Job[]> {
@@ -132,6 +148,26 @@ export class PostgresDb implements ControlPlaneDb {
     const { rows } = await this.pool.query<{ dropped: number }>(
       'select public.hd_drop_job_roles($1) as dropped',
       [jobId ?? null],
+    );
+    return rows[0]!.dropped;
+  }
+
+  async createWarmRole(password: string, validUntil: Date) {
+    const { rows } = await this.pool.query<{ role: string }>(
+      'select public.hd_create_warm_role($1, $2) as role',
+      [password, validUntil],
+    );
+    return rows[0]!.role;
+  }
+
+  async bindWarmRole(role: string, jobId: string, leaseToken: string) {
+    await this.pool.query('select public.hd_bind_warm_role($1, $2, $3)', [role, jobId, leaseToken]);
+  }
+
+  async dropWarmRole(role: string) {
+    const { rows } = await this.pool.query<{ dropped: boolean }>(
+      'select public.hd_drop_warm_role($1) as dropped',
+      [role],
     );
     return rows[0]!.dropped;
   }

@@ -160,6 +160,25 @@ export class SupabaseDb extends SupabaseOutputCalls implements ControlPlaneDb {
     return this.rpc<number>('hd_drop_job_roles', { p_job_id: jobId ?? null });
   }
 
+  createWarmRole(password: string, validUntil: Date) {
+    return this.rpc<string>('hd_create_warm_role', {
+      p_password: password,
+      p_valid_until: validUntil.toISOString(),
+    });
+  }
+
+  async bindWarmRole(role: string, jobId: string, leaseToken: string) {
+    await this.rpc('hd_bind_warm_role', {
+      p_role: role,
+      p_job_id: jobId,
+      p_lease_token: leaseToken,
+    });
+  }
+
+  dropWarmRole(role: string) {
+    return this.rpc<boolean>('hd_drop_warm_role', { p_role: role });
+  }
+
   adoptLease(jobId: string, leaseToken: string, leaseSeconds: number) {
     return this.#job('hd_adopt_lease', {
       p_job_id: jobId,

@@ -243,6 +243,15 @@ export interface ControlPlaneDb {
   ): Promise<string>;
   /** hd_drop_job_roles: drops the roles of jobs no longer running (of `jobId`, or all). */
   dropJobRoles(jobId?: string): Promise<number>;
+  /**
+   * hd_create_warm_role: a login role for a warm runner, made before its job exists
+   * (postgres transport): it reaches no job until bound to one; resolves to its name.
+   */
+  createWarmRole(password: string, validUntil: Date): Promise<string>;
+  /** hd_bind_warm_role: binds an unbound warm role to the leased job its runner is handed. */
+  bindWarmRole(role: string, jobId: string, leaseToken: string): Promise<void>;
+  /** hd_drop_warm_role: drops an unbound warm role (its runner ended without a job). */
+  dropWarmRole(role: string): Promise<boolean>;
   /** hd_adopt_lease: renews a handed-over lease and reads its job (a runner's first call). */
   adoptLease(jobId: string, leaseToken: string, leaseSeconds: number): Promise<Job>;
   reportProgress(jobId: string, leaseToken: string, percent: number, step?: string): Promise<void>;

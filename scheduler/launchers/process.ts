@@ -9,7 +9,12 @@ import type { ControlPlaneDb } from '../../control-plane/db/transport.ts';
 import { processRunnerId } from '../process-reconcile.ts';
 import { followOutput, type OutputFile, type OutputFiles } from './output-file.ts';
 import { LogLineSplitter } from './docker-logs.ts';
-import { WARM_ASSIGNED, WARM_READY, type WarmAssignment } from '../../contract/warm-assignment.ts';
+import {
+  WARM_ASSIGNED,
+  WARM_READY,
+  type WarmAssignment,
+  type WarmCredentials,
+} from '../../contract/warm-assignment.ts';
 import { holdsSecret } from '../../control-plane/redact.ts';
 import type {
   LaunchedRunner,
@@ -125,7 +130,7 @@ export class ProcessLauncher implements Launcher {
    * claimed: its environment is this launcher's without a secret (credentials travel in
    * the assignment, on its stdin), its arguments name no job.
    */
-  async prestart(): Promise<WarmRunner> {
+  async prestart(login: Record<string, string> = {}): Promise<WarmRunner> {
     const output = await this.#files?.createUnassigned();
     const { base, secret } = splitSecrets(this.#options.env);
     const spawned = await this.#spawn(
@@ -136,6 +141,11 @@ export class ProcessLauncher implements Launcher {
     // A runner that died before its assignment was written: the write fails (EPIPE), and
     // the missing acknowledgement says so below.
     spawned.child.stdin?.on('error', () => {});
+    // Its login (with this launcher's secrets) before its job, on stdin: it connects while
+    // it waits. The assignment then carries only the job's own settings.
+    const credentials: WarmCredentials = { credentials: { ...secret, ...login } };
+    if (Object.keys(credentials.credentials).length > 0)
+      spawned.child.stdin?.write(`${JSON.stringify(credentials)}\n`);
     const control = controlLines(spawned.child.stdio[3] as Readable | undefined);
     const ended = spawned.ended.then(() => undefined);
     // Either: loaded and waiting; or ended before (it crashed at start).
@@ -174,7 +184,7 @@ export class ProcessLauncher implements Launcher {
           const assignment: WarmAssignment = {
             job_id: job.id,
             lease_token: job.lease_token,
-            env: { ...secret, ...request.env },
+            env: { ...request.env },
           };
           spawned.child.stdin?.end(`${JSON.stringify(assignment)}\n`);
           // It names the job it read: one written into its stdin by anyone else is not ours.
