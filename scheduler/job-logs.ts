@@ -95,6 +95,8 @@ export class JobLogCollector {
   #stored = 0;
   #flushing: Promise<unknown> | undefined;
   #closed = false;
+  /** Lines pushed after done(): never stored. */
+  #late = 0;
   #leaseGone = false;
   #warned = false;
   #finished: Promise<void> | undefined;
@@ -127,7 +129,10 @@ export class JobLogCollector {
 
   /** Takes one printed line; never throws, never waits. */
   push(text: string): void {
-    if (this.#closed) return;
+    if (this.#closed) {
+      this.#late += 1; // too late to store: counted among the lost
+      return;
+    }
     const seq = ++this.#seq;
     const chars = Math.min(text.length, MAX_LINE_CHARS) + LINE_OVERHEAD_CHARS;
     if (this.#leaseGone || this.#pendingChars + chars > this.#limits.maxPendingChars) {
@@ -189,7 +194,7 @@ export class JobLogCollector {
       new Promise((r) => (timer = setTimeout(r, deadline - Date.now()))),
     ]);
     clearTimeout(timer);
-    const lost = this.#dropped + this.#droppedSinceMarker + this.#pending.length;
+    const lost = this.#dropped + this.#droppedSinceMarker + this.#pending.length + this.#late;
     if (lost > 0)
       this.#log.warn(
         { job_id: this.#job.id, attempt: this.#job.attempts, stored: this.#stored, lost },

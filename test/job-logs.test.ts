@@ -201,6 +201,18 @@ describe('JobLogCollector', () => {
     expect(JSON.parse(warnings.at(-1)!)).toMatchObject({ stored: 0, lost: 3 });
   });
 
+  it('counts a line that comes after the runner ended as lost, not silently', async () => {
+    const f = fakeDb();
+    const { logs, warnings } = collector(f.db, { finalFlushMs: 10, keepTryingMs: 300 });
+    f.state.mode = 'hang';
+    pushAll(logs, 2);
+    await logs.finish();
+    const lost = logs.done();
+    logs.push('printed after the end'); // a pipe's last data after the exit
+    expect(await lost).toBe(3);
+    expect(JSON.parse(warnings.at(-1)!)).toMatchObject({ stored: 0, lost: 3 });
+  });
+
   it('keeps sending after the runner exited until the database is back', async () => {
     const f = fakeDb();
     const { logs, warnings } = collector(f.db, { finalFlushMs: 10 });
