@@ -62,6 +62,11 @@ const BUCKET = 'hd_uploads_raw';
 const CLI = resolve(process.env.HD_BENCH_CLI ?? join(import.meta.dirname, '..', 'cli', 'main.ts'));
 const REPORT_RSS = join(import.meta.dirname, 'report-rss.mjs');
 const PIN = findTool('taskset') ? ['taskset', '-c', '0'] : [];
+// HD_BENCH_JOB_CPUS=2: the job through the launcher on its CPU share, cores 0-1
+// (extract_text asks for 2: pdfinfo beside pdftotext, the database's work beside the
+// runner's); pdftotext, which uses one thread, stays on core 0. Default 1: both on core 0.
+const JOB_PIN =
+  PIN.length > 0 && process.env.HD_BENCH_JOB_CPUS === '2' ? ['taskset', '-c', '0-1'] : PIN;
 // GNU time (Debian: the `time` package), for CPU seconds; the shell's builtin will not do.
 const TIME = ['/usr/bin/time'].find((path) => existsSync(path));
 
@@ -87,7 +92,9 @@ const warmLogin = process.env.HD_BENCH_WARM_LOGIN !== '0';
 // Clock ticks per second of /proc's CPU times (USER_HZ: 100 on Linux).
 const TICK_MS = 10;
 
-console.log(`# extract bench — ${b.machineLine()}, ${runs} run(s) each, pinned=${PIN.length > 0}`);
+console.log(
+  `# extract bench — ${b.machineLine()}, ${runs} run(s) each, pinned=${PIN.length > 0}, job's cores ${JOB_PIN.at(-1) ?? 'any'}`,
+);
 const database = await b.startBenchDatabase();
 const work = await mkdtemp(join(tmpdir(), 'hd-bench-extract-'));
 const config = loadConfig({
@@ -111,7 +118,7 @@ try {
     const anchorCpu: number[] = [];
     let peak = 0;
     let chunks = 0;
-    if (viaLauncher) await launcherBench(pdf, file, pages, PIN);
+    if (viaLauncher) await launcherBench(pdf, file, pages);
     if (!direct) continue;
     for (let run = 0; run < runs; run += 1) {
       const bare = await timed([...PIN, 'pdftotext', '-enc', 'UTF-8', file, '/dev/null']);
@@ -219,13 +226,13 @@ async function queuedJob(pdf: Buffer, name: string) {
  * each right after a `pdftotext` of the same file: ratios per pair, then their median (the
  * machine's load moves between pairs more than within one).
  */
-async function launcherBench(pdf: Buffer, file: string, pages: number, pin: string[]) {
+async function launcherBench(pdf: Buffer, file: string, pages: number) {
   // Credentials as `hd-runner scheduler` gives them: a role made for each cold runner's
   // job; a warm runner's role made before its job and bound to it at the hand-over.
   const access = new RunnerAccess(config, db);
   const launcher = new ProcessLauncher({
     env: { PATH: process.env.PATH ?? '', ...access.baseEnv },
-    command: [...pin, process.execPath, ...profArgs, '--import', REPORT_RSS, CLI],
+    command: [...JOB_PIN, process.execPath, ...profArgs, '--import', REPORT_RSS, CLI],
   });
   const resources = { gpu: false, memoryMb: 2048, cpus: 1, timeoutMs: 600_000 };
   const figures = { cold: [] as Run[], warm: [] as Run[] };
@@ -246,7 +253,7 @@ async function launcherBench(pdf: Buffer, file: string, pages: number, pin: stri
       const warm = mode === 'warm' ? await launcher.prestart(login?.env) : undefined;
       if (warm && !(await warm.ready)) throw new Error('the warm runner ended before it was ready');
       const beforeMs = warm ? cpuTicks(warm.id) * TICK_MS : 0;
-      const bare = await timed([...pin, 'pdftotext', '-enc', 'UTF-8', file, '/dev/null']);
+      const bare = await timed([...PIN, 'pdftotext', '-enc', 'UTF-8', file, '/dev/null']);
       const idleMb = warm ? residentMb(warm.id) : 0;
       const queued = await queuedJob(pdf, `launcher-${pages}.pdf`);
       const [job] = await db.claimJobs({
