@@ -22,28 +22,10 @@ import { loadavg, tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { readImage, type OcrOptions } from '../runner/extract/ocr.ts';
 import { runTool } from '../runner/extract/tools.ts';
-import { makePdf, wrap } from '../test/fixtures/make-pdf.ts';
+import { makePdf } from '../test/fixtures/make-pdf.ts';
 import { scriptScan } from '../test/fixtures/script-scan.ts';
-import { GERMAN } from '../test/fixtures/documents.ts';
 import * as b from './lib.ts';
-
-const SAMPLES: Record<string, string> = {
-  german: wrap(`${GERMAN} ${GERMAN} ${GERMAN}`, 70).join('\n'),
-  arabic: [
-    'تبدأ معالجة المستندات بقراءة طبقة النص في كل صفحة من صفحات الملف.',
-    'الصفحات التي لا تحتوي على نص صالح تعرض كصورة ثم تقرأ بالتعرف الضوئي.',
-    'تقسم النتيجة إلى أجزاء وتحفظ في قاعدة البيانات لكل حساب على حدة.',
-  ].join('\n'),
-  hebrew: [
-    'עיבוד המסמכים מתחיל בקריאת שכבת הטקסט של כל עמוד בקובץ.',
-    'עמודים ללא טקסט שמיש מוצגים כתמונה ונקראים בזיהוי תווים אופטי.',
-  ].join('\n'),
-  cyrillic: [
-    'Обработка документов начинается с чтения текстового слоя каждой страницы.',
-    'Страницы без пригодного текста отображаются как изображение и распознаются.',
-  ].join('\n'),
-  capitals: 'TABLE OF CONTENTS',
-};
+import { SCRIPT_SAMPLES } from './script-samples.ts';
 
 const runs = b.envInt('HD_BENCH_RUNS', 5);
 const languages = process.env.HD_BENCH_OCR_LANGUAGES ?? 'deu+eng';
@@ -62,7 +44,7 @@ function render(pdf: string, name: string): string {
   return `${base}.png`;
 }
 
-const pages: [string, string][] = Object.entries(SAMPLES).map(([name, text]) => {
+const pages: [string, string][] = Object.entries(SCRIPT_SAMPLES).map(([name, { text }]) => {
   const pdf = join(work, `${name}.pdf`);
   writeFileSync(pdf, makePdf([scriptScan(text, work, name).page]));
   return [name, render(pdf, name)];
@@ -108,7 +90,7 @@ for (const [name, png] of pages) {
     ours.wall.push(performance.now() - t);
     ours.cpu.push(childrenCpuMs() - c);
     did = read.skipped
-      ? `skipped: ${read.skipped.split(',')[0]}`
+      ? `skipped (${read.skipped.kind}): ${read.skipped.why.split(',')[0]}`
       : `${read.language ?? languages}: ${JSON.stringify(read.text.slice(0, 40))}`;
   }
   const [bw, bc, ow, oc] = [bare.wall, bare.cpu, ours.wall, ours.cpu].map(b.median);

@@ -1,10 +1,10 @@
 import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it, vi } from 'vitest';
-import { languageForScript, meanWordConfidence, readImage } from '../runner/extract/ocr.ts';
+import { languageForScript, readTsv } from '../runner/extract/ocr.ts';
 import { findTool } from '../runner/extract/tools.ts';
 import { ACCOUNT_A } from './helpers/runtime.ts';
-import { GERMAN, requireTools } from './fixtures/documents.ts';
+import { GERMAN, noisyScan, requireTools, textPdf } from './fixtures/documents.ts';
 import { extractHarness } from './fixtures/extract-harness.ts';
 import { makePdf, wrap } from './fixtures/make-pdf.ts';
 import { scriptScan } from './fixtures/script-scan.ts';
@@ -50,9 +50,9 @@ function withoutArabic(): string {
 }
 
 describe('extract_text: OCR in the script of the page', () => {
-  it('a second reading past its memory limit skips the page with why; the Latin junk is not kept', async () => {
+  it('a second reading past its memory limit skips the page with why, and the job says so; the Latin junk is not kept', async () => {
     requireTools('text2image');
-    scriptScan(ARABIC, h.work, 'arabisch-oom');
+    const scan = scriptScan(ARABIC, h.work, 'arabisch-oom');
     // A tesseract that runs out of memory reading Arabic only (as a slower model past the
     // runner's bound would); the first reading and the script check are the real ones.
     const bin = join(h.work, 'oom-bin');
@@ -64,23 +64,67 @@ describe('extract_text: OCR in the script of the page', () => {
     );
     vi.stubEnv('PATH', `${bin}:${process.env.PATH}`);
     try {
-      const read = await readImage(join(h.work, 'arabisch-oom.tif'), 'arabisch-oom.tif', {
-        languages: 'deu+eng',
-        dpi: 300,
-        timeoutMs: 120_000,
-        maxMemoryMb: 1024,
-        signal: new AbortController().signal,
-        workDir: h.work,
+      const why =
+        'script detected: Arabic, which the OCR languages deu+eng do not read; reading it in ara needed more than its limit of 1024 MiB of memory';
+      const pdf = makePdf([{ kind: 'text', lines: wrap(GERMAN) }, scan.page]);
+      const doc = await addDocument(ACCOUNT_A, [{ name: 'oom.pdf', content: pdf }]);
+      const stats = statsOf(await extract(doc));
+      expect(stats).toMatchObject({ pages: 2, ocr_pages: 0, ocr_pages_tried: 1, pages_failed: 1 });
+      expect((stats.page_layers as Record<string, unknown>[])[0]).toMatchObject({
+        text: '1',
+        failed: '2',
+        failed_why: { [why]: '2' },
+        ocr_language: {},
       });
-      expect(read).toEqual({
-        text: '',
-        skipped: expect.stringMatching(
-          /^script detected: Arabic; reading it in ara failed: .*memory/,
+      expect((await chunksOf(doc)).every((c) => c.page_end === 1)).toBe(true);
+
+      // No page gives text: the job's message names this cause, not a missing language.
+      const only = await addDocument(ACCOUNT_A, [
+        { name: 'nur-oom.pdf', content: makePdf([scan.page]) },
+      ]);
+      await expectFailure(
+        await extract(only),
+        only,
+        'UNSUPPORTED_FILE',
+        new RegExp(
+          `^nur-oom\\.pdf: no text read: its one page is in a script whose OCR failed on this runner; ${escape(why)}$`,
         ),
-      });
+      );
+      const image = await addDocument(ACCOUNT_A, [{ name: 'oom.tif', content: scan.tiff }]);
+      await expectFailure(
+        await extract(image),
+        image,
+        'UNSUPPORTED_FILE',
+        new RegExp(
+          `^oom\\.tif: no text read: the image is in a script whose OCR failed on this runner; ${escape(why)}$`,
+        ),
+      );
     } finally {
       vi.unstubAllEnvs();
     }
+  }, 120_000);
+
+  it('a poor Latin scan that OSD takes for Arabic keeps its own reading, not the Arabic junk read with more mean confidence', async () => {
+    // German prose scanned at 55 ppi with 10 % of its pixels noise: deu+eng reads it poorly
+    // (mean word confidence 28, "die" the one confident word), OSD says Arabic (2.4), and
+    // ara reads junk with a higher mean (30) but fewer confident characters (bench/RESULTS.md).
+    const scan = noisyScan(textPdf([`${GERMAN} ${GERMAN}`]), h.work, {
+      dpi: 55,
+      noise: 0.1,
+      seed: 3,
+    });
+    const doc = await addDocument(ACCOUNT_A, [{ name: 'fax.pdf', content: makePdf([scan]) }]);
+    const stats = statsOf(await extract(doc));
+    expect(stats).toMatchObject({ pages: 1, ocr_pages: 1, pages_failed: 0 });
+    // Read twice; the job's languages' reading kept, and the stats say so.
+    expect((stats.page_layers as Record<string, unknown>[])[0]).toMatchObject({
+      ocr: '1',
+      ocr_language: { 'deu+eng': '1' },
+      failed_why: {},
+    });
+    const text = await pageText(doc, 1);
+    expect(text).toMatch(/\bdie\b/);
+    expect(text).not.toMatch(/\p{Script=Arabic}/u);
   }, 120_000);
 
   it('a scanned page of Arabic is read in Arabic, not stored as Latin junk', async () => {
@@ -198,16 +242,18 @@ describe('OCR script table', () => {
     expect(languageForScript('Bengali', 'eng')).toBeUndefined();
   });
 
-  it("reads the words' mean confidence from tesseract's TSV", () => {
+  it("reads the words' mean confidence and confident characters from tesseract's TSV", () => {
     const tsv = [
       'level\tpage_num\tblock_num\tpar_num\tline_num\tword_num\tleft\ttop\twidth\theight\tconf\ttext',
       '1\t1\t0\t0\t0\t0\t0\t0\t100\t100\t-1\t',
       '5\t1\t1\t1\t1\t1\t0\t0\t10\t10\t90\tHallo',
       '5\t1\t1\t1\t1\t2\t0\t0\t10\t10\t40.5\tWelt',
       '5\t1\t1\t1\t1\t3\t0\t0\t10\t10\t95\t ',
+      '5\t1\t1\t1\t1\t4\t0\t0\t10\t10\t80\tمعالجة',
     ].join('\n');
-    expect(meanWordConfidence(tsv)).toBeCloseTo(65.25);
-    expect(meanWordConfidence(tsv.split('\n')[0]!)).toBeNaN();
+    // Characters, not UTF-16 units or bytes: "Hallo" and the six Arabic letters.
+    expect(readTsv(tsv)).toEqual({ confidence: expect.closeTo(70.17, 2), confidentChars: 11 });
+    expect(readTsv(tsv.split('\n')[0]!)).toEqual({ confidence: NaN, confidentChars: 0 });
   });
 });
 

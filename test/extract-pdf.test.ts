@@ -95,7 +95,24 @@ describe('extract_text: PDF text layer and OCR per page', () => {
     // OCR off: the junk page counts as failed, the rest is stored.
     const off = statsOf(await extract(doc, { debug: { ocr: 'off' } }));
     expect(layersOf(off)).toEqual([{ text: '1', ocr: '', blank: '', failed: '2' }]);
+    expect((off.page_layers as Record<string, unknown>[])[0]!.failed_why).toEqual({
+      'its text layer is junk, and OCR is off for this job': '2',
+    });
     expect(await textOf(doc)).not.toMatch(/Straßenbahnfahrer/);
+
+    // Only junk, OCR off: the job says so, not that the file may be damaged.
+    const junk = await addDocument(ACCOUNT_A, [
+      {
+        name: 'nur-kaputt.pdf',
+        content: makePdf([{ kind: 'text', lines: wrap(GERMAN), garbled: true }]),
+      },
+    ]);
+    await expectFailure(
+      await extract(junk, { debug: { ocr: 'off' } }),
+      junk,
+      'INVALID_INPUT',
+      /^nur-kaputt\.pdf: no text found: its one page has no usable text layer, and OCR is off for this job$/,
+    );
   }, 60_000);
 
   it('a PDF whose header line is lost is read, as poppler reads it', async () => {

@@ -8,8 +8,8 @@ import {
   type TextChunk,
 } from './chunker.ts';
 import { ChunkBudget, checkTypeSize } from './limits.ts';
-import { readImage, type OcrOptions } from './ocr.ts';
-import { extractPdf, type PageLayer, type PdfSettings } from './pdf.ts';
+import { readImage, scriptSkipError, type OcrOptions } from './ocr.ts';
+import { extractPdf, type PageFailure, type PageLayer, type PdfSettings } from './pdf.ts';
 import { assertDeclaredMime, describe, readHead, sniff, type FileKind } from './sniff.ts';
 import { readTextPieces } from './text-stream.ts';
 import { ToolFailure } from './tools.ts';
@@ -42,8 +42,8 @@ export interface FileExtraction {
   /** The resolution each of those pages was rendered at, in dpi. */
   ocrDpis?: Map<number, number>;
   /** Why each failed PDF page failed. */
-  failedWhy?: Map<number, string>;
-  /** PDF pages OCRed in their script's language, not the job's: page → language. */
+  failures?: Map<number, PageFailure>;
+  /** PDF pages read twice by OCR (the script check): page → the languages of the reading kept. */
   ocrScriptLanguages?: Map<number, string>;
   /** Peak resident memory of the PDF parser process, in KiB. */
   parserPeakRssKb?: number;
@@ -98,12 +98,7 @@ export async function extractFile(
           );
         },
       );
-      if (read.skipped !== undefined) {
-        throw new HdError(
-          'UNSUPPORTED_FILE',
-          `${name}: no text read: the image is in a script OCR on this runner cannot read; ${read.skipped}`,
-        );
-      }
+      if (read.skipped !== undefined) throw scriptSkipError(name, 'the image is', read.skipped);
       const { text } = read;
       if (visibleLength(text) === 0) throw noText(`OCR, languages ${settings.ocrLanguages}`);
       const paged = { text, pages: [{ page: 1, start: 0 }] };
@@ -142,7 +137,7 @@ export async function extractFile(
         layers: pdf.layers,
         ocrTried: pdf.ocrTried,
         ocrDpis: pdf.ocrDpis,
-        failedWhy: pdf.failedWhy,
+        failures: pdf.failures,
         ocrScriptLanguages: pdf.ocrScriptLanguages,
         parserPeakRssKb: pdf.parserPeakRssKb,
         paged: { text: pdf.text, pages: pdf.pages },

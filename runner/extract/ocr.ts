@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { HdError } from '../../contract/errors.ts';
 import type { PageImages } from './poppler.ts';
 import { normalizeText, visibleLength } from './text.ts';
-import { isToolGiveUp, runTool, ToolFailure } from './tools.ts';
+import { formatMs, isToolGiveUp, runTool, ToolFailure } from './tools.ts';
 
 export interface OcrOptions {
   /** Tesseract languages, `+`-separated (deu+eng). */
@@ -79,10 +79,9 @@ export function languagePackage(language: string): string {
   return `tesseract-ocr-${language.toLowerCase().replaceAll('_', '-')}`;
 }
 
-/** Text of one image by Tesseract, and its words' mean confidence (0–100; NaN: none). */
-export interface OcrResult {
+/** Text of one image by Tesseract, with what tesseract thought of its words (readTsv). */
+export interface OcrResult extends WordConfidence {
   text: string;
-  confidence: number;
 }
 
 /**
@@ -107,7 +106,7 @@ export async function ocrImage(
       readFile(`${out}.txt`, 'utf8'),
       readFile(`${out}.tsv`, 'utf8'),
     ]);
-    return { text, confidence: meanWordConfidence(tsv) };
+    return { text, ...readTsv(tsv) };
   } catch (error) {
     const missing =
       error instanceof ToolFailure && /Failed loading language '([^']+)'/.exec(error.stderr);
@@ -118,18 +117,36 @@ export async function ocrImage(
   }
 }
 
-/** The mean of tesseract's word confidences in its TSV output (level 5 rows with text). */
-export function meanWordConfidence(tsv: string): number {
+/** What tesseract thought of the words it read. */
+export interface WordConfidence {
+  /** The mean of the words' confidences, 0–100; NaN where it read none. */
+  confidence: number;
+  /** Characters in the words read with a confidence of CONFIDENT_WORD or more. */
+  confidentChars: number;
+}
+
+/**
+ * Least confidence of a word that counts as read (confidentChars). Junk read in the
+ * wrong script has few such words even where its mean confidence is close to a poor real
+ * reading's: measured in bench/RESULTS.md (2026-12-02, "which reading is kept").
+ */
+export const CONFIDENT_WORD = 80;
+
+/** Word confidences in tesseract's TSV output (level 5 rows with text). */
+export function readTsv(tsv: string): WordConfidence {
   let sum = 0;
   let words = 0;
+  let confidentChars = 0;
   for (const line of tsv.split('\n')) {
     const cells = line.split('\t');
     const confidence = Number(cells[10]);
-    if (cells[0] !== '5' || !(confidence >= 0) || !cells[11]?.trim()) continue;
+    const word = cells[11]?.trim();
+    if (cells[0] !== '5' || !(confidence >= 0) || !word) continue;
     sum += confidence;
     words += 1;
+    if (confidence >= CONFIDENT_WORD) confidentChars += [...word].length;
   }
-  return words > 0 ? sum / words : Number.NaN;
+  return { confidence: words > 0 ? sum / words : Number.NaN, confidentChars };
 }
 
 /**
@@ -230,19 +247,32 @@ export async function detectScript(
   }
 }
 
+/**
+ * Why OCR gave a page in a script the job's languages do not read no text: that script's
+ * language is not installed, or reading the page in it failed (past its time or memory
+ * limit, say). Either way the first reading, junk in the wrong script, is not kept.
+ */
+export interface ScriptSkip {
+  kind: 'script-not-installed' | 'script-read-failed';
+  /** One sentence for the page's stats (page_layers[].failed_why): script, language, remedy. */
+  why: string;
+}
+
 /** One page (or image) read by OCR: its text, or why it was skipped. */
 export interface PageReading {
   text: string;
-  /** The language it was read in where that is not the job's (its script's). */
+  /**
+   * Where the page was read twice (the job's languages doubted, OSD named a script they
+   * do not read): the languages of the reading kept, the job's or the script's.
+   */
   language?: string;
-  /** Set where the page was not read: its script is one no installed language reads. */
-  skipped?: string;
+  skipped?: ScriptSkip;
 }
 
 /**
  * Mean word confidence below which a reading in the job's languages is doubted and the
  * page's script checked. Clean pages in a script the languages read gave 95–97; Arabic
- * read with deu+eng 32–42, Hebrew 43, Cyrillic 49–60 (its letters look Latin); a poor
+ * read with deu+eng 32–42, Hebrew 43–46, Cyrillic 49–60 (its letters look Latin); a poor
  * real scan of Latin text about 50, so such scans are checked too (and stay as read).
  */
 export const OCR_DOUBT_CONFIDENCE = 75;
@@ -252,10 +282,15 @@ export const OCR_DOUBT_CONFIDENCE = 75;
  * (OCR_DOUBT_CONFIDENCE), tesseract's script detection (OSD) looks at the page: one in a
  * script the languages do not cover (Arabic read with deu+eng comes back as Latin junk,
  * and its confidence alone does not tell it from a poor scan) is read again in its
- * script's language (OCR_SCRIPTS), or, where that language is not installed, skipped
- * with the reason: never stored as junk. OSD, one more tesseract run, is off the path of
- * pages read with confidence (most) and of pages where OCR found nothing; it is not
- * trusted alone, because all-capital Latin ("TABLE OF CONTENTS") looks Cyrillic to it.
+ * script's language (OCR_SCRIPTS). The second reading is kept only where it has more
+ * characters in confidently read words (confidentChars) than the first: OSD guesses on
+ * pictures and poor scans (a noisy Latin scan "Arabic", 2.4–5.6), and junk read there in
+ * the wrong script can have a mean word confidence above the real but poor reading's
+ * (ara 29.7 against deu+eng 28.2), never more confident words (1 character against 3,
+ * bench/RESULTS.md). Where the script's language is not installed, or reading in it
+ * fails, there is nothing to compare with: the page is skipped with why, never stored as
+ * junk. OSD, one more tesseract run, is off the path of pages read with confidence (most)
+ * and of pages where OCR found nothing.
  */
 export async function readImage(
   imagePath: string,
@@ -269,24 +304,58 @@ export async function readImage(
   if (!seen || seen.confidence < OSD_MIN_CONFIDENCE) return { text };
   const language = languageForScript(seen.script, options.languages);
   if (!language) return { text };
+  const detected = `script detected: ${seen.script}, which the OCR languages ${options.languages} do not read`;
+  let again: OcrResult;
   try {
-    const again = await ocrImage(imagePath, what, options, language);
-    return { text: normalizeText(again.text), language };
+    again = await ocrImage(imagePath, what, options, language);
   } catch (error) {
-    // Past a tool's time or memory limit (a slower model, chi_sim): the page is skipped
-    // with why, as where the language is missing; the first reading is junk in the wrong
-    // script, and one page must not end the job.
-    if (isToolGiveUp(error) && !options.signal.aborted)
-      return {
-        text: '',
-        skipped: `script detected: ${seen.script}; reading it in ${language} failed: ${(error as Error).message}`,
-      };
-    if (!(error instanceof OcrLanguageMissing)) throw error;
-    return {
-      text: '',
-      skipped: `script detected: ${seen.script}, which the OCR languages ${options.languages} do not read, and ${language} is not installed (apt-get install ${languagePackage(language)})`,
-    };
+    if (error instanceof OcrLanguageMissing) {
+      const why = `${detected}, and ${language} is not installed (apt-get install ${languagePackage(language)})`;
+      return { text: '', skipped: { kind: 'script-not-installed', why } };
+    }
+    // Past its time or memory limit (a slower model, chi_sim), or tesseract failed: one
+    // page must not end the job.
+    if (!isToolGiveUp(error) || options.signal.aborted) throw error;
+    const why = `${detected}; reading it in ${language} ${howItFailed(error, options)}`;
+    return { text: '', skipped: { kind: 'script-read-failed', why } };
   }
+  // A tie (none confident in either, say) keeps the job's languages.
+  return again.confidentChars > first.confidentChars
+    ? { text: normalizeText(again.text), language }
+    : { text, language: options.languages };
+}
+
+/** What became of a tool run that gave up (isToolGiveUp), in words for the page's stats. */
+function howItFailed(error: unknown, options: OcrOptions): string {
+  const code = error instanceof HdError ? error.code : undefined;
+  if (code === 'PROCESSING_TIMEOUT')
+    return `took longer than its limit of ${formatMs(options.timeoutMs)}`;
+  if (code === 'OOM_KILLED')
+    return `needed more than its limit of ${options.maxMemoryMb} MiB of memory`;
+  return 'failed';
+}
+
+/**
+ * The file's failure where OCR skipped every page that shows text for its script
+ * (ScriptSkip): one sentence per kind, `subject` saying which pages ("its one page is").
+ */
+export function scriptSkipError(
+  name: string,
+  subject: string,
+  skip: ScriptSkip,
+  details?: Record<string, unknown>,
+): HdError {
+  const cause =
+    skip.kind === 'script-not-installed'
+      ? 'in a script OCR on this runner cannot read'
+      : 'in a script whose OCR failed on this runner';
+  return new HdError(
+    'UNSUPPORTED_FILE',
+    `${name}: no text read: ${subject} ${cause}; ${skip.why}`,
+    {
+      ...(details ? { details } : {}),
+    },
+  );
 }
 
 /**

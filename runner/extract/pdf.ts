@@ -1,6 +1,6 @@
 import { HdError } from '../../contract/errors.ts';
 import type { PageStart } from './chunker.ts';
-import { ocrPageDpi, ocrPdfPage } from './ocr.ts';
+import { ocrPageDpi, ocrPdfPage, type ScriptSkip, scriptSkipError } from './ocr.ts';
 import { judgePageText } from './page-quality.ts';
 import { damagedPdf, isDamagedPdf, passwordProtected } from './pdf-errors.ts';
 import { imagesOnPages, type PageImages, PdfPasswordError, readPages } from './poppler.ts';
@@ -44,9 +44,12 @@ export interface PdfText {
   ocrTried: number;
   /** The resolution each of those pages was rendered at, in dpi. */
   ocrDpis: Map<number, number>;
-  /** Why each failed page failed, in a few words ("script detected: Arabic, … not installed …"). */
-  failedWhy: Map<number, string>;
-  /** Pages OCRed in their script's language, not the job's (readImage): page → language. */
+  /** Why each failed page failed. */
+  failures: Map<number, PageFailure>;
+  /**
+   * Pages read twice by OCR, in the job's languages and in their script's (readImage):
+   * page → the languages of the reading kept.
+   */
   ocrScriptLanguages: Map<number, string>;
   /** Peak RSS of the pdf-parse process where it ran, in KiB. */
   parserPeakRssKb: number;
@@ -104,7 +107,7 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
   const layers: PageLayer[] = texts.map((text, i) =>
     hung.has(i + 1) ? 'failed' : text === '' ? 'blank' : 'text',
   );
-  const failedWhy = new Map<number, string>([...hung].map((num) => [num, WHY.hung]));
+  const failures = new Map<number, PageFailure>([...hung].map((num) => [num, FAILURES.hung]));
   const garbled = pagesWhere(judged, (j) => !j.usable && j.why === 'garbled');
   const short = pagesWhere(
     judged,
@@ -133,7 +136,7 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
   } else {
     for (const num of garbled) {
       layers[num - 1] = 'failed';
-      failedWhy.set(num, WHY.junkNoOcr);
+      failures.set(num, settings.ocr === 'off' ? FAILURES.junkOcrOff : FAILURES.junkXfa);
     }
   }
 
@@ -156,7 +159,7 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
       const { text } = read;
       if (read.skipped !== undefined && texts[num - 1] === '') {
         layers[num - 1] = 'failed';
-        failedWhy.set(num, read.skipped);
+        failures.set(num, read.skipped);
       }
       const longer = visibleLength(text) > visibleLength(texts[num - 1]!);
       if (longer || (settings.ocr === 'always' && visibleLength(text) > 0)) {
@@ -168,7 +171,7 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
       if (!isToolGiveUp(error) || settings.signal.aborted) throw error;
       if (texts[num - 1] === '') {
         layers[num - 1] = 'failed';
-        failedWhy.set(num, WHY.render);
+        failures.set(num, FAILURES.unrenderable);
       }
     }
     done += 1;
@@ -179,7 +182,7 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
   if (joined.text === '') {
     // poppler found pages but no text on them, and pdf.js could not read the file at all.
     if (isDamagedPdf(secondOpinionFailed)) throw damagedPdf(name, secondOpinionFailed);
-    throw noText(name, total, layers, failedWhy, toOcr.length, settings);
+    throw noText(name, total, layers, failures, toOcr.length, settings);
   }
   return {
     ...joined,
@@ -187,7 +190,7 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
     layers,
     ocrTried: toOcr.length,
     ocrDpis,
-    failedWhy,
+    failures,
     ocrScriptLanguages,
     parserPeakRssKb,
   };
@@ -299,50 +302,66 @@ function assertPageCount(name: string, pages: number, maxPages: number): void {
   }
 }
 
-/** Why a page failed, where it is one of these (stats: page_layers[].failed_why). */
-const WHY = {
-  hung: 'reading its text layer took longer than its limit',
-  junkNoOcr: 'its text layer is junk, and OCR is off for this job',
-  render: 'it could not be rendered or read by OCR in its time and memory',
-};
+/**
+ * Why a page gave no text although it may hold some: the kind chooses the sentence of the
+ * file's failure (noText), `why` is the page's in stats (page_layers[].failed_why).
+ */
+export interface PageFailure {
+  kind: 'text-layer-hung' | 'junk-not-ocred' | 'unrenderable' | ScriptSkip['kind'];
+  why: string;
+}
+
+/** The page failures found here; OCR's in a script (readImage) bring their own why. */
+const FAILURES = {
+  hung: { kind: 'text-layer-hung', why: 'reading its text layer took longer than its limit' },
+  junkOcrOff: {
+    kind: 'junk-not-ocred',
+    why: 'its text layer is junk, and OCR is off for this job',
+  },
+  junkXfa: {
+    kind: 'junk-not-ocred',
+    why: "its text is junk, and an XFA form's pages cannot be rendered for OCR",
+  },
+  unrenderable: {
+    kind: 'unrenderable',
+    why: 'it could not be rendered or read by OCR in its time and memory',
+  },
+} as const satisfies Record<string, PageFailure>;
 
 function noText(
   name: string,
   total: number,
   layers: readonly PageLayer[],
-  failedWhy: ReadonlyMap<number, string>,
+  failures: ReadonlyMap<number, PageFailure>,
   ocrTried: number,
   settings: PdfSettings,
 ): HdError {
   const failed = layers.filter((l) => l === 'failed').length;
-  const [pages, have] = total === 1 ? ['its one page', 'has'] : [`its ${total} pages`, 'have'];
-  // Pages OCR found in a script no installed language reads: the runner, not the file.
-  const known: string[] = Object.values(WHY);
-  const scripts = [...failedWhy.values()].filter((why) => !known.includes(why));
-  if (scripts.length > 0) {
+  const details = { pages: total, pages_failed: failed, ocr_pages_tried: ocrTried };
+  const ofKind = (...kinds: PageFailure['kind'][]) =>
+    [...failures.values()].filter((f) => kinds.includes(f.kind));
+  // Pages OCR found in a script it cannot read here: the runner's lack, said first.
+  for (const kind of ['script-not-installed', 'script-read-failed'] as const) {
+    const skipped = ofKind(kind);
+    if (skipped.length === 0) continue;
     const some =
       total === 1
         ? 'its one page is'
-        : scripts.length === total
+        : skipped.length === total
           ? `its ${total} pages are`
-          : `${scripts.length === 1 ? 'one' : scripts.length} of its ${total} pages ${scripts.length === 1 ? 'is' : 'are'}`;
-    const script = scripts[0]!;
-    const why = `${some} in a script OCR on this runner cannot read; ${script}`;
-    return new HdError('UNSUPPORTED_FILE', `${name}: no text read: ${why}`, {
-      details: { pages: total, pages_failed: failed, ocr_pages_tried: ocrTried },
-    });
+          : `${skipped.length === 1 ? 'one' : skipped.length} of its ${total} pages ${skipped.length === 1 ? 'is' : 'are'}`;
+    return scriptSkipError(name, some, { kind, why: skipped[0]!.why }, details);
   }
+  const [pages, have] = total === 1 ? ['its one page', 'has'] : [`its ${total} pages`, 'have'];
   const why =
-    failed === total
+    ofKind('text-layer-hung', 'unrenderable').length === total
       ? `${pages} could not be read or rendered; the file may be damaged`
       : settings.ocr === 'off'
         ? `no text found: ${pages} ${have} no usable text layer, and OCR is off for this job`
         : ocrTried > 0
           ? `no text found in ${pages}, neither in the text layer nor by OCR (languages ${settings.ocrLanguages})`
           : `no text found: ${pages} ${have} neither a text layer nor images`;
-  return new HdError('INVALID_INPUT', `${name}: ${why}`, {
-    details: { pages: total, pages_failed: failed, ocr_pages_tried: ocrTried },
-  });
+  return new HdError('INVALID_INPUT', `${name}: ${why}`, { details });
 }
 
 function pagesWhere<T>(items: readonly T[], test: (item: T) => boolean): number[] {

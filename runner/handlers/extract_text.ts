@@ -8,6 +8,7 @@ import type { ChunkRow, DocumentFile } from '../../control-plane/db/transport.ts
 import { chunksAsText, ExtractArtifacts } from '../extract/artifacts.ts';
 import { extractFile, type ExtractSettings } from '../extract/extract-file.ts';
 import { formatBytes, MAX_CHUNKS_PER_DOCUMENT } from '../extract/limits.ts';
+import type { PageFailure } from '../extract/pdf.ts';
 import { OpenAiTranscriber } from '../extract/transcribe.ts';
 import type { Handler, HandlerContext } from '../handler.ts';
 
@@ -26,7 +27,9 @@ interface ExtractStats {
    * Per PDF file, its pages by where their text came from, as page ranges ("1-3,7"), the
    * pages rendered for OCR by the resolution they were rendered at ({"150": "2,5"}), the
    * failed pages by why ({"script detected: Arabic, … (apt-get install …)": "4"}),
-   * and the pages OCRed in their script's language instead of the job's ({"ara": "4"}).
+   * and the pages read twice by OCR, in the job's languages and in their script's, by the
+   * languages of the reading kept, the one with the better confidence ({"ara": "4",
+   * "deu+eng": "7"}).
    */
   page_layers: {
     file: string;
@@ -127,7 +130,7 @@ export const extractText: Handler<'extract_text'> = {
             blank: pageRanges(layers, 'blank'),
             failed: pageRanges(layers, 'failed'),
             ocr_dpi: pagesBy(layers.length, extraction.ocrDpis),
-            failed_why: pagesBy(layers.length, extraction.failedWhy),
+            failed_why: pagesBy(layers.length, whyOf(extraction.failures)),
             ocr_language: pagesBy(layers.length, extraction.ocrScriptLanguages),
           });
         }
@@ -152,8 +155,8 @@ export const extractText: Handler<'extract_text'> = {
             pages: extraction.pageCount,
             ocr: extraction.ocrPages,
             failed: extraction.layers?.filter((layer) => layer === 'failed').length,
-            failed_why: extraction.failedWhy?.size
-              ? [...new Set(extraction.failedWhy.values())]
+            failed_why: extraction.failures?.size
+              ? [...new Set(whyOf(extraction.failures).values())]
               : undefined,
           },
           'file extracted',
@@ -284,6 +287,11 @@ function extractArtifacts(ctx: HandlerContext<'extract_text'>, workDir: string) 
       what,
     }),
   });
+}
+
+/** Each failed page's why, for its stats. */
+function whyOf(failures = new Map<number, PageFailure>()): Map<number, string> {
+  return new Map([...failures].map(([page, failure]) => [page, failure.why]));
 }
 
 /**
