@@ -113,11 +113,13 @@ for (const { name, is, png } of pages) {
       : undefined;
   const second = acted ? readings[acted] : undefined;
   const kept = (better: (a: OcrResult, b: OcrResult) => boolean) =>
-    !second || !acted
+    !acted
       ? `${languages} (no second reading)`
-      : better(second, first)
-        ? acted
-        : languages;
+      : !second
+        ? `skipped (${acted} not measured here)`
+        : better(second, first)
+          ? acted
+          : languages;
   console.log(
     `| ${name} | ${is} | ${seen ? `${seen.script} ${seen.confidence}` : '–'} | ${show(first)} | ${show(readings.ara)} | ${show(readings.heb)} | ${show(readings.rus)} | ${kept((s, f) => s.confidentChars > f.confidentChars)} | ${kept((s, f) => s.confidence > f.confidence)} |`,
   );

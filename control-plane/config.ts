@@ -196,7 +196,7 @@ export const configSchema = z.object({
   HD_EXTRACT_PAGE_TIMEOUT_MS: positiveInt.default(30_000),
   /** extract_text: most resident memory of the PDF parser process (and of each OCR tool), in MiB. Default 1024. */
   HD_EXTRACT_MAX_MEMORY_MB: z.coerce.number().int().min(64).default(1024),
-  /** extract_text: Tesseract languages for OCR, `+`-separated (a job's `ocr_languages` wins); a page read with doubt in a script they do not cover (tesseract's OSD) is OCRed in that script's language where installed (`ara`, `heb`, `rus` in the images), else skipped and counted. The runner's `TESSDATA_PREFIX`, where set, is passed to tesseract (its folder needs `osd.traineddata` and `configs/` too). Default deu+eng. */
+  /** extract_text: Tesseract languages for OCR, `+`-separated (a job's `ocr_languages` wins); a page read with doubt in a script they do not cover (tesseract's OSD) is OCRed again in that script's language where installed (`ara`, `heb`, `rus` in the images), the reading with more confidently read characters kept, else skipped and counted. The runner's `TESSDATA_PREFIX`, where set, is passed to tesseract (its folder needs `osd.traineddata` and `configs/` too). Default deu+eng. */
   HD_OCR_LANGUAGES: z
     .string()
     .regex(/^[A-Za-z_]{3,20}(\+[A-Za-z_]{3,20}){0,7}$/, 'must look like deu+eng')
