@@ -5,7 +5,7 @@ import { parseFamilyRules } from '../runner/llm/families.ts';
 import { parseRanges } from '../scheduler/public-http.ts';
 import { DEFAULT_GRANT_RATE } from '../scheduler/upload-grant-limits.ts';
 import { combinationError } from './config-rules.ts';
-import { SECRET_SETTING } from './redact.ts';
+import { isSecretSetting } from './redact.ts';
 
 const positiveInt = z.coerce.number().int().positive();
 const csv = z.string().transform((s) =>
@@ -364,7 +364,7 @@ const SECRET_VALUE = /^eyJ[\w-]+\.[\w-]+\.|^sb_secret_/;
 
 /** Hides the secret part of a value before it is shown anywhere. */
 export function redactValue(name: string, value: string): string {
-  if (SECRET_SETTING.test(name) || SECRET_VALUE.test(value)) return '[redacted]';
+  if (isSecretSetting(name) || SECRET_VALUE.test(value)) return '[redacted]';
   // Any URL, not only in *_URL: a connection string pasted into the wrong variable.
   if (/URL$/.test(name) || /^[a-z][a-z0-9+.-]*:\/\//i.test(value)) return redactUrl(value);
   return value;
@@ -376,7 +376,7 @@ export function redactUrl(value: string): string {
     const url = new URL(value);
     if (url.password) url.password = '***';
     for (const key of [...url.searchParams.keys()]) {
-      if (SECRET_SETTING.test(key)) url.searchParams.set(key, '***');
+      if (isSecretSetting(key)) url.searchParams.set(key, '***');
     }
     return url.toString();
   } catch {

@@ -2,8 +2,14 @@ import type { Config } from './config.ts';
 
 const CENSOR = '[redacted]';
 /** Settings whose value is a secret, by name (also config.ts's rule for its error messages). */
-// TOKEN, but not a count of them (HD_LLM_MAX_OUTPUT_TOKENS, HD_LLM_DAILY_TOKEN_BUDGET).
-export const SECRET_SETTING = /KEY|SECRET|PASSWORD|TOKEN(?![S_])/i;
+const SECRET_SETTING = /KEY|SECRET|PASSWORD|TOKEN/i;
+// Settings whose names say TOKEN but that count tokens: their values ("4096") are no secret.
+const TOKEN_COUNTS = new Set(['HD_LLM_MAX_OUTPUT_TOKENS', 'HD_LLM_DAILY_TOKEN_BUDGET']);
+
+/** A setting (or query parameter) whose value is a secret, by its name. */
+export function isSecretSetting(name: string): boolean {
+  return SECRET_SETTING.test(name) && !TOKEN_COUNTS.has(name);
+}
 // Secrets recognised by their look wherever they come from (an echoed key in an error
 // body, a token in a URL): JWTs, OpenAI-style and Supabase secret keys, URL passwords.
 const SECRET_SHAPES: readonly [RegExp, string][] = [
@@ -23,7 +29,7 @@ const MAX_TENANT_MESSAGE = 1000;
 
 /** Whether a setting holds a secret: by its name, a URL with a password, signed URLs. */
 export function holdsSecret(name: string, value: string): boolean {
-  if (SECRET_SETTING.test(name) || name === 'HD_JOB_STORAGE_URLS') return true;
+  if (isSecretSetting(name) || name === 'HD_JOB_STORAGE_URLS') return true;
   return URL.canParse(value) && new URL(value).password !== '';
 }
 
@@ -32,7 +38,7 @@ export function secretsOf(config: Partial<Config> | Record<string, string | unde
   const values: string[] = [];
   for (const [name, value] of Object.entries(config)) {
     if (typeof value !== 'string') continue;
-    if (SECRET_SETTING.test(name)) values.push(value);
+    if (isSecretSetting(name)) values.push(value);
     if (URL.canParse(value)) {
       const url = new URL(value);
       if (url.password) values.push(decodeURIComponent(url.password), url.password);

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { toHdError } from '../contract/errors.ts';
 import {
   JOB_INPUTS,
   PAYLOAD_SCHEMAS,
@@ -74,7 +75,8 @@ type AccessDb = Pick<
 class WarmRole implements WarmLogin {
   readonly role: string;
   readonly env: Record<string, string>;
-  bound = false;
+  /** Handed to a job (being bound, or bound): its job's end drops it, not `release`. */
+  taken = false;
   readonly #db: Pick<AccessDb, 'dropWarmRole'>;
 
   constructor(url: URL, db: Pick<AccessDb, 'dropWarmRole'>) {
@@ -84,7 +86,7 @@ class WarmRole implements WarmLogin {
   }
 
   async release(): Promise<void> {
-    if (!this.bound) await this.#db.dropWarmRole(this.role);
+    if (!this.taken) await this.#db.dropWarmRole(this.role);
   }
 }
 
@@ -188,12 +190,16 @@ export class RunnerAccess {
         },
         this.#tokenKey,
       );
-    if (this.#jobRoleUrl && warm instanceof WarmRole) {
-      await this.#db.bindWarmRole(warm.role, job.id, job.lease_token);
-      warm.bound = true;
+    const validUntil = new Date((now + lifetime) * 1000);
+    if (
+      this.#jobRoleUrl &&
+      warm instanceof WarmRole &&
+      !warm.taken &&
+      (await this.#bind(warm, job, validUntil))
+    ) {
+      // the runner is logged in already
     } else if (this.#jobRoleUrl) {
       const password = randomBytes(24).toString('base64url');
-      const validUntil = new Date((now + lifetime) * 1000);
       const url = new URL(this.#jobRoleUrl);
       url.username = await this.#db.createJobRole(job.id, job.lease_token, password, validUntil);
       url.password = password;
@@ -205,6 +211,25 @@ export class RunnerAccess {
       for (const key of this.#gatewayKeys) env[key] = credential;
     }
     return env;
+  }
+
+  /**
+   * Binds a warm runner's role to its job; false when it could not be (its runner ended
+   * and the role was dropped meanwhile): the job then gets a role of its own, which a
+   * warm runner still alive logs in with instead, so the job is not failed for it.
+   */
+  async #bind(warm: WarmRole, job: ClaimedJob, validUntil: Date): Promise<boolean> {
+    warm.taken = true; // before the call: a runner ending meanwhile must not drop it
+    try {
+      await this.#db.bindWarmRole(warm.role, job.id, job.lease_token, validUntil);
+      return true;
+    } catch (error) {
+      await this.#db.dropWarmRole(warm.role).catch(() => {});
+      const { code } = toHdError(error);
+      if (code === 'LEASE_LOST' || code === 'CANCELLED' || code === 'DATABASE_UNAVAILABLE')
+        throw error;
+      return false;
+    }
   }
 
   /** After the runner ended: its job role and gateway credential, and any left by runners that died, go. */

@@ -25,8 +25,8 @@ import { Wakeup } from './wakeup.ts';
 
 export { handlerResources };
 
-// A warm runner's login outlives its idle limit and its longest job by this much (the
-// launcher's kill backstop, clocks), as a job's own credential does its time limit.
+// A warm runner's login outlives its idle limit by this much (clocks, the time to start it),
+// as a job's own credential does its time limit.
 const WARM_LOGIN_GRACE_MS = 120_000;
 
 /**
@@ -284,6 +284,7 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
         await allDone();
       }
     }
+    await Promise.all(this.#warmLoginsDropping); // those of runners discarded meanwhile
     // Output still on its way (the database was down) gets a last chance, then is counted.
     const lostLogLines = await this.#logs.close();
     await this.#unlisten?.().catch((e: unknown) => errors.push(e));
@@ -405,11 +406,13 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
       entry.gpuIds = [...adopted.gpuIds];
     } else if (!this.#resourcesFor(job.job_type).gpu) entry.warm = this.#warm?.take();
     this.emit(adopted ? 'job:adopted' : 'job:claimed', job);
-    entry.done = this.#runToEnd(entry).finally(() => {
-      entry.warm?.discard(); // the job ended before its runner started (its input not staged)
+    entry.done = this.#runToEnd(entry).finally(async () => {
+      const unused = entry.warm; // the job ended before its runner started (input not staged)
+      unused?.discard();
       for (const id of entry.gpuIds) this.#gpus?.release(id);
       this.#running.delete(job.id);
       this.#wakeup.signal();
+      await unused?.ended; // its login dropped before stop() returns
     });
   }
 
@@ -495,21 +498,15 @@ export class Scheduler extends EventEmitter<SchedulerEvents> {
   }
 
   /**
-   * Starts a warm runner with a login of its own where runners get one, dropped when the
-   * runner ends without a job. Its lifetime covers the idle limit and the longest CPU job.
+   * Starts a warm runner with a login of its own where runners get one, valid while it may
+   * wait (its job's credential extends it to the job's time limit), dropped when the
+   * runner ends without a job.
    */
   async #prestart(
     prestart: NonNullable<Launcher['prestart']>,
     warmLogin: SchedulerDeps['warmLogin'],
   ): Promise<WarmRunner> {
-    const longestJobMs = Math.max(
-      ...JOB_TYPES.map((type) => this.#resourcesFor(type))
-        .filter((resources) => !resources.gpu)
-        .map((resources) => resources.timeoutMs),
-    );
-    const login = await warmLogin?.(
-      this.#config.HD_WARM_RUNNER_IDLE_MS + longestJobMs + WARM_LOGIN_GRACE_MS,
-    );
+    const login = await warmLogin?.(this.#config.HD_WARM_RUNNER_IDLE_MS + WARM_LOGIN_GRACE_MS);
     const release = async () =>
       login
         ?.release()

@@ -39,10 +39,12 @@ it('takes every secret setting and URL password from the configuration', () => {
     // Counts of tokens are no secrets: taken as ones, every "4096" in a log went.
     HD_LLM_MAX_OUTPUT_TOKENS: '4096',
     HD_LLM_DAILY_TOKEN_BUDGET: '250000',
+    AWS_BEARER_TOKEN_BEDROCK: 'bedrock-token-value',
   });
   expect(secrets).not.toContain('4096');
   expect(secrets).not.toContain('250000');
   expect(secrets).toContain('job-token-value');
+  expect(secrets).toContain('bedrock-token-value');
   expect(secrets).toEqual(
     expect.arrayContaining([
       'superuser-pw',

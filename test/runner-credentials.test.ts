@@ -304,17 +304,33 @@ describe('a warm runner’s role, made before its job (postgres transport, migra
           `permission denied: this runner credential (${role}) is not for job ${job.id}`,
         );
 
+    // Valid while its runner may wait; from the hand-over, as long as its job may run.
+    const validUntil = async () =>
+      (
+        await t.sql.query<{ until: Date }>(
+          'select rolvaliduntil as until from pg_roles where rolname = $1',
+          [role],
+        )
+      ).rows[0]!.until.getTime();
+    expect(await validUntil()).toBeLessThanOrEqual(Date.now() + 60_000 + 5_000);
     // Handed job a: its environment carries no database login (the runner has one).
     const env = await access.envFor(a, LIMITS, login);
     expect(env.HD_DATABASE_URL).toBeUndefined();
+    expect(await validUntil()).toBeGreaterThan(Date.now() + LIMITS.timeoutMs);
     expect((await runner.query(adopt, [a.id, a.lease_token])).rows).toEqual([{ id: a.id }]);
     await expect(runner.query(adopt, [b.id, b.lease_token])).rejects.toThrow(
       `permission denied: this runner credential (${role}) is not for job ${b.id}`,
     );
-    // Never rebound, not even by its scheduler.
-    await expect(access.envFor(b, LIMITS, login)).rejects.toThrow(
-      /is not an unbound warm runner role/,
-    );
+    // Never rebound, not even by its scheduler: b gets a role of its own.
+    const envOfB = await access.envFor(b, LIMITS, login);
+    expect(new URL(envOfB.HD_DATABASE_URL!).username).toBe(`hd_job_${b.id.replaceAll('-', '')}`);
+    await expect(
+      t.sql.query('select public.hd_bind_warm_role($1, $2, $3, now() + interval $$1 hour$$)', [
+        role,
+        b.id,
+        b.lease_token,
+      ]),
+    ).rejects.toThrow(/is not an unbound warm runner role/);
     await expect(runner.query(adopt, [b.id, b.lease_token])).rejects.toThrow(/permission denied/);
     // It goes with its job, as a job's own role does.
     await login.release();
@@ -345,6 +361,17 @@ describe('a warm runner’s role, made before its job (postgres transport, migra
     );
     await access.release();
     expect(await roleExists(leftRole)).toBe(false);
+
+    // A runner that ended as its job was handed over: its role went, the job gets its own.
+    const gone = (await access.warmLogin(60_000))!;
+    await gone.release();
+    const job = await claimed(ACCOUNT_A);
+    const own = await access.envFor(job, LIMITS, gone);
+    expect(new URL(own.HD_DATABASE_URL!).username).toBe(`hd_job_${job.id.replaceAll('-', '')}`);
+    // Not valid for long: at most a day, as a job's role.
+    await expect(
+      t.sql.query(`select public.hd_create_warm_role($1, 'infinity')`, ['x'.repeat(24)]),
+    ).rejects.toThrow(/valid for up to a day/);
 
     // Only unbound warm roles are dropped by name: never another role.
     const { rows } = await t.sql.query<{ dropped: boolean }>(

@@ -183,7 +183,9 @@ describe('warm runners (process launcher)', () => {
   }, 120_000);
 
   it('log in before their job with a role of their own (the default), bound to the job they take; none is left', async () => {
-    const scheduler = createScheduler(config({ HD_WARM_RUNNERS: '1' }), h.db.db, silent, env);
+    // One connection per runner, heartbeats minutes apart: no second log-in is ever needed.
+    const settings = { HD_WARM_RUNNERS: '1', HD_DATABASE_POOL_SIZE: '1', HD_LEASE_SECONDS: '600' };
+    const scheduler = createScheduler(config(settings), h.db.db, silent, env);
     const [warmPid] = (await Promise.all([once(scheduler, 'warm:ready'), started(scheduler)]))[0];
     const warmRoles = async () =>
       (
@@ -199,7 +201,7 @@ describe('warm runners (process launcher)', () => {
         )
       ).rows.map((r) => r.usename);
     // Connected while it waits, with a role bound to no job, named nowhere a process reads.
-    await expect.poll(sessions).toHaveLength(1);
+    await expect.poll(sessions, { timeout: 30_000 }).toHaveLength(1);
     const [waiting] = await warmRoles();
     expect(waiting).toEqual({ role_name: (await sessions())[0], job_id: null });
     expect(seenFromOutside(warmPid)).not.toMatch(/HD_DATABASE_URL|postgres:\/\/|hd_job_warm_/);

@@ -71,6 +71,13 @@ export class PostgresDb implements ControlPlaneDb {
         connectionString: options.connectionString,
         max: options.poolSize ?? 4,
         idleTimeoutMillis: options.idleTimeoutMs ?? 10_000,
+        // A connection kept idle for minutes (a warm runner's, a job's between heartbeats):
+        // probed, so that a NAT or balancer that dropped the idle flow is found by TCP, not
+        // by the next call hanging until the kernel gives up.
+        ...(options.idleTimeoutMs === 0 && {
+          keepAlive: true,
+          keepAliveInitialDelayMillis: 30_000,
+        }),
         application_name: 'hd-runner',
       });
     // An idle client losing its connection must not crash the process; the next query
@@ -160,8 +167,13 @@ export class PostgresDb implements ControlPlaneDb {
     return rows[0]!.role;
   }
 
-  async bindWarmRole(role: string, jobId: string, leaseToken: string) {
-    await this.pool.query('select public.hd_bind_warm_role($1, $2, $3)', [role, jobId, leaseToken]);
+  async bindWarmRole(role: string, jobId: string, leaseToken: string, validUntil: Date) {
+    await this.pool.query('select public.hd_bind_warm_role($1, $2, $3, $4)', [
+      role,
+      jobId,
+      leaseToken,
+      validUntil,
+    ]);
   }
 
   async dropWarmRole(role: string) {

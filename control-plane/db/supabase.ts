@@ -167,11 +167,12 @@ export class SupabaseDb extends SupabaseOutputCalls implements ControlPlaneDb {
     });
   }
 
-  async bindWarmRole(role: string, jobId: string, leaseToken: string) {
+  async bindWarmRole(role: string, jobId: string, leaseToken: string, validUntil: Date) {
     await this.rpc('hd_bind_warm_role', {
       p_role: role,
       p_job_id: jobId,
       p_lease_token: leaseToken,
+      p_valid_until: validUntil.toISOString(),
     });
   }
 

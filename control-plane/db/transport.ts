@@ -248,8 +248,11 @@ export interface ControlPlaneDb {
    * (postgres transport): it reaches no job until bound to one; resolves to its name.
    */
   createWarmRole(password: string, validUntil: Date): Promise<string>;
-  /** hd_bind_warm_role: binds an unbound warm role to the leased job its runner is handed. */
-  bindWarmRole(role: string, jobId: string, leaseToken: string): Promise<void>;
+  /**
+   * hd_bind_warm_role: binds an unbound warm role to the leased job its runner is handed,
+   * valid until `validUntil` from then on.
+   */
+  bindWarmRole(role: string, jobId: string, leaseToken: string, validUntil: Date): Promise<void>;
   /** hd_drop_warm_role: drops an unbound warm role (its runner ended without a job). */
   dropWarmRole(role: string): Promise<boolean>;
   /** hd_adopt_lease: renews a handed-over lease and reads its job (a runner's first call). */

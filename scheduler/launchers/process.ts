@@ -141,11 +141,14 @@ export class ProcessLauncher implements Launcher {
     // A runner that died before its assignment was written: the write fails (EPIPE), and
     // the missing acknowledgement says so below.
     spawned.child.stdin?.on('error', () => {});
-    // Its login (with this launcher's secrets) before its job, on stdin: it connects while
-    // it waits. The assignment then carries only the job's own settings.
-    const credentials: WarmCredentials = { credentials: { ...secret, ...login } };
-    if (Object.keys(credentials.credentials).length > 0)
+    // Its database login before its job, on stdin: it connects while it waits. Every other
+    // secret of this launcher's comes with its job, as before.
+    const { HD_DATABASE_URL: launcherLogin, ...heldBack } = secret;
+    const early = { ...(launcherLogin && { HD_DATABASE_URL: launcherLogin }), ...login };
+    if (Object.keys(early).length > 0) {
+      const credentials: WarmCredentials = { credentials: early };
       spawned.child.stdin?.write(`${JSON.stringify(credentials)}\n`);
+    }
     const control = controlLines(spawned.child.stdio[3] as Readable | undefined);
     const ended = spawned.ended.then(() => undefined);
     // Either: loaded and waiting; or ended before (it crashed at start).
@@ -184,7 +187,7 @@ export class ProcessLauncher implements Launcher {
           const assignment: WarmAssignment = {
             job_id: job.id,
             lease_token: job.lease_token,
-            env: { ...request.env },
+            env: { ...heldBack, ...request.env },
           };
           spawned.child.stdin?.end(`${JSON.stringify(assignment)}\n`);
           // It names the job it read: one written into its stdin by anyone else is not ours.

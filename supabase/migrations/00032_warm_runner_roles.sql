@@ -29,8 +29,9 @@ begin
   if length(coalesce(p_password, '')) < 24 then
     raise exception 'a job role password must have at least 24 characters' using errcode = '22023';
   end if;
-  if p_valid_until is null or p_valid_until <= now() then
-    raise exception 'a warm role must be valid for a while (valid until %)', p_valid_until
+  -- Valid while its runner waits; binding extends it to its job's time limit.
+  if p_valid_until is null or p_valid_until <= now() or p_valid_until > now() + interval '1 day' then
+    raise exception 'a warm role is valid for up to a day (valid until %)', p_valid_until
       using errcode = '22023';
   end if;
   execute format('create role %I login inherit connection limit 16 password %L valid until %L in role hd_runner',
@@ -41,20 +42,27 @@ begin
 end
 $$;
 
--- Binds an unbound warm role to the leased job its runner is handed; once only.
+-- Binds an unbound warm role to the leased job its runner is handed, once only, its
+-- password then valid until p_valid_until (the job's time limit) instead.
 create or replace function public.hd_bind_warm_role(
-  p_role text, p_job_id uuid, p_lease_token uuid, p_now timestamptz default now())
+  p_role text, p_job_id uuid, p_lease_token uuid, p_valid_until timestamptz,
+  p_now timestamptz default now())
 returns void
 language plpgsql volatile
 as $$
 begin
   perform public.hd__lock_leased_job(p_job_id, p_lease_token, p_now);
+  if p_valid_until is null or p_valid_until <= now() or p_valid_until > now() + interval '1 day' then
+    raise exception 'a job role is valid for up to a day (valid until %)', p_valid_until
+      using errcode = '22023';
+  end if;
   update hd_private.job_roles
-     set job_id = p_job_id
+     set job_id = p_job_id, expires_at = p_valid_until
    where role_name = p_role and job_id is null;
   if not found then
     raise exception 'role % is not an unbound warm runner role', p_role using errcode = '22023';
   end if;
+  execute format('alter role %I valid until %L', p_role, p_valid_until);
 end
 $$;
 
