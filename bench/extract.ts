@@ -107,7 +107,7 @@ const config = loadConfig({
 const db = openDb(config);
 try {
   for (const pages of sizes) {
-    const pdf = textPdf(Array.from({ length: pages }, (_, i) => pageText(i)));
+    const pdf = textPdf(Array.from({ length: pages }, (_, i) => b.pageText(i)));
     const file = join(work, `text-${pages}.pdf`);
     await writeFile(file, pdf);
     const ours: number[] = [];
@@ -386,16 +386,4 @@ function timed(command: string[], env: Record<string, string> = {}) {
       else reject(new Error(`${command.join(' ')} exit ${code}: ${stderr.slice(-500)}`));
     });
   });
-}
-
-/** About 2,500 characters of German-English prose per page, different on every page. */
-function pageText(i: number): string {
-  const sentences = [
-    `Abschnitt ${i + 1}: Die Prüfung der Unterlagen ergab keine Beanstandungen.`,
-    'Grüße aus München; Äpfel, Öl und Übermut sind schön.',
-    `The quarterly report lists ${i * 7} invoices and ${i * 3} open items.`,
-    'Der Straßenbahnfahrer fährt über die Brücke, während die Möwen kreischen.',
-    'Every figure was checked twice, and the totals agree with the ledger.',
-  ];
-  return Array.from({ length: 8 }, () => sentences.join(' ')).join(' ');
 }

@@ -81,3 +81,15 @@ export function machineLine(): string {
 export function verdict(met: boolean): string {
   return met ? 'MET' : 'MISSED';
 }
+
+/** About 2,500 characters of German-English prose per page, different on every page. */
+export function pageText(i: number): string {
+  const sentences = [
+    `Abschnitt ${i + 1}: Die Prüfung der Unterlagen ergab keine Beanstandungen.`,
+    'Grüße aus München; Äpfel, Öl und Übermut sind schön.',
+    `The quarterly report lists ${i * 7} invoices and ${i * 3} open items.`,
+    'Der Straßenbahnfahrer fährt über die Brücke, während die Möwen kreischen.',
+    'Every figure was checked twice, and the totals agree with the ledger.',
+  ];
+  return Array.from({ length: 8 }, () => sentences.join(' ')).join(' ');
+}
