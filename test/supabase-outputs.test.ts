@@ -59,20 +59,25 @@ async function runHandlersCalls(db: ControlPlaneDb, account: string) {
   const lease = claimed!.lease_token!;
   const files = await db.listDocumentFiles(job.id, lease);
   const texts = ['Ada knows Bob.', 'Bob knows Ada.'];
-  const chunks = await db.replaceDocumentChunks(
-    job.id,
-    lease,
-    texts.map((content, i) => ({
-      chunk_index: i,
-      file_id: files[0]!.id,
-      content,
-      page_start: 1,
-      page_end: 1,
-      char_start: i * 15,
-      char_end: i * 15 + content.length,
-      content_sha256: sha(content),
-    })),
-  );
+  const chunkRows = texts.map((content, i) => ({
+    chunk_index: i,
+    file_id: files[0]!.id,
+    content,
+    page_start: 1,
+    page_end: 1,
+    char_start: i * 15,
+    char_end: i * 15 + content.length,
+    content_sha256: sha(content),
+  }));
+  const chunks = await db.replaceDocumentChunks(job.id, lease, chunkRows);
+  // A re-run: unchanged chunks are left alone, a changed one updated, a longer list inserts.
+  const chunksAgain = await db.replaceDocumentChunks(job.id, lease, chunkRows);
+  const chunksEdited = await db.replaceDocumentChunks(job.id, lease, [
+    { ...chunkRows[0]!, page_end: 2 },
+    chunkRows[1]!,
+    { ...chunkRows[1]!, chunk_index: 2, char_start: 30, char_end: 44 },
+  ]);
+  await db.replaceDocumentChunks(job.id, lease, chunkRows);
   const counted = await db.countChunksToInterpret(job.id, lease, 'v1');
   const pending = await db.listChunksToInterpret(job.id, lease, 'v1', -1, 10);
   const interpreted = await db.upsertInterpretations(
@@ -128,6 +133,8 @@ async function runHandlersCalls(db: ControlPlaneDb, account: string) {
   return normalise({
     files,
     chunks,
+    chunksAgain,
+    chunksEdited,
     counted,
     pending,
     interpreted,
@@ -146,6 +153,8 @@ it('gives the same answers to every output call over pg and over PostgREST', asy
   expect(viaPg).toMatchObject({
     files: [{ size_bytes: 5000000000, mime_type: 'text/plain' }],
     chunks: { inserted: 2 },
+    chunksAgain: { inserted: 0, updated: 0, unchanged: 2, deleted: 0 },
+    chunksEdited: { inserted: 1, updated: 1, unchanged: 1, deleted: 0 },
     counted: { total: 2, pending: 2 },
     interpreted: { inserted: 2 },
     graph: { nodes_inserted: 2, edges_inserted: 1 },

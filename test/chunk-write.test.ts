@@ -1,0 +1,263 @@
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ChunkRow } from '../control-plane/db/transport.ts';
+import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
+import { ACCOUNT_A } from './helpers/runtime.ts';
+
+// hd_replace_document_chunks: a first write, re-runs that change nothing, some or all of
+// the chunks, and the checks, against a real PostgreSQL. Which rows a call rewrote is read
+// from the rows themselves (id, updated_at, xmin).
+let t: TestDatabase;
+beforeAll(async () => {
+  t = await createTestDatabase();
+  await t.sql.query('create table stored_payloads (id serial primary key, payload jsonb)');
+});
+afterAll(async () => {
+  await t.drop();
+});
+
+const sha = (text: string) => createHash('sha256').update(text).digest('hex');
+
+/** A claimed extract_text job whose document has two files. */
+async function leasedDocument() {
+  const documentId = randomUUID();
+  const job = await t.db.enqueueJob({
+    accountId: ACCOUNT_A,
+    jobType: 'extract_text',
+    debug: {},
+    documentId,
+  });
+  const { rows: files } = await t.sql.query<{ id: string }>(
+    `insert into hd_document_files (account_id, document_id, storage_path)
+     values ($1, $2, $3), ($1, $2, $4) returning id`,
+    [
+      ACCOUNT_A,
+      documentId,
+      `accounts/${ACCOUNT_A}/d/${documentId}/a`,
+      `accounts/${ACCOUNT_A}/d/${documentId}/b`,
+    ],
+  );
+  const [claimed] = await t.db.claimJobs({ workerId: 'w', jobId: job.id, leaseSeconds: 600 });
+  const lease = claimed!.lease_token!;
+  return {
+    documentId,
+    files: files.map((f) => f.id),
+    write: (chunks: readonly ChunkRow[]) => t.db.replaceDocumentChunks(job.id, lease, chunks),
+    jobId: job.id,
+    lease,
+  };
+}
+
+function chunks(count: number, fileId: string, text = (i: number) => `Chunk ${i}. `.repeat(40)) {
+  return Array.from({ length: count }, (_, i): ChunkRow => {
+    const content = text(i);
+    return {
+      chunk_index: i,
+      file_id: fileId,
+      content,
+      page_start: i + 1,
+      page_end: i + 1,
+      char_start: i * 1000,
+      char_end: i * 1000 + content.length,
+      content_sha256: sha(content),
+    };
+  });
+}
+
+/** What each row is now: its identity, and whether a statement rewrote it (xmin). */
+async function rowStates(documentId: string) {
+  const { rows } = await t.sql.query<{
+    chunk_index: number;
+    id: string;
+    updated_at: Date;
+    xmin: string;
+  }>(
+    `select chunk_index, id, updated_at, xmin::text from hd_asset_chunks
+      where document_id = $1 order by chunk_index`,
+    [documentId],
+  );
+  return rows;
+}
+
+describe('hd_replace_document_chunks: writes', () => {
+  it('first write inserts; a re-run with the same chunks rewrites no row', async () => {
+    const doc = await leasedDocument();
+    const rows = chunks(5, doc.files[0]!);
+    expect(await doc.write(rows)).toEqual({ inserted: 5, updated: 0, unchanged: 0, deleted: 0 });
+    const before = await rowStates(doc.documentId);
+    expect(before.map((r) => r.chunk_index)).toEqual([0, 1, 2, 3, 4]);
+    expect(await doc.write(rows)).toEqual({ inserted: 0, updated: 0, unchanged: 5, deleted: 0 });
+    expect(await rowStates(doc.documentId)).toEqual(before);
+  });
+
+  it('a re-run of changed, fewer chunks updates only those, deletes the tail, keeps ids', async () => {
+    const doc = await leasedDocument();
+    const original = chunks(6, doc.files[0]!);
+    await doc.write(original);
+    const before = await rowStates(doc.documentId);
+    const edited = chunks(4, doc.files[0]!, (i) =>
+      i === 1 ? 'Chunk 1 was edited.' : original[i]!.content,
+    );
+    expect(await doc.write(edited)).toEqual({ inserted: 0, updated: 1, unchanged: 3, deleted: 2 });
+    const after = await rowStates(doc.documentId);
+    expect(after.map((r) => r.id)).toEqual(before.slice(0, 4).map((r) => r.id));
+    expect(after.filter((r, i) => r.xmin !== before[i]!.xmin).map((r) => r.chunk_index)).toEqual([
+      1,
+    ]);
+    const { rows } = await t.sql.query<{ content: string }>(
+      `select content from hd_asset_chunks where document_id = $1 and chunk_index = 1`,
+      [doc.documentId],
+    );
+    expect(rows[0]!.content).toBe('Chunk 1 was edited.');
+    // More chunks than stored: the new ones are inserted.
+    expect(await doc.write(original)).toEqual({
+      inserted: 2,
+      updated: 1,
+      unchanged: 3,
+      deleted: 0,
+    });
+  });
+
+  it('a change in any one field of a chunk is an update of that chunk alone', async () => {
+    const doc = await leasedDocument();
+    const base: ChunkRow[] = chunks(3, doc.files[0]!).map((c) => ({
+      ...c,
+      seconds_start: 1.5,
+      seconds_end: 2.25,
+    }));
+    await doc.write(base);
+    const changes: Partial<ChunkRow>[] = [
+      { file_id: doc.files[1]! },
+      { file_id: null },
+      { content: 'other' },
+      { page_start: null },
+      { page_end: 9 },
+      { char_start: 1 },
+      { char_end: 999_999 },
+      { seconds_start: 1.499 },
+      { seconds_start: undefined, seconds_end: undefined },
+      { content_sha256: sha('other') },
+    ];
+    for (const change of changes) {
+      const changed = base.map((c, i) => (i === 2 ? { ...c, ...change } : c));
+      const counts = await doc.write(changed);
+      expect({ change, counts }).toEqual({
+        change,
+        counts: { inserted: 0, updated: 1, unchanged: 2, deleted: 0 },
+      });
+      await doc.write(base);
+    }
+  });
+
+  it('reads p_chunks from a table column a few times, not once per chunk', async () => {
+    const doc = await leasedDocument();
+    // Hex, each half said twice: ~70 kB of JSON that compresses to about half, more than
+    // fits in a row, so the column holds it compressed in the TOAST table.
+    const rows = chunks(60, doc.files[0]!, () => randomBytes(250).toString('hex').repeat(2));
+    const { rows: stored } = await t.sql.query<{ id: number }>(
+      `insert into stored_payloads (payload) values ($1::jsonb), ($2::jsonb) returning id`,
+      [JSON.stringify(rows), JSON.stringify(rows.slice(0, 50))],
+    );
+    const { rows: storage } = await t.sql.query(
+      `select pg_column_compression(payload) as compression,
+              pg_column_toast_chunk_id(payload) is not null as apart
+         from stored_payloads where id = any($1) order by id`,
+      [stored.map((r) => r.id)],
+    );
+    expect(storage).toEqual([
+      { compression: 'pglz', apart: true },
+      { compression: 'pglz', apart: true },
+    ]);
+    const client = await t.sql.connect();
+    try {
+      const toastBlocks = async () => {
+        // This backend's counters, flushed and read again (they are cached per transaction).
+        await client.query('select pg_stat_clear_snapshot()');
+        const { rows: counted } = await client.query<{ blocks: string }>(
+          `select coalesce(toast_blks_read, 0) + coalesce(toast_blks_hit, 0) as blocks
+             from pg_statio_user_tables where relname = 'stored_payloads'`,
+        );
+        return Number(counted[0]!.blocks);
+      };
+      const writeStored = async (id: number) => {
+        await client.query('select pg_stat_force_next_flush()');
+        const { rows: counts } = await client.query(
+          `select r.* from stored_payloads s,
+                  public.hd_replace_document_chunks($1, $2, s.payload) r where s.id = $3`,
+          [doc.jobId, doc.lease, id],
+        );
+        return counts[0];
+      };
+      const before = await toastBlocks();
+      expect(await writeStored(stored[0]!.id)).toEqual({
+        inserted: 60,
+        updated: 0,
+        unchanged: 0,
+        deleted: 0,
+      });
+      expect(await writeStored(stored[1]!.id)).toEqual({
+        inserted: 0,
+        updated: 0,
+        unchanged: 50,
+        deleted: 10,
+      });
+      // Two calls reading ~35 kB a few times each: some dozens of blocks. Read again per
+      // chunk (and field), as generate_series(...) with p_chunks #>> '{i,field}' does, it
+      // is tens of thousands, and 2,000 chunks took minutes instead of a second.
+      expect(await toastBlocks()).toBeLessThan(before + 200);
+    } finally {
+      client.release();
+    }
+  });
+});
+
+describe('hd_replace_document_chunks: checks', () => {
+  it('refuses indexes that are not 0..n-1 in order, and writes nothing', async () => {
+    const doc = await leasedDocument();
+    const rows = chunks(3, doc.files[0]!);
+    await doc.write(rows);
+    const before = await rowStates(doc.documentId);
+    const wrong: [string, ChunkRow[]][] = [
+      ['not from 0', [{ ...rows[0]!, chunk_index: 1 }, rows[1]!]],
+      ['a gap', [rows[0]!, { ...rows[1]!, chunk_index: 2 }]],
+      ['swapped', [rows[1]!, rows[0]!]],
+      ['a repeat', [rows[0]!, rows[1]!, { ...rows[2]!, chunk_index: 1 }]],
+      ['one missing', [rows[0]!, { ...rows[1]!, chunk_index: undefined as unknown as number }]],
+    ];
+    for (const [why, chunksGiven] of wrong) {
+      await expect(doc.write(chunksGiven), why).rejects.toMatchObject({
+        code: '22023',
+        message: `chunk_index values must be 0..${chunksGiven.length - 1} in order`,
+      });
+    }
+    expect(await rowStates(doc.documentId)).toEqual(before);
+  });
+
+  it("refuses a file of another document, even behind the document's own files", async () => {
+    const doc = await leasedDocument();
+    const other = await leasedDocument();
+    const rows = chunks(4, doc.files[0]!).map((c, i) => ({
+      ...c,
+      file_id: [doc.files[0]!, doc.files[1]!, null, other.files[0]!][i]!,
+    }));
+    await expect(doc.write(rows)).rejects.toMatchObject({
+      code: '22023',
+      message: `a chunk refers to a file that is not part of document ${doc.documentId}`,
+    });
+    expect(await doc.write(rows.slice(0, 3))).toMatchObject({ inserted: 3 });
+  });
+
+  it('a call that fails half way (a chunk without content) leaves every row as it was', async () => {
+    const doc = await leasedDocument();
+    const rows = chunks(4, doc.files[0]!);
+    await doc.write(rows);
+    const before = await rowStates(doc.documentId);
+    const broken = [
+      { ...rows[0]!, content: 'changed' },
+      { ...rows[1]!, content: null as unknown as string },
+    ];
+    await expect(doc.write(broken)).rejects.toMatchObject({ code: '23502' });
+    // The tail delete and the first chunk's update went with the failed call.
+    expect(await rowStates(doc.documentId)).toEqual(before);
+  });
+});
