@@ -6,14 +6,16 @@
  * Chunks are those extract_text writes for a text PDF of N pages (bench/lib.ts pageText,
  * ~2,500 characters a page, chunked by runner/extract/chunker.ts with the default target
  * and overlap), sent as the postgres transport sends them (JSON.stringify, one jsonb
- * parameter). Three writes per document, each on a fresh connection that has first listed
- * the document's files, as a runner's does before it writes:
+ * parameter). Three writes per document, each after listing the document's files, as a
+ * runner does before it writes:
  *   first    the document has no chunks yet,
  *   same     a re-run with the same chunks (nothing may change),
- *   changed  a re-run of an edited, 10 % shorter text (updates and deletes).
- * Wall time of the call (JSON building included) and the server CPU of its backend
- * (utime + stime from /proc/<pid>/stat, 10 ms ticks, summed over the rounds). Both
- * definitions must return the same counts and leave the same rows, or the bench fails.
+ *   changed  a re-run of an edited, 10 % shorter text (updates and deletes);
+ * on a fresh connection each (a runner's), and on one warm connection per definition that
+ * has made more than five such writes before (a pooler's or PostgREST's, whose plpgsql may
+ * have settled on generic plans by itself). Wall time of the call (JSON building included)
+ * and the CPU time of its backend (/proc/<pid>/schedstat). Both definitions must return
+ * the same counts and leave the same rows, or the bench fails.
  *
  *   node bench/chunk-write.ts   # HD_BENCH_CHUNK_PAGES=200,1000 HD_BENCH_ROUNDS=7
  */
@@ -30,9 +32,10 @@ const PAGES = (process.env.HD_BENCH_CHUNK_PAGES ?? '200,1000').split(',').map(Nu
 const ROUNDS = b.envInt('HD_BENCH_ROUNDS', 7);
 const SCENARIOS = ['first', 'same', 'changed'] as const;
 const DEFINITIONS = ['00020', 'now'] as const;
+const CONNECTIONS = ['fresh', 'warm'] as const;
 type Definition = (typeof DEFINITIONS)[number];
-// Linux reports process times in clock ticks of 1/100 s (USER_HZ).
-const MS_PER_TICK = 10;
+/** Writes a connection makes before it counts as warm: plpgsql plans custom five times. */
+const WARM_UP_WRITES = 6;
 
 const MIGRATION_00020 = join(
   import.meta.dirname,
@@ -104,19 +107,34 @@ async function leasedDocument(db: PostgresDb): Promise<Leased> {
   return { jobId: job.id, lease: claimed!.lease_token!, documentId, fileId: rows[0]!.id };
 }
 
-function serverCpuMs(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(fields[11]) + Number(fields[12])) * MS_PER_TICK;
+/** CPU time the backend has used so far (ns in the first field of schedstat). */
+function backendCpuMs(pid: number): number {
+  return Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[0]) / 1e6;
 }
 
-/** One write on a fresh connection, as a runner makes it. */
-async function write(url: string, definition: Definition, doc: Leased, chunks: ChunkRow[]) {
+interface Session {
+  db: PostgresDb;
+  pid: number;
+}
+
+async function openSession(url: string): Promise<Session> {
   const db = new PostgresDb({ connectionString: url, poolSize: 1, listenConnectionString: null });
+  const { rows } = await db.pool.query<{ pid: number }>('select pg_backend_pid() as pid');
+  return { db, pid: rows[0]!.pid };
+}
+
+/** One write: on `session`, or on a fresh connection of its own when there is none. */
+async function write(
+  url: string,
+  session: Session | null,
+  definition: Definition,
+  doc: Leased,
+  chunks: ChunkRow[],
+) {
+  const { db, pid } = session ?? (await openSession(url));
   try {
-    const { rows } = await db.pool.query<{ pid: number }>('select pg_backend_pid() as pid');
-    const pid = rows[0]!.pid;
     await db.listDocumentFiles(doc.jobId, doc.lease);
-    const cpuBefore = serverCpuMs(pid);
+    const cpuBefore = backendCpuMs(pid);
     const started = performance.now();
     const counts =
       definition === 'now'
@@ -128,9 +146,9 @@ async function write(url: string, definition: Definition, doc: Leased, chunks: C
             )
           ).rows[0]!;
     const wallMs = performance.now() - started;
-    return { wallMs, cpuMs: serverCpuMs(pid) - cpuBefore, counts };
+    return { wallMs, cpuMs: backendCpuMs(pid) - cpuBefore, counts };
   } finally {
-    await db.close();
+    if (!session) await db.close();
   }
 }
 
@@ -172,62 +190,80 @@ try {
   await db.pool.query('create schema bench_00020');
   await db.pool.query(definition00020());
   console.log(`# chunk write — ${new Date().toISOString()} — ${b.machineLine()}`);
-  console.log(`rounds: ${ROUNDS}, old/new alternating; wall p50 per call, server CPU mean\n`);
+  console.log(`rounds: ${ROUNDS}, 00020/now alternating; wall p50 per call, backend CPU mean\n`);
   console.log(
-    '| pages | chunks | MB | write | counts | 00020 wall | now wall | ratio | 00020 CPU | now CPU | ratio |',
+    '| pages | chunks | MB | connection | write | counts | 00020 wall | now wall | ratio | 00020 CPU | now CPU | ratio |',
   );
-  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const pageCount of PAGES) {
     const pages = Array.from({ length: pageCount }, (_, i) => b.pageText(i));
     const edited = editedPages(pageCount);
-    const wall = new Map<string, number[]>();
-    const cpu = new Map<string, number>();
-    const counts = new Map<string, string>();
-    let chunkCount = 0;
-    let megabytes = 0;
-    for (let round = 0; round < ROUNDS; round++) {
-      const order = round % 2 === 0 ? DEFINITIONS : [...DEFINITIONS].reverse();
-      const digests = new Map<string, string>();
-      for (const definition of order) {
+    for (const connection of CONNECTIONS) {
+      const sessions = new Map<Definition, Session | null>();
+      for (const definition of DEFINITIONS) {
+        if (connection === 'fresh') {
+          sessions.set(definition, null);
+          continue;
+        }
+        const session = await openSession(database.url);
         const doc = await leasedDocument(db);
-        const original = chunkRows(pages, doc.fileId);
-        chunkCount = original.length;
-        megabytes = JSON.stringify(original).length / 1e6;
-        const versions = {
-          first: original,
-          same: original,
-          changed: chunkRows(edited, doc.fileId),
-        };
+        const rows = chunkRows(pages, doc.fileId);
+        for (let i = 0; i < WARM_UP_WRITES; i++) {
+          await write(database.url, session, definition, doc, i % 2 ? rows : rows.slice(0, -1));
+        }
+        sessions.set(definition, session);
+      }
+      const wall = new Map<string, number[]>();
+      const cpu = new Map<string, number>();
+      const counts = new Map<string, string>();
+      let chunkCount = 0;
+      let megabytes = 0;
+      for (let round = 0; round < ROUNDS; round++) {
+        const order = round % 2 === 0 ? DEFINITIONS : [...DEFINITIONS].reverse();
+        const digests = new Map<string, string>();
+        for (const definition of order) {
+          const doc = await leasedDocument(db);
+          const original = chunkRows(pages, doc.fileId);
+          chunkCount = original.length;
+          megabytes = JSON.stringify(original).length / 1e6;
+          const versions = {
+            first: original,
+            same: original,
+            changed: chunkRows(edited, doc.fileId),
+          };
+          for (const scenario of SCENARIOS) {
+            const session = sessions.get(definition)!;
+            const result = await write(database.url, session, definition, doc, versions[scenario]);
+            const key = `${scenario} ${definition}`;
+            wall.set(key, [...(wall.get(key) ?? []), result.wallMs]);
+            cpu.set(key, (cpu.get(key) ?? 0) + result.cpuMs);
+            counts.set(key, JSON.stringify(result.counts));
+            digests.set(key, await rowsDigest(db, doc.documentId));
+          }
+        }
         for (const scenario of SCENARIOS) {
-          const result = await write(database.url, definition, doc, versions[scenario]);
-          const key = `${scenario} ${definition}`;
-          wall.set(key, [...(wall.get(key) ?? []), result.wallMs]);
-          cpu.set(key, (cpu.get(key) ?? 0) + result.cpuMs);
-          counts.set(key, JSON.stringify(result.counts));
-          digests.set(`${scenario} ${definition}`, await rowsDigest(db, doc.documentId));
+          if (digests.get(`${scenario} 00020`) === digests.get(`${scenario} now`)) continue;
+          throw new Error(`after "${scenario}" the two definitions left different rows`);
         }
       }
+      for (const session of sessions.values()) await session?.db.close();
       for (const scenario of SCENARIOS) {
-        if (digests.get(`${scenario} 00020`) === digests.get(`${scenario} now`)) continue;
-        throw new Error(`after "${scenario}" the two definitions left different rows`);
+        const old = counts.get(`${scenario} 00020`);
+        if (old !== counts.get(`${scenario} now`)) {
+          throw new Error(`${scenario}: counts differ: ${old} vs ${counts.get(`${scenario} now`)}`);
+        }
+        const oldWall = b.median(wall.get(`${scenario} 00020`)!);
+        const nowWall = b.median(wall.get(`${scenario} now`)!);
+        const oldCpu = cpu.get(`${scenario} 00020`)! / ROUNDS;
+        const nowCpu = cpu.get(`${scenario} now`)! / ROUNDS;
+        const { inserted, updated, unchanged, deleted } = JSON.parse(old!) as ChunkWriteCounts;
+        console.log(
+          `| ${pageCount} | ${b.fmt(chunkCount)} | ${b.fmt(megabytes, 1)} | ${connection} | ` +
+            `${scenario} | ${inserted}/${updated}/${unchanged}/${deleted} | ` +
+            `${b.fmt(oldWall)} ms | ${b.fmt(nowWall)} ms | **${b.fmt(nowWall / oldWall, 2)}** | ` +
+            `${b.fmt(oldCpu)} ms | ${b.fmt(nowCpu)} ms | **${b.fmt(nowCpu / oldCpu, 2)}** |`,
+        );
       }
-    }
-    for (const scenario of SCENARIOS) {
-      const old = counts.get(`${scenario} 00020`);
-      if (old !== counts.get(`${scenario} now`)) {
-        throw new Error(`${scenario}: counts differ: ${old} vs ${counts.get(`${scenario} now`)}`);
-      }
-      const oldWall = b.median(wall.get(`${scenario} 00020`)!);
-      const nowWall = b.median(wall.get(`${scenario} now`)!);
-      const oldCpu = cpu.get(`${scenario} 00020`)! / ROUNDS;
-      const nowCpu = cpu.get(`${scenario} now`)! / ROUNDS;
-      const { inserted, updated, unchanged, deleted } = JSON.parse(old!) as ChunkWriteCounts;
-      console.log(
-        `| ${pageCount} | ${b.fmt(chunkCount)} | ${b.fmt(megabytes, 1)} | ${scenario} | ` +
-          `${inserted}/${updated}/${unchanged}/${deleted} | ${b.fmt(oldWall)} ms | ` +
-          `${b.fmt(nowWall)} ms | **${b.fmt(nowWall / oldWall, 2)}** | ${b.fmt(oldCpu)} ms | ` +
-          `${b.fmt(nowCpu)} ms | **${b.fmt(nowCpu / oldCpu, 2)}** |`,
-      );
     }
   }
   console.log('\ncounts: inserted/updated/unchanged/deleted (the same from both definitions)');
