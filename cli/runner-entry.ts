@@ -7,6 +7,13 @@ import { RUN_SPEC } from './commands/run-spec.ts';
 import { warmStart } from './warm-start.ts';
 import { preloadHandlers } from '../runner/handlers/load.ts';
 import { warmUpCode } from './warm-up.ts';
+import { prestartToolStarters, stopToolStarters } from '../runner/extract/tool-starters.ts';
+
+/**
+ * Tool starters a warm runner makes before its job: the two tools of a PDF's text layer,
+ * pdfinfo and pdftotext, run at once (runner/extract/tool-starters.ts).
+ */
+const TOOL_STARTERS = 2;
 
 /**
  * The entry of the runner's bundle (dist/cli/runner.mjs, scripts/bundle-runner.ts):
@@ -27,7 +34,11 @@ export async function runnerMain(argv: string[], env: Record<string, string | un
   if (warm && 'exitCode' in warm) return warm.exitCode;
   const [args, runEnv] = warm ? [['run', '--job-id', warm.jobId], warm.env] : [argv, env];
   const run = (parsed: ParsedArgs, runEnv: Env) => runCommand(parsed, runEnv, connected);
-  return main(args, runEnv, [{ ...RUN_SPEC, load: async () => run }]);
+  try {
+    return await main(args, runEnv, [{ ...RUN_SPEC, load: async () => run }]);
+  } finally {
+    void stopToolStarters();
+  }
 }
 
 /**
@@ -53,11 +64,13 @@ function connectAhead(env: Env): ConnectedDb | undefined {
  * configuration parsed and a logger made once (without the job's settings), so that the
  * job's own parse and logger run code V8 has already compiled: ~10 ms of CPU off the job
  * (zod's parse 6.5 ms, pino's set-up 4 ms in a CPU profile of a 200-page job, issue 13);
- * and the code a job runs first on made-up input (warm-up.ts): ~5 ms more.
+ * and the code a job runs first on made-up input (warm-up.ts): ~5 ms more. Its tools'
+ * processes are forked now too, from small shells that run them when the job comes.
  */
 async function warmUp(env: Record<string, string | undefined>) {
   await preloadHandlers();
   await warmUpCode();
+  prestartToolStarters(TOOL_STARTERS);
   try {
     loggerFor(configFrom(env), 'runner');
   } catch {

@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { HdError } from '../../contract/errors.ts';
+import { startWithStarter } from './tool-starters.ts';
 
 /** The Debian package that brings each external tool, for messages that say what to do. */
 export const TOOL_PACKAGES: Record<string, string> = {
@@ -150,7 +151,9 @@ interface BoundedRun {
 /**
  * One run of a program to its end: stopped (SIGTERM, then SIGKILL) at its timeout, when
  * the signal aborts, or past the output limit. node:child_process rather than execa,
- * which alone took ~55 ms of CPU to load in every runner that reads a PDF (issue 13).
+ * which alone took ~55 ms of CPU to load in every runner that reads a PDF (issue 13); in
+ * a warm runner by a tool starter where one waits (tool-starters.ts), without a fork of
+ * the runner.
  */
 function spawnBounded(
   [file, ...argv]: string[],
@@ -158,10 +161,10 @@ function spawnBounded(
   { env = {}, onStdout }: ToolRun,
 ): Promise<BoundedRun> {
   return new Promise((resolve, reject) => {
-    const child = spawn(file!, argv, {
-      env: { PATH: process.env.PATH ?? '', ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const childEnv = { PATH: process.env.PATH ?? '', ...env };
+    const child =
+      startWithStarter(file!, argv, childEnv) ??
+      spawn(file!, argv, { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
     const stdout: Buffer[] = [];
     let bytes = 0;
     let stderr = '';
