@@ -1,5 +1,10 @@
 import { ConfigError, loadConfig, type Config } from '../control-plane/config.ts';
-import { createLogger, type Logger } from '../control-plane/logger.ts';
+import {
+  createLogger,
+  prepareLogger,
+  type Logger,
+  type LoggerOptions,
+} from '../control-plane/logger.ts';
 import { secretsOf } from '../control-plane/redact.ts';
 import { UsageError, type ParsedArgs } from './command-spec.ts';
 
@@ -41,12 +46,25 @@ export function configFrom(
 }
 
 export function loggerFor(config: Config, name: string): Logger {
-  return createLogger({
+  return createLogger(loggerOptions(config, name));
+}
+
+/** Makes loggerFor's logger of a later configuration (a job's), prepared now (prepareLogger). */
+export type LoggerFor = typeof loggerFor;
+
+/** A LoggerFor whose pino set-up is done now, for `config` (a warm runner's, before its job). */
+export function preparedLoggerFor(config: Config, name: string): LoggerFor {
+  const prepared = prepareLogger(loggerOptions(config, name));
+  return (later, laterName) => prepared(loggerOptions(later, laterName));
+}
+
+function loggerOptions(config: Config, name: string): LoggerOptions {
+  return {
     level: config.HD_LOG_LEVEL,
     name,
     base: { worker_id: config.HD_WORKER_ID },
     secrets: secretsOf(config),
-  });
+  };
 }
 
 export function stringOption(args: ParsedArgs, name: string): string | undefined {

@@ -1,5 +1,11 @@
 import { main } from './cli.ts';
-import { configFrom, loggerFor, type Env, type ParsedArgs } from './command.ts';
+import {
+  configFrom,
+  preparedLoggerFor,
+  type Env,
+  type LoggerFor,
+  type ParsedArgs,
+} from './command.ts';
 import { runCommand, type ConnectedDb } from './commands/run.ts';
 import { PostgresDb } from '../control-plane/db/postgres.ts';
 import { openDb } from '../control-plane/open.ts';
@@ -25,15 +31,19 @@ const TOOL_STARTERS = 2;
  */
 export async function runnerMain(argv: string[], env: Record<string, string | undefined>) {
   let connected: ConnectedDb | undefined;
+  let makeLogger: LoggerFor | undefined;
   const warm = await warmStart(
     argv,
     env,
-    () => warmUp(env),
+    async () => {
+      makeLogger = await warmUp(env);
+    },
     (loginEnv) => (connected = connectAhead(loginEnv)),
   );
   if (warm && 'exitCode' in warm) return warm.exitCode;
   const [args, runEnv] = warm ? [['run', '--job-id', warm.jobId], warm.env] : [argv, env];
-  const run = (parsed: ParsedArgs, runEnv: Env) => runCommand(parsed, runEnv, connected);
+  const run = (parsed: ParsedArgs, runEnv: Env) =>
+    runCommand(parsed, runEnv, connected, makeLogger);
   try {
     return await main(args, runEnv, [{ ...RUN_SPEC, load: async () => run }]);
   } finally {
@@ -61,19 +71,20 @@ function connectAhead(env: Env): ConnectedDb | undefined {
 
 /**
  * A warm runner's preparation before its job: every handler's modules loaded, and its
- * configuration parsed and a logger made once (without the job's settings), so that the
- * job's own parse and logger run code V8 has already compiled: ~10 ms of CPU off the job
- * (zod's parse 6.5 ms, pino's set-up 4 ms in a CPU profile of a 200-page job, issue 13);
- * and the code a job runs first on made-up input (warm-up.ts): ~5 ms more. Its tools'
- * processes are forked now too, from small shells that run them when the job comes.
+ * configuration parsed once (without the job's settings), so that the job's own parse
+ * runs code V8 has already compiled (zod's parse 6.5 ms of CPU in a profile of a 200-page
+ * job, issue 13); the code a job runs first run on made-up input (warm-up.ts): ~5 ms
+ * more. Its tools' processes are forked now too, from small shells that run them when the
+ * job comes. Resolves to the job's logger, made now (pino's set-up: 3-6 ms) where the
+ * configuration parses; the job's settings add their secrets to it.
  */
-async function warmUp(env: Record<string, string | undefined>) {
+async function warmUp(env: Record<string, string | undefined>): Promise<LoggerFor | undefined> {
   await preloadHandlers();
   await warmUpCode();
   prestartToolStarters(TOOL_STARTERS);
   try {
-    loggerFor(configFrom(env), 'runner');
+    return preparedLoggerFor(configFrom(env), 'runner');
   } catch {
-    // the job's own parse says what is wrong
+    return undefined; // the job's own parse says what is wrong
   }
 }

@@ -64,10 +64,15 @@ export function secretsOf(config: Partial<Config> | Record<string, string | unde
  * error): no stack frames, host paths cut to their last segment.
  */
 export class Redactor {
-  readonly #values: string[];
+  #values: string[] = [];
 
   constructor(secrets: Iterable<string | undefined>) {
-    const forms = new Set<string>();
+    this.add(secrets);
+  }
+
+  /** Hides these secrets too (a warm runner's logger, given its job's: logger.ts). */
+  add(secrets: Iterable<string | undefined>): void {
+    const forms = new Set<string>(this.#values);
     for (const secret of secrets) {
       if (!secret || secret.length < MIN_SECRET_LENGTH) continue;
       forms.add(secret);

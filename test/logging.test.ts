@@ -1,8 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import { rm } from 'node:fs/promises';
+import { Writable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULT_BUCKET } from '../contract/jobs.ts';
 import { configSchema } from '../control-plane/config.ts';
+import { prepareLogger } from '../control-plane/logger.ts';
+import { secretsOf } from '../control-plane/redact.ts';
 import { tenantPrefix } from '../contract/storage-paths.ts';
 import type { ControlPlaneDb } from '../control-plane/db/transport.ts';
 import { FsStorage } from '../control-plane/storage/fs.ts';
@@ -96,6 +99,35 @@ describe('log redaction', () => {
     );
     expectNoSecrets(lines, [SECRET]);
     expect(JSON.parse(lines[0]!).env).toBe('[redacted]');
+  });
+
+  it("a warm runner's logger, made before its job, hides the job's secrets by value and by key", () => {
+    const lines: string[] = [];
+    const sink = new Writable({
+      write(chunk, _enc, done) {
+        lines.push(...String(chunk).split('\n').filter(Boolean));
+        done();
+      },
+    });
+    // Before its job: no secret at all.
+    const prepared = prepareLogger({ name: 'runner', base: { worker_id: 'w1' } }, sink);
+    const log = prepared({
+      level: 'debug',
+      name: 'runner',
+      base: { worker_id: 'w1' },
+      secrets: secretsOf({ HD_DATABASE_URL: `postgres://u:${SECRET}@h/d` }),
+    });
+    log.debug(`connect failed: password ${SECRET} refused`);
+    log.info({ lease_token: TOKEN }, 'claimed');
+    expectNoSecrets(lines, [SECRET, TOKEN]);
+    expect(lines).toHaveLength(2); // at the job's level
+    expect(JSON.parse(lines[0]!)).toMatchObject({ name: 'runner', worker_id: 'w1' });
+    expect(JSON.parse(lines[0]!).msg).toBe('connect failed: password [redacted] refused');
+    // Other bindings: a logger of its own, with them.
+    const other = prepared({ name: 'scheduler', secrets: [SECRET] });
+    other.info(`again ${SECRET}`);
+    expectNoSecrets(lines, [SECRET]);
+    expect(JSON.parse(lines[2]!)).toMatchObject({ name: 'scheduler', msg: 'again [redacted]' });
   });
 
   it('blanks secrets bound to a child logger', () => {

@@ -2,6 +2,7 @@ import {
   configFrom,
   loggerFor,
   requiredOption,
+  type LoggerFor,
   uuidArg,
   type Env,
   type ParsedArgs,
@@ -19,14 +20,19 @@ export interface ConnectedDb {
   open: Promise<void>;
 }
 
+/**
+ * `connected` and `makeLogger`: a warm runner's, its connection opened and its logger's
+ * pino set-up done before its job (runner-entry.ts).
+ */
 export async function runCommand(
   args: ParsedArgs,
   env: Env,
   connected?: ConnectedDb,
+  makeLogger: LoggerFor = loggerFor,
 ): Promise<number> {
   const jobId = uuidArg(requiredOption(args, 'job-id', 'run'), '--job-id');
   const config = configFrom(env);
-  const log = loggerFor(config, 'runner');
+  const log = makeLogger(config, 'runner');
   // Taken only for the very login the job is configured with.
   const reuse =
     connected && config.HD_TRANSPORT === 'postgres' && config.HD_DATABASE_URL === connected.url;
