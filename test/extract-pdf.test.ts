@@ -5,7 +5,13 @@ import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
 import { configToEnv } from '../control-plane/config.ts';
 import { OCR_MAX_PIXELS, ocrDpi, ocrPageDpi } from '../runner/extract/ocr.ts';
-import { judgePageText, notLetterOrDigit, withoutLeaders } from '../runner/extract/page-quality.ts';
+import {
+  judgePageText,
+  MAX_JUNK_SHARE,
+  MIN_LETTER_SHARE,
+  notLetterOrDigit,
+  withoutLeaders,
+} from '../runner/extract/page-quality.ts';
 import { pdfToText } from '../runner/extract/poppler.ts';
 import { ACCOUNT_A, testConfig } from './helpers/runtime.ts';
 import { GERMAN, renderGray, textPdf } from './fixtures/documents.ts';
@@ -343,7 +349,7 @@ describe('extract_text: PDF text layer and OCR per page', () => {
 });
 
 describe('page quality gate and OCR resolution', () => {
-  it('counts letters and dot leaders as the Unicode regular expressions do, on any text', () => {
+  it('counts letters and dot leaders, and judges a page, as the Unicode regular expressions do, on any text', () => {
     // The gate's fast paths (ASCII by table) against the plain regular expressions, on
     // made-up text of every kind: ASCII, Latin-1, Arabic, CJK, emoji and other astral
     // symbols, lone surrogates, controls, runs of equal punctuation and symbols.
@@ -388,16 +394,36 @@ describe('page quality gate and OCR resolution', () => {
       '…',
       '\t',
     ];
+    // White space of every kind, and what only looks like it (U+0085, U+200B, soft hyphen).
+    pieces.push('\r\n', '\f', '\u000b', '\u2028', '\u3000', '\ufeff', '\u0085', '\u200b');
+    pieces.push('\u00ad', '\u0300', '\ufdd0', '\ufffe', '\u009f', '\u001f', '. . .', '- - -');
+    // The whole gate, as it was written with the plain regular expressions.
+    // eslint-disable-next-line no-control-regex
+    const CONTROL = /[\u0000-\u0008\u000b\u000e-\u001f\u007f-\u009f]/gu;
+    const UNMAPPED = /[\ufffd\ue000-\uf8ff\ufdd0-\ufdef\ufffe\uffff\u{f0000}-\u{10ffff}]/gu;
+    const judgedByPatterns = (raw: string) => {
+      const visible = raw.replace(/\s+/gu, '').replace(LEADER, '$1');
+      const length = visible.length;
+      if (length === 0) return { usable: false, visible: 0, why: 'empty' };
+      const count = (pattern: RegExp) => visible.match(pattern)?.length ?? 0;
+      const junk = count(CONTROL) + count(UNMAPPED);
+      const letters = length - count(NOT_LETTER_OR_DIGIT);
+      if (junk / length > MAX_JUNK_SHARE || (length >= 8 && letters / length < MIN_LETTER_SHARE))
+        return { usable: false, visible: length, why: 'garbled' };
+      return { usable: true, visible: length };
+    };
+    const bmp = pieces.filter((piece) => !/[\ud800-\udfff]/.test(piece));
     let seed = 13;
     const next = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31);
-    for (let n = 0; n < 3000; n += 1) {
-      const text = Array.from({ length: next() % 40 }, () => pieces[next() % pieces.length]).join(
-        '',
-      );
+    for (let n = 0; n < 6000; n += 1) {
+      // Every other text without surrogates: the gate's one pass counts those.
+      const from = n % 2 === 0 ? bmp : pieces;
+      const text = Array.from({ length: next() % 40 }, () => from[next() % from.length]).join('');
       expect(withoutLeaders(text), JSON.stringify(text)).toBe(text.replace(LEADER, '$1'));
       expect(notLetterOrDigit(text), JSON.stringify(text)).toBe(
         text.match(NOT_LETTER_OR_DIGIT)?.length ?? 0,
       );
+      expect(judgePageText(text), JSON.stringify(text)).toEqual(judgedByPatterns(text));
     }
   });
 
