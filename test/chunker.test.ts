@@ -1,5 +1,13 @@
 import { describe, expect, it } from 'vitest';
-import { chunkText, pageAt, type TextChunk } from '../runner/extract/chunker.ts';
+import {
+  chunkText,
+  lastMatchEnd,
+  LINE_END,
+  pageAt,
+  PARAGRAPH_END,
+  SENTENCE_END,
+  type TextChunk,
+} from '../runner/extract/chunker.ts';
 import { decodeText, joinPages, normalizeText } from '../runner/extract/text.ts';
 
 /** Every chunk is the text between its offsets, and starts and ends at a word boundary. */
@@ -83,6 +91,60 @@ describe('chunkText', () => {
     for (const c of chunks) expect(normalizeText(c.content)).toBe(c.content);
     const soon = chunkText(`${'x'.repeat(120)} y`, { targetChars: 100, overlapChars: 0 });
     expect(soon[0]!.content).toBe('x'.repeat(120));
+  });
+
+  it("finds each break where the pattern's match object puts it, on any text", () => {
+    // lastMatchEnd runs the patterns by `test` and derives where a match starts.
+    const byExec = (
+      window: string,
+      pattern: RegExp,
+      from: number,
+      to: number,
+      atStart: boolean,
+    ) => {
+      let found: number | undefined;
+      for (const m of window.matchAll(new RegExp(pattern.source, 'g'))) {
+        const at = atStart ? m.index : m.index + m[0].length;
+        if (at > to) break;
+        if (at >= from && at > 0) found = at;
+      }
+      return found;
+    };
+    const pieces = [
+      'ab',
+      'c',
+      '.',
+      '!',
+      '?',
+      '"',
+      ')',
+      '…',
+      '。',
+      ' ',
+      '\t',
+      '\n',
+      '\n\n',
+      '\n \t\n',
+      ' \n',
+    ];
+    let seed = 7;
+    const next = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31);
+    for (let n = 0; n < 3000; n += 1) {
+      const window = Array.from({ length: next() % 30 }, () => pieces[next() % pieces.length]).join(
+        '',
+      );
+      const from = next() % 20;
+      const to = from + (next() % 40);
+      for (const [pattern, atStart] of [
+        [PARAGRAPH_END, true],
+        [SENTENCE_END, false],
+        [LINE_END, true],
+      ] as const) {
+        expect(lastMatchEnd(window, pattern, from, to, atStart), JSON.stringify(window)).toBe(
+          byExec(window, pattern, from, to, atStart),
+        );
+      }
+    }
   });
 
   it('is deterministic', () => {

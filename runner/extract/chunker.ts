@@ -33,11 +33,11 @@ export interface TextChunk {
   seconds_end?: number;
 }
 
-const PARAGRAPH_END = /\n[ \t]*\n/g;
+export const PARAGRAPH_END = /\n[ \t]*\n/g;
 // A sentence ends with . ! ? … (or CJK 。！？), maybe followed by closing quotes/brackets,
 // then white space. "Dr. Müller" splits too: a heuristic, but never inside a word.
-const SENTENCE_END = /[.!?…。！？]["'”’»)\]]*(?=\s)/g;
-const LINE_END = /\n/g;
+export const SENTENCE_END = /[.!?…。！？]["'”’»)\]]*(?=\s)/g;
+export const LINE_END = /\n/g;
 const SPACE = /\s/;
 
 export function chunkText(
@@ -150,8 +150,12 @@ function findBreak(text: string, start: number, target: number): number {
   return code >= 0xd800 && code <= 0xdbff ? limit - 1 : limit;
 }
 
-/** The last break of `pattern` in window[from..to]; at its start or at its end. */
-function lastMatchEnd(
+/**
+ * The last break of `pattern` in window[from..to]; at its start or at its end. By `test`,
+ * which makes no match object (exec's were most of the chunker's ~8 MB of garbage for a
+ * 1,000-page PDF, issue 13); where a match starts follows from its end (matchStart).
+ */
+export function lastMatchEnd(
   window: string,
   pattern: RegExp,
   from: number,
@@ -160,12 +164,24 @@ function lastMatchEnd(
 ): number | undefined {
   let found: number | undefined;
   pattern.lastIndex = 0;
-  for (let m = pattern.exec(window); m !== null; m = pattern.exec(window)) {
-    const at = atStart ? m.index : m.index + m[0].length;
+  while (pattern.test(window)) {
+    const end = pattern.lastIndex;
+    const at = atStart ? matchStart(window, pattern, end) : end;
     if (at > to) break;
     if (at >= from && at > 0) found = at;
   }
   return found;
+}
+
+/**
+ * Where a match of LINE_END (one line end) or PARAGRAPH_END (a line end, blanks, a line
+ * end) that ends at `end` starts.
+ */
+function matchStart(window: string, pattern: RegExp, end: number): number {
+  if (pattern !== PARAGRAPH_END) return end - 1;
+  let at = end - 2;
+  while (window[at] === ' ' || window[at] === '\t') at -= 1;
+  return at;
 }
 
 /**
@@ -178,8 +194,8 @@ function overlapStart(text: string, start: number, end: number, overlap: number)
   // Include the character before `from`, to see whether `from` itself starts a word.
   const tail = text.slice(from - 1, end);
   SENTENCE_END.lastIndex = 0;
-  for (let m = SENTENCE_END.exec(tail); m !== null; m = SENTENCE_END.exec(tail)) {
-    const at = skipSpace(tail, m.index + m[0].length);
+  while (SENTENCE_END.test(tail)) {
+    const at = skipSpace(tail, SENTENCE_END.lastIndex);
     if (at >= 1 && at < tail.length) return from - 1 + at;
   }
   for (let i = 1; i < tail.length; i += 1) {
