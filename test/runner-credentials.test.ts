@@ -206,23 +206,26 @@ describe('runner tokens signed with an imported asymmetric key (ES256)', () => {
   });
 });
 
-describe('a runner with a role of its own job (postgres transport)', () => {
-  const pgAccess = () =>
-    new RunnerAccess(loadConfig({ HD_DATABASE_URL: t.url, HD_WORKER_ID: 'creds-test' }), t.db);
-  async function claimed(account: string): Promise<LeasedJob> {
-    const job = await t.db.enqueueJob({ accountId: account, jobType: 'probe', debug: {} });
-    const [leased] = await t.db.claimJobs({ workerId: 'w', jobId: job.id, leaseSeconds: 600 });
-    return leased as LeasedJob;
-  }
-  async function connect(url: string) {
-    const client = new pg.Client(url);
-    await client.connect();
-    clients.push(client);
-    return client;
-  }
-  const clients: pg.Client[] = [];
-  afterAll(() => Promise.all(clients.map((c) => c.end().catch(() => {}))));
+// The postgres transport's runner logins: the scheduler's RunnerAccess, claimed probe jobs,
+// and the runners' own connections (closed after the file).
+const pgAccess = () =>
+  new RunnerAccess(loadConfig({ HD_DATABASE_URL: t.url, HD_WORKER_ID: 'creds-test' }), t.db);
+async function claimed(account: string): Promise<LeasedJob> {
+  const job = await t.db.enqueueJob({ accountId: account, jobType: 'probe', debug: {} });
+  const [leased] = await t.db.claimJobs({ workerId: 'w', jobId: job.id, leaseSeconds: 600 });
+  return leased as LeasedJob;
+}
+const clients: pg.Client[] = [];
+async function connect(url: string) {
+  const client = new pg.Client(url);
+  client.on('error', () => {}); // a terminated session reports here too
+  await client.connect();
+  clients.push(client);
+  return client;
+}
+afterAll(() => Promise.all(clients.map((c) => c.end().catch(() => {}))));
 
+describe('a runner with a role of its own job (postgres transport)', () => {
   it('reaches its own job only, and cannot end or read another runner’s session', async () => {
     const access = pgAccess();
     const [a, b] = [await claimed(ACCOUNT_A), await claimed(ACCOUNT_B)];
@@ -255,7 +258,6 @@ describe('a runner with a role of its own job (postgres transport)', () => {
     const job = await claimed(ACCOUNT_A);
     const url = (await access.envFor(job, LIMITS)).HD_DATABASE_URL!;
     const zombie = await connect(url);
-    zombie.on('error', () => {});
     await t.db.completeJob(job.id, job.lease_token, {});
     await access.release();
     const role = new URL(url).username;
@@ -268,22 +270,6 @@ describe('a runner with a role of its own job (postgres transport)', () => {
 
 describe('a warm runner’s role, made before its job (postgres transport, migration 00032)', () => {
   // Tried as the runner holding it would: real connections with its login.
-  const pgAccess = () =>
-    new RunnerAccess(loadConfig({ HD_DATABASE_URL: t.url, HD_WORKER_ID: 'creds-test' }), t.db);
-  async function claimed(account: string): Promise<LeasedJob> {
-    const job = await t.db.enqueueJob({ accountId: account, jobType: 'probe', debug: {} });
-    const [leased] = await t.db.claimJobs({ workerId: 'w', jobId: job.id, leaseSeconds: 600 });
-    return leased as LeasedJob;
-  }
-  const clients: pg.Client[] = [];
-  async function connect(url: string) {
-    const client = new pg.Client(url);
-    client.on('error', () => {}); // a terminated session reports here too
-    await client.connect();
-    clients.push(client);
-    return client;
-  }
-  afterAll(() => Promise.all(clients.map((c) => c.end().catch(() => {}))));
   const roleExists = async (role: string) =>
     (await t.sql.query('select 1 from pg_roles where rolname = $1', [role])).rows.length > 0;
   const adopt = 'select id from public.hd_adopt_lease($1, $2, 600)';
