@@ -1,5 +1,8 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { HdError } from '../contract/errors.ts';
 import {
@@ -75,11 +78,23 @@ describe('tool starters', () => {
   it("stream stdout as it comes, and give the tool's exit status and stderr to its failure", async () => {
     const [pid] = prestartToolStarters(1);
     const chunks: string[] = [];
+    // The tool goes on only once this side has its first lines: no timing involved.
+    const seen = join(await mkdtemp(join(tmpdir(), 'hd-starter-')), 'seen');
     const failure = await runTool(
       'sh',
-      ['-c', 'echo $$; echo one; sleep 0.2; echo two; echo broken >&2; exit 3'],
+      [
+        '-c',
+        'echo $$; echo one; while [ ! -e "$1" ]; do sleep 0.05; done; echo two; echo broken >&2; exit 3',
+        'sh',
+        seen,
+      ],
       limits(),
-      { onStdout: (chunk) => chunks.push(chunk.toString()) },
+      {
+        onStdout: (chunk) => {
+          chunks.push(chunk.toString());
+          if (chunks.join('').includes('one\n')) writeFileSync(seen, '');
+        },
+      },
     ).catch((error: unknown) => error);
     expect(failure).toBeInstanceOf(ToolFailure);
     expect((failure as ToolFailure).stderr).toBe('broken');
@@ -94,7 +109,7 @@ describe('tool starters', () => {
     const timedOut = await runTool(
       'sh',
       ['-c', 'echo $$; exec sleep 30'],
-      limits({ timeoutMs: 300 }),
+      limits({ timeoutMs: 3000 }), // room for the tool to print its pid on a busy machine
       {
         onStdout: (chunk) => pids.push(Number(chunk.toString())),
       },
@@ -126,6 +141,8 @@ describe('tool starters', () => {
     const lines = await runShell('echo "two\nlines"');
     expect(lines.pid).not.toBe(pid);
     expect(lines.stdout).toBe('two\nlines\n');
+    // A NUL is refused as a spawn refuses it, not dropped by the starter's `read`.
+    await expect(runShell('echo a\0b')).rejects.toThrow(/null bytes/);
     expect(idleToolStarters()).toBe(1);
     expect((await runShell('true')).pid).toBe(pid);
   });

@@ -64,7 +64,8 @@ export function startWithStarter(
   const keys = Object.keys(env);
   if (keys.length !== 1 || keys[0] !== 'PATH') return undefined;
   const args = [file, ...argv];
-  if (args.some((arg) => arg.includes('\n'))) return undefined;
+  // A line end splits an argument; a NUL, which spawn refuses, `read` would drop.
+  if (args.some((arg) => arg.includes('\n') || arg.includes('\0'))) return undefined;
   const cwd = process.cwd();
   const at = idle.findIndex((s) => s.path === env.PATH && s.cwd === cwd && isWaiting(s.child));
   if (at === -1) return undefined;
