@@ -154,16 +154,16 @@ export class RunnerAccess {
   }
 
   /**
-   * A login for a warm runner, valid for `validForMs` (its idle limit and its longest
-   * job); undefined where runners get no role of their own (the runner then connects
-   * with what its launcher sends it, or with its job's credential).
+   * A login for a warm runner, valid for `validForMs` (its idle limit: binding extends
+   * it to its job's); undefined where runners get no role of their own (the runner then
+   * connects with what its launcher sends it, or with its job's credential).
    */
   async warmLogin(validForMs: number): Promise<WarmLogin | undefined> {
     if (!this.#jobRoleUrl) return undefined;
-    const password = randomBytes(24).toString('base64url');
-    const url = new URL(this.#jobRoleUrl);
-    url.username = await this.#db.createWarmRole(password, new Date(Date.now() + validForMs));
-    url.password = password;
+    const validUntil = new Date(Date.now() + validForMs);
+    const url = await roleLogin(this.#jobRoleUrl, (password) =>
+      this.#db.createWarmRole(password, validUntil),
+    );
     return new WarmRole(url, this.#db);
   }
 
@@ -191,23 +191,22 @@ export class RunnerAccess {
         this.#tokenKey,
       );
     const validUntil = new Date((now + lifetime) * 1000);
-    if (
-      this.#jobRoleUrl &&
+    const jobRoleUrl = this.#jobRoleUrl;
+    // A warm runner whose role is bound is logged in already; any other gets a role made.
+    const loggedIn =
+      jobRoleUrl &&
       warm instanceof WarmRole &&
       !warm.taken &&
-      (await this.#bind(warm, job, validUntil))
-    ) {
-      // the runner is logged in already
-    } else if (this.#jobRoleUrl) {
-      const password = randomBytes(24).toString('base64url');
-      const url = new URL(this.#jobRoleUrl);
-      url.username = await this.#db.createJobRole(job.id, job.lease_token, password, validUntil);
-      url.password = password;
+      (await this.#bind(warm, job, validUntil));
+    if (jobRoleUrl && !loggedIn) {
+      const url = await roleLogin(jobRoleUrl, (password) =>
+        this.#db.createJobRole(job.id, job.lease_token, password, validUntil),
+      );
       env.HD_DATABASE_URL = url.toString();
     }
     if (this.#signUrls) env.HD_JOB_STORAGE_URLS = await this.#storageGrants(job, lifetime);
     if (this.#gateway && this.#gatewayKeys.length > 0) {
-      const credential = await this.#gateway.issue(job, new Date((now + lifetime) * 1000));
+      const credential = await this.#gateway.issue(job, validUntil);
       for (const key of this.#gatewayKeys) env[key] = credential;
     }
     return env;
@@ -279,6 +278,15 @@ export class RunnerAccess {
         return [];
     }
   }
+}
+
+/** The database URL of a login role `makeRole` makes with a fresh password. */
+async function roleLogin(databaseUrl: string, makeRole: (password: string) => Promise<string>) {
+  const password = randomBytes(24).toString('base64url');
+  const url = new URL(databaseUrl);
+  url.username = await makeRole(password);
+  url.password = password;
+  return url;
 }
 
 function tokenKey(config: Config): JobTokenKey {
