@@ -125,7 +125,7 @@ async function benchFile(
       ocrDpi: config.HD_OCR_DPI,
       ocrMinChars: config.HD_OCR_MIN_CHARS,
       ocrPageTimeoutMs: config.HD_OCR_PAGE_TIMEOUT_MS,
-      ocrConcurrency: Math.min(2, availableParallelism()),
+      cpus: Math.min(2, availableParallelism()),
       signal,
       workDir,
       onProgress: async () => {},

@@ -1,3 +1,4 @@
+import { appendFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,15 +12,32 @@ export interface BenchDatabase {
   stop(): Promise<void>;
 }
 
-/** A fresh embedded PostgreSQL (default settings, fsync on) with the migrations applied. */
+/**
+ * A fresh embedded PostgreSQL (default settings, fsync on) with the migrations applied.
+ * HD_BENCH_PG_LOG=FILE: every statement's end and duration, with the time to the
+ * millisecond and the role, written there (parameters left out): a job's timeline as the
+ * server sees it.
+ */
 export async function startBenchDatabase(): Promise<BenchDatabase> {
   const dir = await mkdtemp(join(tmpdir(), 'hd-bench-pg-'));
-  const database = await startEmbeddedPostgres({ dir, persistent: false });
+  const pgLog = process.env.HD_BENCH_PG_LOG;
+  const database = await startEmbeddedPostgres({
+    dir,
+    persistent: false,
+    ...(pgLog ? { onLog: (line: string) => appendFileSync(pgLog, line) } : {}),
+  });
   const url = database.connectionString();
   const client = new pg.Client(url);
   await client.connect();
   try {
     await migrate(client);
+    if (pgLog) {
+      await client.query('alter system set log_min_duration_statement = 0');
+      await client.query(`alter system set log_line_prefix = '%m [%p] %u '`);
+      // Megabytes of chunks in a log line would slow the server down more than the call.
+      await client.query('alter system set log_parameter_max_length = 0');
+      await client.query('select pg_reload_conf()');
+    }
   } finally {
     await client.end();
   }

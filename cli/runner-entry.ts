@@ -16,10 +16,11 @@ import { warmUpCode } from './warm-up.ts';
 import { prestartToolStarters, stopToolStarters } from '../runner/extract/tool-starters.ts';
 
 /**
- * Tool starters a warm runner makes before its job: the two tools of a PDF's text layer,
- * pdfinfo and pdftotext, run at once (runner/extract/tool-starters.ts).
+ * Tool starters a warm runner makes before its job: the tools of a PDF's text layer run at
+ * once (runner/extract/tool-starters.ts): pdfinfo, and a pdftotext for each part of a long
+ * file on extract_text's two CPUs (readPages).
  */
-const TOOL_STARTERS = 2;
+const TOOL_STARTERS = 3;
 
 /**
  * The entry of the runner's bundle (dist/cli/runner.mjs, scripts/bundle-runner.ts):

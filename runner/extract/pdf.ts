@@ -25,8 +25,11 @@ export interface PdfSettings {
   /** Pages with fewer visible characters that show an image are OCRed. */
   ocrMinChars: number;
   ocrPageTimeoutMs: number;
-  /** Pages OCRed at once: the job's CPUs (tesseract runs one thread each). */
-  ocrConcurrency: number;
+  /**
+   * The job's CPUs: pages OCRed at once (tesseract runs one thread each), and parts of a
+   * long file's text layer read at once (readPages).
+   */
+  cpus: number;
   signal: AbortSignal;
   /** Where rendered pages go (the job's scratch folder). */
   workDir: string;
@@ -144,7 +147,7 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
   const ocrDpis = new Map<number, number>();
   const ocrScriptLanguages = new Map<number, string>();
   await settings.onProgress(done, total);
-  await forEachLimit(toOcr, settings.ocrConcurrency, settings.signal, async (num) => {
+  await forEachLimit(toOcr, settings.cpus, settings.signal, async (num) => {
     const dpi = ocrPageDpi(layer.info?.sizes.get(num), images.get(num), settings.ocrDpi);
     ocrDpis.set(num, dpi);
     try {
@@ -204,8 +207,13 @@ async function readTextLayer(path: string, settings: PdfSettings, limits: ToolLi
       info,
       texts: raw,
       failed,
-    } = await readPages(path, maxPages, limits, settings.textPageTimeoutMs, (pages) =>
-      assertPageCount(name, pages, maxPages),
+    } = await readPages(
+      path,
+      maxPages,
+      limits,
+      settings.textPageTimeoutMs,
+      (pages) => assertPageCount(name, pages, maxPages),
+      settings.cpus,
     );
     if (info.xfa) {
       const form = await readXfaForm(path, settings);

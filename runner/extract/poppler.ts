@@ -37,9 +37,20 @@ export async function pdfInfo(path: string, lastPage: number, limits: ToolLimits
 }
 
 /**
+ * A part of a file's text layer read by a pdftotext of its own holds at least this many
+ * pages: each run pays ~20 ms to start and load the file, which a part must earn back
+ * (bench/RESULTS.md, issue 13).
+ */
+export const MIN_PAGES_PER_PART = 50;
+
+/**
  * pdfinfo and the text layer at once: pdftotext starts on pages 1..maxPages while pdfinfo
  * counts them (one process start less to wait for, 10-40 ms a file, issue 13), and is
- * stopped when pdfinfo fails, finds no pages, or `check` refuses the count.
+ * stopped when pdfinfo fails, finds no pages, or `check` refuses the count. With `parts`
+ * > 1 (the job's CPUs), a long file is read in that many spans at once, each by a
+ * pdftotext of its own: the first run stops at the end of its span, the others start on
+ * theirs when pdfinfo has counted the pages. Pages come out the same either way (poppler
+ * reads each page on its own).
  */
 export async function readPages(
   path: string,
@@ -47,13 +58,18 @@ export async function readPages(
   limits: ToolLimits,
   pageTimeoutMs: number,
   check: (pages: number) => void,
+  parts = 1,
 ): Promise<{ info: PdfInfo } & TextLayer> {
   const stop = new AbortController();
   const signal = AbortSignal.any([limits.signal, stop.signal]);
   let last = maxPages; // until pdfinfo says
-  const text = pdfToText(path, () => last, { ...limits, signal }, pageTimeoutMs);
+  let firstDone = false;
+  const first = pdfToText(path, () => last, { ...limits, signal }, pageTimeoutMs);
   // Settled below, whichever comes first; never an unhandled rejection meanwhile.
-  text.catch(() => undefined);
+  first.then(
+    () => (firstDone = true),
+    () => undefined,
+  );
   let info: PdfInfo;
   try {
     info = await pdfInfo(path, maxPages, limits);
@@ -61,21 +77,49 @@ export async function readPages(
     last = info.pages;
   } catch (error) {
     stop.abort();
-    await text.catch(() => undefined);
+    await first.catch(() => undefined);
     throw error;
   }
   if (info.pages === 0) {
     stop.abort();
-    await text.catch(() => undefined);
+    await first.catch(() => undefined);
     return { info, texts: [], failed: [] };
   }
-  const layer = await text;
-  const pages = info.pages;
-  return {
-    info,
-    texts: layer.texts.slice(0, pages),
-    failed: layer.failed.filter((p) => p <= pages),
-  };
+  // A first run already done (a short file, or pdfinfo slow) has read every page.
+  const [span, ...others] = pageSpans(info.pages, firstDone ? 1 : parts);
+  last = span![1];
+  const reads = [
+    // It may have finished before pdfinfo said where its span ends.
+    first.then(({ texts, failed }) => ({
+      texts: texts.slice(0, last),
+      failed: failed.filter((page) => page <= last),
+    })),
+    ...others.map(([from, to]) =>
+      pdfToText(path, () => to, { ...limits, signal }, pageTimeoutMs, from),
+    ),
+  ];
+  try {
+    const layers = await Promise.all(reads);
+    return {
+      info,
+      texts: layers.flatMap((layer) => layer.texts),
+      failed: layers.flatMap((layer) => layer.failed),
+    };
+  } catch (error) {
+    // One part failed (a limit, a refusal): the others stop, the first failure stands.
+    stop.abort();
+    await Promise.allSettled(reads);
+    throw error;
+  }
+}
+
+/** Pages 1..pages in up to `parts` spans of at least MIN_PAGES_PER_PART pages, in order. */
+export function pageSpans(pages: number, parts: number): [number, number][] {
+  const count = Math.max(1, Math.min(parts, Math.floor(pages / MIN_PAGES_PER_PART)));
+  return Array.from({ length: count }, (_, i) => [
+    Math.floor((pages * i) / count) + 1,
+    Math.floor((pages * (i + 1)) / count),
+  ]);
 }
 
 /** The text of each page, and the pages skipped because poppler ran past the page limit. */
@@ -86,7 +130,7 @@ export interface TextLayer {
 }
 
 /**
- * The text layer of pages 1..lastPage() (`pdftotext`, UTF-8, reading order as poppler finds
+ * The text layer of pages first..lastPage() (`pdftotext`, UTF-8, reading order as poppler finds
  * it, right-to-left scripts in logical order), in one pass split on the form feed poppler
  * ends every page with. Form fields are read from their appearance, so filled-in values
  * are part of the text.
@@ -96,36 +140,39 @@ export interface TextLayer {
  * alone under that limit and counted as failed if it runs past it, and a new pass goes on
  * after it. pdftotext writes in 4 KiB blocks, so the first stall may not name the page
  * exactly; from then on its output is unbuffered, and a stall does. `limits.timeoutMs`
- * bounds all passes together.
+ * bounds all passes together. `lastPage()` may fall while the first pass runs (readPages):
+ * the pass stops once it has printed that page.
  */
 export async function pdfToText(
   path: string,
   lastPage: () => number,
   limits: ToolLimits,
   pageTimeoutMs: number,
+  first = 1,
 ): Promise<TextLayer> {
   const deadline = performance.now() + limits.timeoutMs;
   const texts: string[] = [];
   const failed: number[] = [];
-  const pass = (first: number, last: number, exact: boolean) => {
+  const pass = (from: number, last: () => number, exact: boolean) => {
     const left = deadline - performance.now();
     if (left <= 0) throw textTimeout(limits);
-    return textPass(path, first, last, { ...limits, timeoutMs: left }, pageTimeoutMs, exact);
+    return textPass(path, from, last, { ...limits, timeoutMs: left }, pageTimeoutMs, exact);
   };
-  let next = 1;
+  let next = first;
   let exact = false;
   try {
     while (next <= lastPage()) {
-      const read = await pass(next, lastPage(), exact);
-      read.texts.forEach((text, i) => (texts[next - 1 + i] = text));
+      const read = await pass(next, lastPage, exact);
+      read.texts.forEach((text, i) => (texts[next - first + i] = text));
       next += read.texts.length;
       if (!read.stalled) break;
       // `next` is the page the pass was on or, its output buffered, one it had not reached.
       let hung = true;
       if (!exact) {
-        const alone = await pass(next, next, true);
+        const page = next;
+        const alone = await pass(page, () => page, true);
         hung = alone.stalled;
-        if (!hung) texts[next - 1] = alone.texts[0] ?? '';
+        if (!hung) texts[page - first] = alone.texts[0] ?? '';
         exact = findTool('stdbuf') !== undefined;
       }
       if (hung) failed.push(next);
@@ -136,7 +183,10 @@ export async function pdfToText(
     if (error instanceof HdError && error.code === 'PROCESSING_TIMEOUT') throw textTimeout(limits);
     throw error;
   }
-  return { texts: Array.from({ length: lastPage() }, (_, i) => texts[i] ?? ''), failed };
+  return {
+    texts: Array.from({ length: lastPage() - first + 1 }, (_, i) => texts[i] ?? ''),
+    failed,
+  };
 }
 
 function textTimeout(limits: ToolLimits): HdError {
@@ -147,16 +197,21 @@ function textTimeout(limits: ToolLimits): HdError {
   );
 }
 
-/** One pdftotext run over pages first..last; stops when no page comes out for the page limit. */
+/**
+ * One pdftotext run over pages first..last(); stops when no page comes out for the page
+ * limit, or once page last() is out (last() may fall while it runs).
+ */
 async function textPass(
   path: string,
   first: number,
-  last: number,
+  last: () => number,
   limits: ToolLimits,
   pageTimeoutMs: number,
   exact: boolean,
 ): Promise<{ texts: string[]; stalled: boolean }> {
   const stall = new AbortController();
+  const enough = new AbortController();
+  const wanted = () => last() - first + 1;
   const timer = setTimeout(() => stall.abort(), pageTimeoutMs);
   const decoder = new StringDecoder('utf8');
   const texts: string[] = [];
@@ -172,22 +227,23 @@ async function textPass(
     }
     if (from < piece.length) page.push(piece.slice(from));
     if (from > 0) timer.refresh();
+    if (texts.length >= wanted()) enough.abort();
   };
   // -q: a damaged file can make poppler write megabytes of warnings; pdfinfo ran first
   // and said what was wrong with it.
-  const args = ['-q', '-enc', 'UTF-8', '-f', String(first), '-l', String(last), path, '-'];
+  const args = ['-q', '-enc', 'UTF-8', '-f', String(first), '-l', String(last()), path, '-'];
   try {
-    const signal = AbortSignal.any([limits.signal, stall.signal]);
+    const signal = AbortSignal.any([limits.signal, stall.signal, enough.signal]);
     await poppler('pdftotext', args, { ...limits, signal }, { onStdout, unbuffered: exact });
   } catch (error) {
-    if (limits.signal.aborted || !stall.signal.aborted) throw error;
-    return { texts, stalled: true };
+    if (limits.signal.aborted || !(stall.signal.aborted || enough.signal.aborted)) throw error;
+    if (!enough.signal.aborted) return { texts, stalled: true };
   } finally {
     clearTimeout(timer);
   }
   // After the last page's form feed comes nothing; a missing page stays empty.
   return {
-    texts: Array.from({ length: last - first + 1 }, (_, i) => texts[i] ?? ''),
+    texts: Array.from({ length: wanted() }, (_, i) => texts[i] ?? ''),
     stalled: false,
   };
 }

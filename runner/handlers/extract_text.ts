@@ -244,7 +244,7 @@ function settingsOf(
     ocrMinChars: config.HD_OCR_MIN_CHARS,
     ocrPageTimeoutMs: config.HD_OCR_PAGE_TIMEOUT_MS,
     // The job's CPU share, or fewer where the machine has fewer.
-    ocrConcurrency: Math.max(1, Math.min(extractText.resources.cpus, availableParallelism())),
+    cpus: Math.max(1, Math.min(extractText.resources.cpus, availableParallelism())),
     signal: ctx.signal,
     workDir,
     transcriber: config.HD_TRANSCRIBE_BASE_URL

@@ -1,0 +1,104 @@
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { findTool } from '../runner/extract/tools.ts';
+import { MIN_PAGES_PER_PART, pageSpans, readPages } from '../runner/extract/poppler.ts';
+import { GERMAN, textPdf } from './fixtures/documents.ts';
+import { makePdf, nestedFormsPage, wrap } from './fixtures/make-pdf.ts';
+
+// A long PDF's text layer read in parts at once, one pdftotext each, on the job's CPUs
+// (issue 13). Real poppler; wrappers on PATH record each pdftotext's page range, and hold
+// the first one until pdfinfo has counted the pages (else a fast first run could read the
+// whole file before the count, and the file would rightly be read in one part).
+const work = mkdtempSync(join(tmpdir(), 'hd-text-parts-'));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+const limits = () => ({
+  timeoutMs: 120_000,
+  maxMemoryMb: 1024,
+  signal: new AbortController().signal,
+  what: 'lang.pdf',
+});
+const pageWords = (num: number) => `Seite ${num} von vielen. ${GERMAN}`;
+
+/** readPages with pdftotext's page ranges, as `-f F -l L`, recorded by a wrapper. */
+async function readRecorded(path: string, parts: number, pageTimeoutMs = 60_000) {
+  const bin = mkdtempSync(join(work, 'bin-'));
+  const log = join(bin, 'ranges.log');
+  const counted = join(bin, 'counted');
+  const wrap = (tool: string, script: string) => {
+    writeFileSync(join(bin, tool), `#!/bin/sh\n${script}\n`);
+    chmodSync(join(bin, tool), 0o755);
+  };
+  wrap('pdfinfo', `'${findTool('pdfinfo')}' "$@"; rc=$?; touch '${counted}'; exit $rc`);
+  wrap(
+    'pdftotext',
+    `echo "$4 $5 $6 $7" >> '${log}'\n` +
+      `if [ "$5" = 1 ]; then while [ ! -e '${counted}' ]; do sleep 0.01; done; fi\n` +
+      `exec '${findTool('pdftotext')}' "$@"`,
+  );
+  const path0 = process.env.PATH;
+  process.env.PATH = `${bin}:${path0}`;
+  try {
+    const read = await readPages(path, 2000, limits(), pageTimeoutMs, () => undefined, parts);
+    const ranges = readFileSync(log, 'utf8').trim().split('\n').sort();
+    return { read, ranges };
+  } finally {
+    process.env.PATH = path0;
+  }
+}
+
+describe('the text layer of a long PDF in parts', () => {
+  it("splits pages into the job's CPUs' spans, none shorter than the minimum", () => {
+    expect(MIN_PAGES_PER_PART).toBe(50);
+    expect(pageSpans(200, 2)).toEqual([
+      [1, 100],
+      [101, 200],
+    ]);
+    expect(pageSpans(201, 2)).toEqual([
+      [1, 100],
+      [101, 201],
+    ]);
+    expect(pageSpans(150, 4)).toEqual([
+      [1, 50],
+      [51, 100],
+      [101, 150],
+    ]);
+    expect(pageSpans(99, 2)).toEqual([[1, 99]]);
+    expect(pageSpans(1, 2)).toEqual([[1, 1]]);
+    expect(pageSpans(1000, 1)).toEqual([[1, 1000]]);
+  });
+
+  it('two pdftotexts, the first stopped at the end of its span, give the pages of one pass', async () => {
+    const path = join(work, 'lang.pdf');
+    writeFileSync(path, textPdf(Array.from({ length: 120 }, (_, i) => pageWords(i + 1))));
+    const whole = await readRecorded(path, 1);
+    const parts = await readRecorded(path, 2);
+    expect(whole.ranges).toEqual(['-f 1 -l 2000']);
+    // The first run starts before pdfinfo has counted the pages, the second after.
+    expect(parts.ranges).toEqual(['-f 1 -l 2000', '-f 61 -l 120']);
+    expect(parts.read.info.pages).toBe(120);
+    expect(parts.read.texts).toHaveLength(120);
+    expect(parts.read.texts).toEqual(whole.read.texts);
+    parts.read.texts.forEach((text, i) => expect(text).toMatch(new RegExp(`^Seite ${i + 1} von`)));
+    expect(parts.read.failed).toEqual([]);
+  }, 60_000);
+
+  it('a page that hangs poppler in the second part is skipped by its number; the rest is read', async () => {
+    const pages = Array.from({ length: 100 }, (_, i) =>
+      i === 79 ? nestedFormsPage(9) : { kind: 'text' as const, lines: wrap(pageWords(i + 1)) },
+    );
+    const path = join(work, 'haengt-hinten.pdf');
+    writeFileSync(path, makePdf(pages));
+    // Seconds: a page of text comes out of pdftotext in milliseconds, even on a loaded
+    // machine; the hanging page costs one limit in the pass, one read alone.
+    const { read } = await readRecorded(path, 2, 3000);
+    expect(read.failed).toEqual([80]);
+    expect(read.texts).toHaveLength(100);
+    expect(read.texts[79]).toBe('');
+    read.texts.forEach((text, i) => {
+      if (i !== 79) expect(text).toMatch(new RegExp(`^Seite ${i + 1} von`));
+    });
+  }, 120_000);
+});
