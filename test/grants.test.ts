@@ -52,7 +52,8 @@ const FUNCTIONS = parseMatrix(`
   hd__take_claim_lock                 .    .             .         .            .
   hd__try_lock                        .    .             .         .            .
   hd__valid_progress_step             .    .             .         .            .
-  # take a lease token: a runner's whole reach
+  # take a lease token: a runner's whole reach (hd_warm_up_session: calls the others with no
+  # job, every call refused)
   hd_adopt_lease                      .    .             X         X            X
   hd_begin_artifact                   .    .             X         X            X
   hd_complete_job                     .    .             X         X            X
@@ -71,6 +72,7 @@ const FUNCTIONS = parseMatrix(`
   hd_report_progress                  .    .             X         X            X
   hd_upsert_assets                    .    .             X         X            X
   hd_upsert_interpretations           .    .             X         X            X
+  hd_warm_up_session                  .    .             X         X            X
   hd_write_document_graph             .    .             X         X            X
   # the scheduler's: claim, queue control, logs, batches, reports
   hd_add_webhook_endpoint             .    .             .         X            X
@@ -280,11 +282,13 @@ describe('the grant matrix of the migrated database', () => {
     expect(callers(CONTRACT_ROLES.indexOf('authenticated'))).toEqual(['has_role_on_account']);
     // hd_runner: exactly the functions that take a lease token, all of them, but the
     // scheduler's own (logs, container id, making the job's login role and gateway credential,
-    // a URL input's record, the upload grant's check).
+    // a URL input's record, the upload grant's check); and a warm runner's warm-up, which
+    // calls some of them with no job.
     const { rows } = await t.sql.query<{ name: string }>(
       `select p.proname as name from pg_proc p
         where p.pronamespace = 'public'::regnamespace and p.proname like 'hd\\_%'
-          and p.proname not like 'hd\\_\\_%' and p.proargnames[2] = 'p_lease_token'
+          and p.proname not like 'hd\\_\\_%'
+          and (p.proargnames[2] = 'p_lease_token' or p.proname = 'hd_warm_up_session')
           and p.proname not in ('hd_append_job_logs', 'hd_set_container_id', 'hd_create_job_role',
                                 'hd_grant_llm_credential', 'hd_record_url_input',
                                 'hd_grant_artifact_upload')

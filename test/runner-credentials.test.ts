@@ -327,6 +327,38 @@ describe('a warm runner’s role, made before its job (postgres transport, migra
     await expect(runner.query('select 1')).rejects.toThrow(/terminat|Connection/i);
   });
 
+  it('warms its session before its job: every call inside is refused, nothing is written', async () => {
+    // hd_warm_up_session (00036) calls a job's functions with no job, refusals caught.
+    const access = pgAccess();
+    const login = (await access.warmLogin(60_000))!;
+    const role = new URL(login.env.HD_DATABASE_URL!).username;
+    const job = await claimed(ACCOUNT_A);
+    const before = await t.db.getJob(job.id);
+    const chunks = async () =>
+      (await t.sql.query<{ n: number }>('select count(*)::int as n from hd_asset_chunks')).rows[0]!
+        .n;
+    const chunksBefore = await chunks();
+    const runner = await connect(login.env.HD_DATABASE_URL!);
+    const pid = (await runner.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!
+      .pid;
+    const sample = JSON.stringify([{ chunk_index: 0, content: 'Grüße', file_id: job.id }]);
+    const warmUp = 'select public.hd_warm_up_session($1::jsonb) as refused';
+    expect((await runner.query(warmUp, [sample])).rows).toEqual([{ refused: 6 }]);
+    // Any credential finds no job: the operator's too.
+    expect((await t.sql.query(warmUp, [null])).rows).toEqual([{ refused: 6 }]);
+    expect(await t.db.getJob(job.id)).toEqual(before);
+    expect(await chunks()).toBe(chunksBefore);
+    // Still refused on the job itself, on the same session, until bound to it.
+    await expect(runner.query(adopt, [job.id, job.lease_token])).rejects.toThrow(
+      `permission denied: this runner credential (${role}) is not for job ${job.id}`,
+    );
+    await access.envFor(job, LIMITS, login);
+    expect((await runner.query(adopt, [job.id, job.lease_token])).rows).toEqual([{ id: job.id }]);
+    expect((await runner.query('select pg_backend_pid() as pid')).rows).toEqual([{ pid }]);
+    await t.db.completeJob(job.id, job.lease_token, {});
+    await access.release();
+  });
+
   it('is dropped unused by its scheduler; one a dead scheduler left, by any sweep once past its validity', async () => {
     const access = pgAccess();
     const unused = (await access.warmLogin(60_000))!;
