@@ -32,6 +32,12 @@ export const CLAIM_LEASES_SQL = 'select * from public.hd_claim_leases($1, $2, $3
 const CHANNEL_QUEUED = 'hd_jobs_queued';
 const CHANNEL_CANCELLED = 'hd_jobs_cancelled';
 const RELISTEN_DELAY_MS = 1000;
+/**
+ * A connection that has not opened and logged in by then is given up (DATABASE_UNAVAILABLE).
+ * Without it, a connect across a network that drops packets waits for TCP to give up
+ * (~2 min on Linux): a stopping scheduler or a runner's heartbeat would hang that long.
+ */
+export const CONNECT_TIMEOUT_MS = 15_000;
 
 /** pg returns numeric as string; the one numeric column we read is a percentage. */
 export function toJob(row: Record<string, unknown>): Job {
@@ -46,6 +52,7 @@ export class PostgresDb implements ControlPlaneDb {
   readonly pool: pg.Pool;
   readonly #listenConnectionString: string | null;
   readonly #listeners = new Set<pg.Client>();
+  readonly #connectTimeoutMs: number;
 
   /**
    * `listenConnectionString`: where LISTEN runs, on a session of its own (default: the
@@ -60,7 +67,10 @@ export class PostgresDb implements ControlPlaneDb {
     listenConnectionString?: string | null;
     /** How long an idle connection is kept; 0: for as long as the process lives (a runner). */
     idleTimeoutMs?: number;
+    /** How long a new connection may take to open and log in (CONNECT_TIMEOUT_MS). */
+    connectTimeoutMs?: number;
   }) {
+    this.#connectTimeoutMs = options.connectTimeoutMs ?? CONNECT_TIMEOUT_MS;
     this.#listenConnectionString =
       options.listenConnectionString === undefined
         ? options.connectionString
@@ -71,6 +81,7 @@ export class PostgresDb implements ControlPlaneDb {
         connectionString: options.connectionString,
         max: options.poolSize ?? 4,
         idleTimeoutMillis: options.idleTimeoutMs ?? 10_000,
+        connectionTimeoutMillis: this.#connectTimeoutMs,
         // A connection kept idle for minutes (a warm runner's, a job's between heartbeats):
         // probed, so that a NAT or balancer that dropped the idle flow is found by TCP, not
         // by the next call hanging until the kernel gives up.
@@ -465,6 +476,7 @@ export class PostgresDb implements ControlPlaneDb {
       const c = new pg.Client({
         connectionString,
         application_name: 'hd-runner-listen',
+        connectionTimeoutMillis: this.#connectTimeoutMs,
       });
       c.on('notification', (msg) => {
         if (msg.channel === CHANNEL_QUEUED) onWake({ kind: 'queued', jobType: msg.payload ?? '' });
