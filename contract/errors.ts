@@ -78,9 +78,9 @@ export const SQLSTATE_LEASE_LOST = 'HDL01';
 const RETRYABLE_SQLSTATE = /^(08...|57P0[123]|53300|40001|40P01)$/;
 const NETWORK_ERRNO = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND']);
 // What node-postgres throws, without a code, when the connection drops under a query, or
-// a new one does not open in its time (pg's client, pg-pool's).
+// a new one does not open and log in within its connect timeout.
 const CONNECTION_LOST =
-  /^(Connection terminated|Client has encountered a connection error|timeout exceeded when trying to connect)/;
+  /^(Connection terminated|Client has encountered a connection error|timeout expired$)/;
 
 /** Turns anything thrown into an HdError, keeping the original as `cause`. */
 export function toHdError(error: unknown): HdError {

@@ -81,7 +81,9 @@ export class PostgresDb implements ControlPlaneDb {
         connectionString: options.connectionString,
         max: options.poolSize ?? 4,
         idleTimeoutMillis: options.idleTimeoutMs ?? 10_000,
-        connectionTimeoutMillis: this.#connectTimeoutMs,
+        // On the client, not the pool: the pool's would also fail a call that only waits
+        // for a busy pool's next free connection.
+        Client: clientWithConnectTimeout(this.#connectTimeoutMs),
         // A connection kept idle for minutes (a warm runner's, a job's between heartbeats):
         // probed, so that a NAT or balancer that dropped the idle flow is found by TCP, not
         // by the next call hanging until the kernel gives up.
@@ -515,6 +517,18 @@ export class PostgresDb implements ControlPlaneDb {
     this.#listeners.clear();
     await this.pool.end();
   }
+}
+
+/** pg's client, giving up a connection that has not opened and logged in after `ms`. */
+function clientWithConnectTimeout(ms: number): typeof pg.Client {
+  return class extends pg.Client {
+    constructor(config?: string | pg.ClientConfig) {
+      super({
+        ...(typeof config === 'string' ? { connectionString: config } : config),
+        connectionTimeoutMillis: ms,
+      });
+    }
+  };
 }
 
 /**
