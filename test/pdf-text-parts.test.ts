@@ -8,9 +8,10 @@ import { GERMAN, textPdf } from './fixtures/documents.ts';
 import { makePdf, nestedFormsPage, wrap } from './fixtures/make-pdf.ts';
 
 // A long PDF's text layer read in parts at once, one pdftotext each, on the job's CPUs
-// (issue 13). Real poppler; wrappers on PATH record each pdftotext's page range, and hold
-// the first one until pdfinfo has counted the pages (else a fast first run could read the
-// whole file before the count, and the file would rightly be read in one part).
+// (issue 13). Real poppler; wrappers on PATH record each pdftotext's page range and, when
+// asked, hold the first run until the second has started: the pages the first has not
+// printed when pdfinfo has counted them are shared out, and a fast first run could
+// otherwise print them all first (rightly read in one part then).
 const work = mkdtempSync(join(tmpdir(), 'hd-text-parts-'));
 afterAll(() => rmSync(work, { recursive: true, force: true }));
 
@@ -22,22 +23,28 @@ const limits = () => ({
 });
 const pageWords = (num: number) => `Seite ${num} von vielen. ${GERMAN}`;
 
-/** readPages with pdftotext's page ranges, as `-f F -l L`, recorded by a wrapper. */
-async function readRecorded(path: string, parts: number, pageTimeoutMs = 60_000) {
+/**
+ * readPages with pdftotext's page ranges, as `-f F -l L`, recorded by a wrapper; `hold`:
+ * the run from page 1 waits until another has started (at most 60 s: a split that never
+ * comes then shows in the ranges, not as a hang).
+ */
+async function readRecorded(path: string, parts: number, hold: boolean, pageTimeoutMs = 60_000) {
   const bin = mkdtempSync(join(work, 'bin-'));
   const log = join(bin, 'ranges.log');
-  const counted = join(bin, 'counted');
-  const wrap = (tool: string, script: string) => {
-    writeFileSync(join(bin, tool), `#!/bin/sh\n${script}\n`);
-    chmodSync(join(bin, tool), 0o755);
-  };
-  wrap('pdfinfo', `'${findTool('pdfinfo')}' "$@"; rc=$?; touch '${counted}'; exit $rc`);
-  wrap(
-    'pdftotext',
-    `echo "$4 $5 $6 $7" >> '${log}'\n` +
-      `if [ "$5" = 1 ]; then while [ ! -e '${counted}' ]; do sleep 0.01; done; fi\n` +
+  const second = join(bin, 'second-started');
+  writeFileSync(
+    join(bin, 'pdftotext'),
+    [
+      '#!/bin/sh',
+      `echo "$4 $5 $6 $7" >> '${log}'`,
+      `if [ "$5" != 1 ]; then touch '${second}'`,
+      `elif [ ${hold ? 1 : 0} = 1 ]; then`,
+      `  i=0; while [ ! -e '${second}' ] && [ $i -lt 6000 ]; do sleep 0.01; i=$((i+1)); done`,
+      'fi',
       `exec '${findTool('pdftotext')}' "$@"`,
+    ].join('\n'),
   );
+  chmodSync(join(bin, 'pdftotext'), 0o755);
   const path0 = process.env.PATH;
   process.env.PATH = `${bin}:${path0}`;
   try {
@@ -68,13 +75,21 @@ describe('the text layer of a long PDF in parts', () => {
     expect(pageSpans(99, 2)).toEqual([[1, 99]]);
     expect(pageSpans(1, 2)).toEqual([[1, 1]]);
     expect(pageSpans(1000, 1)).toEqual([[1, 1000]]);
+    // The first run has printed 50 pages: it goes on in the first span, the rest shared out.
+    expect(pageSpans(200, 2, 50)).toEqual([
+      [1, 125],
+      [126, 200],
+    ]);
+    // Too few pages left to be worth another run.
+    expect(pageSpans(200, 2, 120)).toEqual([[1, 200]]);
+    expect(pageSpans(200, 2, 500)).toEqual([[1, 200]]);
   });
 
   it('two pdftotexts, the first stopped at the end of its span, give the pages of one pass', async () => {
     const path = join(work, 'lang.pdf');
     writeFileSync(path, textPdf(Array.from({ length: 120 }, (_, i) => pageWords(i + 1))));
-    const whole = await readRecorded(path, 1);
-    const parts = await readRecorded(path, 2);
+    const whole = await readRecorded(path, 1, false);
+    const parts = await readRecorded(path, 2, true);
     expect(whole.ranges).toEqual(['-f 1 -l 2000']);
     // The first run starts before pdfinfo has counted the pages, the second after.
     expect(parts.ranges).toEqual(['-f 1 -l 2000', '-f 61 -l 120']);
@@ -93,7 +108,7 @@ describe('the text layer of a long PDF in parts', () => {
     writeFileSync(path, makePdf(pages));
     // Seconds: a page of text comes out of pdftotext in milliseconds, even on a loaded
     // machine; the hanging page costs one limit in the pass, one read alone.
-    const { read } = await readRecorded(path, 2, 3000);
+    const { read } = await readRecorded(path, 2, true, 3000);
     expect(read.failed).toEqual([80]);
     expect(read.texts).toHaveLength(100);
     expect(read.texts[79]).toBe('');

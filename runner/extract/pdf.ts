@@ -59,8 +59,8 @@ export interface PdfText {
 }
 
 /**
- * The text of a PDF, page by page. The text layer comes from poppler (`pdftotext`, one
- * pass), pdf-parse (pdf.js, in a bounded child process) reads the file when poppler
+ * The text of a PDF, page by page. The text layer comes from poppler (`pdftotext`, a
+ * long file's pages shared out over the job's CPUs: readPages), pdf-parse (pdf.js, in a bounded child process) reads the file when poppler
  * cannot and gives a second opinion on pages poppler found empty or garbled. A page
  * whose text fails the quality gate is OCRed; one with (almost) no text is OCRed only if
  * it shows an image, so blank pages and slide titles cost nothing. OCR runs pages in

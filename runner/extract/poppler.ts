@@ -38,8 +38,8 @@ export async function pdfInfo(path: string, lastPage: number, limits: ToolLimits
 
 /**
  * A part of a file's text layer read by a pdftotext of its own holds at least this many
- * pages: each run pays ~20 ms to start and load the file, which a part must earn back
- * (bench/RESULTS.md, issue 13).
+ * pages: each run pays 20-30 ms of CPU to start and load the file before its first page,
+ * which a part must earn back (bench/RESULTS.md, issue 13).
  */
 export const MIN_PAGES_PER_PART = 50;
 
@@ -47,10 +47,10 @@ export const MIN_PAGES_PER_PART = 50;
  * pdfinfo and the text layer at once: pdftotext starts on pages 1..maxPages while pdfinfo
  * counts them (one process start less to wait for, 10-40 ms a file, issue 13), and is
  * stopped when pdfinfo fails, finds no pages, or `check` refuses the count. With `parts`
- * > 1 (the job's CPUs), a long file is read in that many spans at once, each by a
- * pdftotext of its own: the first run stops at the end of its span, the others start on
- * theirs when pdfinfo has counted the pages. Pages come out the same either way (poppler
- * reads each page on its own).
+ * > 1 (the job's CPUs), the pages that first run has not printed by then are shared out:
+ * it goes on to the end of its share and is stopped there, and a pdftotext of its own
+ * reads each other share, all at once. Pages come out the same either way (poppler reads
+ * each page on its own); `limits.timeoutMs` bounds them all together.
  */
 export async function readPages(
   path: string,
@@ -62,13 +62,18 @@ export async function readPages(
 ): Promise<{ info: PdfInfo } & TextLayer> {
   const stop = new AbortController();
   const signal = AbortSignal.any([limits.signal, stop.signal]);
+  const deadline = performance.now() + limits.timeoutMs;
   let last = maxPages; // until pdfinfo says
-  let firstDone = false;
-  const first = pdfToText(path, () => last, { ...limits, signal }, pageTimeoutMs);
+  const watch: TextWatch = { printed: 0 };
+  let firstSettled = false;
+  const first = pdfToText(path, () => last, { ...limits, signal }, pageTimeoutMs, {
+    watch,
+    deadline,
+  });
   // Settled below, whichever comes first; never an unhandled rejection meanwhile.
   first.then(
-    () => (firstDone = true),
-    () => undefined,
+    () => (firstSettled = true),
+    () => (firstSettled = true),
   );
   let info: PdfInfo;
   try {
@@ -85,17 +90,17 @@ export async function readPages(
     await first.catch(() => undefined);
     return { info, texts: [], failed: [] };
   }
-  // A first run already done (a short file, or pdfinfo slow) has read every page.
-  const [span, ...others] = pageSpans(info.pages, firstDone ? 1 : parts);
+  // A first run already ended (every page read, or failed) is not split.
+  const [span, ...others] = pageSpans(info.pages, firstSettled ? 1 : parts, watch.printed);
   last = span![1];
   const reads = [
-    // It may have finished before pdfinfo said where its span ends.
+    // It may have ended before pdfinfo said where its share ends.
     first.then(({ texts, failed }) => ({
       texts: texts.slice(0, last),
       failed: failed.filter((page) => page <= last),
     })),
     ...others.map(([from, to]) =>
-      pdfToText(path, () => to, { ...limits, signal }, pageTimeoutMs, from),
+      pdfToText(path, () => to, { ...limits, signal }, pageTimeoutMs, { first: from, deadline }),
     ),
   ];
   try {
@@ -113,13 +118,25 @@ export async function readPages(
   }
 }
 
-/** Pages 1..pages in up to `parts` spans of at least MIN_PAGES_PER_PART pages, in order. */
-export function pageSpans(pages: number, parts: number): [number, number][] {
-  const count = Math.max(1, Math.min(parts, Math.floor(pages / MIN_PAGES_PER_PART)));
+/**
+ * Pages 1..pages in up to `parts` spans, in order: the first run has printed pages
+ * 1..printed and goes on in the first span; the pages after are shared out evenly, each
+ * share at least MIN_PAGES_PER_PART of them.
+ */
+export function pageSpans(pages: number, parts: number, printed = 0): [number, number][] {
+  const done = Math.min(printed, pages);
+  const left = pages - done;
+  const count = Math.max(1, Math.min(parts, Math.floor(left / MIN_PAGES_PER_PART)));
   return Array.from({ length: count }, (_, i) => [
-    Math.floor((pages * i) / count) + 1,
-    Math.floor((pages * (i + 1)) / count),
+    i === 0 ? 1 : done + Math.floor((left * i) / count) + 1,
+    done + Math.floor((left * (i + 1)) / count),
   ]);
+}
+
+/** A running text layer's progress, shared with its caller (readPages). */
+export interface TextWatch {
+  /** The last page printed so far. */
+  printed: number;
 }
 
 /** The text of each page, and the pages skipped because poppler ran past the page limit. */
@@ -148,15 +165,23 @@ export async function pdfToText(
   lastPage: () => number,
   limits: ToolLimits,
   pageTimeoutMs: number,
-  first = 1,
+  options: {
+    /** The first page to read (default 1). */
+    first?: number;
+    watch?: TextWatch;
+    /** When `limits.timeoutMs` runs out (default: that long from now), shared by parts. */
+    deadline?: number;
+  } = {},
 ): Promise<TextLayer> {
-  const deadline = performance.now() + limits.timeoutMs;
+  const { first = 1, watch } = options;
+  const deadline = options.deadline ?? performance.now() + limits.timeoutMs;
   const texts: string[] = [];
   const failed: number[] = [];
   const pass = (from: number, last: () => number, exact: boolean) => {
     const left = deadline - performance.now();
     if (left <= 0) throw textTimeout(limits);
-    return textPass(path, from, last, { ...limits, timeoutMs: left }, pageTimeoutMs, exact);
+    const passLimits = { ...limits, timeoutMs: left };
+    return textPass(path, from, last, passLimits, pageTimeoutMs, exact, watch);
   };
   let next = first;
   let exact = false;
@@ -165,7 +190,8 @@ export async function pdfToText(
       const read = await pass(next, lastPage, exact);
       read.texts.forEach((text, i) => (texts[next - first + i] = text));
       next += read.texts.length;
-      if (!read.stalled) break;
+      // Stalled past its last page (which fell while it ran): nothing more of this span.
+      if (!read.stalled || next > lastPage()) break;
       // `next` is the page the pass was on or, its output buffered, one it had not reached.
       let hung = true;
       if (!exact) {
@@ -208,10 +234,12 @@ async function textPass(
   limits: ToolLimits,
   pageTimeoutMs: number,
   exact: boolean,
+  watch?: TextWatch,
 ): Promise<{ texts: string[]; stalled: boolean }> {
   const stall = new AbortController();
   const enough = new AbortController();
   const wanted = () => last() - first + 1;
+
   const timer = setTimeout(() => stall.abort(), pageTimeoutMs);
   const decoder = new StringDecoder('utf8');
   const texts: string[] = [];
@@ -226,7 +254,11 @@ async function textPass(
       from = at + 1;
     }
     if (from < piece.length) page.push(piece.slice(from));
-    if (from > 0) timer.refresh();
+    if (from > 0) {
+      timer.refresh();
+      if (watch) watch.printed = first - 1 + texts.length;
+    }
+    // lastPage() fell while it ran (readPages): stopped once that page is out.
     if (texts.length >= wanted()) enough.abort();
   };
   // -q: a damaged file can make poppler write megabytes of warnings; pdfinfo ran first
