@@ -102,8 +102,9 @@ export class PostgresDb implements ControlPlaneDb {
    * Opens one connection now and keeps it idle for the first query (a warm runner, while
    * it waits for its job), its server process warmed for the job's calls
    * (hd_warm_up_session, migration 00036: the functions a job calls compiled, its memory
-   * grown by a sample the size of a 200-page PDF's chunks): resolves when done, or failed,
-   * which the first query then reports itself.
+   * grown by a sample of a 200-page PDF's chunks, bench/warm-session.ts): resolves when
+   * done, or failed, which the first query then reports itself. Behind a transaction
+   * pooler the job's calls may get another server process: nothing gained, nothing lost.
    */
   async connectAhead(): Promise<void> {
     let client;
@@ -531,24 +532,31 @@ function clientWithConnectTimeout(ms: number): typeof pg.Client {
   };
 }
 
+/** Chunk rows in a warm session's sample: a 200-page PDF's (~0.65 MB of JSON). */
+export const WARM_UP_SAMPLE_ROWS = 400;
+
 /**
- * Rows shaped as a chunk write's (~1.3 MB of JSON, as much as a 400-page PDF's chunks), made up,
- * made once: a warm session's sample (connectAhead).
+ * Made-up rows shaped as a chunk write's, `rows` of ~1,430 characters each: a warm
+ * session's sample (connectAhead), made once.
  */
-let sample: string | undefined;
-function warmUpSample(): string {
+const samples = new Map<number, string>();
+export function warmUpSample(rows = WARM_UP_SAMPLE_ROWS): string {
   const content = 'Grüße aus München; the totals agree with the ledger. '.repeat(27);
-  sample ??= JSON.stringify(
-    Array.from({ length: 800 }, (_, i) => ({
-      chunk_index: i,
-      content,
-      page_start: i >> 1,
-      page_end: (i >> 1) + 1,
-      char_start: i * content.length,
-      char_end: (i + 1) * content.length,
-      file_id: '00000000-0000-0000-0000-000000000000',
-      content_sha256: '0'.repeat(64),
-    })),
-  );
+  let sample = samples.get(rows);
+  if (sample === undefined) {
+    sample = JSON.stringify(
+      Array.from({ length: rows }, (_, i) => ({
+        chunk_index: i,
+        content,
+        page_start: (i >> 1) + 1,
+        page_end: (i >> 1) + 2,
+        char_start: i * content.length,
+        char_end: (i + 1) * content.length,
+        file_id: '00000000-0000-0000-0000-000000000000',
+        content_sha256: '0'.repeat(64),
+      })),
+    );
+    samples.set(rows, sample);
+  }
   return sample;
 }

@@ -1,15 +1,16 @@
 -- 00036: a warm runner warms its database session while it waits for its job (issue 13).
 -- A fresh server process pays on the job's path for what it has not done yet: compiling
--- each plpgsql function and planning its statements on first call (hd_adopt_lease: ~10 ms
--- of a warm 200-page job's ~14 ms), and growing its memory for the first megabytes it
--- receives and parses (a 400-chunk write: ~46 -> ~32 ms of backend CPU after a parse of a
--- sample of the same shape). hd_warm_up_session does both before the job exists: it calls
--- the functions a job calls first and last with no job, each call refused and the refusal
--- caught in a subtransaction (nothing is written, no error reaches the client or the
--- server's log: an unbound warm role is refused by hd__assert_runner_job, any other
--- credential finds no job), and takes a sample of chunk rows as its argument, which the
--- server parses as the chunk write's argument is parsed. What stays is the session's own
--- caches and memory.
+-- each plpgsql function on its first call (hd_adopt_lease: ~15 of a cold session's ~20 ms
+-- of CPU), and growing its memory for the first megabytes it receives and parses (a
+-- 200-page PDF's 400-chunk write: ~60 -> ~50 ms of CPU after a parse of a sample of that
+-- size; bench/warm-session.ts). hd_warm_up_session does both before the job exists: it
+-- calls the functions a job calls first and last with no job, each call refused and the
+-- refusal caught in a subtransaction (nothing is written, no error reaches the client or
+-- the server's log: an unbound warm role is refused by hd__assert_runner_job, any other
+-- credential finds no job; their own statements past that check are planned at the job's
+-- first call), and takes a sample of chunk rows as its argument, which the server parses
+-- as the chunk write's argument is parsed. What stays is the session's own caches and
+-- memory.
 create or replace function public.hd_warm_up_session(p_sample jsonb default null)
 returns integer
 language plpgsql volatile
