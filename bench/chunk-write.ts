@@ -1,7 +1,9 @@
 /**
  * The chunk write of extract_text (issue 13): hd_replace_document_chunks as migrated now
- * against 00020's definition of it (read from that migration file, installed under schema
- * bench_00020 with the same security definer settings), in the same run, alternating.
+ * against its earlier definitions, in the same run, alternating: 00020's (the function as
+ * that migration wrote it) and 00033's (00020's with a generic plan), each installed under
+ * a schema of its own (bench_00020, bench_00033) from the migration files, with the
+ * settings hd__lock_down_functions() gives it.
  *
  * Chunks are those extract_text writes for a text PDF of N pages (bench/lib.ts pageText,
  * ~2,500 characters a page, chunked by runner/extract/chunker.ts with the default target
@@ -14,13 +16,13 @@
  * on a fresh connection each (a runner's), and on one warm connection per definition that
  * has made more than five such writes before (a pooler's or PostgREST's, whose plpgsql may
  * have settled on generic plans by itself). Wall time of the call (JSON building included)
- * and the CPU time of its backend (/proc/<pid>/schedstat). Both definitions must return
+ * and the CPU time of its backend (/proc/<pid>/schedstat). Every definition must return
  * the same counts and leave the same rows, or the bench fails.
  *
  *   node bench/chunk-write.ts   # HD_BENCH_CHUNK_PAGES=200,1000 HD_BENCH_ROUNDS=7
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PostgresDb } from '../control-plane/db/postgres.ts';
 import type { ChunkRow, ChunkWriteCounts } from '../control-plane/db/transport.ts';
@@ -31,33 +33,47 @@ const ACCOUNT = 'cccccccc-0000-4000-8000-00000000c4c4';
 const PAGES = (process.env.HD_BENCH_CHUNK_PAGES ?? '200,1000').split(',').map(Number);
 const ROUNDS = b.envInt('HD_BENCH_ROUNDS', 7);
 const SCENARIOS = ['first', 'same', 'changed'] as const;
-const DEFINITIONS = ['00020', 'now'] as const;
+/** Earlier definitions, by the migration they stand as of; the last one is `now`. */
+const EARLIER = ['00020', '00033'] as const;
+const DEFINITIONS = [...EARLIER, 'now'] as const;
 const CONNECTIONS = ['fresh', 'warm'] as const;
 type Definition = (typeof DEFINITIONS)[number];
 /** Writes a connection makes before it counts as warm: plpgsql plans custom five times. */
 const WARM_UP_WRITES = 6;
 
-const MIGRATION_00020 = join(
-  import.meta.dirname,
-  '..',
-  'supabase',
-  'migrations',
-  '00020_chunk_time_offsets.sql',
-);
+const MIGRATIONS = join(import.meta.dirname, '..', 'supabase', 'migrations');
+const FUNCTION = 'public.hd_replace_document_chunks';
 
-/** 00020's function, whole, as bench_00020.hd_replace_document_chunks. */
-function definition00020(): string {
-  const sql = readFileSync(MIGRATION_00020, 'utf8');
-  const body =
-    /create or replace function public\.hd_replace_document_chunks\([\s\S]*?\n\$\$;/.exec(sql)?.[0];
-  if (!body) throw new Error(`no hd_replace_document_chunks in ${MIGRATION_00020}`);
-  return body
-    .replace('public.hd_replace_document_chunks', 'bench_00020.hd_replace_document_chunks')
-    .replace(
-      'language plpgsql volatile',
-      // What hd__lock_down_functions() gives every runner function.
-      "language plpgsql volatile security definer set search_path = ''",
+/**
+ * hd_replace_document_chunks as it stood after migration `version`, as
+ * bench_<version>.hd_replace_document_chunks: the last whole definition up to that
+ * migration, then the `alter function` statements of the migrations after it.
+ */
+function definitionAsOf(version: string): string[] {
+  const files = readdirSync(MIGRATIONS)
+    .filter((f) => /^\d+_.+\.sql$/.test(f) && f.split('_')[0]! <= version)
+    .sort();
+  const statements: string[] = [];
+  for (const file of files) {
+    const sql = readFileSync(join(MIGRATIONS, file), 'utf8');
+    const created =
+      /create or replace function public\.hd_replace_document_chunks\([\s\S]*?\n\$\$;/.exec(
+        sql,
+      )?.[0];
+    if (created) statements.length = 0;
+    statements.push(
+      ...(created ? [created] : []),
+      ...(sql.match(/alter function public\.hd_replace_document_chunks\([^;]*;/g) ?? []),
     );
+  }
+  if (statements.length === 0) throw new Error(`no ${FUNCTION} up to migration ${version}`);
+  return [
+    ...statements,
+    // What hd__lock_down_functions() gives every runner function.
+    `alter function ${FUNCTION}(uuid, uuid, jsonb, timestamptz) security definer set search_path = ''`,
+  ].map((statement) =>
+    statement.replaceAll(FUNCTION, `bench_${version}.hd_replace_document_chunks`),
+  );
 }
 
 /** The rows extract_text sends for these pages of one file (see handlers/extract_text.ts). */
@@ -141,7 +157,7 @@ async function write(
         ? await db.replaceDocumentChunks(doc.jobId, doc.lease, chunks)
         : (
             await db.pool.query<ChunkWriteCounts>(
-              'select * from bench_00020.hd_replace_document_chunks($1, $2, $3::jsonb)',
+              `select * from bench_${definition}.hd_replace_document_chunks($1, $2, $3::jsonb)`,
               [doc.jobId, doc.lease, JSON.stringify(chunks)],
             )
           ).rows[0]!;
@@ -187,14 +203,25 @@ function clientSide(pages: readonly string[]) {
 const database = await b.startBenchDatabase();
 const db = new PostgresDb({ connectionString: database.url, listenConnectionString: null });
 try {
-  await db.pool.query('create schema bench_00020');
-  await db.pool.query(definition00020());
+  for (const version of EARLIER) {
+    await db.pool.query(`create schema bench_${version}`);
+    for (const statement of definitionAsOf(version)) await db.pool.query(statement);
+  }
   console.log(`# chunk write — ${new Date().toISOString()} — ${b.machineLine()}`);
-  console.log(`rounds: ${ROUNDS}, 00020/now alternating; wall p50 per call, backend CPU mean\n`);
   console.log(
-    '| pages | chunks | MB | connection | write | counts | 00020 wall | now wall | ratio | 00020 CPU | now CPU | ratio |',
+    `rounds: ${ROUNDS}, ${DEFINITIONS.join('/')} in turn; backend CPU mean, wall p50 per call\n`,
   );
-  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
+  const perDefinition = (what: string) => [
+    ...DEFINITIONS.map((d) => `${d} ${what}`),
+    ...EARLIER.map((d) => `now/${d}`),
+  ];
+  const header = [
+    ...['pages', 'chunks', 'MB', 'connection', 'write', 'counts'],
+    ...perDefinition('CPU'),
+    ...perDefinition('wall'),
+  ];
+  console.log(`| ${header.join(' | ')} |`);
+  console.log(`|${' --- |'.repeat(header.length)}`);
   for (const pageCount of PAGES) {
     const pages = Array.from({ length: pageCount }, (_, i) => b.pageText(i));
     const edited = editedPages(pageCount);
@@ -219,7 +246,7 @@ try {
       let chunkCount = 0;
       let megabytes = 0;
       for (let round = 0; round < ROUNDS; round++) {
-        const order = round % 2 === 0 ? DEFINITIONS : [...DEFINITIONS].reverse();
+        const order = DEFINITIONS.map((_, i) => DEFINITIONS[(i + round) % DEFINITIONS.length]!);
         const digests = new Map<string, string>();
         for (const definition of order) {
           const doc = await leasedDocument(db);
@@ -242,31 +269,41 @@ try {
           }
         }
         for (const scenario of SCENARIOS) {
-          if (digests.get(`${scenario} 00020`) === digests.get(`${scenario} now`)) continue;
-          throw new Error(`after "${scenario}" the two definitions left different rows`);
+          const left = new Set(DEFINITIONS.map((d) => digests.get(`${scenario} ${d}`)));
+          if (left.size > 1)
+            throw new Error(`after "${scenario}" the definitions left different rows`);
         }
       }
       for (const session of sessions.values()) await session?.db.close();
       for (const scenario of SCENARIOS) {
-        const old = counts.get(`${scenario} 00020`);
-        if (old !== counts.get(`${scenario} now`)) {
-          throw new Error(`${scenario}: counts differ: ${old} vs ${counts.get(`${scenario} now`)}`);
-        }
-        const oldWall = b.median(wall.get(`${scenario} 00020`)!);
-        const nowWall = b.median(wall.get(`${scenario} now`)!);
-        const oldCpu = cpu.get(`${scenario} 00020`)! / ROUNDS;
-        const nowCpu = cpu.get(`${scenario} now`)! / ROUNDS;
-        const { inserted, updated, unchanged, deleted } = JSON.parse(old!) as ChunkWriteCounts;
-        console.log(
-          `| ${pageCount} | ${b.fmt(chunkCount)} | ${b.fmt(megabytes, 1)} | ${connection} | ` +
-            `${scenario} | ${inserted}/${updated}/${unchanged}/${deleted} | ` +
-            `${b.fmt(oldWall)} ms | ${b.fmt(nowWall)} ms | **${b.fmt(nowWall / oldWall, 2)}** | ` +
-            `${b.fmt(oldCpu)} ms | ${b.fmt(nowCpu)} ms | **${b.fmt(nowCpu / oldCpu, 2)}** |`,
-        );
+        const returned = new Set(DEFINITIONS.map((d) => counts.get(`${scenario} ${d}`)));
+        if (returned.size > 1)
+          throw new Error(`${scenario}: counts differ: ${[...returned].join(' vs ')}`);
+        const figures = (of: (definition: Definition) => number) => {
+          const now = of('now');
+          return [
+            ...DEFINITIONS.map((d) => `${b.fmt(of(d))} ms`),
+            ...EARLIER.map((d) => `**${b.fmt(now / of(d), 2)}**`),
+          ];
+        };
+        const { inserted, updated, unchanged, deleted } = JSON.parse(
+          [...returned][0]!,
+        ) as ChunkWriteCounts;
+        const cells = [
+          pageCount,
+          b.fmt(chunkCount),
+          b.fmt(megabytes, 1),
+          connection,
+          scenario,
+          `${inserted}/${updated}/${unchanged}/${deleted}`,
+          ...figures((d) => cpu.get(`${scenario} ${d}`)! / ROUNDS),
+          ...figures((d) => b.median(wall.get(`${scenario} ${d}`)!)),
+        ];
+        console.log(`| ${cells.join(' | ')} |`);
       }
     }
   }
-  console.log('\ncounts: inserted/updated/unchanged/deleted (the same from both definitions)');
+  console.log('\ncounts: inserted/updated/unchanged/deleted (the same from every definition)');
   clientSide(Array.from({ length: PAGES.at(-1)! }, (_, i) => b.pageText(i)));
 } finally {
   await db.close();
