@@ -149,6 +149,36 @@ describe('hd_replace_document_chunks: writes', () => {
     }
   });
 
+  it('new rows get UUIDv7 ids in chunk order; rewritten rows keep theirs', async () => {
+    const doc = await leasedDocument();
+    const startedMs = Date.now();
+    await doc.write(chunks(3, doc.files[0]!));
+    await doc.write(chunks(5, doc.files[0]!, (i) => (i === 0 ? 'Chunk 0 was edited.' : `${i}`)));
+    const ids = (await rowStates(doc.documentId)).map((r) => r.id);
+    for (const id of ids) {
+      // Version 7, variant 10 (RFC 9562), and the time of the write in the first 48 bits.
+      expect(id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+      const ms = parseInt(id.replaceAll('-', '').slice(0, 12), 16);
+      expect(ms).toBeGreaterThanOrEqual(startedMs - 5_000);
+      expect(ms).toBeLessThanOrEqual(Date.now() + 5_000);
+    }
+    // Each write's new rows in chunk order; 0..2 kept the first write's ids.
+    expect([...ids.slice(0, 3)].sort()).toEqual(ids.slice(0, 3));
+    expect([...ids.slice(3)].sort()).toEqual(ids.slice(3));
+    expect(new Set(ids).size).toBe(5);
+  });
+
+  it('a document whose stored rows have a gap gets every chunk back', async () => {
+    const doc = await leasedDocument();
+    const rows = chunks(5, doc.files[0]!);
+    await doc.write(rows);
+    await t.sql.query('delete from hd_asset_chunks where document_id = $1 and chunk_index = 2', [
+      doc.documentId,
+    ]);
+    expect(await doc.write(rows)).toEqual({ inserted: 1, updated: 0, unchanged: 4, deleted: 0 });
+    expect((await rowStates(doc.documentId)).map((r) => r.chunk_index)).toEqual([0, 1, 2, 3, 4]);
+  });
+
   it('reads p_chunks from a table column a few times, not once per chunk', async () => {
     const doc = await leasedDocument();
     // Hex, each half said twice: ~70 kB of JSON that compresses to about half, more than
@@ -224,12 +254,32 @@ describe('hd_replace_document_chunks: checks', () => {
       ['a repeat', [rows[0]!, rows[1]!, { ...rows[2]!, chunk_index: 1 }]],
       ['one missing', [rows[0]!, { ...rows[1]!, chunk_index: undefined as unknown as number }]],
     ];
+    // Over stored rows (read in place) and into a document without any (inserted).
+    const empty = await leasedDocument();
     for (const [why, chunksGiven] of wrong) {
-      await expect(doc.write(chunksGiven), why).rejects.toMatchObject({
-        code: '22023',
-        message: `chunk_index values must be 0..${chunksGiven.length - 1} in order`,
-      });
+      for (const target of [doc, empty]) {
+        const own = chunksGiven.map((c) => ({ ...c, file_id: target.files[0]! }));
+        await expect(target.write(own), why).rejects.toMatchObject({
+          code: '22023',
+          message: `chunk_index values must be 0..${chunksGiven.length - 1} in order`,
+        });
+      }
     }
+    expect(await rowStates(doc.documentId)).toEqual(before);
+    expect(await rowStates(empty.documentId)).toEqual([]);
+  });
+
+  it('a refused chunk past the stored ones undoes the rows already written by the call', async () => {
+    const doc = await leasedDocument();
+    await doc.write(chunks(6, doc.files[0]!));
+    const before = await rowStates(doc.documentId);
+    // 0..5 changed, rewritten in place first; 6 and 7 new, and 7 is refused.
+    const edited = chunks(8, doc.files[0]!, (i) => `Edited ${i}.`);
+    edited[7] = { ...edited[7]!, chunk_index: 8 };
+    await expect(doc.write(edited)).rejects.toMatchObject({
+      code: '22023',
+      message: 'chunk_index values must be 0..7 in order',
+    });
     expect(await rowStates(doc.documentId)).toEqual(before);
   });
 
@@ -245,6 +295,43 @@ describe('hd_replace_document_chunks: checks', () => {
       message: `a chunk refers to a file that is not part of document ${doc.documentId}`,
     });
     expect(await doc.write(rows.slice(0, 3))).toMatchObject({ inserted: 3 });
+    // The same file over stored rows: refused, nothing rewritten.
+    const before = await rowStates(doc.documentId);
+    const moved = rows.slice(0, 3).map((c, i) => ({
+      ...c,
+      content: `moved ${i}`,
+      file_id: i === 2 ? other.files[0]! : c.file_id,
+    }));
+    await expect(doc.write(moved)).rejects.toMatchObject({
+      code: '22023',
+      message: `a chunk refers to a file that is not part of document ${doc.documentId}`,
+    });
+    expect(await rowStates(doc.documentId)).toEqual(before);
+  });
+
+  it('a bad index is reported before a foreign file in an earlier chunk, as 00020 did', async () => {
+    const doc = await leasedDocument();
+    const other = await leasedDocument();
+    const rows = chunks(4, doc.files[0]!).map((c, i) => ({
+      ...c,
+      file_id: i === 1 ? other.files[0]! : c.file_id,
+      chunk_index: i === 3 ? 7 : i,
+    }));
+    const stored = await leasedDocument();
+    await stored.write(chunks(4, stored.files[0]!));
+    for (const target of [doc, stored]) {
+      await expect(target.write(rows)).rejects.toMatchObject({
+        code: '22023',
+        message: 'chunk_index values must be 0..3 in order',
+      });
+    }
+  });
+
+  it("takes a file id in any of PostgreSQL's spellings of it", async () => {
+    const doc = await leasedDocument();
+    const rows = chunks(2, doc.files[0]!.toUpperCase());
+    expect(await doc.write(rows)).toMatchObject({ inserted: 2 });
+    expect(await doc.write(chunks(2, doc.files[0]!))).toMatchObject({ unchanged: 2 });
   });
 
   it('a call that fails half way (a chunk without content) leaves every row as it was', async () => {

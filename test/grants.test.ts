@@ -24,6 +24,7 @@ const FUNCTIONS = parseMatrix(`
   hd__assert_batch                    .    .             .         .            .
   hd__assert_runner_job               .    .             .         .            .
   hd__batch_bucket                    .    .             .         .            .
+  hd__check_document_chunks           .    .             .         .            .
   hd__chunk_sha256                    .    .             .         .            .
   hd__count_batch_jobs                .    .             .         .            .
   hd__cut_off_at                      .    .             .         .            .
