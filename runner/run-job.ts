@@ -125,7 +125,8 @@ export async function runJob(options: RunJobOptions): Promise<RunOutcome> {
       (error) => abort(toHdError(error)),
     );
     const ctx = makeContext(options, job, log, controller.signal, workDir, progress);
-    await ctx.progress(0, 'initializing');
+    // An adopted lease's row says it already (00035): no round trip of its own.
+    if (job.progress_step !== 'initializing') await ctx.progress(0, 'initializing');
     log.info({ code_file: CODE_FILE }, 'job started');
     const stats = await raceAbort(handler.run(ctx), controller.signal);
     await raceAbort(progress.flush(), controller.signal);

@@ -33,37 +33,48 @@ async function progressSeen(jobId: string) {
 }
 
 describe('progress steps of a run', () => {
-  it('extract_text goes through the concept steps with a percent that never drops', async () => {
-    const doc = await h.addDocument(ACCOUNT_A, [
-      { name: 'three.pdf', content: textPdf(['Seite eins.', 'Seite zwei.', 'Seite drei.']) },
-    ]);
-    const outcome = await h.extract(doc);
-    expect(outcome.outcome).toBe('completed');
-    if (outcome.outcome !== 'completed') return;
-    const seen = await progressSeen(outcome.job.id);
+  // Claimed by the runner itself (`run --job-id`), which reports `initializing`; or by a
+  // scheduler that hands the lease over, whose adoption says `initializing` (00035).
+  it.each([
+    ['claimed by the runner', false],
+    ['handed over', true],
+  ])(
+    'extract_text goes through the concept steps with a percent that never drops (%s)',
+    async (_, handedOver) => {
+      const doc = await h.addDocument(ACCOUNT_A, [
+        { name: 'three.pdf', content: textPdf(['Seite eins.', 'Seite zwei.', 'Seite drei.']) },
+      ]);
+      const reportedSteps: (string | undefined)[] = [];
+      const outcome = await h.extract(doc, { handedOver, reportedSteps });
+      expect(outcome.outcome).toBe('completed');
+      if (outcome.outcome !== 'completed') return;
+      const seen = await progressSeen(outcome.job.id);
 
-    // Phases in order, repeats folded (counters within a phase are rate-limited).
-    const phases = seen
-      .map((s) => s.step.split(':')[0])
-      .filter((phase, i, all) => phase !== all[i - 1]);
-    expect(phases).toEqual([
-      'claimed',
-      'initializing',
-      'downloading',
-      'processing',
-      'processing_pages',
-      'postprocessing',
-      'completed',
-    ]);
-    expect(seen.find((s) => s.step.startsWith('processing:'))?.step).toBe('processing:0/1');
-    // A text layer on every page: all three read in one pass.
-    expect(seen.filter((s) => s.step.startsWith('processing_pages:')).at(-1)).toEqual({
-      step: 'processing_pages:3/3',
-      percent: 90,
-    });
-    expect(seen.find((s) => s.step === 'postprocessing')?.percent).toBe(90);
-    expect(seen.at(-1)).toEqual({ step: 'completed', percent: 100 });
-    const percents = seen.map((s) => s.percent);
-    expect(percents).toEqual([...percents].sort((a, b) => a - b));
-  });
+      // Phases in order, repeats folded (counters within a phase are rate-limited).
+      const phases = seen
+        .map((s) => s.step.split(':')[0])
+        .filter((phase, i, all) => phase !== all[i - 1]);
+      expect(phases).toEqual([
+        'claimed',
+        'initializing',
+        'downloading',
+        'processing',
+        'processing_pages',
+        'postprocessing',
+        'completed',
+      ]);
+      expect(seen.find((s) => s.step.startsWith('processing:'))?.step).toBe('processing:0/1');
+      // A text layer on every page: all three read in one pass.
+      expect(seen.filter((s) => s.step.startsWith('processing_pages:')).at(-1)).toEqual({
+        step: 'processing_pages:3/3',
+        percent: 90,
+      });
+      expect(seen.find((s) => s.step === 'postprocessing')?.percent).toBe(90);
+      expect(seen.at(-1)).toEqual({ step: 'completed', percent: 100 });
+      // Handed over, `initializing` came with the adoption: no report of the runner's own.
+      expect(reportedSteps[0]).toBe(handedOver ? 'downloading' : 'initializing');
+      const percents = seen.map((s) => s.percent);
+      expect(percents).toEqual([...percents].sort((a, b) => a - b));
+    },
+  );
 });

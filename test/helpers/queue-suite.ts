@@ -207,6 +207,25 @@ export function describeQueueSuite(name: string, open: () => Promise<QueueSuiteT
         return { percent: job?.progress_percent, step: job?.progress_step };
       };
 
+      it('says initializing when a runner adopts its handed-over lease, after the claim only', async () => {
+        const job = await claimOne((await enqueue({ jobType: 'progress_probe' })).id);
+        const adopted = await t.db.adoptLease(job.id, job.lease_token, LEASE);
+        expect(adopted).toMatchObject({ id: job.id, progress_percent: 0 });
+        expect(adopted.progress_step).toBe('initializing');
+        expect(adopted.lease_expires_at!.getTime()).toBeGreaterThan(Date.now() + 30_000);
+        expect(await progressOf(job.id)).toEqual({ percent: 0, step: 'initializing' });
+        // A step further on stays (the percent only rises; so does the step).
+        await t.db.reportProgress(job.id, job.lease_token, 20, 'processing:1/5');
+        await t.db.adoptLease(job.id, job.lease_token, LEASE);
+        expect(await progressOf(job.id)).toEqual({ percent: 20, step: 'processing:1/5' });
+        // Refused as a heartbeat is: another lease, a cancelled job.
+        expect((await errorOf(t.db.adoptLease(job.id, ACCOUNT_A, LEASE))).code).toBe('LEASE_LOST');
+        await t.db.cancelJob(job.id, 'operator said stop');
+        expect((await errorOf(t.db.adoptLease(job.id, job.lease_token, LEASE))).code).toBe(
+          'CANCELLED',
+        );
+      });
+
       it('keeps the percent rising within an attempt and starts over on the next', async () => {
         const job = await enqueue({ maxAttempts: 2, jobType: 'progress_probe' });
         const first = await claimOne(job.id);
