@@ -25,7 +25,7 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { appendFile, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { appendFile, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism, loadavg } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { toHdError } from '../contract/errors.ts';
@@ -110,6 +110,7 @@ async function benchFile(
   try {
     const extraction = await extractFile(path, 'application/pdf', {
       name: file,
+      size: (await stat(path)).size,
       maxFileBytes: config.HD_EXTRACT_MAX_FILE_BYTES,
       chunking: {
         targetChars: config.HD_CHUNK_TARGET_CHARS,

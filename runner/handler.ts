@@ -72,6 +72,11 @@ export interface HandlerContext<K extends JobType> {
   job: LeasedJob;
   payload: JobPayload<K>;
   storage: TenantStorage;
+  /**
+   * The job's scratch folder, removed after its outcome is recorded. Downloads land in it
+   * under a UUID first (control-plane/storage), so the handler's own names never meet them.
+   */
+  workDir: string;
   outputs: OutputWriter;
   /** Stores result files under the job's own prefix of hd_outputs (runner/artifacts.ts). */
   artifacts: Pick<ArtifactUploader, 'upload'>;

@@ -67,15 +67,25 @@ export async function runJob(options: RunJobOptions): Promise<RunOutcome> {
   const { db, config, jobId } = options;
   // Taken before the lease is, so lease ends reckoned from it are never late.
   let leaseRenewedAt = performance.now();
+  // Made while the lease is taken: a file system round trip off the job's path. Named by
+  // the id asked for (the lease then says it is the job's); a path's characters dropped.
+  const workDirMade = mkdtemp(
+    join(config.HD_WORK_DIR ?? tmpdir(), `hd-job-${jobId.replace(/[^\w-]/g, '')}-`),
+  );
+  workDirMade.catch(() => {}); // not unhandled meanwhile: a failure is thrown where awaited
   let job: LeasedJob | { message: string };
   try {
     job = await acquireLease(options);
   } catch (error) {
+    await removeWorkDir(workDirMade);
     // Not reached at start (the database restarts): exit 14, so the scheduler hands the
     // job back instead of recording a crash.
     return notRecorded(error, options.log);
   }
-  if ('message' in job) return { outcome: 'not_runnable', message: job.message };
+  if ('message' in job) {
+    await removeWorkDir(workDirMade);
+    return { outcome: 'not_runnable', message: job.message };
+  }
 
   const log = options.log.child({ job_id: job.id, job_type: job.job_type, attempt: job.attempts });
   const controller = new AbortController();
@@ -106,7 +116,7 @@ export async function runJob(options: RunJobOptions): Promise<RunOutcome> {
   }, leaseMs / 3);
 
   let timeout: NodeJS.Timeout | undefined;
-  const workDir = await mkdtemp(join(config.HD_WORK_DIR ?? tmpdir(), `hd-job-${job.id}-`));
+  const workDir = await workDirMade;
   const started = performance.now();
   try {
     const handler = await resolveHandler(job);
@@ -158,6 +168,14 @@ export async function runJob(options: RunJobOptions): Promise<RunOutcome> {
     options.interrupt?.removeEventListener('abort', onInterrupt);
     await rm(workDir, { recursive: true, force: true });
   }
+}
+
+/** A scratch folder made for a job that does not run here: removed, if it was made at all. */
+async function removeWorkDir(made: Promise<string>): Promise<void> {
+  await made.then(
+    (dir) => rm(dir, { recursive: true, force: true }),
+    () => {}, // not made: the job's run would have said why
+  );
 }
 
 async function acquireLease(options: RunJobOptions): Promise<LeasedJob | { message: string }> {
@@ -232,6 +250,7 @@ function makeContext(
     job,
     payload: parsed.data,
     storage: new TenantStorage(options.storage, job.account_id, workDir),
+    workDir,
     outputs: {
       upsertAssets: (rows) => after(() => db.upsertAssets(id, lease, rows)),
       listDocumentFiles: () => after(() => db.listDocumentFiles(id, lease)),

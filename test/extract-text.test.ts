@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { ACCOUNT_A } from './helpers/runtime.ts';
 import { GERMAN, renderGray, renderPng, textPdf } from './fixtures/documents.ts';
@@ -47,6 +47,9 @@ describe('extract_text: PDFs', () => {
       if (i > 0) expect(c.char_start).toBeGreaterThan(chunks[i - 1]!.char_start);
     }
     expect(stats.characters).toBe(chunks.at(-1)!.char_end);
+    // The hash a re-run compares: SHA-256 of the content's UTF-8 bytes, in hex.
+    for (const c of chunks)
+      expect(c.content_sha256).toBe(createHash('sha256').update(c.content, 'utf8').digest('hex'));
   });
 
   it('re-run leaves exactly the same chunks; fewer chunks leave no stale tail', async () => {

@@ -1,3 +1,4 @@
+import { readdir } from 'node:fs/promises';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EXIT_CODES } from '../contract/errors.ts';
@@ -130,6 +131,34 @@ describe('hd-runner run', () => {
       `select count(*)::int as n from hd_assets where source_ref = 'run-late'`,
     );
     expect(rows[0].n).toBe(0);
+  });
+
+  it('leaves no scratch folder behind: completed, lease refused, not runnable', async () => {
+    const work = await tempDir('hd-runner-work-');
+    const run = (jobId: string, leaseToken?: string) =>
+      runJob({
+        db: t.db,
+        storage: new FsStorage(root),
+        config: testConfig(t.url, root, { HD_WORK_DIR: work }),
+        log,
+        jobId,
+        leaseToken,
+      });
+    const job = await importJob('scratch.jsonl', [
+      { title: 'T', source_type: 's', source_ref: 'run-scratch' },
+    ]);
+    expect((await run(job.id)).outcome).toBe('completed');
+    expect(await readdir(work)).toEqual([]);
+    // The folder is made while the lease is taken: a refused lease, or a job that is not
+    // queued, must not leave it.
+    const handedOver = await importJob('scratch-refused.jsonl', []);
+    await t.db.claimJobs({ workerId: 'other', jobId: handedOver.id, leaseSeconds: 60 });
+    expect((await run(handedOver.id, '00000000-0000-4000-8000-000000000000')).outcome).toBe(
+      'lease_lost',
+    );
+    expect(await readdir(work)).toEqual([]);
+    expect((await run(job.id)).outcome).toBe('not_runnable');
+    expect(await readdir(work)).toEqual([]);
   });
 
   it('hands the job back, attempt not spent, when interrupted', async () => {

@@ -1,4 +1,3 @@
-import { stat } from 'node:fs/promises';
 import { HdError } from '../../contract/errors.ts';
 import {
   Chunker,
@@ -20,6 +19,8 @@ import { chunkSeconds, type Transcriber } from './transcribe.ts';
 export interface ExtractSettings extends PdfSettings {
   /** HD_EXTRACT_MAX_FILE_BYTES; a type may have a lower limit (limits.ts). */
   maxFileBytes: number;
+  /** The file's size in bytes, as its download found it. */
+  size: number;
   chunking: ChunkOptions;
   /** Chunks this file may still add to its document. */
   maxChunks: number;
@@ -60,7 +61,7 @@ export async function extractFile(
   const { name } = settings;
   const kind = sniff(await readHead(path), declaredMime);
   assertDeclaredMime(name, declaredMime, kind);
-  checkTypeSize(name, kind, (await stat(path)).size, settings.maxFileBytes);
+  checkTypeSize(name, kind, settings.size, settings.maxFileBytes);
   const budget = new ChunkBudget(name, settings.maxChunks, settings.chunking.targetChars);
   /** Chunks of a text that is whole in memory, with the pages it starts. */
   const chunked = (text: string, pages: PageStart[] = []) => {

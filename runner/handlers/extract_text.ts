@@ -1,7 +1,7 @@
-import { createHash } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { availableParallelism, tmpdir } from 'node:os';
-import { basename, join } from 'node:path';
+import { hash } from 'node:crypto';
+import { availableParallelism } from 'node:os';
+import { setImmediate } from 'node:timers/promises';
+import { basename } from 'node:path';
 import { HdError } from '../../contract/errors.ts';
 import { assertTenantPath } from '../../contract/storage-paths.ts';
 import type { ChunkRow, DocumentFile } from '../../control-plane/db/transport.ts';
@@ -92,86 +92,87 @@ export const extractText: Handler<'extract_text'> = {
     }
 
     const stats = newStats(files.length);
-    const chunks: ChunkRow[] = [];
-    const workDir = await mkdtemp(join(config.HD_WORK_DIR ?? tmpdir(), `hd-extract-${job.id}-`));
+    const chunks: Omit<ChunkRow, 'content_sha256'>[] = [];
+    // The job's own folder: removed by the runner once the outcome is recorded, after the
+    // job's time (a folder of the handler's own cost two file system round trips of it).
+    const { workDir } = ctx;
     const results = extractArtifacts(ctx, workDir);
     let stored = {};
-    try {
-      for (const [index, file] of files.entries()) {
-        const name = basename(file.storage_path);
-        const filesDone = (index / files.length) * EXTRACT_SHARE;
-        await ctx.progress(filesDone, 'downloading');
-        const local = await ctx.storage.download(file.bucket, file.storage_path);
-        checkSize(file, local.size, config.HD_EXTRACT_MAX_FILE_BYTES, true);
-        await ctx.progress(filesDone, `processing:${index}/${files.length}`);
-        const extraction = await extractFile(local.path, file.mime_type, {
-          ...settingsOf(ctx, workDir),
-          name,
-          maxChunks: MAX_CHUNKS_PER_DOCUMENT - chunks.length,
-          onProgress: (done, total) =>
-            ctx.progress(
-              ((index + done / total) / files.length) * EXTRACT_SHARE,
-              `processing_pages:${done}/${total}`,
-            ),
+    for (const [index, file] of files.entries()) {
+      const name = basename(file.storage_path);
+      const filesDone = (index / files.length) * EXTRACT_SHARE;
+      await ctx.progress(filesDone, 'downloading');
+      const local = await ctx.storage.download(file.bucket, file.storage_path);
+      checkSize(file, local.size, config.HD_EXTRACT_MAX_FILE_BYTES, true);
+      await ctx.progress(filesDone, `processing:${index}/${files.length}`);
+      const extraction = await extractFile(local.path, file.mime_type, {
+        ...settingsOf(ctx, workDir),
+        name,
+        size: local.size,
+        maxChunks: MAX_CHUNKS_PER_DOCUMENT - chunks.length,
+        onProgress: (done, total) =>
+          ctx.progress(
+            ((index + done / total) / files.length) * EXTRACT_SHARE,
+            `processing_pages:${done}/${total}`,
+          ),
+      });
+      const type = extraction.kind.kind;
+      stats.file_types[type] = (stats.file_types[type] ?? 0) + 1;
+      stats.pages += extraction.pageCount ?? 0;
+      stats.ocr_pages += extraction.ocrPages;
+      stats.ocr_pages_tried += extraction.ocrTried ?? extraction.ocrPages;
+      if (extraction.layers) {
+        const layers = extraction.layers;
+        stats.blank_pages += layers.filter((layer) => layer === 'blank').length;
+        stats.pages_failed += layers.filter((layer) => layer === 'failed').length;
+        stats.page_layers.push({
+          file: name,
+          text: pageRanges(layers, 'text'),
+          ocr: pageRanges(layers, 'ocr'),
+          blank: pageRanges(layers, 'blank'),
+          failed: pageRanges(layers, 'failed'),
+          ocr_dpi: pagesBy(layers.length, extraction.ocrDpis),
+          failed_why: pagesBy(layers.length, whyOf(extraction.failures)),
+          ocr_language: pagesBy(layers.length, extraction.ocrScriptLanguages),
         });
-        const type = extraction.kind.kind;
-        stats.file_types[type] = (stats.file_types[type] ?? 0) + 1;
-        stats.pages += extraction.pageCount ?? 0;
-        stats.ocr_pages += extraction.ocrPages;
-        stats.ocr_pages_tried += extraction.ocrTried ?? extraction.ocrPages;
-        if (extraction.layers) {
-          const layers = extraction.layers;
-          stats.blank_pages += layers.filter((layer) => layer === 'blank').length;
-          stats.pages_failed += layers.filter((layer) => layer === 'failed').length;
-          stats.page_layers.push({
-            file: name,
-            text: pageRanges(layers, 'text'),
-            ocr: pageRanges(layers, 'ocr'),
-            blank: pageRanges(layers, 'blank'),
-            failed: pageRanges(layers, 'failed'),
-            ocr_dpi: pagesBy(layers.length, extraction.ocrDpis),
-            failed_why: pagesBy(layers.length, whyOf(extraction.failures)),
-            ocr_language: pagesBy(layers.length, extraction.ocrScriptLanguages),
-          });
-        }
-        stats.characters += extraction.characters;
-        stats.bytes += local.size;
-        stats.parser_peak_rss_mb = Math.max(
-          stats.parser_peak_rss_mb,
-          Math.round((extraction.parserPeakRssKb ?? 0) / 1024),
-        );
-        for (const chunk of extraction.chunks) {
-          chunks.push({
-            ...chunk,
-            chunk_index: chunks.length,
-            file_id: file.id,
-            content_sha256: createHash('sha256').update(chunk.content).digest('hex'),
-          });
-        }
-        ctx.log.info(
-          {
-            file: file.storage_path,
-            type,
-            pages: extraction.pageCount,
-            ocr: extraction.ocrPages,
-            failed: extraction.layers?.filter((layer) => layer === 'failed').length,
-            failed_why: extraction.failures?.size
-              ? [...new Set(whyOf(extraction.failures).values())]
-              : undefined,
-          },
-          'file extracted',
-        );
-        const paged =
-          extraction.paged ?? (results.wanted ? chunksAsText(extraction.chunks) : undefined);
-        await results.addFile(name, local.path, paged, type === 'pdf');
       }
-      if (results.wanted) stored = await results.finish();
-    } finally {
-      await rm(workDir, { recursive: true, force: true });
+      stats.characters += extraction.characters;
+      stats.bytes += local.size;
+      stats.parser_peak_rss_mb = Math.max(
+        stats.parser_peak_rss_mb,
+        Math.round((extraction.parserPeakRssKb ?? 0) / 1024),
+      );
+      for (const chunk of extraction.chunks) {
+        chunks.push({ ...chunk, chunk_index: chunks.length, file_id: file.id });
+      }
+      ctx.log.info(
+        {
+          file: file.storage_path,
+          type,
+          pages: extraction.pageCount,
+          ocr: extraction.ocrPages,
+          failed: extraction.layers?.filter((layer) => layer === 'failed').length,
+          failed_why: extraction.failures?.size
+            ? [...new Set(whyOf(extraction.failures).values())]
+            : undefined,
+        },
+        'file extracted',
+      );
+      const paged =
+        extraction.paged ?? (results.wanted ? chunksAsText(extraction.chunks) : undefined);
+      await results.addFile(name, local.path, paged, type === 'pdf');
     }
+    if (results.wanted) stored = await results.finish();
 
     await ctx.progress(EXTRACT_SHARE, 'postprocessing');
-    const counts = await ctx.outputs.replaceChunks(chunks);
+    // The chunks are hashed while that report travels (the write waits for it anyway); a
+    // report leaves on a later tick (pg's pool, fetch), so that comes first.
+    await setImmediate();
+    const rows: ChunkRow[] = chunks.map((chunk) => ({
+      ...chunk,
+      content_sha256: hash('sha256', chunk.content),
+    }));
+    const counts = await ctx.outputs.replaceChunks(rows);
     stats.chunks = chunks.length;
     stats.chunks_inserted = counts.inserted;
     stats.chunks_updated = counts.updated;
@@ -229,7 +230,7 @@ function chunkOptions(ctx: HandlerContext<'extract_text'>) {
 function settingsOf(
   ctx: HandlerContext<'extract_text'>,
   workDir: string,
-): Omit<ExtractSettings, 'name' | 'onProgress' | 'maxChunks'> {
+): Omit<ExtractSettings, 'name' | 'size' | 'onProgress' | 'maxChunks'> {
   const { config, payload } = ctx;
   return {
     maxFileBytes: config.HD_EXTRACT_MAX_FILE_BYTES,
