@@ -28,10 +28,16 @@ export class FsStorage implements StorageBackend {
     const bucketDir = this.#bucketDir(bucket);
     assertStorageKey(key);
     const file = join(bucketDir, key);
-    let real: string;
-    try {
-      real = await realpath(file);
-    } catch (error) {
+    // At once, not one after the other: each is a round trip to libuv's threads (0.3-1 ms
+    // apiece on a busy host, issue 13). stat follows links, so it describes `real` once
+    // that is found to be the key's own place.
+    const [realFile, realBucket, stats] = await Promise.allSettled([
+      realpath(file),
+      realpath(bucketDir),
+      stat(file),
+    ]);
+    if (realFile.status === 'rejected') {
+      const error: unknown = realFile.reason;
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
         throw new HdError('FILE_NOT_FOUND', `storage object ${bucket}/${key} does not exist`, {
           cause: error,
@@ -45,19 +51,21 @@ export class FsStorage implements StorageBackend {
         },
       );
     }
+    const real = realFile.value;
+    if (realBucket.status === 'rejected') throw realBucket.reason;
     // The object must be exactly at its key: a symlink anywhere below the bucket could
     // lead outside it, or into another account's prefix inside it.
-    if (real !== join(await realpath(bucketDir), key)) {
+    if (real !== join(realBucket.value, key)) {
       throw new HdError(
         'PATH_OUTSIDE_TENANT',
         `storage object ${bucket}/${key} is, or lies under, a symbolic link (not followed)`,
       );
     }
-    const info = await stat(real);
-    if (!info.isFile()) {
+    if (stats.status === 'rejected') throw stats.reason;
+    if (!stats.value.isFile()) {
       throw new HdError('FILE_NOT_FOUND', `storage object ${bucket}/${key} is not a file`);
     }
-    return { path: real, size: info.size };
+    return { path: real, size: stats.value.size };
   }
 
   async upload(
