@@ -61,6 +61,14 @@ const BUCKET = 'hd_uploads_raw';
 // build), as a scheduler on the process launcher and the images start it; default: source.
 const CLI = resolve(process.env.HD_BENCH_CLI ?? join(import.meta.dirname, '..', 'cli', 'main.ts'));
 const REPORT_RSS = join(import.meta.dirname, 'report-rss.mjs');
+// Whether that runner warms its database session before its job (00036): its bundle, or
+// the source, names the warm-up (a build from before it does not).
+const WARMS_SESSION = readFileSync(
+  CLI.endsWith('.js')
+    ? join(CLI, '..', 'runner.mjs')
+    : join(import.meta.dirname, '..', 'control-plane', 'db', 'postgres.ts'),
+  'utf8',
+).includes('hd_warm_up_session');
 const PIN = findTool('taskset') ? ['taskset', '-c', '0'] : [];
 // HD_BENCH_JOB_CPUS=2: the job through the launcher on its CPU share, cores 0-1
 // (extract_text asks for 2: pdfinfo beside pdftotext, the database's work beside the
@@ -252,8 +260,8 @@ async function launcherBench(pdf: Buffer, file: string, pages: number) {
       const login = mode === 'warm' && warmLogin ? await access.warmLogin(600_000) : undefined;
       const warm = mode === 'warm' ? await launcher.prestart(login?.env) : undefined;
       if (warm && !(await warm.ready)) throw new Error('the warm runner ended before it was ready');
-      // It logs in after saying ready: done before pdftotext is timed beside it (one core)
-      // and before its CPU so far is taken as "before its job".
+      // It logs in after saying ready, and warms its session (00036): done before pdftotext
+      // is timed beside it (one core) and before its CPU so far is taken as "before its job".
       if (login) await loggedIn(new URL(login.env.HD_DATABASE_URL!).username);
       const beforeMs = warm ? cpuTicks(warm.id) * TICK_MS : 0;
       const bare = await timed([...PIN, 'pdftotext', '-enc', 'UTF-8', file, '/dev/null']);
@@ -327,14 +335,18 @@ async function launcherBench(pdf: Buffer, file: string, pages: number) {
   }
 }
 
-/** Waits until a session of `role` is open and idle (a warm runner's, logged in). */
+/**
+ * Waits until a session of `role` is open and idle (a warm runner's, logged in), its
+ * warm-up done where the runner's build makes one (migration 00036).
+ */
 async function loggedIn(role: string): Promise<void> {
   const admin = await b.connect(config.HD_DATABASE_URL!);
+  const lastQuery = WARMS_SESSION ? '%hd_warm_up_session%' : '%';
   try {
     for (let tries = 0; tries < 500; tries += 1) {
       const { rows } = await admin.query(
-        `select 1 from pg_stat_activity where usename = $1 and state = 'idle'`,
-        [role],
+        `select 1 from pg_stat_activity where usename = $1 and state = 'idle' and query like $2`,
+        [role, lastQuery],
       );
       if (rows.length > 0) return;
       await new Promise((resolve) => setTimeout(resolve, 20));

@@ -58,62 +58,62 @@ async function readRecorded(path: string, parts: number, hold: boolean, pageTime
 
 describe('the text layer of a long PDF in parts', () => {
   it("splits pages into the job's CPUs' spans, none shorter than the minimum", () => {
-    expect(MIN_PAGES_PER_PART).toBe(50);
-    expect(pageSpans(200, 2)).toEqual([
+    expect(MIN_PAGES_PER_PART).toBe(100);
+    expect(pageSpans(400, 2)).toEqual([
+      [1, 200],
+      [201, 400],
+    ]);
+    expect(pageSpans(401, 2)).toEqual([
+      [1, 200],
+      [201, 401],
+    ]);
+    expect(pageSpans(300, 4)).toEqual([
       [1, 100],
       [101, 200],
+      [201, 300],
     ]);
-    expect(pageSpans(201, 2)).toEqual([
-      [1, 100],
-      [101, 201],
-    ]);
-    expect(pageSpans(150, 4)).toEqual([
-      [1, 50],
-      [51, 100],
-      [101, 150],
-    ]);
-    expect(pageSpans(99, 2)).toEqual([[1, 99]]);
+    expect(pageSpans(199, 2)).toEqual([[1, 199]]);
     expect(pageSpans(1, 2)).toEqual([[1, 1]]);
     expect(pageSpans(1000, 1)).toEqual([[1, 1000]]);
-    // The first run has printed 50 pages: it goes on in the first span, the rest shared out.
-    expect(pageSpans(200, 2, 50)).toEqual([
-      [1, 125],
-      [126, 200],
+    // The first run has printed 100 pages: it goes on in the first span, the rest shared out.
+    expect(pageSpans(400, 2, 100)).toEqual([
+      [1, 250],
+      [251, 400],
     ]);
-    // Too few pages left to be worth another run.
-    expect(pageSpans(200, 2, 120)).toEqual([[1, 200]]);
+    // Too few pages left to be worth another run: a 200-page file whose first pages are out.
+    expect(pageSpans(200, 2, 10)).toEqual([[1, 200]]);
     expect(pageSpans(200, 2, 500)).toEqual([[1, 200]]);
   });
 
   it('two pdftotexts, the first stopped at the end of its span, give the pages of one pass', async () => {
     const path = join(work, 'lang.pdf');
-    writeFileSync(path, textPdf(Array.from({ length: 120 }, (_, i) => pageWords(i + 1))));
+    writeFileSync(path, textPdf(Array.from({ length: 240 }, (_, i) => pageWords(i + 1))));
     const whole = await readRecorded(path, 1, false);
     const parts = await readRecorded(path, 2, true);
     expect(whole.ranges).toEqual(['-f 1 -l 2000']);
     // The first run starts before pdfinfo has counted the pages, the second after.
-    expect(parts.ranges).toEqual(['-f 1 -l 2000', '-f 61 -l 120']);
-    expect(parts.read.info.pages).toBe(120);
-    expect(parts.read.texts).toHaveLength(120);
+    expect(parts.ranges).toEqual(['-f 1 -l 2000', '-f 121 -l 240']);
+    expect(parts.read.info.pages).toBe(240);
+    expect(parts.read.texts).toHaveLength(240);
     expect(parts.read.texts).toEqual(whole.read.texts);
     parts.read.texts.forEach((text, i) => expect(text).toMatch(new RegExp(`^Seite ${i + 1} von`)));
     expect(parts.read.failed).toEqual([]);
   }, 60_000);
 
   it('a page that hangs poppler in the second part is skipped by its number; the rest is read', async () => {
-    const pages = Array.from({ length: 100 }, (_, i) =>
-      i === 79 ? nestedFormsPage(9) : { kind: 'text' as const, lines: wrap(pageWords(i + 1)) },
+    const pages = Array.from({ length: 200 }, (_, i) =>
+      i === 159 ? nestedFormsPage(9) : { kind: 'text' as const, lines: wrap(pageWords(i + 1)) },
     );
     const path = join(work, 'haengt-hinten.pdf');
     writeFileSync(path, makePdf(pages));
     // Seconds: a page of text comes out of pdftotext in milliseconds, even on a loaded
     // machine; the hanging page costs one limit in the pass, one read alone.
     const { read } = await readRecorded(path, 2, true, 3000);
-    expect(read.failed).toEqual([80]);
-    expect(read.texts).toHaveLength(100);
-    expect(read.texts[79]).toBe('');
+    expect(read.failed).toEqual([160]);
+    expect(read.texts).toHaveLength(200);
+    expect(read.texts[159]).toBe('');
     read.texts.forEach((text, i) => {
-      if (i !== 79) expect(text).toMatch(new RegExp(`^Seite ${i + 1} von`));
+      if (i !== 159) expect(text).toMatch(new RegExp(`^Seite ${i + 1} von`));
     });
   }, 120_000);
 });

@@ -39,9 +39,10 @@ export async function pdfInfo(path: string, lastPage: number, limits: ToolLimits
 /**
  * A part of a file's text layer read by a pdftotext of its own holds at least this many
  * pages: each run pays 20-30 ms of CPU to start and load the file before its first page,
- * which a part must earn back (bench/RESULTS.md, issue 13).
+ * which a part must earn back, and a 200-page file on 2 CPUs gained nothing in wall time
+ * from a split (bench/RESULTS.md, issue 13): files of about 220 pages and more are split.
  */
-export const MIN_PAGES_PER_PART = 50;
+export const MIN_PAGES_PER_PART = 100;
 
 /**
  * pdfinfo and the text layer at once: pdftotext starts on pages 1..maxPages while pdfinfo
