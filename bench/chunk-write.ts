@@ -26,7 +26,6 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PostgresDb } from '../control-plane/db/postgres.ts';
 import type { ChunkRow, ChunkWriteCounts } from '../control-plane/db/transport.ts';
-import { chunkText, type PageStart } from '../runner/extract/chunker.ts';
 import * as b from './lib.ts';
 
 const ACCOUNT = 'cccccccc-0000-4000-8000-00000000c4c4';
@@ -76,22 +75,6 @@ function definitionAsOf(version: string): string[] {
   );
 }
 
-/** The rows extract_text sends for these pages of one file (see handlers/extract_text.ts). */
-function chunkRows(pages: readonly string[], fileId: string): ChunkRow[] {
-  const starts: PageStart[] = [];
-  let text = '';
-  pages.forEach((page, i) => {
-    starts.push({ page: i + 1, start: text.length });
-    text += `${page}\n\n`;
-  });
-  return chunkText(text, { targetChars: 1500, overlapChars: 200 }, starts).map((chunk, i) => ({
-    ...chunk,
-    chunk_index: i,
-    file_id: fileId,
-    content_sha256: createHash('sha256').update(chunk.content).digest('hex'),
-  }));
-}
-
 /** The same text edited on every tenth page (same length: offsets stay) and 10 % shorter. */
 function editedPages(count: number): string[] {
   return Array.from({ length: Math.floor(count * 0.9) }, (_, i) =>
@@ -99,34 +82,8 @@ function editedPages(count: number): string[] {
   );
 }
 
-interface Leased {
-  jobId: string;
-  lease: string;
-  documentId: string;
-  fileId: string;
-}
-
-async function leasedDocument(db: PostgresDb): Promise<Leased> {
-  const documentId = randomUUID();
-  const job = await db.enqueueJob({
-    accountId: ACCOUNT,
-    jobType: 'extract_text',
-    debug: {},
-    documentId,
-  });
-  const { rows } = await db.pool.query<{ id: string }>(
-    `insert into hd_document_files (account_id, document_id, storage_path, mime_type)
-     values ($1, $2, $3, 'application/pdf') returning id`,
-    [ACCOUNT, documentId, `accounts/${ACCOUNT}/docs/${documentId}.pdf`],
-  );
-  const [claimed] = await db.claimJobs({ workerId: 'bench', jobId: job.id, leaseSeconds: 3600 });
-  return { jobId: job.id, lease: claimed!.lease_token!, documentId, fileId: rows[0]!.id };
-}
-
-/** CPU time the backend has used so far (ns in the first field of schedstat). */
-function backendCpuMs(pid: number): number {
-  return Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[0]) / 1e6;
-}
+type Leased = Awaited<ReturnType<typeof b.leasedDocument>>;
+const leasedDocument = (db: PostgresDb) => b.leasedDocument(db, ACCOUNT);
 
 interface Session {
   db: PostgresDb;
@@ -150,7 +107,7 @@ async function write(
   const { db, pid } = session ?? (await openSession(url));
   try {
     await db.listDocumentFiles(doc.jobId, doc.lease);
-    const cpuBefore = backendCpuMs(pid);
+    const cpuBefore = b.backendCpuMs(pid);
     const started = performance.now();
     const counts =
       definition === 'now'
@@ -162,7 +119,7 @@ async function write(
             )
           ).rows[0]!;
     const wallMs = performance.now() - started;
-    return { wallMs, cpuMs: backendCpuMs(pid) - cpuBefore, counts };
+    return { wallMs, cpuMs: b.backendCpuMs(pid) - cpuBefore, counts };
   } finally {
     if (!session) await db.close();
   }
@@ -183,7 +140,7 @@ async function rowsDigest(db: PostgresDb, documentId: string): Promise<string> {
 
 /** The runner's own share of a write: the hashes extract_text computes, and the JSON. */
 function clientSide(pages: readonly string[]) {
-  const rows = chunkRows(pages, randomUUID());
+  const rows = b.chunkRows(pages, randomUUID());
   const hashMs: number[] = [];
   const jsonMs: number[] = [];
   for (let i = 0; i < 7; i++) {
@@ -234,7 +191,7 @@ try {
         }
         const session = await openSession(database.url);
         const doc = await leasedDocument(db);
-        const rows = chunkRows(pages, doc.fileId);
+        const rows = b.chunkRows(pages, doc.fileId);
         for (let i = 0; i < WARM_UP_WRITES; i++) {
           await write(database.url, session, definition, doc, i % 2 ? rows : rows.slice(0, -1));
         }
@@ -250,13 +207,13 @@ try {
         const digests = new Map<string, string>();
         for (const definition of order) {
           const doc = await leasedDocument(db);
-          const original = chunkRows(pages, doc.fileId);
+          const original = b.chunkRows(pages, doc.fileId);
           chunkCount = original.length;
           megabytes = JSON.stringify(original).length / 1e6;
           const versions = {
             first: original,
             same: original,
-            changed: chunkRows(edited, doc.fileId),
+            changed: b.chunkRows(edited, doc.fileId),
           };
           for (const scenario of SCENARIOS) {
             const session = sessions.get(definition)!;

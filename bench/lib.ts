@@ -1,9 +1,14 @@
-import { appendFileSync } from 'node:fs';
+import { createHash, randomUUID } from 'node:crypto';
+import { appendFileSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
+import type { ClaimedJob } from '../contract/jobs.ts';
 import { migrate } from '../control-plane/db/migrate.ts';
+import type { PostgresDb } from '../control-plane/db/postgres.ts';
+import type { ChunkRow } from '../control-plane/db/transport.ts';
+import { chunkText, type PageStart } from '../runner/extract/chunker.ts';
 import { startEmbeddedPostgres } from '../control-plane/embedded-postgres.ts';
 
 export interface BenchDatabase {
@@ -110,4 +115,44 @@ export function pageText(i: number): string {
     'Every figure was checked twice, and the totals agree with the ledger.',
   ];
   return Array.from({ length: 8 }, () => sentences.join(' ')).join(' ');
+}
+
+/** The rows extract_text writes for these pages of one file (see handlers/extract_text.ts). */
+export function chunkRows(pages: readonly string[], fileId: string): ChunkRow[] {
+  const starts: PageStart[] = [];
+  let text = '';
+  pages.forEach((page, i) => {
+    starts.push({ page: i + 1, start: text.length });
+    text += `${page}\n\n`;
+  });
+  return chunkText(text, { targetChars: 1500, overlapChars: 200 }, starts).map((chunk, i) => ({
+    ...chunk,
+    chunk_index: i,
+    file_id: fileId,
+    content_sha256: createHash('sha256').update(chunk.content).digest('hex'),
+  }));
+}
+
+/** A new one-file document of `account` and an extract_text job of it, claimed. */
+export async function leasedDocument(db: PostgresDb, account: string, workerId = 'bench') {
+  const documentId = randomUUID();
+  const queued = await db.enqueueJob({
+    accountId: account,
+    jobType: 'extract_text',
+    debug: {},
+    documentId,
+  });
+  const { rows } = await db.pool.query<{ id: string }>(
+    `insert into hd_document_files (account_id, document_id, storage_path, mime_type)
+     values ($1, $2, $3, 'application/pdf') returning id`,
+    [account, documentId, `accounts/${account}/docs/${documentId}.pdf`],
+  );
+  const [claimed] = await db.claimJobs({ workerId, jobId: queued.id, leaseSeconds: 3600 });
+  const job = claimed as ClaimedJob;
+  return { job, jobId: job.id, lease: job.lease_token!, documentId, fileId: rows[0]!.id };
+}
+
+/** CPU time a server process has used so far (ns in the first field of schedstat). */
+export function backendCpuMs(pid: number): number {
+  return Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[0]) / 1e6;
 }

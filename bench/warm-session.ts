@@ -13,16 +13,9 @@
  *   node bench/warm-session.ts   # HD_BENCH_PAGES=200,1000 HD_BENCH_ROUNDS=7
  *                                # HD_BENCH_MODES=cold,functions,sample:400,sample:800
  */
-import { createHash, randomUUID } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import type { ClaimedJob } from '../contract/jobs.ts';
 import { loadConfig } from '../control-plane/config.ts';
 import { PostgresDb, WARM_UP_SAMPLE_ROWS, warmUpSample } from '../control-plane/db/postgres.ts';
 import { RunnerAccess } from '../scheduler/runner-access.ts';
-import { chunkText, type PageStart } from '../runner/extract/chunker.ts';
 import * as b from './lib.ts';
 
 const ACCOUNT = 'cccccccc-0000-4000-8000-00000000c4c4';
@@ -33,28 +26,7 @@ const MODES = (
 ).split(',');
 const RESOURCES = { gpu: false, memoryMb: 2048, cpus: 2, timeoutMs: 600_000 };
 
-/** The chunk rows extract_text writes for `pages` (the chunker's defaults), of `fileId`. */
-function chunkRows(pages: readonly string[], fileId: string) {
-  const starts: PageStart[] = [];
-  let text = '';
-  pages.forEach((page, i) => {
-    starts.push({ page: i + 1, start: text.length });
-    text += `${page}\n\n`;
-  });
-  return chunkText(text, { targetChars: 1500, overlapChars: 200 }, starts).map((chunk, i) => ({
-    ...chunk,
-    chunk_index: i,
-    file_id: fileId,
-    content_sha256: createHash('sha256').update(chunk.content).digest('hex'),
-  }));
-}
-
-/** CPU time a backend has used so far (ns in the first field of schedstat). */
-const backendCpuMs = (pid: number) =>
-  Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[0]) / 1e6;
-
 const database = await b.startBenchDatabase();
-const work = await mkdtemp(join(tmpdir(), 'hd-bench-warm-session-'));
 const config = loadConfig({ HD_DATABASE_URL: database.url, HD_WORKER_ID: 'bench-warm-session' });
 const db = new PostgresDb({ connectionString: database.url, listenConnectionString: null });
 const access = new RunnerAccess(config, db);
@@ -89,7 +61,6 @@ try {
 } finally {
   await db.close();
   await database.stop();
-  await rm(work, { recursive: true, force: true });
 }
 
 /** One warm runner's session, warmed as `mode` says, then one job's calls on it. */
@@ -107,50 +78,33 @@ async function oneJob(mode: string, pages: readonly string[]) {
     let warmUpCpu = 0;
     try {
       pid = (await client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid;
-      const before = backendCpuMs(pid);
+      const before = b.backendCpuMs(pid);
       if (mode !== 'cold') {
         const rows = mode.startsWith('sample:') ? Number(mode.slice('sample:'.length)) : 0;
         await client.query('select public.hd_warm_up_session($1::jsonb)', [
           rows > 0 ? warmUpSample(rows) : null,
         ]);
       }
-      warmUpCpu = backendCpuMs(pid) - before;
+      warmUpCpu = b.backendCpuMs(pid) - before;
     } finally {
       client.release();
     }
 
-    const documentId = randomUUID();
-    const queued = await db.enqueueJob({
-      accountId: ACCOUNT,
-      jobType: 'extract_text',
-      debug: {},
-      documentId,
-    });
-    const { rows } = await db.pool.query<{ id: string }>(
-      `insert into hd_document_files (account_id, document_id, storage_path, mime_type)
-       values ($1, $2, $3, 'application/pdf') returning id`,
-      [ACCOUNT, documentId, `accounts/${ACCOUNT}/documents/${documentId}/text.pdf`],
-    );
-    const [job] = await db.claimJobs({
-      workerId: 'bench-warm-session',
-      jobId: queued.id,
-      leaseSeconds: 300,
-    });
-    await access.envFor(job as ClaimedJob, RESOURCES, login);
-    const lease = job!.lease_token!;
-    const chunks = chunkRows(pages, rows[0]!.id);
+    const { job, jobId, lease, fileId } = await b.leasedDocument(db, ACCOUNT, 'bench-warm-session');
+    await access.envFor(job, RESOURCES, login);
+    const chunks = b.chunkRows(pages, fileId);
 
-    const mark = () => ({ cpu: backendCpuMs(pid), wall: performance.now() });
+    const mark = () => ({ cpu: b.backendCpuMs(pid), wall: performance.now() });
     const t0 = mark();
-    await session.adoptLease(queued.id, lease, 300);
+    await session.adoptLease(jobId, lease, 300);
     const t1 = mark();
-    await session.reportProgress(queued.id, lease, 0, 'initializing');
-    await session.listDocumentFiles(queued.id, lease);
-    await session.reportProgress(queued.id, lease, 10, 'processing');
+    await session.reportProgress(jobId, lease, 0, 'initializing');
+    await session.listDocumentFiles(jobId, lease);
+    await session.reportProgress(jobId, lease, 10, 'processing');
     const t2 = mark();
-    const counts = await session.replaceDocumentChunks(queued.id, lease, chunks);
+    const counts = await session.replaceDocumentChunks(jobId, lease, chunks);
     const t3 = mark();
-    await session.completeJob(queued.id, lease, { chunks: chunks.length });
+    await session.completeJob(jobId, lease, { chunks: chunks.length });
     const t4 = mark();
     if (counts.inserted !== chunks.length) throw new Error(`wrote ${JSON.stringify(counts)}`);
     return {
