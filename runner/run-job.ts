@@ -119,9 +119,14 @@ export async function runJob(options: RunJobOptions): Promise<RunOutcome> {
   }, leaseMs / 3);
 
   let timeout: NodeJS.Timeout | undefined;
-  const workDir = await workDirMade;
   const started = performance.now();
   try {
+    // Awaited here: a folder that cannot be made (a full disk) fails the job, recorded.
+    const workDir = await workDirMade.catch((error: unknown) => {
+      throw new HdError('INTERNAL_ERROR', 'the runner could not make a scratch folder', {
+        cause: error,
+      });
+    });
     const handler = await resolveHandler(job);
     timeout = setTimeout(
       () =>
@@ -169,11 +174,11 @@ export async function runJob(options: RunJobOptions): Promise<RunOutcome> {
     clearInterval(heartbeat);
     clearTimeout(timeout);
     options.interrupt?.removeEventListener('abort', onInterrupt);
-    await rm(workDir, { recursive: true, force: true });
+    await removeWorkDir(workDirMade);
   }
 }
 
-/** A scratch folder made for a job that does not run here: removed, if it was made at all. */
+/** A job's scratch folder: removed, if it was made at all. */
 async function removeWorkDir(made: Promise<string>): Promise<void> {
   await made.then(
     (dir) => rm(dir, { recursive: true, force: true }),

@@ -1,4 +1,5 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ChunkRow } from '../control-plane/db/transport.ts';
 import { createTestDatabase, type TestDatabase } from './helpers/database.ts';
@@ -177,6 +178,76 @@ describe('hd_replace_document_chunks: writes', () => {
     ]);
     expect(await doc.write(rows)).toEqual({ inserted: 1, updated: 0, unchanged: 4, deleted: 0 });
     expect((await rowStates(doc.documentId)).map((r) => r.chunk_index)).toEqual([0, 1, 2, 3, 4]);
+  });
+
+  it('leaves a row written by hand with a negative index alone, and writes every chunk', async () => {
+    const doc = await leasedDocument();
+    const rows = chunks(3, doc.files[0]!);
+    await t.sql.query(
+      `insert into hd_asset_chunks (account_id, document_id, chunk_index, content)
+       values ($1, $2, -1, 'by hand'), ($1, $2, 1, 'old')`,
+      [ACCOUNT_A, doc.documentId],
+    );
+    expect(await doc.write(rows)).toEqual({ inserted: 2, updated: 1, unchanged: 0, deleted: 0 });
+    const { rows: stored } = await t.sql.query<{ chunk_index: number; content: string }>(
+      'select chunk_index, content from hd_asset_chunks where document_id = $1 order by 1',
+      [doc.documentId],
+    );
+    expect(stored).toEqual([
+      { chunk_index: -1, content: 'by hand' },
+      ...rows.map((r) => ({ chunk_index: r.chunk_index, content: r.content })),
+    ]);
+  });
+
+  it('two jobs writing one document at once take turns: the later write stands whole', async () => {
+    const a = await leasedDocument();
+    const old = (i: number) => `Old ${i}. `.repeat(40);
+    await a.write(chunks(3, a.files[0]!, old));
+    // A second job of the same document writes first, and has not committed yet.
+    const queued = await t.db.enqueueJob({
+      accountId: ACCOUNT_A,
+      jobType: 'extract_text',
+      debug: {},
+      documentId: a.documentId,
+    });
+    const [b] = await t.db.claimJobs({ workerId: 'w', jobId: queued.id, leaseSeconds: 600 });
+    const other = new pg.Client(t.url);
+    await other.connect();
+    try {
+      const pid = (await other.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!
+        .pid;
+      await other.query('begin');
+      await other.query('select * from public.hd_replace_document_chunks($1, $2, $3::jsonb)', [
+        b!.id,
+        b!.lease_token,
+        JSON.stringify(chunks(5, a.files[0]!, (i) => `B ${i}. `.repeat(40))),
+      ]);
+      // The first job's re-run: its old three chunks and two more.
+      const mine = chunks(5, a.files[0]!, (i) => (i < 3 ? old(i) : `A ${i}. `.repeat(40)));
+      const writing = a.write(mine);
+      await expect
+        .poll(
+          async () =>
+            (
+              await t.sql.query(
+                `select 1 from pg_stat_activity where pid <> $1 and wait_event_type = 'Lock'
+                    and query like '%hd_replace_document_chunks%'`,
+                [pid],
+              )
+            ).rows.length,
+          { timeout: 60_000, interval: 20 },
+        )
+        .toBe(1);
+      await other.query('commit');
+      await writing;
+      const { rows } = await t.sql.query<{ content: string }>(
+        'select content from hd_asset_chunks where document_id = $1 order by chunk_index',
+        [a.documentId],
+      );
+      expect(rows.map((r) => r.content)).toEqual(mine.map((c) => c.content));
+    } finally {
+      await other.end();
+    }
   });
 
   it('reads p_chunks from a table column a few times, not once per chunk', async () => {

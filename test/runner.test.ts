@@ -161,6 +161,24 @@ describe('hd-runner run', () => {
     expect(await readdir(work)).toEqual([]);
   });
 
+  it('records a failure, not a hung lease, when its scratch folder cannot be made', async () => {
+    const job = await importJob('no-scratch.jsonl', [
+      { title: 'T', source_type: 's', source_ref: 'run-no-scratch' },
+    ]);
+    const outcome = await runJob({
+      db: t.db,
+      storage: new FsStorage(root),
+      config: testConfig(t.url, root, { HD_WORK_DIR: `${root}/no-such-folder` }),
+      log,
+      jobId: job.id,
+    });
+    expect(outcome.outcome).toBe('retrying');
+    const row = await t.db.getJob(job.id);
+    expect(row).toMatchObject({ status: 'queued', lease_token: null });
+    expect(row?.error).toMatch(/could not make a scratch folder/);
+    expect(row?.error).not.toContain(root);
+  });
+
   it('hands the job back, attempt not spent, when interrupted', async () => {
     const job = await importJob('interrupted.jsonl', [
       { title: 'T', source_type: 's', source_ref: 'run-int' },

@@ -11,7 +11,9 @@
 -- Now: each chunk is read in place (p_chunks -> i) by the one statement that writes it;
 -- the stored rows are read in index order and rewritten only where their chunk differs;
 -- only positions past the stored ones go through the upsert; new rows get UUIDv7 ids.
--- (So a re-run no longer locks the rows it leaves as they are.)
+-- (So a re-run no longer locks the rows it leaves as they are; writers of one document
+-- take turns instead, by an advisory lock held to their commit.) Rows written by hand with
+-- a negative chunk_index are left alone, as 00020 left them.
 -- Same signature, counts, errors and effect as 00020 (test/chunk-write.test.ts). One
 -- difference: where a call has a bad chunk_index or file AND a malformed value in an
 -- earlier chunk (a non-number page, a null content), the malformed value's error can come
@@ -89,6 +91,11 @@ begin
   if v_job.document_id is null then
     raise exception 'job % has no document_id', p_job_id using errcode = '22023';
   end if;
+  -- One writer of a document's chunks at a time, until it commits: the statements below
+  -- then see the last writer's rows. Without it, two jobs of one document writing at once
+  -- could leave a mix of both (rows one found unchanged are read without a lock).
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended(
+    'hd_asset_chunks ' || v_job.account_id::text || ' ' || v_job.document_id::text, 0));
   select coalesce(array_agg(f.id), '{}') into v_files
     from public.hd_document_files f
    where f.account_id = v_job.account_id and f.document_id = v_job.document_id;
@@ -109,7 +116,7 @@ begin
                  (e ->> 'seconds_end')::numeric(12, 3), e ->> 'content_sha256', p_now
             from (select p_chunks -> c.chunk_index as e offset 0) as chunk)
    where c.account_id = v_job.account_id and c.document_id = v_job.document_id
-     and c.chunk_index < v_count
+     and c.chunk_index >= 0 and c.chunk_index < v_count
      and (select ((e ->> 'chunk_index')::integer is not distinct from c.chunk_index
                   and ((e ->> 'file_id') is null or (e ->> 'file_id')::uuid = any (v_files))
                   or public.hd__check_document_chunks(p_chunks, v_job.account_id,
@@ -128,7 +135,8 @@ begin
   -- they are not (a row removed by hand), every chunk goes through the upsert, as in 00020.
   select count(*), max(c.chunk_index) into v_stored, v_last_stored
     from public.hd_asset_chunks c
-   where c.account_id = v_job.account_id and c.document_id = v_job.document_id;
+   where c.account_id = v_job.account_id and c.document_id = v_job.document_id
+     and c.chunk_index >= 0;
   if v_last_stored is distinct from v_stored - 1 then
     v_stored := 0;
   end if;
