@@ -78,6 +78,15 @@ export function expectations(
       e.set(zero, { refused: exactly(`Could not find the function public.${fn.name} without`) });
       continue;
     }
+    if (fn.name === 'hd_warm_up_session') {
+      // A warm runner's warm-up (00036) takes no job: it calls the job functions with none,
+      // and every one of those six calls is refused inside it; nothing is reached.
+      e.set(
+        zero,
+        ok((r) => r === 6 || Object.values(rows(r)[0] ?? {})[0] === 6, 'six refusals'),
+      );
+      continue;
+    }
     if (!LEASE_FUNCTIONS.includes(fn.name)) {
       e.set(zero, { refused: exactly(`permission denied for function ${fn.name}`) });
       continue;
