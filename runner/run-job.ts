@@ -26,6 +26,7 @@ import type { Handler, HandlerContext } from './handler.ts';
 import { loadHandler } from './handlers/load.ts';
 import { LlmClient, llmSettings } from './llm/client.ts';
 import { phaseOf, ProgressSender } from './progress-sender.ts';
+import { Backoff, sleep } from '../scheduler/retry.ts';
 
 export type RunOutcome =
   | { outcome: 'completed'; job: Job }
@@ -150,7 +151,7 @@ export async function runJob(options: RunJobOptions): Promise<RunOutcome> {
     await raceAbort(progress.flush(), controller.signal);
     let done: Job;
     try {
-      done = await db.completeJob(job.id, job.lease_token, {
+      done = await completeJob(options, job, log, leaseMs - (performance.now() - leaseRenewedAt), {
         ...stats,
         duration_ms: stats.duration_ms ?? Math.round(performance.now() - started),
         attempt: job.attempts,
@@ -175,6 +176,37 @@ export async function runJob(options: RunJobOptions): Promise<RunOutcome> {
     clearTimeout(timeout);
     options.interrupt?.removeEventListener('abort', onInterrupt);
     await removeWorkDir(workDirMade);
+  }
+}
+
+/**
+ * Records the job completed. Where the database drops the answer (it restarts, the
+ * connection breaks), the commit may have happened or not: the call is made again while
+ * the lease lasts (`leftMs`), and the lease that completed the job gets the completed row
+ * (00037), so a completion is never taken for a lost database.
+ */
+async function completeJob(
+  { db }: RunJobOptions,
+  job: LeasedJob,
+  log: Logger,
+  leftMs: number,
+  stats: Record<string, unknown>,
+): Promise<Job> {
+  const until = performance.now() + leftMs;
+  const backoff = new Backoff(100, 2000);
+  for (let tries = 1; ; tries++) {
+    try {
+      const done = await db.completeJob(job.id, job.lease_token, stats);
+      if (tries > 1) log.info({ tries }, 'the completion was recorded once the database was back');
+      return done;
+    } catch (error) {
+      const pause = backoff.next();
+      if (toHdError(error).code !== 'DATABASE_UNAVAILABLE' || performance.now() + pause >= until)
+        throw error;
+      if (tries === 1)
+        log.warn({ err: error }, 'no answer to the completion; asking again until the lease ends');
+      await sleep(pause);
+    }
   }
 }
 

@@ -88,6 +88,41 @@ describe('a runner that loses the database mid-job', () => {
     });
   }, 120_000);
 
+  it('`hd-runner run` whose completion lost its answer asks again: completed once, said once, exit 0', async () => {
+    // The commit happens; the reply never comes back (the connection drops on its way).
+    const path = `accounts/${ACCOUNT_A}/assets-jsonl/answer-lost.jsonl`;
+    await putObject(
+      root,
+      'hd_uploads_raw',
+      path,
+      jsonl([{ title: 't', source_type: 'test', source_ref: 'lost-1' }]),
+    );
+    const job = await t.db.enqueueJob({
+      accountId: ACCOUNT_A,
+      jobType: 'import_assets_jsonl',
+      debug: { path, next_stages: ['text2kg'] },
+    });
+    const dropped = relay.dropAnswerTo('hd_complete_job(');
+    const result = await execa(process.execPath, ['cli/main.ts', 'run', '--job-id', job.id], {
+      env: { PATH: process.env.PATH ?? '', ...configToEnv(config()) },
+      extendEnv: false,
+      reject: false,
+    });
+    await dropped;
+    expect(result.exitCode, result.stderr).toBe(EXIT_CODES.completed);
+    const said = (message: string) =>
+      result.stderr.split('\n').filter((line) => line.includes(`"msg":"${message}"`)).length;
+    expect(said('no answer to the completion; asking again until the lease ends')).toBe(1);
+    expect(said('job completed')).toBe(1);
+    expect(await t.db.getJob(job.id)).toMatchObject({ status: 'completed', attempts: 1 });
+    // Its next stage queued once, though the completion was asked for twice.
+    const { rows } = await t.sql.query(
+      `select job_type from hd_ingestion_jobs where debug #>> '{pipeline,parent_job_id}' = $1`,
+      [job.id],
+    );
+    expect(rows).toEqual([{ job_type: 'text2kg' }]);
+  }, 120_000);
+
   it('`hd-runner run` handed a lease while the database is down exits 14, not a crash', async () => {
     const job = await importJob('at-start');
     const [claimed] = await t.db.claimJobs({ workerId: 'w', jobId: job.id, leaseSeconds: 60 });

@@ -1,4 +1,5 @@
 import { createServer, connect, type Server, type Socket } from 'node:net';
+import { Transform } from 'node:stream';
 import { rm } from 'node:fs/promises';
 
 /**
@@ -12,6 +13,12 @@ export interface OutageRelay {
   down(): Promise<void>;
   up(): Promise<void>;
   close(): Promise<void>;
+  /**
+   * The next request that holds `marker` reaches the service, but its answer does not: the
+   * connection drops as the first bytes of it come back (a restart between a commit and
+   * its reply). Resolves once it was dropped. The relay stays up.
+   */
+  dropAnswerTo(marker: string): Promise<void>;
 }
 
 type Endpoint = { host: string; port: number } | { path: string };
@@ -19,6 +26,7 @@ type Endpoint = { host: string; port: number } | { path: string };
 async function startRelay(target: Endpoint, listenOn: Endpoint): Promise<OutageRelay> {
   const sockets = new Set<Socket>();
   let server: Server | undefined;
+  let dropAnswer: { marker: Buffer; dropped: () => void } | undefined;
   const up = async () => {
     if (server) return;
     if ('path' in listenOn) await rm(listenOn.path, { force: true });
@@ -32,7 +40,23 @@ async function startRelay(target: Endpoint, listenOn: Endpoint): Promise<OutageR
           upstream.destroy();
         });
       }
-      client.pipe(upstream).pipe(client);
+      let answerDropped: (() => void) | undefined;
+      client.on('data', (chunk: Buffer) => {
+        if (dropAnswer && chunk.includes(dropAnswer.marker)) {
+          answerDropped = dropAnswer.dropped;
+          dropAnswer = undefined;
+        }
+      });
+      const answers = new Transform({
+        transform(chunk: Buffer, _encoding, next) {
+          if (!answerDropped) return next(null, chunk);
+          client.destroy();
+          upstream.destroy();
+          answerDropped();
+          next();
+        },
+      });
+      client.pipe(upstream).pipe(answers).pipe(client);
     });
     server = s;
     await new Promise<void>((resolve) =>
@@ -51,8 +75,10 @@ async function startRelay(target: Endpoint, listenOn: Endpoint): Promise<OutageR
     for (const s of sockets) s.destroy();
     await closed;
   };
+  const dropAnswerTo = (marker: string) =>
+    new Promise<void>((dropped) => (dropAnswer = { marker: Buffer.from(marker), dropped }));
   await up();
-  return { up, down, close: down };
+  return { up, down, close: down, dropAnswerTo };
 }
 
 /**

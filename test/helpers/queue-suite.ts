@@ -284,6 +284,54 @@ export function describeQueueSuite(name: string, open: () => Promise<QueueSuiteT
         expect(done.finished_at).toBeInstanceOf(Date);
       });
 
+      it('answers a completion asked again by the lease that completed it with the row, once (00037)', async () => {
+        // A runner whose first answer was lost (the connection dropped after the commit).
+        const job = await t.db.enqueueJob({
+          accountId: ACCOUNT_A,
+          jobType: 'import_assets_jsonl',
+          debug: { path: 'x', next_stages: ['text2kg'] },
+        });
+        const claimed = await claimOne(job.id);
+        const first = await t.db.completeJob(job.id, claimed.lease_token, { lines: 3 });
+        const again = await t.db.completeJob(job.id, claimed.lease_token, { lines: 9 });
+        expect(again).toEqual(first); // stats, finish time and next stage as the first call left them
+        const next = await at(
+          `select count(*)::int as n from hd_ingestion_jobs where debug #>> '{pipeline,parent_job_id}' = $1`,
+          [job.id],
+        );
+        expect(next).toEqual([{ n: 1 }]);
+        // Anyone else is refused, as before.
+        const stranger = await errorOf(
+          t.db.completeJob(job.id, '00000000-0000-4000-8000-000000000000', {}),
+        );
+        expect(stranger.code).toBe('LEASE_LOST');
+
+        // A lease that ended any other way completes nothing.
+        const failed = await claimOne((await enqueue({ maxAttempts: 1 })).id);
+        await t.db.failJob(failed.id, failed.lease_token, {
+          code: 'INVALID_INPUT',
+          message: 'bad',
+          retryable: false,
+        });
+        expect((await errorOf(t.db.completeJob(failed.id, failed.lease_token, {}))).code).toBe(
+          'LEASE_LOST',
+        );
+        expect(await t.db.getJob(failed.id)).toMatchObject({ status: 'failed' });
+
+        // Requeued and claimed again: the old lease is not the one that ended last any more.
+        const redone = await claimOne((await enqueue()).id);
+        await t.db.completeJob(redone.id, redone.lease_token, {});
+        await t.db.requeueJob(redone.id);
+        const second = await claimOne(redone.id, 'w2');
+        expect((await errorOf(t.db.completeJob(redone.id, redone.lease_token, {}))).code).toBe(
+          'LEASE_LOST',
+        );
+        expect(await t.db.getJob(redone.id)).toMatchObject({
+          status: 'running',
+          lease_token: second.lease_token,
+        });
+      });
+
       it('retries a retryable failure after a backoff until max_attempts, then fails', async () => {
         const job = await enqueue({ maxAttempts: 3, jobType: 'retry_probe' });
         let now = 0; // minutes from the real now, moved forward by hand
