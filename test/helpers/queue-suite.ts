@@ -268,6 +268,35 @@ export function describeQueueSuite(name: string, open: () => Promise<QueueSuiteT
         }
         expect(await progressOf(job.id)).toEqual({ percent: 20, step: 'processing:1/4' });
       });
+
+      it("commits a report without waiting for the WAL flush, and only the report's (00038)", async () => {
+        const job = await claimOne((await enqueue()).id);
+        const session = await t.sql.connect(); // one session, as a runner's connection
+        const setting = async () =>
+          (await session.query<{ s: string }>("select current_setting('synchronous_commit') as s"))
+            .rows[0]!.s;
+        try {
+          await session.query('begin');
+          await session.query('select public.hd_report_progress($1, $2, 10, $3)', [
+            job.id,
+            job.lease_token,
+            'downloading',
+          ]);
+          expect(await setting()).toBe('off');
+          await session.query('commit');
+          // The session's next call (a chunk write, the completion) commits durably.
+          expect(await setting()).toBe('on');
+          await session.query('select public.hd_report_progress($1, $2, 20, $3)', [
+            job.id,
+            job.lease_token,
+            'processing',
+          ]);
+          expect(await setting()).toBe('on');
+        } finally {
+          session.release();
+        }
+        expect(await progressOf(job.id)).toEqual({ percent: 20, step: 'processing' });
+      });
     });
 
     describe('complete, fail, retry', () => {
