@@ -1,4 +1,4 @@
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -24,14 +24,27 @@ const limits = () => ({
 const pageWords = (num: number) => `Seite ${num} von vielen. ${GERMAN}`;
 
 /**
- * readPages with pdftotext's page ranges, as `-f F -l L`, recorded by a wrapper; `hold`:
- * the run from page 1 waits until another has started (at most 60 s: a split that never
- * comes then shows in the ranges, not as a hang).
+ * readPages with pdftotext's page ranges, as `-f F -l L`, and pdfinfo's runs recorded by
+ * wrappers; `hold`: the run from page 1 waits until another has started (at most 60 s: a
+ * split that never comes then shows in the ranges, not as a hang). `countFirst`: pdfinfo
+ * counts the pages beside the first run whatever the file (readPages' `withoutPdfinfo`
+ * false), as for a big file; a split needs the count.
  */
-async function readRecorded(path: string, parts: number, hold: boolean, pageTimeoutMs = 60_000) {
+async function readRecorded(
+  path: string,
+  parts: number,
+  hold: boolean,
+  { pageTimeoutMs = 60_000, countFirst = true, maxPages = 2000 } = {},
+) {
   const bin = mkdtempSync(join(work, 'bin-'));
   const log = join(bin, 'ranges.log');
+  const infoLog = join(bin, 'pdfinfo.log');
   const second = join(bin, 'second-started');
+  writeFileSync(
+    join(bin, 'pdfinfo'),
+    ['#!/bin/sh', `echo "$*" >> '${infoLog}'`, `exec '${findTool('pdfinfo')}' "$@"`].join('\n'),
+  );
+  chmodSync(join(bin, 'pdfinfo'), 0o755);
   writeFileSync(
     join(bin, 'pdftotext'),
     [
@@ -48,9 +61,20 @@ async function readRecorded(path: string, parts: number, hold: boolean, pageTime
   const path0 = process.env.PATH;
   process.env.PATH = `${bin}:${path0}`;
   try {
-    const read = await readPages(path, 2000, limits(), pageTimeoutMs, () => undefined, parts);
+    const read = await readPages(
+      path,
+      maxPages,
+      limits(),
+      pageTimeoutMs,
+      (pages) => {
+        if (pages > maxPages) throw new Error(`${pages} pages, more than ${maxPages}`);
+      },
+      parts,
+      !countFirst,
+    );
     const ranges = readFileSync(log, 'utf8').trim().split('\n').sort();
-    return { read, ranges };
+    const infoRuns = existsSync(infoLog) ? readFileSync(infoLog, 'utf8').trim().split('\n') : [];
+    return { read, ranges, infoRuns };
   } finally {
     process.env.PATH = path0;
   }
@@ -108,12 +132,73 @@ describe('the text layer of a long PDF in parts', () => {
     writeFileSync(path, makePdf(pages));
     // Seconds: a page of text comes out of pdftotext in milliseconds, even on a loaded
     // machine; the hanging page costs one limit in the pass, one read alone.
-    const { read } = await readRecorded(path, 2, true, 3000);
+    const { read } = await readRecorded(path, 2, true, { pageTimeoutMs: 3000 });
     expect(read.failed).toEqual([160]);
     expect(read.texts).toHaveLength(200);
     expect(read.texts[159]).toBe('');
     read.texts.forEach((text, i) => {
       if (i !== 159) expect(text).toMatch(new RegExp(`^Seite ${i + 1} von`));
     });
+  }, 120_000);
+});
+
+describe('the text layer of a small PDF, without pdfinfo', () => {
+  const pdfOf = (name: string, pages: number, extra = '') => {
+    const path = join(work, name);
+    const pdf = textPdf(Array.from({ length: pages }, (_, i) => pageWords(i + 1)));
+    writeFileSync(path, Buffer.concat([pdf, Buffer.from(extra, 'latin1')]));
+    return path;
+  };
+
+  it('counts the pages pdftotext printed: one run, no pdfinfo, the same pages as with it', async () => {
+    const path = pdfOf('klein.pdf', 12);
+    const alone = await readRecorded(path, 2, false, { countFirst: false });
+    const counted = await readRecorded(path, 2, false);
+    expect(alone.infoRuns).toEqual([]);
+    expect(alone.ranges).toEqual(['-f 1 -l 2000']);
+    expect(alone.read.info.pages).toBe(12);
+    expect(alone.read.texts).toEqual(counted.read.texts);
+    expect(counted.infoRuns).toHaveLength(1);
+    expect(counted.read.info.pages).toBe(12);
+  }, 60_000);
+
+  it('asks pdfinfo where the bytes could hold an XFA form, or pdftotext stopped at the limit', async () => {
+    // A comment naming /XFA after the end of the file: pdfinfo says whether it is a form.
+    const named = await readRecorded(pdfOf('xfa-genannt.pdf', 3, '\n% /XFA\n'), 1, false, {
+      countFirst: false,
+    });
+    expect(named.infoRuns).toHaveLength(1);
+    expect(named.read.info).toMatchObject({ pages: 3, xfa: false });
+    // Exactly the limit: pdftotext cannot tell whether more pages follow, pdfinfo can.
+    const full = await readRecorded(pdfOf('voll.pdf', 5), 1, false, {
+      countFirst: false,
+      maxPages: 5,
+    });
+    expect(full.infoRuns).toHaveLength(1);
+    expect(full.read.info.pages).toBe(5);
+    expect(full.read.texts).toHaveLength(5);
+    // More: refused by the count, not cut at the limit.
+    await expect(
+      readRecorded(pdfOf('zu-lang.pdf', 7), 1, false, { countFirst: false, maxPages: 5 }),
+    ).rejects.toThrow('7 pages, more than 5');
+  }, 60_000);
+
+  it('a last page that hangs poppler is skipped; the count from pdfinfo ends the passes there', async () => {
+    const pages = Array.from({ length: 6 }, (_, i) =>
+      i === 5 ? nestedFormsPage(9) : { kind: 'text' as const, lines: wrap(pageWords(i + 1)) },
+    );
+    const path = join(work, 'haengt-am-ende.pdf');
+    writeFileSync(path, makePdf(pages));
+    const { read, infoRuns } = await readRecorded(path, 1, false, {
+      pageTimeoutMs: 3000,
+      countFirst: false,
+    });
+    expect(infoRuns).toHaveLength(1);
+    expect(read.info.pages).toBe(6);
+    expect(read.failed).toEqual([6]);
+    expect(read.texts).toHaveLength(6);
+    read.texts
+      .slice(0, 5)
+      .forEach((text, i) => expect(text).toMatch(new RegExp(`^Seite ${i + 1} von`)));
   }, 120_000);
 });

@@ -3,7 +3,15 @@ import type { PageStart } from './chunker.ts';
 import { ocrPageDpi, ocrPdfPage, type ScriptSkip, scriptSkipError } from './ocr.ts';
 import { judgePageText } from './page-quality.ts';
 import { damagedPdf, isDamagedPdf, passwordProtected } from './pdf-errors.ts';
-import { imagesOnPages, type PageImages, PdfPasswordError, readPages } from './poppler.ts';
+import {
+  imagesOnPages,
+  type PageCount,
+  type PageImages,
+  PdfPasswordError,
+  pdfInfo,
+  type PdfInfo,
+  readPages,
+} from './poppler.ts';
 import { joinPages, normalizeText, visibleLength } from './text.ts';
 import { isToolGiveUp, ToolFailure, type ToolLimits } from './tools.ts';
 
@@ -147,8 +155,12 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
   const ocrDpis = new Map<number, number>();
   const ocrScriptLanguages = new Map<number, string>();
   await settings.onProgress(done, total);
+  const sizes =
+    toOcr.length > 0
+      ? await pageSizes(path, layer.info, toOcr, limits(`${name}: reading the page sizes`))
+      : undefined;
   await forEachLimit(toOcr, settings.cpus, settings.signal, async (num) => {
-    const dpi = ocrPageDpi(layer.info?.sizes.get(num), images.get(num), settings.ocrDpi);
+    const dpi = ocrPageDpi(sizes?.get(num), images.get(num), settings.ocrDpi);
     ocrDpis.set(num, dpi);
     try {
       const read = await ocrPdfPage(path, num, name, {
@@ -197,6 +209,27 @@ export async function extractPdf(path: string, settings: PdfSettings): Promise<P
     ocrScriptLanguages,
     parserPeakRssKb,
   };
+}
+
+/**
+ * The sizes of the pages to OCR (they choose each page's resolution): pdfinfo's, read now
+ * where readPages did without it; undefined where unknown (pdf-parse read the file, or
+ * pdfinfo failed: OCR at the configured resolution).
+ */
+async function pageSizes(
+  path: string,
+  info: PageCount | undefined,
+  pages: readonly number[],
+  limits: ToolLimits,
+): Promise<PdfInfo['sizes'] | undefined> {
+  if (!info || info.sizes) return info?.sizes;
+  return pdfInfo(path, Math.max(...pages), limits).then(
+    (read) => read.sizes,
+    (error: unknown) => {
+      if (limits.signal.aborted) throw error;
+      return undefined;
+    },
+  );
 }
 
 /** The raw text layer of every page: poppler, or pdf-parse where poppler fails on the file. */

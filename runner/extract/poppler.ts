@@ -1,3 +1,4 @@
+import { open } from 'node:fs/promises';
 import { StringDecoder } from 'node:string_decoder';
 import { HdError } from '../../contract/errors.ts';
 import {
@@ -45,13 +46,30 @@ export async function pdfInfo(path: string, lastPage: number, limits: ToolLimits
 export const MIN_PAGES_PER_PART = 100;
 
 /**
- * pdfinfo and the text layer at once: pdftotext starts on pages 1..maxPages while pdfinfo
- * counts them (one process start less to wait for, 10-40 ms a file, issue 13), and is
- * stopped when pdfinfo fails, finds no pages, or `check` refuses the count. With `parts`
- * > 1 (the job's CPUs), the pages that first run has not printed by then are shared out:
- * it goes on to the end of its share and is stopped there, and a pdftotext of its own
- * reads each other share, all at once. Pages come out the same either way (poppler reads
- * each page on its own); `limits.timeoutMs` bounds them all together.
+ * Files up to this size whose bytes name no XFA form are read without pdfinfo beside
+ * pdftotext: both processes load poppler and the file at once, which on a 2-CPU VM cost
+ * pdftotext 15-20 ms of a 200-page file's ~110 (bench/RESULTS.md, issue 13), and such a
+ * file is seldom long enough for a split to pay. pdftotext's own output counts the pages.
+ */
+export const READ_WITHOUT_PDFINFO_BYTES = 1024 * 1024;
+
+/** The pages of a file, as readPages found them; `sizes` only where pdfinfo ran first. */
+export type PageCount = Omit<PdfInfo, 'sizes'> & { sizes?: PdfInfo['sizes'] };
+
+/**
+ * The text layer of pages 1..maxPages, and their count. pdftotext starts at once. For a
+ * small file that cannot hold an XFA form (its bytes name none, and no object stream could
+ * hide one: plainSmallPdf), that is all: the pages are those it printed, and pdfinfo runs
+ * only where pdftotext cannot say (it stopped at maxPages, printed none, failed, or stalled
+ * on a page: pdfinfo then says what is wrong, or how many pages there are).
+ *
+ * Otherwise pdfinfo counts the pages while pdftotext runs (one process start less to wait
+ * for, 10-40 ms a file, issue 13), and pdftotext is stopped when pdfinfo fails, finds no
+ * pages, or `check` refuses the count. With `parts` > 1 (the job's CPUs), the pages that
+ * first run has not printed by then are shared out: it goes on to the end of its share
+ * and is stopped there, and a pdftotext of its own reads each other share, all at once.
+ * Pages come out the same either way (poppler reads each page on its own);
+ * `limits.timeoutMs` bounds them all together. `withoutPdfinfo: false` always counts first.
  */
 export async function readPages(
   path: string,
@@ -60,22 +78,56 @@ export async function readPages(
   pageTimeoutMs: number,
   check: (pages: number) => void,
   parts = 1,
-): Promise<{ info: PdfInfo } & TextLayer> {
+  withoutPdfinfo = true,
+): Promise<{ info: PageCount } & TextLayer> {
   const stop = new AbortController();
   const signal = AbortSignal.any([limits.signal, stop.signal]);
   const deadline = performance.now() + limits.timeoutMs;
   let last = maxPages; // until pdfinfo says
+  let counted: Promise<PdfInfo> | undefined;
+  /** pdfinfo's count, once; it bounds the passes from then on. */
+  const count = () =>
+    (counted ??= pdfInfo(path, 1, limits).then((info) => {
+      check(info.pages);
+      last = Math.min(last, info.pages);
+      return info;
+    }));
   const watch: TextWatch = { printed: 0 };
   let firstSettled = false;
+  // Read while pdftotext starts.
+  const plainCheck = withoutPdfinfo ? plainSmallPdf(path) : Promise.resolve(false);
   const first = pdfToText(path, () => last, { ...limits, signal }, pageTimeoutMs, {
     watch,
     deadline,
+    // A stalled page may be the last: the passes after it must know where the file ends.
+    beforeStallRead: async () => {
+      if (await plainCheck) await count();
+    },
   });
   // Settled below, whichever comes first; never an unhandled rejection meanwhile.
   first.then(
     () => (firstSettled = true),
     () => (firstSettled = true),
   );
+  if (await plainCheck) {
+    let layer: TextLayer & { pages: number };
+    try {
+      layer = await first;
+    } catch (error) {
+      // pdftotext is quiet (-q): pdfinfo's refusal says what is wrong (a password, damage).
+      if (!(error instanceof ToolFailure)) throw error;
+      const info = await count();
+      if (info.pages === 0) return { info, texts: [], failed: [] };
+      throw error;
+    }
+    // Stopped at the limit, or nothing printed: only pdfinfo knows how many pages there are.
+    if (layer.pages >= maxPages || layer.pages === 0) {
+      const info = await count();
+      return { info, texts: pad(layer.texts, info.pages), failed: layer.failed };
+    }
+    check(layer.pages);
+    return { info: { pages: layer.pages, xfa: false }, texts: layer.texts, failed: layer.failed };
+  }
   let info: PdfInfo;
   try {
     info = await pdfInfo(path, maxPages, limits);
@@ -134,6 +186,30 @@ export function pageSpans(pages: number, parts: number, printed = 0): [number, n
   ]);
 }
 
+/** `texts` cut or filled with empty pages to `pages` of them. */
+function pad(texts: readonly string[], pages: number): string[] {
+  return Array.from({ length: pages }, (_, i) => texts[i] ?? '');
+}
+
+/**
+ * Whether a PDF is small (READ_WITHOUT_PDFINFO_BYTES) and cannot be an XFA form: its
+ * bytes hold no `/XFA` key and no object stream (`/ObjStm`: compressed objects, where an
+ * AcroForm and its XFA key would not show). A file that cannot be read is not.
+ */
+async function plainSmallPdf(path: string): Promise<boolean> {
+  const file = await open(path, 'r').catch(() => undefined);
+  if (!file) return false;
+  try {
+    if ((await file.stat()).size > READ_WITHOUT_PDFINFO_BYTES) return false;
+    const bytes = await file.readFile();
+    return !bytes.includes('/XFA') && !bytes.includes('/ObjStm');
+  } catch {
+    return false;
+  } finally {
+    await file.close();
+  }
+}
+
 /** A running text layer's progress, shared with its caller (readPages). */
 export interface TextWatch {
   /** The last page printed so far. */
@@ -172,8 +248,10 @@ export async function pdfToText(
     watch?: TextWatch;
     /** When `limits.timeoutMs` runs out (default: that long from now), shared by parts. */
     deadline?: number;
+    /** Called when a pass stalls, before the page is read alone (readPages counts then). */
+    beforeStallRead?: () => Promise<void>;
   } = {},
-): Promise<TextLayer> {
+): Promise<TextLayer & { pages: number }> {
   const { first = 1, watch } = options;
   const deadline = options.deadline ?? performance.now() + limits.timeoutMs;
   const texts: string[] = [];
@@ -186,13 +264,18 @@ export async function pdfToText(
   };
   let next = first;
   let exact = false;
+  /** The file's last page, where a pass ended before lastPage(). */
+  let end: number | undefined;
   try {
     while (next <= lastPage()) {
       const read = await pass(next, lastPage, exact);
       read.texts.forEach((text, i) => (texts[next - first + i] = text));
       next += read.texts.length;
+      if (read.ended) end = next - 1;
       // Stalled past its last page (which fell while it ran): nothing more of this span.
       if (!read.stalled || next > lastPage()) break;
+      await options.beforeStallRead?.();
+      if (next > lastPage()) break;
       // `next` is the page the pass was on or, its output buffered, one it had not reached.
       let hung = true;
       if (!exact) {
@@ -210,9 +293,11 @@ export async function pdfToText(
     if (error instanceof HdError && error.code === 'PROCESSING_TIMEOUT') throw textTimeout(limits);
     throw error;
   }
+  const pages = Math.min(end ?? lastPage(), lastPage());
   return {
-    texts: Array.from({ length: lastPage() - first + 1 }, (_, i) => texts[i] ?? ''),
+    texts: Array.from({ length: Math.max(0, pages - first + 1) }, (_, i) => texts[i] ?? ''),
     failed,
+    pages,
   };
 }
 
@@ -236,7 +321,7 @@ async function textPass(
   pageTimeoutMs: number,
   exact: boolean,
   watch?: TextWatch,
-): Promise<{ texts: string[]; stalled: boolean }> {
+): Promise<{ texts: string[]; stalled: boolean; ended?: boolean }> {
   const stall = new AbortController();
   const enough = new AbortController();
   const wanted = () => last() - first + 1;
@@ -274,11 +359,11 @@ async function textPass(
   } finally {
     clearTimeout(timer);
   }
-  // After the last page's form feed comes nothing; a missing page stays empty.
-  return {
-    texts: Array.from({ length: wanted() }, (_, i) => texts[i] ?? ''),
-    stalled: false,
-  };
+  // Ended on its own before page last(): the file has no more pages (every page ends with
+  // a form feed).
+  if (!enough.signal.aborted && texts.length < wanted())
+    return { texts, stalled: false, ended: true };
+  return { texts: texts.slice(0, wanted()), stalled: false };
 }
 
 /** Smallest image that can carry text worth OCR, in pixels per side (logos, rules are less). */
