@@ -183,10 +183,12 @@ export async function runJob(options: RunJobOptions): Promise<RunOutcome> {
  * Records the job completed. Where the database drops the answer (it restarts, the
  * connection breaks), the commit may have happened or not: the call is made again while
  * the lease lasts (`leftMs`), and the lease that completed the job gets the completed row
- * (00037), so a completion is never taken for a lost database.
+ * (00037), so a completion is never taken for a lost database. Asked to stop, or refused
+ * on a later try (the lease ran out meanwhile), it gives up with the first try's error:
+ * nothing known to be recorded, as before the retries.
  */
 async function completeJob(
-  { db }: RunJobOptions,
+  { db, interrupt }: RunJobOptions,
   job: LeasedJob,
   log: Logger,
   leftMs: number,
@@ -194,18 +196,22 @@ async function completeJob(
 ): Promise<Job> {
   const until = performance.now() + leftMs;
   const backoff = new Backoff(100, 2000);
-  for (let tries = 1; ; tries++) {
+  let lost: unknown;
+  for (;;) {
     try {
       const done = await db.completeJob(job.id, job.lease_token, stats);
-      if (tries > 1) log.info({ tries }, 'the completion was recorded once the database was back');
+      if (lost) log.info('the completion was recorded once the database was back');
       return done;
     } catch (error) {
-      const pause = backoff.next();
-      if (toHdError(error).code !== 'DATABASE_UNAVAILABLE' || performance.now() + pause >= until)
-        throw error;
-      if (tries === 1)
+      const unavailable = toHdError(error).code === 'DATABASE_UNAVAILABLE';
+      if (lost === undefined) {
+        if (!unavailable) throw error;
         log.warn({ err: error }, 'no answer to the completion; asking again until the lease ends');
-      await sleep(pause);
+        lost = error;
+      } else if (!unavailable) throw lost;
+      const pause = backoff.next();
+      if (interrupt?.aborted || performance.now() + pause >= until) throw lost;
+      await sleep(pause, interrupt);
     }
   }
 }

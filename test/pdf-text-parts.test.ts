@@ -1,4 +1,12 @@
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -34,9 +42,14 @@ async function readRecorded(
   path: string,
   parts: number,
   hold: boolean,
-  { pageTimeoutMs = 60_000, countFirst = true, maxPages = 2000 } = {},
+  {
+    pageTimeoutMs = 60_000,
+    countFirst = true,
+    maxPages = 2000,
+    bin = mkdtempSync(join(work, 'bin-')),
+  } = {},
 ) {
-  const bin = mkdtempSync(join(work, 'bin-'));
+  mkdirSync(bin, { recursive: true });
   const log = join(bin, 'ranges.log');
   const infoLog = join(bin, 'pdfinfo.log');
   const second = join(bin, 'second-started');
@@ -169,6 +182,11 @@ describe('the text layer of a small PDF, without pdfinfo', () => {
     });
     expect(named.infoRuns).toHaveLength(1);
     expect(named.read.info).toMatchObject({ pages: 3, xfa: false });
+    // The same name spelled with escapes, as a PDF may.
+    const escaped = await readRecorded(pdfOf('xfa-maskiert.pdf', 3, '\n% /X#46A\n'), 1, false, {
+      countFirst: false,
+    });
+    expect(escaped.infoRuns).toEqual([expect.stringMatching(/^-f 1 -l 2000 /)]);
     // Exactly the limit: pdftotext cannot tell whether more pages follow, pdfinfo can.
     const full = await readRecorded(pdfOf('voll.pdf', 5), 1, false, {
       countFirst: false,
@@ -177,10 +195,13 @@ describe('the text layer of a small PDF, without pdfinfo', () => {
     expect(full.infoRuns).toHaveLength(1);
     expect(full.read.info.pages).toBe(5);
     expect(full.read.texts).toHaveLength(5);
-    // More: refused by the count, not cut at the limit.
+    // More: its page tree says so (/Count 7), so pdfinfo counts at once, beside pdftotext
+    // (-l 5: the page sizes pdfinfo reads when it counts first), and the file is refused.
+    const bin = join(work, 'zu-lang-runs');
     await expect(
-      readRecorded(pdfOf('zu-lang.pdf', 7), 1, false, { countFirst: false, maxPages: 5 }),
+      readRecorded(pdfOf('zu-lang.pdf', 7), 1, false, { countFirst: false, maxPages: 5, bin }),
     ).rejects.toThrow('7 pages, more than 5');
+    expect(readFileSync(join(bin, 'pdfinfo.log'), 'utf8')).toMatch(/^-f 1 -l 5 /);
   }, 60_000);
 
   it('a last page that hangs poppler is skipped; the count from pdfinfo ends the passes there', async () => {

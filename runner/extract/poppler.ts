@@ -84,18 +84,18 @@ export async function readPages(
   const signal = AbortSignal.any([limits.signal, stop.signal]);
   const deadline = performance.now() + limits.timeoutMs;
   let last = maxPages; // until pdfinfo says
-  let counted: Promise<PdfInfo> | undefined;
-  /** pdfinfo's count, once; it bounds the passes from then on. */
+  let counted: Promise<PageCount> | undefined;
+  /** pdfinfo's count, once; it bounds the passes from then on. No sizes: OCR reads them. */
   const count = () =>
-    (counted ??= pdfInfo(path, 1, limits).then((info) => {
-      check(info.pages);
-      last = Math.min(last, info.pages);
-      return info;
+    (counted ??= pdfInfo(path, 1, limits).then(({ pages, xfa }) => {
+      check(pages);
+      last = Math.min(last, pages);
+      return { pages, xfa };
     }));
   const watch: TextWatch = { printed: 0 };
   let firstSettled = false;
   // Read while pdftotext starts.
-  const plainCheck = withoutPdfinfo ? plainSmallPdf(path) : Promise.resolve(false);
+  const plainCheck = withoutPdfinfo ? plainSmallPdf(path, maxPages) : Promise.resolve(false);
   const first = pdfToText(path, () => last, { ...limits, signal }, pageTimeoutMs, {
     watch,
     deadline,
@@ -147,13 +147,17 @@ export async function readPages(
   const [span, ...others] = pageSpans(info.pages, firstSettled ? 1 : parts, watch.printed);
   last = span![1];
   const reads = [
-    // It may have ended before pdfinfo said where its share ends.
+    // It may have ended before pdfinfo said where its share ends. A part that printed
+    // fewer pages than its span keeps its place: the pages it lacks stay empty.
     first.then(({ texts, failed }) => ({
-      texts: texts.slice(0, last),
+      texts: pad(texts, last),
       failed: failed.filter((page) => page <= last),
     })),
     ...others.map(([from, to]) =>
-      pdfToText(path, () => to, { ...limits, signal }, pageTimeoutMs, { first: from, deadline }),
+      pdfToText(path, () => to, { ...limits, signal }, pageTimeoutMs, {
+        first: from,
+        deadline,
+      }).then(({ texts, failed }) => ({ texts: pad(texts, to - from + 1), failed })),
     ),
   ];
   try {
@@ -192,22 +196,55 @@ function pad(texts: readonly string[], pages: number): string[] {
 }
 
 /**
- * Whether a PDF is small (READ_WITHOUT_PDFINFO_BYTES) and cannot be an XFA form: its
- * bytes hold no `/XFA` key and no object stream (`/ObjStm`: compressed objects, where an
- * AcroForm and its XFA key would not show). A file that cannot be read is not.
+ * Whether a PDF is small (READ_WITHOUT_PDFINFO_BYTES), cannot be an XFA form and says it
+ * has fewer than `maxPages` pages: its bytes hold no object stream (`/ObjStm`: compressed
+ * objects, where an AcroForm and its XFA key would not show), no name that reads `/XFA`
+ * (spelled out or with `#xx` escapes), and a page tree `/Count` (the largest, its root's)
+ * under the limit, so that a file of more pages is refused by pdfinfo's count at once, not
+ * after pdftotext has read up to the limit. A file that cannot be read is not.
  */
-async function plainSmallPdf(path: string): Promise<boolean> {
+async function plainSmallPdf(path: string, maxPages: number): Promise<boolean> {
   const file = await open(path, 'r').catch(() => undefined);
   if (!file) return false;
   try {
     if ((await file.stat()).size > READ_WITHOUT_PDFINFO_BYTES) return false;
     const bytes = await file.readFile();
-    return !bytes.includes('/XFA') && !bytes.includes('/ObjStm');
+    if (bytes.includes('/ObjStm') || bytes.includes('/XFA') || hasEscapedXfaName(bytes))
+      return false;
+    const pages = largestCount(bytes);
+    return pages !== undefined && pages < maxPages;
   } catch {
     return false;
   } finally {
-    await file.close();
+    await file.close().catch(() => undefined);
   }
+}
+
+/** Whether a name written with `#xx` escapes reads `/XFA` (`/X#46A`, `/#58#46#41`). */
+function hasEscapedXfaName(bytes: Buffer): boolean {
+  for (let at = bytes.indexOf('#'); at !== -1; at = bytes.indexOf('#', at + 1)) {
+    // The longest spelling, `/#58#46#41`, starts 9 bytes before its last '#'.
+    const from = bytes.lastIndexOf('/', at);
+    if (from === -1 || at - from > 9) continue;
+    const token = /^\/[^\s/[\]<>(){}%]*/.exec(bytes.toString('latin1', from, from + 12))?.[0];
+    if (
+      token?.replace(/#([0-9a-f]{2})/gi, (_, hex: string) =>
+        String.fromCharCode(parseInt(hex, 16)),
+      ) === '/XFA'
+    )
+      return true;
+  }
+  return false;
+}
+
+/** The largest `/Count n` in the bytes (a page tree's root holds its pages' count). */
+function largestCount(bytes: Buffer): number | undefined {
+  let largest: number | undefined;
+  for (let at = bytes.indexOf('/Count'); at !== -1; at = bytes.indexOf('/Count', at + 1)) {
+    const count = /^\/Count\s*(\d+)/.exec(bytes.toString('latin1', at, at + 24))?.[1];
+    if (count !== undefined) largest = Math.max(largest ?? 0, Number(count));
+  }
+  return largest;
 }
 
 /** A running text layer's progress, shared with its caller (readPages). */
@@ -347,8 +384,8 @@ async function textPass(
     // lastPage() fell while it ran (readPages): stopped once that page is out.
     if (texts.length >= wanted()) enough.abort();
   };
-  // -q: a damaged file can make poppler write megabytes of warnings; pdfinfo ran first
-  // and said what was wrong with it.
+  // -q: a damaged file can make poppler write megabytes of warnings; pdfinfo says what
+  // is wrong with a file pdftotext fails on (readPages).
   const args = ['-q', '-enc', 'UTF-8', '-f', String(first), '-l', String(last()), path, '-'];
   try {
     const signal = AbortSignal.any([limits.signal, stall.signal, enough.signal]);

@@ -77,8 +77,10 @@ begin
 end
 $$;
 
--- The batch says which jobs this call completed: a pipeline job completed before (its lease
--- now ended) is not handed to hd_complete_job, which would return it as a retry's answer.
+-- The batch says which jobs this call completed: a pipeline job is handed to
+-- hd_complete_job only while its row, locked here, is running under the given lease, so one
+-- completed before, or by a concurrent call meanwhile (the lock waits for it), is reported
+-- as not completed by this call instead of returned as a retry's answer.
 create or replace function public.hd_complete_jobs(
   p_job_ids uuid[], p_lease_tokens uuid[], p_stats jsonb default '{}'::jsonb,
   p_now timestamptz default now())
@@ -114,9 +116,12 @@ begin
       from unnest(p_job_ids, p_lease_tokens) as t(id, tok)
       join public.hd_ingestion_jobs j on j.id = t.id
      where not (t.id = any (v_done))
-       and j.status = 'running'
        and jsonb_typeof(j.debug -> 'next_stages') = 'array'
   loop
+    perform 1 from public.hd_ingestion_jobs
+     where id = v_id and status = 'running' and lease_token = v_token
+       for update;
+    continue when not found;
     begin
       perform public.hd_complete_job(v_id, v_token, p_stats, p_now);
       v_done := v_done || v_id;

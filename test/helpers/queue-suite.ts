@@ -479,6 +479,42 @@ export function describeQueueSuite(name: string, open: () => Promise<QueueSuiteT
         expect(next).toEqual([{ job_type: 'text2kg', status: 'queued' }]);
       });
 
+      it('reports a pipeline job completed by a concurrent batch as not completed by this one (00037)', async () => {
+        const job = await t.db.enqueueJob({
+          accountId: ACCOUNT_A,
+          jobType: 'batch_race_probe',
+          debug: { next_stages: ['text2kg'] },
+        });
+        const claimed = await claimOne(job.id);
+        const call = 'select * from public.hd_complete_jobs($1::uuid[], $2::uuid[], $3)';
+        const args = [[job.id], [claimed.lease_token], {}];
+        const first = await t.sql.connect();
+        try {
+          await first.query('begin');
+          expect((await first.query(call, args)).rows).toEqual([
+            { job_id: job.id, completed: true },
+          ]);
+          // The same batch again, from another session: it waits for the first one's lock.
+          const second = t.sql.query(call, args);
+          await expect
+            .poll(
+              async () =>
+                (
+                  await t.sql.query(
+                    `select count(*)::int as n from pg_stat_activity
+                      where wait_event_type = 'Lock' and query like '%hd_complete_jobs%'`,
+                  )
+                ).rows[0].n,
+              { timeout: 30_000 },
+            )
+            .toBe(1);
+          await first.query('commit');
+          expect((await second).rows).toEqual([{ job_id: job.id, completed: false }]);
+        } finally {
+          first.release();
+        }
+      });
+
       it('fails a permanent error at once', async () => {
         const job = await claimOne((await enqueue({ maxAttempts: 5 })).id);
         const failed = await t.db.failJob(job.id, job.lease_token, {
