@@ -5,13 +5,19 @@ import {
   mkdtempSync,
   readFileSync,
   rmSync,
+  statSync,
   writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { findTool } from '../runner/extract/tools.ts';
-import { MIN_PAGES_PER_PART, pageSpans, readPages } from '../runner/extract/poppler.ts';
+import {
+  MIN_PAGES_PER_PART,
+  pageSpans,
+  READ_WITHOUT_PDFINFO_BYTES,
+  readPages,
+} from '../runner/extract/poppler.ts';
 import { GERMAN, textPdf } from './fixtures/documents.ts';
 import { makePdf, nestedFormsPage, wrap } from './fixtures/make-pdf.ts';
 
@@ -173,6 +179,24 @@ describe('the text layer of a small PDF, without pdfinfo', () => {
     expect(alone.read.texts).toEqual(counted.read.texts);
     expect(counted.infoRuns).toHaveLength(1);
     expect(counted.read.info.pages).toBe(12);
+  }, 60_000);
+
+  it('on several CPUs, counts a file over 1 MiB first, to split it; on one, does not', async () => {
+    // 40 pages of ~40 KB of numbers each (text that compresses little): over 1 MiB.
+    const path = join(work, 'gross.pdf');
+    const numbers = (page: number) =>
+      Array.from({ length: 6000 }, (_, w) => ((page * 7919 + w * 104729) % 1000003).toString(36));
+    writeFileSync(
+      path,
+      textPdf(Array.from({ length: 40 }, (_, i) => `${pageWords(i + 1)} ${numbers(i).join(' ')}`)),
+    );
+    expect(statSync(path).size).toBeGreaterThan(READ_WITHOUT_PDFINFO_BYTES);
+    const two = await readRecorded(path, 2, false, { countFirst: false });
+    const one = await readRecorded(path, 1, false, { countFirst: false });
+    expect(two.infoRuns).toHaveLength(1);
+    expect(one.infoRuns).toEqual([]);
+    expect(one.read.info.pages).toBe(40);
+    expect(one.read.texts).toEqual(two.read.texts);
   }, 60_000);
 
   it('asks pdfinfo where the bytes could hold an XFA form, or pdftotext stopped at the limit', async () => {

@@ -47,21 +47,26 @@ export const MIN_PAGES_PER_PART = 100;
 
 /**
  * Files up to this size whose bytes name no XFA form are read without pdfinfo beside
- * pdftotext: both processes load poppler and the file at once, which on a 2-CPU VM cost
- * pdftotext 15-20 ms of a 200-page file's ~110 (bench/RESULTS.md, issue 13), and such a
- * file is seldom long enough for a split to pay. pdftotext's own output counts the pages.
+ * pdftotext on a job of several CPUs: both processes load poppler and the file at once,
+ * which on a 2-CPU VM cost pdftotext 15-20 ms of a 200-page file's ~110 (bench/RESULTS.md,
+ * issue 13), and such a file is seldom long enough for a split to pay. pdftotext's own
+ * output counts the pages. Bigger ones are counted first, to be split.
  */
 export const READ_WITHOUT_PDFINFO_BYTES = 1024 * 1024;
+/** On one CPU nothing is split: up to this size (the bytes are read to be checked). */
+export const READ_WITHOUT_PDFINFO_ONE_CPU_BYTES = 16 * 1024 * 1024;
 
 /** The pages of a file, as readPages found them; `sizes` only where pdfinfo ran first. */
 export type PageCount = Omit<PdfInfo, 'sizes'> & { sizes?: PdfInfo['sizes'] };
 
 /**
  * The text layer of pages 1..maxPages, and their count. pdftotext starts at once. For a
- * small file that cannot hold an XFA form (its bytes name none, and no object stream could
- * hide one: plainSmallPdf), that is all: the pages are those it printed, and pdfinfo runs
- * only where pdftotext cannot say (it stopped at maxPages, printed none, failed, or stalled
- * on a page: pdfinfo then says what is wrong, or how many pages there are).
+ * file that cannot hold an XFA form (its bytes name none, and no object stream could hide
+ * one), whose page tree counts fewer than maxPages pages and that is small enough
+ * (READ_WITHOUT_PDFINFO_BYTES; on one CPU, where nothing is split, ..._ONE_CPU_BYTES:
+ * plainSmallPdf), that is all: the pages are those it printed, and pdfinfo runs only where
+ * pdftotext cannot say (it stopped at maxPages, printed none, failed, or stalled on a
+ * page: pdfinfo then says what is wrong, or how many pages there are).
  *
  * Otherwise pdfinfo counts the pages while pdftotext runs (one process start less to wait
  * for, 10-40 ms a file, issue 13), and pdftotext is stopped when pdfinfo fails, finds no
@@ -95,7 +100,13 @@ export async function readPages(
   const watch: TextWatch = { printed: 0 };
   let firstSettled = false;
   // Read while pdftotext starts.
-  const plainCheck = withoutPdfinfo ? plainSmallPdf(path, maxPages) : Promise.resolve(false);
+  const plainCheck = withoutPdfinfo
+    ? plainSmallPdf(
+        path,
+        maxPages,
+        parts > 1 ? READ_WITHOUT_PDFINFO_BYTES : READ_WITHOUT_PDFINFO_ONE_CPU_BYTES,
+      )
+    : Promise.resolve(false);
   const first = pdfToText(path, () => last, { ...limits, signal }, pageTimeoutMs, {
     watch,
     deadline,
@@ -196,18 +207,18 @@ function pad(texts: readonly string[], pages: number): string[] {
 }
 
 /**
- * Whether a PDF is small (READ_WITHOUT_PDFINFO_BYTES), cannot be an XFA form and says it
+ * Whether a PDF is small (`maxBytes`), cannot be an XFA form and says it
  * has fewer than `maxPages` pages: its bytes hold no object stream (`/ObjStm`: compressed
  * objects, where an AcroForm and its XFA key would not show), no name that reads `/XFA`
  * (spelled out or with `#xx` escapes), and a page tree `/Count` (the largest, its root's)
  * under the limit, so that a file of more pages is refused by pdfinfo's count at once, not
  * after pdftotext has read up to the limit. A file that cannot be read is not.
  */
-async function plainSmallPdf(path: string, maxPages: number): Promise<boolean> {
+async function plainSmallPdf(path: string, maxPages: number, maxBytes: number): Promise<boolean> {
   const file = await open(path, 'r').catch(() => undefined);
   if (!file) return false;
   try {
-    if ((await file.stat()).size > READ_WITHOUT_PDFINFO_BYTES) return false;
+    if ((await file.stat()).size > maxBytes) return false;
     const bytes = await file.readFile();
     if (bytes.includes('/ObjStm') || bytes.includes('/XFA') || hasEscapedXfaName(bytes))
       return false;
