@@ -151,7 +151,7 @@ export async function runJob(options: RunJobOptions): Promise<RunOutcome> {
     await raceAbort(progress.flush(), controller.signal);
     let done: Job;
     try {
-      done = await completeJob(options, job, log, leaseMs - (performance.now() - leaseRenewedAt), {
+      done = await completeJob(options, job, log, leaseRenewedAt + leaseMs, {
         ...stats,
         duration_ms: stats.duration_ms ?? Math.round(performance.now() - started),
         attempt: job.attempts,
@@ -182,8 +182,9 @@ export async function runJob(options: RunJobOptions): Promise<RunOutcome> {
 /**
  * Records the job completed. Where the database drops the answer (it restarts, the
  * connection breaks), the commit may have happened or not: the call is made again while
- * the lease lasts (`leftMs`), and the lease that completed the job gets the completed row
- * (00037), so a completion is never taken for a lost database. Asked to stop, or refused
+ * the lease lasts (until `leaseEndsAt`, on the performance clock), and the lease that
+ * completed the job gets the completed row (00037), so a completion is never taken for a
+ * lost database. Asked to stop, or refused
  * on a later try (the lease ran out meanwhile), it gives up with the first try's error:
  * nothing known to be recorded, as before the retries.
  */
@@ -191,10 +192,9 @@ async function completeJob(
   { db, interrupt }: RunJobOptions,
   job: LeasedJob,
   log: Logger,
-  leftMs: number,
+  leaseEndsAt: number,
   stats: Record<string, unknown>,
 ): Promise<Job> {
-  const until = performance.now() + leftMs;
   const backoff = new Backoff(100, 2000);
   let lost: unknown;
   for (;;) {
@@ -210,7 +210,7 @@ async function completeJob(
         lost = error;
       } else if (!unavailable) throw lost;
       const pause = backoff.next();
-      if (interrupt?.aborted || performance.now() + pause >= until) throw lost;
+      if (interrupt?.aborted || performance.now() + pause >= leaseEndsAt) throw lost;
       await sleep(pause, interrupt);
     }
   }

@@ -343,7 +343,7 @@ export async function pdfToText(
   }
   const pages = Math.min(end ?? lastPage(), lastPage());
   return {
-    texts: Array.from({ length: Math.max(0, pages - first + 1) }, (_, i) => texts[i] ?? ''),
+    texts: pad(texts, Math.max(0, pages - first + 1)),
     failed,
     pages,
   };
